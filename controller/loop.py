@@ -1,0 +1,287 @@
+"""The RLM loop: controller turn -> one REPL cell -> truncated feedback, until a final answer.
+
+Every event lands in the :class:`Trajectory`, which is saved atomically after each turn, so a
+killed run still leaves a readable, replayable record of what happened up to the kill.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from configs.schema import RigConfig
+from controller import prompts
+from controller.backends import ControllerLM, ReplayLM
+from controller.parsing import parse_turn
+from controller.records import CapEvent, CellRecord, ControllerTurn, Trajectory
+from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
+from repl import Sandbox, SandboxLimits
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def estimate_chars_per_token(doc: str, count_tokens: Callable[[str], int], samples: int = 3, width: int = 4000) -> float:
+    """Chars per worker token, from a few evenly spaced slices: cheap even for a 5M-character document."""
+    if not doc:
+        return 4.0
+    spans = []
+    if len(doc) <= width * samples:
+        spans = [doc]
+    else:
+        step = (len(doc) - width) // max(1, samples - 1)
+        spans = [doc[i * step : i * step + width] for i in range(samples)]
+    chars = sum(len(s) for s in spans)
+    toks = sum(max(1, count_tokens(s)) for s in spans)
+    return chars / toks
+
+
+@dataclass
+class RunContext:
+    """What a run needs besides the question and the document: shared by nested runs."""
+
+    cfg: RigConfig
+    lm: ControllerLM
+    worker: ChatMany | None
+    count_tokens: Callable[[str], int]
+    models: dict[str, str]
+    versions: dict[str, str]
+    sub_calls_enabled: bool = True
+
+
+class RLM:
+    def __init__(self, ctx: RunContext, *, depth: int = 0, budget: SubCallBudget | None = None):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.depth = depth
+        self.budget = budget or SubCallBudget(self.cfg.rlm.max_sub_calls)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _nested_runner(self) -> Any:
+        if not self.ctx.sub_calls_enabled or self.depth + 1 >= self.cfg.rlm.max_depth:
+            return None
+
+        def run_nested(chunk: str, instruction: str, depth: int) -> tuple[str | None, dict[str, Any]]:
+            child = RLM(self.ctx, depth=depth, budget=self.budget)
+            t = child.run(chunk, instruction, run_id=f"nested-{uuid.uuid4().hex[:8]}")
+            return t.final_answer, t.model_dump(mode="json")
+
+        return run_nested
+
+    def _feedback(self, cell: CellRecord, res: Any) -> str:
+        out = res.stdout
+        if res.stderr:
+            out += ("\n" if out and not out.endswith("\n") else "") + res.stderr
+        if res.error:
+            out += ("\n" if out and not out.endswith("\n") else "") + res.error
+        limit = self.cfg.rlm.output_max_chars
+        truncated_from = None
+        if len(out) > limit or res.output_truncated:
+            truncated_from = len(out) if not res.output_truncated else max(len(out), self.cfg.sandbox.max_output_chars)
+            out = out[:limit]
+            cell.feedback_truncated = True
+        notices = list(res.notices)
+        if res.timed_out:
+            notices.append(
+                f"The cell ran past the {self.cfg.rlm.cell_timeout_s:g} s limit and was stopped. The REPL was restarted: "
+                "all your variables are lost; `prompt` is loaded again."
+            )
+        elif res.restarted:
+            notices.append(
+                f"The REPL process ended ({res.kill_reason or 'crash'}) and was restarted: all your variables are lost; "
+                "`prompt` is loaded again."
+            )
+        return prompts.cell_feedback(
+            out, truncated_from=truncated_from, notices=notices, iteration=cell.turn + 1,
+            max_iterations=self.cfg.rlm.max_iterations,
+        )
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None) -> Trajectory:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        traj = Trajectory(
+            run_id=run_id or uuid.uuid4().hex[:12],
+            question=question,
+            doc_chars=len(doc),
+            doc_sha256=hashlib.sha256(doc.encode("utf-8", "surrogatepass")).hexdigest(),
+            config=cfg.model_dump(mode="json"),
+            config_hash=cfg.hash(),
+            models=self.ctx.models,
+            versions=self.ctx.versions,
+            depth=self.depth,
+            started_at=_now(),
+        )
+
+        def save() -> None:
+            traj.wall_s = time.perf_counter() - t0
+            if save_to is not None:
+                traj.save(save_to)
+
+        cpt = estimate_chars_per_token(doc, self.ctx.count_tokens)
+        budget_tokens = cfg.chunk_budget()
+        budget_chars = int(budget_tokens * cpt * 0.9)
+        nested = self._nested_runner()
+        router = SubCallRouter(
+            doc=doc,
+            traj=traj,
+            worker=self.ctx.worker if self.ctx.sub_calls_enabled else None,
+            count_tokens=self.ctx.count_tokens,
+            budget_tokens=budget_tokens,
+            budget=self.budget,
+            depth=self.depth,
+            worker_max_tokens=cfg.worker.max_tokens,
+            worker_system=cfg.worker.system_prompt,
+            nested=nested,
+            concurrency=cfg.worker.concurrency,
+        )
+        system = prompts.system_prompt(
+            prompts.describe_shape(doc, cpt),
+            chunk_budget_tokens=budget_tokens,
+            chunk_budget_chars=budget_chars,
+            max_iterations=cfg.rlm.max_iterations,
+            max_sub_calls=cfg.rlm.max_sub_calls,
+            can_nest=nested is not None,
+            sub_calls_enabled=self.ctx.sub_calls_enabled,
+        )
+        messages: list[dict[str, str]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompts.first_user_message(question)},
+        ]
+        sent = 0  # messages already shown in a recorded turn
+        limits = SandboxLimits(
+            cell_timeout_s=cfg.rlm.cell_timeout_s,
+            memory_mb=cfg.sandbox.memory_mb,
+            max_output_chars=cfg.sandbox.max_output_chars,
+            network=cfg.sandbox.network,
+        )
+        tokens_used = 0
+
+        def turn(forced: bool = False) -> Any:
+            nonlocal sent, tokens_used
+            remaining = cfg.rlm.max_controller_tokens - tokens_used
+            gen = self.ctx.lm.generate(messages, max_new_tokens=max(1, min(cfg.controller.max_new_tokens, remaining)))
+            tokens_used += gen.prompt_tokens + gen.completion_tokens
+            traj.model_wall_s += gen.latency_s
+            traj.turns.append(
+                ControllerTurn(
+                    index=len(traj.turns),
+                    messages_in=messages[sent:],
+                    response=gen.text,
+                    prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=gen.completion_tokens,
+                    latency_s=gen.latency_s,
+                    forced_final=forced,
+                )
+            )
+            messages.append({"role": "assistant", "content": gen.text})
+            sent = len(messages)
+            return parse_turn(gen.text)
+
+        sandbox: Sandbox | None = None
+        try:
+            sandbox = Sandbox(
+                doc,
+                handler=router,
+                limits=limits,
+                extra_globals={"CHUNK_BUDGET_CHARS": budget_chars, "question": question},
+            )
+
+            def resolve_final(parsed: Any) -> tuple[bool, str | None]:
+                """(done, message to the model if not done)."""
+                if parsed.final.kind == "FINAL":
+                    traj.final_answer = parsed.final.value
+                    return True, None
+                res = sandbox.run_cell(f"FINAL_VAR({parsed.final.value!r})")  # type: ignore[union-attr]
+                if res.final_answer is not None:
+                    traj.final_answer = res.final_answer
+                    return True, None
+                return False, prompts.final_var_missing(parsed.final.value)
+
+            stop_reason: str | None = None
+            force_reason = f"You have used all {cfg.rlm.max_iterations} replies."
+            for it in range(cfg.rlm.max_iterations):
+                if tokens_used >= cfg.rlm.max_controller_tokens:
+                    force_reason = f"The controller token budget ({cfg.rlm.max_controller_tokens:,}) is used up."
+                    traj.caps_hit.append(CapEvent(cap="controller_tokens", turn=len(traj.turns), detail=force_reason))
+                    stop_reason = "cap"
+                    break
+                router.turn = len(traj.turns)
+                parsed = turn()
+                if parsed.code is not None:
+                    router.cell = len(traj.cells)
+                    res = sandbox.run_cell(parsed.code)
+                    cell = CellRecord(
+                        index=len(traj.cells),
+                        turn=len(traj.turns) - 1,
+                        code=parsed.code,
+                        stdout=res.stdout,
+                        stderr=res.stderr,
+                        error=res.error,
+                        duration_s=res.duration_s,
+                        timed_out=res.timed_out,
+                        restarted=res.restarted,
+                        kill_reason=res.kill_reason,
+                        notices=list(res.notices),
+                        final_answer=res.final_answer,
+                    )
+                    feedback = self._feedback(cell, res)
+                    if len(parsed.code_blocks) > 1:
+                        feedback += "\n[rig] Only your first code block ran: write one block per reply."
+                    traj.cells.append(cell)
+                    if res.timed_out:
+                        traj.caps_hit.append(
+                            CapEvent(cap="cell_timeout", turn=cell.turn, detail=f"cell {cell.index} > {cfg.rlm.cell_timeout_s:g} s")
+                        )
+                    if res.final_answer is not None:
+                        traj.final_answer = res.final_answer
+                        stop_reason = "final"
+                        save()
+                        break
+                    if parsed.final is not None:
+                        done, msg = resolve_final(parsed)
+                        if done:
+                            stop_reason = "final"
+                            save()
+                            break
+                        feedback += "\n" + (msg or "")
+                    messages.append({"role": "user", "content": feedback})
+                elif parsed.final is not None:
+                    done, msg = resolve_final(parsed)
+                    if done:
+                        stop_reason = "final"
+                        save()
+                        break
+                    messages.append({"role": "user", "content": msg or ""})
+                else:
+                    messages.append({"role": "user", "content": prompts.FORMAT_ERROR})
+                save()
+            if stop_reason != "final":
+                if stop_reason is None:
+                    traj.caps_hit.append(CapEvent(cap="max_iterations", turn=len(traj.turns), detail=force_reason))
+                    stop_reason = "max_iterations"
+                messages.append({"role": "user", "content": prompts.FORCE_FINAL.format(reason=force_reason)})
+                parsed = turn(forced=True)
+                if parsed.final is not None:
+                    resolve_final(parsed)
+            traj.stop_reason = stop_reason  # type: ignore[assignment]
+        except Exception as e:  # the run ends, the record survives
+            traj.stop_reason = "error"
+            traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
+        finally:
+            if sandbox is not None:
+                sandbox.close()
+            traj.finished_at = _now()
+            save()
+        return traj
+
+
+def replay_lm_for(lm: ControllerLM) -> ControllerLM:
+    """Each run of a replay controller starts from its first response."""
+    return lm.fork() if isinstance(lm, ReplayLM) else lm

@@ -1,0 +1,169 @@
+"""The parent side of ``sub_call``: caps, token budgets, concurrency, nesting and records.
+
+The sandbox hands over a batch of requests; this router refuses what breaks a cap *before*
+anything is sent (so a refused batch wastes no worker time), sends the rest concurrently through
+the worker client, and records one :class:`SubCallRecord` per request.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from controller.prompts import worker_messages
+from controller.records import CapEvent, SubCallRecord, Trajectory
+from repl import SubCallReply, SubCallRequest
+
+
+class ChatMany(Protocol):
+    def chat_many(self, batch: list[list[dict[str, str]]], **kw: Any) -> list[Any]: ...
+
+
+@dataclass
+class SubCallBudget:
+    """Shared across a run and its nested runs: 'sub_calls per run' counts every level."""
+
+    limit: int
+    used: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+
+# (chunk, instruction, depth) -> (answer text, nested trajectory as dict)
+NestedRunner = Callable[[str, str, int], tuple[str | None, dict[str, Any]]]
+
+
+class SubCallRouter:
+    def __init__(
+        self,
+        *,
+        doc: str,
+        traj: Trajectory,
+        worker: ChatMany | None,
+        count_tokens: Callable[[str], int],
+        budget_tokens: int,
+        budget: SubCallBudget,
+        depth: int,
+        worker_max_tokens: int,
+        worker_system: str | None = None,
+        nested: NestedRunner | None = None,
+        concurrency: int = 8,
+    ):
+        self.doc = doc
+        self.traj = traj
+        self.worker = worker
+        self.count_tokens = count_tokens
+        self.budget_tokens = budget_tokens
+        self.budget = budget
+        self.depth = depth
+        self.worker_max_tokens = worker_max_tokens
+        self.worker_system = worker_system
+        self.nested = nested
+        self.concurrency = concurrency
+        self.cell = 0
+        self.turn = 0
+        self._batch_no = 0
+
+    def _cap(self, cap: str, detail: str) -> None:
+        self.traj.caps_hit.append(CapEvent(cap=cap, turn=self.turn, detail=detail))  # type: ignore[arg-type]
+
+    def _span(self, chunk: str) -> tuple[int | None, int | None]:
+        i = self.doc.find(chunk) if chunk else -1
+        return (i, i + len(chunk)) if i >= 0 else (None, None)
+
+    def _tokens(self, chunk: str) -> int:
+        # A chunk 20x over budget in characters is over budget in tokens for any tokenizer we serve;
+        # skip tokenizing megabytes just to refuse them.
+        if len(chunk) > 20 * self.budget_tokens:
+            return len(chunk) // 4
+        return self.count_tokens(chunk)
+
+    def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
+        if self.worker is None and self.nested is None:
+            return [SubCallReply(error="sub_call is disabled in this run (no-subcall method)") for _ in reqs]
+        batch_id = None
+        if len(reqs) > 1 or (reqs and reqs[0].index_in_batch is not None):
+            batch_id = self._batch_no
+            self._batch_no += 1
+        tokens = [self._tokens(r.chunk) for r in reqs]
+        over = [(i, t) for i, t in enumerate(tokens) if t > self.budget_tokens]
+        if over:
+            detail = ", ".join(f"#{i}: {t} tokens" for i, t in over[:5])
+            msg = (
+                f"chunk too large: the worker reads at most {self.budget_tokens} tokens per chunk ({detail}). "
+                "Nothing in this call was sent; split the chunk(s) smaller."
+            )
+            self._cap("chunk_tokens", msg)
+            return [SubCallReply(error=msg) for _ in reqs]
+        if not self.budget.take(len(reqs)):
+            msg = (
+                f"sub_call limit reached: {self.budget.used} of {self.budget.limit} used, this call needs {len(reqs)}. "
+                "Nothing was sent; finish with what you have."
+            )
+            self._cap("sub_calls", msg)
+            return [SubCallReply(error=msg) for _ in reqs]
+
+        records = []
+        for r, t in zip(reqs, tokens):
+            start, end = self._span(r.chunk)
+            rec = SubCallRecord(
+                id=len(self.traj.sub_calls),
+                cell=self.cell,
+                depth=self.depth + 1,
+                batch=batch_id,
+                chunk_start=start,
+                chunk_end=end,
+                chunk_chars=len(r.chunk),
+                chunk_tokens=t,
+                instruction=r.instruction,
+            )
+            self.traj.sub_calls.append(rec)
+            records.append(rec)
+
+        t0 = time.perf_counter()
+        try:
+            if self.nested is not None:
+                return self._run_nested(reqs, records)
+            batch = [worker_messages(r.chunk, r.instruction, self.worker_system) for r in reqs]
+            results = self.worker.chat_many(batch, max_tokens=self.worker_max_tokens)  # type: ignore[union-attr]
+        finally:
+            self.traj.model_wall_s += time.perf_counter() - t0
+        replies = []
+        for rec, msgs, res in zip(records, batch, results):
+            rec.messages = msgs
+            if isinstance(res, BaseException):
+                rec.error = f"{type(res).__name__}: {res}"
+                replies.append(SubCallReply(error=f"worker call failed: {rec.error}"))
+                continue
+            rec.response = res.text
+            rec.prompt_tokens = res.prompt_tokens
+            rec.completion_tokens = res.completion_tokens
+            rec.latency_s = res.latency_s
+            replies.append(SubCallReply(text=res.text))
+        return replies
+
+    def _run_nested(self, reqs: list[SubCallRequest], records: list[SubCallRecord]) -> list[SubCallReply]:
+        assert self.nested is not None
+
+        def one(args: tuple[SubCallRequest, SubCallRecord]) -> SubCallReply:
+            req, rec = args
+            try:
+                answer, sub_traj = self.nested(req.chunk, req.instruction, self.depth + 1)  # type: ignore[misc]
+            except Exception as e:  # a nested run must not take the parent down
+                rec.error = f"nested run failed: {type(e).__name__}: {e}"
+                return SubCallReply(error=rec.error)
+            rec.nested_trajectory = sub_traj
+            rec.response = answer
+            rec.latency_s = float(sub_traj.get("wall_s", 0.0))
+            return SubCallReply(text=answer if answer is not None else "", error=None)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(reqs)))) as ex:
+            return list(ex.map(one, zip(reqs, records)))

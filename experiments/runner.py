@@ -1,0 +1,273 @@
+"""Run an evaluation: examples -> method -> trajectory -> score -> samples.jsonl -> results.json.
+
+Examples run concurrently (``eval.concurrency``) in threads that share one rig, so their sub_calls
+share the worker client's concurrency limit. Each finished example is appended (fsync) before the
+next is counted, which is what makes ``--resume`` exact.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Iterator
+
+from configs.schema import RigConfig
+from controller.records import SampleRow, Trajectory
+from controller.rig import Rig
+from experiments.loaders import Example, ExampleFilter, load_examples
+from experiments.methods import METHODS, run_method
+from experiments.runfolder import EvalSpec, RunFolder
+from experiments.scoring.files import canonical_dataset, score_output, score_output_lenient
+
+
+def resolve_dataset(spec: EvalSpec) -> tuple[str, str | None]:
+    """``--dataset`` is a dataset name, or a path to a local OOLONG-real-format file."""
+    try:
+        return canonical_dataset(spec.dataset), spec.source
+    except ValueError:
+        p = Path(spec.dataset).expanduser()
+        if p.exists():
+            return "oolong-real", str(p)
+        raise ValueError(
+            f"--dataset {spec.dataset!r} is neither oolong-real, oolong-synth, sniah nor an existing file"
+        ) from None
+
+
+def iter_examples(spec: EvalSpec, count_tokens: Any = None) -> Iterator[Example]:
+    name, source = resolve_dataset(spec)
+    filt = ExampleFilter(
+        question_types=spec.question_types,
+        min_episodes=spec.min_episodes,
+        max_episodes=spec.max_episodes,
+        max_context_chars=spec.max_context_chars,
+        max_context_tokens=spec.max_context_tokens,
+        tokenizer=count_tokens if spec.max_context_tokens is not None else None,
+        sample=spec.sample,
+        seed=spec.seed,
+        limit=spec.limit,
+    )
+    opts = dict(spec.loader_options)
+    if name == "sniah" and count_tokens is not None and opts.get("unit") == "tokens":
+        opts.setdefault("tokenizer", count_tokens)
+    stream = load_examples(name, source, split=spec.split, filters=filt, **opts)
+    for i, ex in enumerate(stream):
+        if spec.shard is None or i % spec.shard[1] == spec.shard[0]:
+            yield ex
+
+
+def sample_row(ex: Example, method: str, traj: Trajectory, traj_rel: str, context_tokens: int | None) -> SampleRow:
+    off = score_output(ex.dataset, traj.final_answer, ex.gold, answer_type=ex.answer_type)
+    len_ = score_output_lenient(ex.dataset, traj.final_answer, ex.gold, answer_type=ex.answer_type)
+    c_in, c_out = traj.controller_tokens()
+    w_in, w_out = traj.worker_tokens()
+    return SampleRow(
+        id=ex.id,
+        dataset=ex.dataset,
+        method=method,
+        question=ex.question,
+        question_type=ex.question_type,
+        episodes=ex.episodes,
+        context_chars=ex.context_chars,
+        context_tokens=context_tokens,
+        gold=ex.gold,
+        answer=traj.final_answer,
+        score=off.score,
+        parsed=off.parsed_json(),
+        lenient_score=len_.score,
+        stop_reason=traj.stop_reason,
+        n_turns=len(traj.turns),
+        n_cells=len(traj.cells),
+        n_cell_errors=sum(1 for c in traj.cells if c.error or c.timed_out or c.restarted),
+        n_sub_calls=len([s for s in traj.sub_calls if s.instruction != "(retrieved)"]),
+        controller_tokens_in=c_in,
+        controller_tokens_out=c_out,
+        worker_tokens_in=w_in,
+        worker_tokens_out=w_out,
+        wall_s=traj.wall_s,
+        model_s=traj.model_wall_s,
+        trajectory=traj_rel,
+        error=traj.error.splitlines()[0] if traj.error else None,
+        extra={"answer_type": ex.answer_type} if ex.answer_type else {},
+    )
+
+
+class Progress:
+    """Live figures for the rich display: done/total, mean score, worker tok/s, sub_calls in flight."""
+
+    def __init__(self, total: int | None, rig: Rig):
+        self.total = total
+        self.rig = rig
+        self.done = 0
+        self.score_sum = 0.0
+        self.worker_out_tokens = 0
+        self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
+
+    def add(self, row: SampleRow) -> None:
+        with self.lock:
+            self.done += 1
+            self.score_sum += row.score
+            self.worker_out_tokens += row.worker_tokens_out
+
+    def line(self) -> str:
+        mean = self.score_sum / self.done if self.done else float("nan")
+        el = max(1e-6, time.perf_counter() - self.t0)
+        in_flight = getattr(getattr(self.rig, "worker", None), "in_flight", 0)
+        total = "?" if self.total is None else str(self.total)
+        return (f"{self.done}/{total} done | mean score {mean:.3f} | worker {self.worker_out_tokens / el:.1f} tok/s "
+                f"| sub_calls in flight {in_flight}")
+
+
+def run_eval(
+    cfg: RigConfig,
+    spec: EvalSpec,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    if spec.method not in METHODS:
+        raise ValueError(f"unknown method {spec.method!r}; expected one of {', '.join(METHODS)}")
+    folder = RunFolder(run_dir)
+    resolve_dataset(spec)  # fail on a bad dataset before any server starts
+    if resume:
+        folder.repair()
+    done = folder.done_ids() if resume else set()
+    status = "failed"
+    with Rig(cfg, run_dir=folder.path, controller_replay=spec.controller_replay) as rig:
+        flags = {"worker_url": rig.worker_url, "worker_server": cfg.worker.server.model_dump(mode="json")}
+        if resume:
+            folder.write_env(cfg, flags)
+            folder.write_results({**_read_results(folder), "status": "running"})
+        else:
+            folder.create(cfg, spec, server_flags=flags)
+        todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
+        token_cache: dict[str, int] = {}
+        progress = Progress(len(todo) + len(done), rig)
+        progress.done = len(done)
+
+        def one(ex: Example) -> SampleRow:
+            tpath = folder.trajectory_path(ex.id)
+            traj = run_method(spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath)
+            key = str(hash(ex.context))
+            if key not in token_cache:
+                token_cache[key] = rig.count_tokens(ex.context)
+            row = sample_row(ex, spec.method, traj, str(tpath.relative_to(folder.path)), token_cache[key])
+            folder.append(row)
+            progress.add(row)
+            return row
+
+        try:
+            _drive(todo, one, cfg.eval.concurrency, progress, show_progress)
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            summary = summarize(folder)
+            folder.write_results({**summary, "status": status, "method": spec.method, "dataset": spec.dataset})
+    return {**summary, "status": status, "run_dir": str(folder.path)}
+
+
+def _drive(todo: list[Example], one: Any, concurrency: int, progress: Progress, show: bool) -> None:
+    from rich.live import Live
+    from rich.text import Text
+
+    live = Live(Text(progress.line()), refresh_per_second=2, transient=False) if show else None
+    if live:
+        live.start()
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as ex:
+            pending: set[Future[Any]] = set()
+            it = iter(todo)
+            for item in it:
+                pending.add(ex.submit(one, item))
+                if len(pending) >= concurrency:
+                    break
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()  # a harness bug surfaces here; model/worker failures are in the row
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.add(ex.submit(one, nxt))
+                if live:
+                    live.update(Text(progress.line()))
+    finally:
+        if live:
+            live.update(Text(progress.line()))
+            live.stop()
+
+
+def _read_results(folder: RunFolder) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(folder.results_path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def summarize(folder: RunFolder) -> dict[str, Any]:
+    rows = folder.rows()
+    try:
+        from experiments.report import summarize_run
+
+        return summarize_run(folder.path)
+    except ImportError:
+        n = len(rows)
+        return {"n": n, "mean_score": (sum(r["score"] for r in rows) / n) if n else None}
+
+
+def resume_eval(run_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
+    from configs.load import validate_config
+
+    folder = RunFolder(run_dir)
+    cfg_data, spec = folder.load_spec()
+    cfg = validate_config(cfg_data, str(folder.path / "config.yaml"))
+    return run_eval(cfg, spec, folder.path, resume=True, show_progress=show_progress)
+
+
+def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Shards -> one run: rows deduplicated by id, trajectories copied, configs checked equal."""
+    import shutil
+
+    import yaml
+
+    from controller.records import append_jsonl, atomic_write_text
+
+    folders = [RunFolder(d) for d in run_dirs]
+    out = RunFolder(out_dir)
+    if out.samples_path.exists():
+        raise FileExistsError(f"{out.path} already holds samples.jsonl; merge into a new folder")
+    hashes = set()
+    for f in folders:
+        cfg_data, _ = f.load_spec()
+        hashes.add(yaml.safe_dump(cfg_data, sort_keys=True))
+    if len(hashes) > 1:
+        raise ValueError("cannot merge runs with different configs")
+    (out.path / "trajectories").mkdir(parents=True, exist_ok=True)
+    first = folders[0]
+    for name in ("config.yaml", "eval.json", "env.json"):
+        if (first.path / name).exists():
+            shutil.copy2(first.path / name, out.path / name)
+    seen: set[str] = set()
+    for f in folders:
+        for row in f.rows():
+            if row["id"] in seen:
+                continue
+            seen.add(row["id"])
+            if row.get("trajectory") and (f.path / row["trajectory"]).exists():
+                dest = out.path / row["trajectory"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f.path / row["trajectory"], dest)
+            append_jsonl(out.samples_path, row)
+    import json
+
+    spec = json.loads((out.path / "eval.json").read_text())
+    spec["shard"] = None
+    atomic_write_text(out.path / "eval.json", json.dumps(spec, indent=1))
+    summary = summarize(out)
+    out.write_results({**summary, "status": "complete", "merged_from": [str(f.path) for f in folders]})
+    return summary

@@ -1,0 +1,139 @@
+"""Dataset-name dispatch and `score_file`, the engine behind ``rlm-rig score``."""
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from experiments.scoring.oolong_real import score_oolong_real, score_oolong_real_lenient
+from experiments.scoring.oolong_synth import score_oolong_synth, score_oolong_synth_lenient
+from experiments.scoring.result import ScoreResult
+from experiments.scoring.sniah import score_sniah
+
+OOLONG_REAL = "oolong-real"
+OOLONG_SYNTH = "oolong-synth"
+SNIAH = "sniah"
+DATASET_NAMES = (OOLONG_REAL, OOLONG_SYNTH, SNIAH)
+
+_ALIASES = {
+    "oolong-real": OOLONG_REAL, "oolong_real": OOLONG_REAL, "real": OOLONG_REAL, "dnd": OOLONG_REAL,
+    "oolongbench/oolong-real": OOLONG_REAL,
+    "oolong-synth": OOLONG_SYNTH, "oolong_synth": OOLONG_SYNTH, "synth": OOLONG_SYNTH,
+    "oolongbench/oolong-synth": OOLONG_SYNTH,
+    "sniah": SNIAH, "s-niah": SNIAH, "s_niah": SNIAH, "niah": SNIAH,
+}
+
+
+def canonical_dataset(name: str) -> str:
+    """``oolong-real`` | ``oolong-synth`` | ``sniah`` for any accepted spelling."""
+    key = str(name).strip().lower()
+    if key not in _ALIASES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)} (or real/dnd, synth, s-niah)")
+    return _ALIASES[key]
+
+
+def score_output(dataset: str, output: str | None, gold: Any, *, answer_type: str | None = None) -> ScoreResult:
+    """The official score of one output for any dataset (``answer_type`` is needed for synth)."""
+    name = canonical_dataset(dataset)
+    if name == OOLONG_REAL:
+        return score_oolong_real(output, gold)
+    if name == OOLONG_SYNTH:
+        if not answer_type:
+            raise ValueError("oolong-synth scoring needs the row's answer_type (e.g. 'ANSWER_TYPE.NUMERIC')")
+        return score_oolong_synth(output, str(gold), answer_type)
+    return score_sniah(output, gold)
+
+
+def score_output_lenient(dataset: str, output: str | None, gold: Any, *, answer_type: str | None = None) -> ScoreResult:
+    """The lenient score (>= the official one); S-NIAH's metric is already lenient."""
+    name = canonical_dataset(dataset)
+    if name == OOLONG_REAL:
+        return score_oolong_real_lenient(output, gold)
+    if name == OOLONG_SYNTH:
+        if not answer_type:
+            raise ValueError("oolong-synth scoring needs the row's answer_type (e.g. 'ANSWER_TYPE.NUMERIC')")
+        return score_oolong_synth_lenient(output, str(gold), answer_type)
+    return score_sniah(output, gold)
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file to score")
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _row_output(row: dict[str, Any]) -> tuple[bool, Any]:
+    """The model output of a row: ``output``, or ``answer`` in a sample row (which has
+    both ``gold`` and ``answer``)."""
+    if "output" in row:
+        return True, row["output"]
+    if "answer" in row and "gold" in row:
+        return True, row["answer"]
+    return False, None
+
+
+def score_rows(
+    dataset: str | None, rows: Iterator[tuple[int, dict[str, Any]]], where: str = "<rows>"
+) -> Iterator[dict[str, Any]]:
+    """Each row plus ``score``, ``parsed`` and ``lenient_score``. ``dataset=None`` takes
+    each row's own ``dataset`` field."""
+    for lineno, row in rows:
+        name = dataset if dataset is not None else row.get("dataset")
+        if name is None:
+            raise ValueError(f"{where}:{lineno}: no dataset given and the row has no 'dataset' field")
+        if "gold" not in row:
+            raise ValueError(f"{where}:{lineno}: missing field 'gold'")
+        has_output, output = _row_output(row)
+        if not has_output:
+            raise ValueError(f"{where}:{lineno}: missing field 'output'")
+        if output is not None and not isinstance(output, str):
+            raise ValueError(f"{where}:{lineno}: 'output' must be a string or null, got {type(output).__name__}")
+        answer_type = row.get("answer_type")
+        if canonical_dataset(name) == OOLONG_SYNTH and not answer_type:
+            raise ValueError(f"{where}:{lineno}: missing field 'answer_type' (needed for oolong-synth)")
+        try:
+            strict = score_output(name, output, row["gold"], answer_type=answer_type)
+            lenient = score_output_lenient(name, output, row["gold"], answer_type=answer_type)
+        except ValueError as e:
+            raise ValueError(f"{where}:{lineno}: {e}") from None
+        yield {**row, "score": strict.score, "parsed": strict.parsed_json(), "lenient_score": lenient.score}
+
+
+def score_file(dataset: str | None, in_path: str | Path, out_path: str | Path | None = None) -> float:
+    """Score a JSONL(.gz) file of ``{"gold", "output"[, "answer_type"]}`` rows.
+
+    Writes every input row with ``score``, ``parsed`` (the official parse, JSON-safe)
+    and ``lenient_score`` added, to ``out_path`` (atomically) or to stdout, and returns
+    the mean official score (0.0 for an empty file). ``dataset`` is any name accepted by
+    :func:`canonical_dataset`, or ``None`` to use each row's ``dataset`` field.
+    """
+    from controller.records import atomic_write_text
+
+    if dataset is not None:
+        canonical_dataset(dataset)  # fail on a bad name before reading anything
+    in_path = Path(in_path)
+    scored = list(score_rows(dataset, _read_rows(in_path), where=str(in_path)))
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored)
+    if out_path is None:
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(out_path, lines)
+    return sum(r["score"] for r in scored) / len(scored) if scored else 0.0
+

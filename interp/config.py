@@ -1,0 +1,145 @@
+"""Settings of the interp jobs, read from a rig profile YAML.
+
+interp reads only two things of a profile: ``worker.model`` / ``worker.dtype`` (the weights to
+replay, so the replay runs the very model the run used) and the optional ``interp:`` section
+(validated here, so the rig's schema can keep it as an opaque dict).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Component = Literal["resid", "attn", "mlp"]
+Direction = Literal["denoise", "noise"]
+CorruptionName = Literal["remove", "add", "alter"]
+
+CAPTURE_POSITIONS = ("last", "answer", "number")
+PATCH_POSITIONS = ("chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last", "all")
+
+
+class InterpConfigError(ValueError):
+    """A profile or an ``interp:`` section that cannot be used, with the reason and the file."""
+
+
+class InterpConfig(BaseModel):
+    """The ``interp:`` section of a profile. Every field has a default, so the section is optional."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- model and device ---------------------------------------------------------------------
+    model: str | None = Field(None, description="override worker.model (hub id, local path or 'tiny')")
+    dtype: str | None = Field(None, description="override worker.dtype; default: the worker's own dtype")
+    device: str = Field("cpu", description="torch device for the replay, e.g. cuda:0 (after CUDA_VISIBLE_DEVICES=1)")
+    layers: list[int] | None = Field(None, description="layers to capture/patch; None = all; negatives count from the end")
+    components: list[Component] = Field(default_factory=lambda: ["resid"])
+    # -- capture ---------------------------------------------------------------------------------
+    capture_positions: list[str] = Field(default_factory=lambda: ["last", "number"])
+    max_answer_tokens: int = Field(16, ge=1, description="answer tokens captured per sub_call for position 'answer'")
+    capture_batch_size: int = Field(4, ge=1)
+    max_batch_tokens: int = Field(16384, ge=64, description="padded tokens per capture forward (memory bound)")
+    max_prompt_tokens: int | None = Field(None, ge=8, description="skip sub_calls whose prompt is longer")
+    shard_mb: float = Field(256.0, gt=0, description="activation shard size before it is flushed to disk")
+    save_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    replay: bool = Field(True, description="greedy-decode every captured sub_call and compare with the record")
+    max_new_tokens: int = Field(256, ge=1, description="cap on replay generation length")
+    # -- patching ----------------------------------------------------------------------------------
+    n_pairs: int = Field(16, ge=1)
+    corruptions: list[CorruptionName] = Field(default_factory=lambda: ["remove", "add", "alter"])
+    patch_positions: list[str] = Field(
+        default_factory=lambda: ["chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last"]
+    )
+    attn_mlp_positions: list[str] = Field(default_factory=lambda: ["all", "last"])
+    directions: list[Direction] = Field(default_factory=lambda: ["denoise", "noise"])
+    batch_size: int = Field(8, ge=1, description="patched copies per forward")
+    max_pair_tokens: int | None = Field(4096, ge=8, description="skip pairs whose prompt is longer")
+    # -- statistics and probes -------------------------------------------------------------------
+    seed: int = 0
+    ci: Literal["bootstrap", "t"] = "bootstrap"
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    n_boot: int = Field(2000, ge=100)
+    probe_position: str = Field("last", description="captured position the probes read")
+    probe_component: Component = "resid"
+    probe_test_size: float = Field(0.3, gt=0.0, lt=1.0)
+    probe_c: float = Field(1.0, gt=0.0, description="inverse L2 strength of the logistic probe")
+    # -- GPU time-sharing ------------------------------------------------------------------------
+    stop_server: bool = Field(False, description="stop the rig's vLLM worker before loading the replay model")
+    server_pid_file: str | None = Field(None, description="pid file of the rig-managed server (JSON or bare pid)")
+
+    @field_validator("capture_positions")
+    @classmethod
+    def _cap_pos(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p not in CAPTURE_POSITIONS]
+        if bad:
+            raise ValueError(f"unknown capture position(s) {bad}; choose from {list(CAPTURE_POSITIONS)}")
+        return v
+
+    @field_validator("patch_positions", "attn_mlp_positions")
+    @classmethod
+    def _patch_pos(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p not in PATCH_POSITIONS and not p.startswith("last-")]
+        if bad:
+            raise ValueError(f"unknown patch position(s) {bad}; choose from {list(PATCH_POSITIONS)} or 'last-K'")
+        return v
+
+
+class WorkerModelSpec(BaseModel):
+    """The worker weights a run used: interp replays exactly these."""
+
+    model: str
+    dtype: str = "float16"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InterpConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InterpConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InterpConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_interp_config(data: dict[str, Any], *, source: str = "<dict>") -> tuple[InterpConfig, WorkerModelSpec]:
+    """Validate a loaded profile dict; the model and dtype fall back to the worker section."""
+    section = data.get("interp") or {}
+    if not isinstance(section, dict):
+        raise InterpConfigError(f"{source}: 'interp' must be a mapping, got {type(section).__name__}")
+    try:
+        cfg = InterpConfig.model_validate(section)
+    except ValidationError as exc:
+        raise InterpConfigError(f"{source}: invalid 'interp' section:\n{exc}") from exc
+    worker = data.get("worker") or {}
+    model = cfg.model or worker.get("model")
+    if not model:
+        raise InterpConfigError(f"{source}: no model to replay: set worker.model or interp.model")
+    dtype = cfg.dtype or worker.get("dtype") or "float16"
+    return cfg, WorkerModelSpec(model=str(model), dtype=str(dtype))
+
+
+def load_interp_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> tuple[InterpConfig, WorkerModelSpec, dict[str, Any]]:
+    """Read a profile YAML (or none: defaults + overrides) and return (interp, worker model, raw profile).
+
+    ``path`` may name a profile in the rig's ``configs/`` folder by its stem (``cpu-tiny``).
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.exists() and not p.suffix:
+            p = Path(__file__).resolve().parent.parent / "configs" / f"{path}.yaml"
+        data = _read_yaml(p)
+        source = str(p)
+    if overrides:
+        data = dict(data)
+        interp = dict(data.get("interp") or {})
+        interp.update({k: v for k, v in overrides.items() if v is not None})
+        data["interp"] = interp
+    cfg, spec = parse_interp_config(data, source=source)
+    return cfg, spec, data

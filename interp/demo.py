@@ -1,0 +1,97 @@
+"""A small, realistic run folder for tests and demos: trajectories whose sub_calls count D&D rolls.
+
+Written as plain JSON in the rig's Trajectory layout (controller/records.py, schema v1), with the
+worker messages in the rig's own worker template, so everything downstream reads it like a run.
+The transcript lines are invented here (no dataset text).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from .rolls import count_roll_lines
+
+_SPEAKERS = ["Matt", "Laura", "Travis", "Marisha", "Taliesin", "Liam", "Sam", "Ashley"]
+_ROLL_LINES = [
+    "I rolled a {n}.", "That's a natural {n}!", "Roll for initiative.", "Can I roll perception?",
+    "I'll roll the d20 for that.", "Rolled a {n}, plus four.", "Natural 20!", "Make a dexterity roll.",
+]
+_PLAIN_LINES = [
+    "We walk into the tavern and look around.", "He said the door was locked from the inside.",
+    "I go over to the bar and ask for an ale.", "She took the map and put it in her bag.",
+    "They had a long night on the road.", "You see a figure in a grey cloak by the fire.",
+    "I want to talk to the innkeeper about the rumors.", "Okay, we get our things and go upstairs.",
+    "The guard made a face and went back inside.", "What did the old man say about the mine?",
+]
+_INSTRUCTIONS = [
+    "Count the lines in this text where someone rolls dice. Answer with a single number.",
+    "How many dice rolls are mentioned in this text? Answer with a number.",
+]
+WORKER_SYSTEM = "You are a careful reader. Answer the instruction using only the given text. Be brief."
+
+
+def demo_chunk(rng: random.Random, n_lines: int) -> str:
+    lines = []
+    for _ in range(n_lines):
+        sp = rng.choice(_SPEAKERS)
+        pool = _ROLL_LINES if rng.random() < 0.35 else _PLAIN_LINES
+        lines.append(f"{sp}: " + rng.choice(pool).format(n=rng.randint(2, 19)))
+    return "\n".join(lines)
+
+
+def worker_messages(chunk: str, instruction: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": WORKER_SYSTEM},
+        {"role": "user", "content": f"Text:\n{chunk}\n\nInstruction: {instruction}"},
+    ]
+
+
+def make_demo_run(
+    run_dir: str | Path, *, n_samples: int = 3, chunks_per_sample: int = 3, lines_per_chunk: int = 8, seed: int = 0,
+    wrong_every: int = 3,
+) -> Path:
+    """Write trajectories/*.json and samples.jsonl. Every `wrong_every`-th sub_call answer is off by
+    one and every other sample's final answer is wrong, so selections have both kinds."""
+    rng = random.Random(seed)
+    run_dir = Path(run_dir)
+    (run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
+    samples = []
+    k = 0
+    for s in range(n_samples):
+        chunks = [demo_chunk(rng, lines_per_chunk) for _ in range(chunks_per_sample)]
+        doc = "\n".join(chunks)
+        instr = _INSTRUCTIONS[s % len(_INSTRUCTIONS)]
+        subs, pos, answers = [], 0, []
+        for i, ch in enumerate(chunks):
+            gold = count_roll_lines(ch)
+            ans = gold + 1 if (k % wrong_every == wrong_every - 1) else gold
+            k += 1
+            answers.append(ans)
+            subs.append(dict(
+                id=i, cell=0, depth=0, batch=0, chunk_start=pos, chunk_end=pos + len(ch), chunk_chars=len(ch),
+                chunk_tokens=None, instruction=instr, response=f"There are {ans} rolls.", error=None,
+                prompt_tokens=0, completion_tokens=0, latency_s=0.0, nested_trajectory=None,
+                messages=worker_messages(ch, instr),
+            ))
+            pos += len(ch) + 1
+        gold_total = sum(count_roll_lines(c) for c in chunks)
+        final = str(sum(answers)) if s % 2 == 0 else str(sum(answers) + 2)
+        sid = f"demo-{s:03d}"
+        traj = dict(
+            schema_version=1, run_id="demo-run", question="How many rolls are there in this transcript?",
+            doc_chars=len(doc), doc_sha256=hashlib.sha256(doc.encode()).hexdigest(), config={}, config_hash="demo",
+            models={"worker": "tiny"}, versions={}, depth=0, started_at="2026-01-01T00:00:00Z",
+            finished_at="2026-01-01T00:00:01Z", wall_s=1.0, turns=[], cells=[], sub_calls=subs, caps_hit=[],
+            final_answer=final, stop_reason="final", error=None,
+        )
+        (run_dir / "trajectories" / f"{sid}.json").write_text(json.dumps(traj, indent=1))
+        samples.append(dict(
+            schema_version=1, id=sid, dataset="demo", method="rlm", question=traj["question"],
+            question_type="singledoc_rolls" if s % 2 == 0 else "multidoc_rolls", context_chars=len(doc),
+            gold=str(gold_total), answer=final, score=1.0 if final == str(gold_total) else 0.0,
+            trajectory=f"trajectories/{sid}.json", n_sub_calls=len(subs),
+        ))
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    return run_dir

@@ -1,0 +1,156 @@
+"""Load the worker's weights in transformers, wrapped by nnsight, and render prompts like vLLM does.
+
+The replay must see the same token ids vLLM saw: the chat template is rendered to text and
+tokenized without extra special tokens (vLLM's chat endpoint does the same), and the answer is
+tokenized on its own and appended (the ids vLLM generated follow the prompt ids, they were never
+re-tokenized together with it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_DTYPES = {
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}
+
+
+def resolve_dtype(name: str | None) -> torch.dtype | str:
+    if name is None or name == "auto":
+        return "auto"
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(_DTYPES)} or 'auto'") from None
+
+
+def resolve_model_path(model: str) -> str:
+    """'tiny' / 'tiny:SEED' is the rig's tiny random Qwen2 (built and cached by worker)."""
+    name, _, seed = model.partition(":")
+    if name == "tiny":
+        from worker.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(seed=int(seed) if seed else 0))
+    p = Path(model).expanduser()
+    return str(p) if p.exists() else model
+
+
+@dataclass
+class Prompt:
+    """A rendered, tokenized chat prompt plus where each message's content sits in it."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    content_starts: list[int | None]  # char offset of each message's content in `text`
+
+    def token_span(self, char_start: int, char_end: int) -> list[int]:
+        """Token indices overlapping the char span [char_start, char_end) of `text`."""
+        return [i for i, (s, e) in enumerate(self.offsets) if s < char_end and e > char_start and e > s]
+
+
+class ReplayModel:
+    """The worker model in nnsight: one object owns the HF model, its tokenizer and the wrapper."""
+
+    def __init__(self, model: str, *, dtype: str | None = "float32", device: str = "cpu") -> None:
+        import nnsight
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = model
+        path = resolve_model_path(model)
+        self.path = path
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"tokenizer of {model!r} has no chat template; cannot replay chat sub_calls")
+        self.hf = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(self.device).eval()
+        self.dtype = next(self.hf.parameters()).dtype
+        self.nn = nnsight.TransformersModel(self.hf, tokenizer=self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    # -- structure --------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return int(self.hf.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.config.hidden_size)
+
+    def layers_env(self):
+        """The nnsight envoys of the decoder layers (Qwen2/Llama layout: model.model.layers)."""
+        return self.nn.model.layers
+
+    def resolve_layers(self, layers: list[int] | None) -> list[int]:
+        if layers is None:
+            return list(range(self.n_layers))
+        out = []
+        for layer in layers:
+            li = layer + self.n_layers if layer < 0 else layer
+            if not 0 <= li < self.n_layers:
+                raise ValueError(f"layer {layer} out of range for a {self.n_layers}-layer model")
+            out.append(li)
+        return sorted(set(out))
+
+    # -- prompts ------------------------------------------------------------------------------------
+    def render(self, messages: list[dict[str, Any]]) -> Prompt:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        starts: list[int | None] = []
+        pos = 0
+        for m in messages:
+            c = m.get("content")
+            if not isinstance(c, str) or not c:
+                starts.append(None)
+                continue
+            i = text.find(c, pos)
+            starts.append(i if i >= 0 else None)
+            if i >= 0:
+                pos = i + len(c)
+        return Prompt(text, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]], starts)
+
+    def encode_answer(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gc = getattr(self.hf, "generation_config", None)
+        e = getattr(gc, "eos_token_id", None) if gc is not None else None
+        for x in [e, self.tokenizer.eos_token_id]:
+            if isinstance(x, int):
+                ids.add(x)
+            elif isinstance(x, (list, tuple)):
+                ids.update(int(v) for v in x)
+        return ids
+
+    def batch(self, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded batch: positions of real tokens are unchanged by padding (causal attention)."""
+        t = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), t), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), t), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    @torch.no_grad()
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy continuation in plain transformers (no hooks), stopping at an eos id."""
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        eos = sorted(self.eos_ids())
+        out = self.hf.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos or None,
+            pad_token_id=self.pad_id,
+        )
+        gen = out[0, len(prompt_ids) :].tolist()
+        cut = [i for i, t in enumerate(gen) if t in self.eos_ids()]
+        return gen[: cut[0]] if cut else gen

@@ -1,0 +1,115 @@
+"""Activation patching sweeps through nnsight, several patches per forward.
+
+One forward of the base prompt (corrupt for denoising, clean for noising) is repeated along the
+batch dimension; copy i gets patch i (its component, layer and positions overwritten with the
+source run's activations). Source activations come from one extra forward of [clean, corrupt],
+which also gives the two reference logits.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+import nnsight
+import torch
+
+from .hooks import COMPONENT_ORDER, component_output
+from .metrics import patch_metrics
+from .model import ReplayModel
+from .pairs import Pair
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    component: str
+    layer: int
+    position: str  # label of a position group of the pair (see pairs._positions)
+
+
+def sweep_specs(
+    pair: Pair, layers: list[int], components: list[str], resid_positions: list[str], other_positions: list[str]
+) -> list[PatchSpec]:
+    """The layer x position grid for the residual stream, layer x (few positions) for attn/MLP.
+    Position groups that are empty for this pair are left out."""
+    specs = []
+    for c in components:
+        labels = resid_positions if c == "resid" else other_positions
+        for li in layers:
+            for lab in labels:
+                if lab in pair.positions and (pair.positions[lab] or lab == "none"):
+                    specs.append(PatchSpec(c, li, lab))
+    return specs
+
+
+@torch.no_grad()
+def reference_run(model: ReplayModel, pair: Pair, sites: list[tuple[str, int]]):
+    """Forward [clean, corrupt]; return (clean logits, corrupt logits, {site: [2, T, d]})."""
+    inputs = model.batch([pair.clean_ids, pair.corrupt_ids])
+    env = model.layers_env()
+    ordered = sorted(set(sites), key=lambda s: (s[1], COMPONENT_ORDER[s[0]]))
+    with model.nn.trace(inputs):
+        saved = nnsight.save([component_output(env[li], c).clone() for c, li in ordered])
+        logits = nnsight.save(model.nn.lm_head.output[:, -1, :].clone())
+    return logits[0], logits[1], dict(zip(ordered, saved))
+
+
+@torch.no_grad()
+def patched_logits(
+    model: ReplayModel, base_ids: list[int], specs: list[PatchSpec], source: dict, source_row: int, pair: Pair
+) -> torch.Tensor:
+    """Last-position logits [len(specs), V] of `base_ids` with each spec patched into its own copy."""
+    inputs = model.batch([base_ids] * len(specs))
+    env = model.layers_env()
+    by_site: dict[tuple[str, int], list[tuple[int, list[int]]]] = defaultdict(list)
+    for i, s in enumerate(specs):
+        idx = pair.positions[s.position]
+        if idx:
+            by_site[(s.component, s.layer)].append((i, idx))
+    ordered = sorted(by_site, key=lambda s: (s[1], COMPONENT_ORDER[s[0]]))
+    with model.nn.trace(inputs):
+        for c, li in ordered:
+            h = component_output(env[li], c)
+            src = source[(c, li)]
+            for i, idx in by_site[(c, li)]:
+                t = torch.tensor(idx, device=h.device)
+                h[i, t] = src[source_row, t].to(h.dtype)
+        logits = nnsight.save(model.nn.lm_head.output[:, -1, :].clone())
+    return logits
+
+
+def patch_pair(
+    model: ReplayModel,
+    pair: Pair,
+    specs: list[PatchSpec],
+    *,
+    directions: Iterable[str] = ("denoise", "noise"),
+    batch_size: int = 8,
+) -> list[dict]:
+    """Every spec in every direction for one pair -> long-format rows (one per patch)."""
+    if not specs:
+        return []
+    clean_l, corrupt_l, acts = reference_run(model, pair, [(s.component, s.layer) for s in specs])
+    rows: list[dict] = []
+    for direction in directions:
+        if direction == "denoise":
+            base, src_row = pair.corrupt_ids, 0  # run corrupt, paste clean
+        elif direction == "noise":
+            base, src_row = pair.clean_ids, 1  # run clean, paste corrupt
+        else:
+            raise ValueError(f"unknown direction {direction!r}; choose denoise or noise")
+        for k in range(0, len(specs), batch_size):
+            chunk = specs[k : k + batch_size]
+            logits = patched_logits(model, base, chunk, acts, src_row, pair)
+            m = patch_metrics(logits, clean_l, corrupt_l, pair.clean_token, pair.corrupt_token)
+            for i, s in enumerate(chunk):
+                rows.append(
+                    dict(
+                        pair=pair.pair_id, run=pair.run, sample=pair.sample, sub_call=pair.sub_call,
+                        corruption=pair.corruption, description=pair.description, component=s.component,
+                        layer=s.layer, position=s.position, n_positions=len(pair.positions[s.position]),
+                        direction=direction, seq_len=pair.seq_len, clean_target=pair.clean_target,
+                        corrupt_target=pair.corrupt_target, **{name: vals[i] for name, vals in m.items()},
+                    )
+                )
+    return rows

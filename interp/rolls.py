@@ -1,0 +1,195 @@
+"""D&D roll mentions: find them, count them, and edit one of them (the counting-task corruptions).
+
+WHY a regex: OOLONG-real's gold comes from a roll table with video timestamps, which cannot be
+mapped onto transcript chunks. Per-chunk gold is therefore a *proxy*: the number of transcript
+lines that mention a roll ("roll", "rolled a 15", "natural 20", "nat 1", "d20" ...). It is exact
+for the question "how many lines mention a roll" and approximate for "how many rolls happened".
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+ROLL_MENTION = re.compile(
+    r"(?P<verb>\broll(?:s|ed|ing)?\b(?:\s+(?:a|an)\s+(?:natural\s+)?(?P<vval>\d{1,3})\b)?)"
+    r"|(?P<nat>\bnat(?:ural)?\s?(?P<nval>\d{1,2})s?\b)"
+    r"|(?P<die>\b\d*d(?:4|6|8|100|10|12|20)\b)",
+    re.IGNORECASE,
+)
+_VALUE_FILTER = re.compile(r"\bnat(?:ural)?\s?(?:value\s+(?:of\s+)?)?(\d{1,2})s?\b|\bvalue\s+(?:of\s+)?(\d{1,2})\b", re.I)
+_COUNT_WORDS = re.compile(r"\b(count|how many|number of|total)\b", re.I)
+_ROLL_WORD = re.compile(r"\broll", re.I)
+
+
+@dataclass(frozen=True)
+class RollMention:
+    start: int
+    end: int
+    kind: str  # verb | nat | die
+    value: int | None
+    word_start: int  # the span of the word that makes it a mention ("rolled", "natural", "d20")
+    word_end: int
+
+
+def find_mentions(text: str) -> list[RollMention]:
+    out = []
+    for m in ROLL_MENTION.finditer(text):
+        kind = m.lastgroup if m.lastgroup in ("verb", "nat", "die") else next(
+            k for k in ("verb", "nat", "die") if m.group(k)
+        )
+        raw = m.group("vval") if kind == "verb" else m.group("nval") if kind == "nat" else None
+        word = re.match(r"[A-Za-z]+|\d*d\d+", m.group(0))
+        ws = m.start() + (word.start() if word else 0)
+        we = m.start() + (word.end() if word else len(m.group(0)))
+        if kind == "die":
+            ws, we = m.start(), m.end()
+        out.append(RollMention(m.start(), m.end(), kind, int(raw) if raw else None, ws, we))
+    return out
+
+
+def parse_value_filter(instruction: str) -> int | None:
+    """"count the natural 20s" -> 20; None when the instruction counts every roll."""
+    m = _VALUE_FILTER.search(instruction or "")
+    if not m:
+        return None
+    return int(m.group(1) or m.group(2))
+
+
+def is_roll_count_instruction(instruction: str) -> bool:
+    return bool(_COUNT_WORDS.search(instruction or "") and _ROLL_WORD.search(instruction or ""))
+
+
+def _line_spans(text: str) -> list[tuple[int, int]]:
+    spans, s = [], 0
+    for line in text.split("\n"):
+        spans.append((s, s + len(line)))
+        s += len(line) + 1
+    return spans
+
+
+def _mentions_by_line(text: str) -> list[tuple[tuple[int, int], list[RollMention]]]:
+    ms = find_mentions(text)
+    out = []
+    for s, e in _line_spans(text):
+        out.append(((s, e), [m for m in ms if s <= m.start < e]))
+    return out
+
+
+def count_roll_lines(text: str, value: int | None = None) -> int:
+    """Lines with at least one roll mention (with that natural/rolled value if ``value`` is set)."""
+    n = 0
+    for _, ms in _mentions_by_line(text):
+        if value is None and ms:
+            n += 1
+        elif value is not None and any(m.value == value for m in ms):
+            n += 1
+    return n
+
+
+def chunk_gold(chunk: str, instruction: str) -> int | None:
+    """The proxy gold count for a chunk under its instruction; None when it is not a roll count."""
+    if not is_roll_count_instruction(instruction):
+        return None
+    return count_roll_lines(chunk, parse_value_filter(instruction))
+
+
+# -- corruptions ------------------------------------------------------------------------------
+# Each yields candidate edits in a seeded order; the pair builder keeps the first whose token
+# length equals the clean one (symmetric token replacement instead of noise).
+
+_REMOVE_SUBST = {
+    "verb": ["called", "walked", "looked", "pulled", "moved", "tried", "said", "got", "made", "did"],
+    "nat": ["normal", "neutral", "nearly", "number", "new", "next"],
+    "die": ["it", "do", "die", "the", "a"],
+}
+_ADD_FROM = ["said", "got", "made", "did", "took", "hit", "had", "have", "get", "went", "saw", "has", "was", "is"]
+_ADD_TO = ["rolled", "rolls", "roll"]
+
+
+@dataclass(frozen=True)
+class ChunkEdit:
+    text: str
+    description: str
+    span: tuple[int, int]  # char span of the edit in the *clean* chunk
+
+
+def corrupt_remove(chunk: str, rng: random.Random, value: int | None = None) -> Iterator[ChunkEdit]:
+    """Remove one counted line's mention by swapping its roll word for a non-roll word."""
+    lines = [(span, ms) for span, ms in _mentions_by_line(chunk) if len(ms) == 1]
+    if value is not None:
+        lines = [(span, ms) for span, ms in lines if ms[0].value == value]
+    rng.shuffle(lines)
+    for _, (m,) in lines:
+        subs = list(_REMOVE_SUBST[m.kind])
+        rng.shuffle(subs)
+        for sub in subs:
+            new = chunk[: m.word_start] + sub + chunk[m.word_end :]
+            if count_roll_lines(new, value) == count_roll_lines(chunk, value) - 1:
+                yield ChunkEdit(new, f"remove {chunk[m.word_start:m.word_end]!r}->{sub!r}", (m.word_start, m.word_end))
+
+
+def corrupt_add(chunk: str, rng: random.Random, value: int | None = None) -> Iterator[ChunkEdit]:
+    """Add one roll mention to a line that has none, by swapping a common word for a roll word."""
+    lines = [span for span, ms in _mentions_by_line(chunk) if not ms]
+    rng.shuffle(lines)
+    pat = re.compile(r"\b(" + "|".join(_ADD_FROM) + r")\b", re.I)
+    base = count_roll_lines(chunk, value)
+    for s, e in lines:
+        for w in pat.finditer(chunk, s, e):
+            targets = [f"rolled a {value}"] if value is not None else list(_ADD_TO)
+            for to in targets:
+                new = chunk[: w.start()] + to + chunk[w.end() :]
+                if count_roll_lines(new, value) == base + 1:
+                    yield ChunkEdit(new, f"add {w.group(0)!r}->{to!r}", (w.start(), w.end()))
+
+
+def corrupt_alter(chunk: str, rng: random.Random, value: int | None = None) -> Iterator[ChunkEdit]:
+    """Change the number of one rolled/natural value (same digit count). Only changes the count when
+    the instruction filters on a value, so without a filter it yields nothing."""
+    if value is None:
+        return
+    base = count_roll_lines(chunk, value)
+    ms = [m for m in find_mentions(chunk) if m.value is not None]
+    rng.shuffle(ms)
+    for m in ms:
+        seg = chunk[m.start : m.end]
+        dm = list(re.finditer(r"\d+", seg))[-1]
+        ds, de = m.start + dm.start(), m.start + dm.end()
+        digits = dm.group(0)
+        if m.value == value:
+            choices = [v for v in range(10 ** (len(digits) - 1) if len(digits) > 1 else 1, 10 ** len(digits)) if v != value]
+        else:
+            choices = [value] if len(str(value)) == len(digits) else []
+        rng.shuffle(choices)
+        for v in choices[:6]:
+            new = chunk[:ds] + str(v) + chunk[de:]
+            if count_roll_lines(new, value) != base:
+                yield ChunkEdit(new, f"alter {digits}->{v}", (ds, de))
+
+
+CORRUPTIONS = {"remove": corrupt_remove, "add": corrupt_add, "alter": corrupt_alter}
+
+
+_BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
+_INT = re.compile(r"(?<![\w.])-?\d+(?![\w.]\d)")
+
+
+def parse_count(answer: str | None) -> int | None:
+    """The integer a worker answered: ``\\boxed{N}`` if present, else the first integer in the text."""
+    if not answer:
+        return None
+    m = _BOXED.search(answer) or _INT.search(answer)
+    return int(m.group(1) if m.re is _BOXED else m.group(0)) if m else None
+
+
+def first_number_span(answer: str | None) -> tuple[int, int] | None:
+    """Char span of the number `parse_count` reads, so capture can find its token."""
+    if not answer:
+        return None
+    m = _BOXED.search(answer)
+    if m:
+        return m.start(1), m.end(1)
+    m = _INT.search(answer)
+    return (m.start(), m.end()) if m else None

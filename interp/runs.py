@@ -1,0 +1,268 @@
+"""Read a run folder as plain data: trajectories/*.json and samples.jsonl.
+
+interp must not import the controller (no cycles), so the few trajectory fields it needs are
+mirrored here by a tolerant local model that ignores everything else.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class RunDirError(ValueError):
+    """A run folder or a selection that cannot be used."""
+
+
+class _SubCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    depth: int = 0
+    chunk_start: int | None = None
+    chunk_end: int | None = None
+    chunk_chars: int = 0
+    instruction: str = ""
+    response: str | None = None
+    error: str | None = None
+    completion_tokens: int = 0
+    messages: list[dict[str, Any]] | None = None
+
+
+class _Trajectory(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    run_id: str = ""
+    question: str = ""
+    doc_chars: int = 0
+    models: dict[str, str] = {}
+    sub_calls: list[_SubCall] = []
+    final_answer: str | None = None
+
+
+@dataclass(frozen=True)
+class SubCallRef:
+    """``sample:subcall`` — the id interp uses for one recorded sub_call."""
+
+    sample: str
+    sub_call: int
+
+    def __str__(self) -> str:
+        return f"{self.sample}:{self.sub_call}"
+
+    @classmethod
+    def parse(cls, text: str) -> "SubCallRef":
+        sample, sep, sc = text.rpartition(":")
+        if not sep or not sample or not sc.strip().lstrip("-").isdigit():
+            raise RunDirError(f"sub_call id {text!r} is not of the form SAMPLE:SUBCALL (e.g. 'abc123:4')")
+        return cls(sample, int(sc))
+
+
+@dataclass
+class SubCallItem:
+    """One replayable sub_call with everything interp needs and nothing of the controller."""
+
+    run: str
+    sample: str
+    sub_call: int
+    messages: list[dict[str, Any]]
+    instruction: str
+    response: str | None
+    chunk_start: int | None
+    chunk_end: int | None
+    chunk_chars: int
+    chunk_loc: "ChunkLocation | None"
+    question: str = ""
+    question_type: str | None = None
+    score: float | None = None
+    depth: int = 0
+    gold: int | None = None
+    gold_source: str | None = None
+
+    @property
+    def ref(self) -> SubCallRef:
+        return SubCallRef(self.sample, self.sub_call)
+
+    @property
+    def chunk_text(self) -> str | None:
+        if self.chunk_loc is None:
+            return None
+        c = self.messages[self.chunk_loc.message]["content"]
+        return c[self.chunk_loc.start : self.chunk_loc.end]
+
+
+@dataclass(frozen=True)
+class ChunkLocation:
+    """Where the chunk sits inside the recorded messages: message index and char span of its content."""
+
+    message: int
+    start: int
+    end: int
+    exact: bool  # True when found via the rig's own worker template, False for the fallback heuristic
+
+
+_RIG_USER = re.compile(r"\AText:\n(?P<chunk>.*)\n\nInstruction: (?P<instr>.*)\Z", re.S)
+
+
+def locate_chunk(messages: list[dict[str, Any]], instruction: str, chunk_chars: int) -> ChunkLocation | None:
+    """Find the chunk inside the worker messages.
+
+    First the rig's template (``Text:\\n{chunk}\\n\\nInstruction: {instruction}``, controller.prompts);
+    else the part of the last user message that is not the instruction, whichever side of it is
+    closest to ``chunk_chars`` long. None when no user message has text.
+    """
+    for mi in range(len(messages) - 1, -1, -1):
+        m = messages[mi]
+        content = m.get("content")
+        if m.get("role") != "user" or not isinstance(content, str) or not content:
+            continue
+        hit = _RIG_USER.match(content)
+        if hit and (not instruction or hit.group("instr") == instruction):
+            return ChunkLocation(mi, hit.start("chunk"), hit.end("chunk"), True)
+        p = content.find(instruction) if instruction else -1
+        sides = [(0, len(content))] if p < 0 else [(0, p), (p + len(instruction), len(content))]
+        sides = [s for s in sides if s[1] > s[0]]
+        if not sides:
+            continue
+        s, e = min(sides, key=lambda se: abs((se[1] - se[0]) - chunk_chars))
+        while s < e and content[s].isspace():
+            s += 1
+        while e > s and content[e - 1].isspace():
+            e -= 1
+        return ChunkLocation(mi, s, e, False)
+    return None
+
+
+def _sample_key(traj_path: Path) -> str:
+    return traj_path.stem
+
+
+def load_samples(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """samples.jsonl rows keyed by the trajectory file stem they point to (and by their id)."""
+    path = run_dir / "samples.jsonl"
+    out: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return out
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # torn last line of a killed run
+                break
+            raise RunDirError(f"{path}: line {i + 1} is not valid JSON")
+        if row.get("id") is not None:
+            out[str(row["id"])] = row
+        if row.get("trajectory"):
+            out[Path(str(row["trajectory"])).stem] = row
+    return out
+
+
+def trajectory_paths(run_dir: str | Path) -> list[Path]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run folder {run_dir} does not exist")
+    tdir = run_dir / "trajectories"
+    paths = sorted(tdir.glob("*.json")) if tdir.is_dir() else []
+    if not paths:
+        raise RunDirError(f"{run_dir} has no trajectories/*.json")
+    return paths
+
+
+def load_trajectory(path: Path) -> _Trajectory:
+    try:
+        return _Trajectory.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as exc:
+        raise RunDirError(f"{path}: not a trajectory JSON: {exc}") from exc
+
+
+@dataclass
+class Selection:
+    """Which sub_calls to take. Empty fields select everything."""
+
+    question_types: list[str] = field(default_factory=list)
+    correct: bool | None = None  # True: samples with score == 1; False: score < 1
+    refs: list[SubCallRef] = field(default_factory=list)
+    depth: int | None = 0  # replay only direct worker calls by default
+    require_response: bool = True
+    limit: int | None = None
+
+
+def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> Iterator[SubCallItem]:
+    """Yield the selected sub_calls of a run, one trajectory file in memory at a time."""
+    run_dir = Path(run_dir)
+    sel = selection or Selection()
+    samples = load_samples(run_dir)
+    wanted = {(r.sample, r.sub_call) for r in sel.refs}
+    wanted_samples = {r.sample for r in sel.refs}
+    n = 0
+    paths = trajectory_paths(run_dir)
+    if wanted_samples:
+        known = {_sample_key(p) for p in paths}
+        missing = sorted(wanted_samples - known)
+        if missing:
+            raise RunDirError(f"no trajectory for sample(s) {missing} in {run_dir / 'trajectories'}")
+    for path in paths:
+        key = _sample_key(path)
+        if wanted_samples and key not in wanted_samples:
+            continue
+        row = samples.get(key, {})
+        qtype = row.get("question_type")
+        score = row.get("score")
+        if sel.question_types and qtype not in sel.question_types:
+            continue
+        if sel.correct is not None:
+            if score is None:
+                continue
+            if sel.correct != (float(score) >= 1.0):
+                continue
+        traj = load_trajectory(path)
+        for sc in traj.sub_calls:
+            if wanted and (key, sc.id) not in wanted:
+                continue
+            if sel.depth is not None and sc.depth != sel.depth:
+                continue
+            if not sc.messages:
+                continue
+            if sel.require_response and sc.response is None:
+                continue
+            yield SubCallItem(
+                run=traj.run_id or run_dir.name,
+                sample=key,
+                sub_call=sc.id,
+                messages=sc.messages,
+                instruction=sc.instruction,
+                response=sc.response,
+                chunk_start=sc.chunk_start,
+                chunk_end=sc.chunk_end,
+                chunk_chars=sc.chunk_chars,
+                chunk_loc=locate_chunk(sc.messages, sc.instruction, sc.chunk_chars),
+                question=traj.question,
+                question_type=qtype,
+                score=None if score is None else float(score),
+                depth=sc.depth,
+            )
+            n += 1
+            if sel.limit is not None and n >= sel.limit:
+                return
+
+
+def load_gold_file(path: str | Path) -> dict[tuple[str, int], int]:
+    """Per-chunk gold from a JSONL of ``{"sample": ..., "sub_call": ..., "gold": int}`` lines."""
+    out: dict[tuple[str, int], int] = {}
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"gold file {p} does not exist")
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out[(str(row["sample"]), int(row["sub_call"]))] = int(row["gold"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunDirError(f"{p}: line {i + 1}: need sample, sub_call and integer gold ({exc})") from exc
+    return out

@@ -1,0 +1,233 @@
+"""In-kernel last layer: resource limits and a PEP 578 audit hook.
+
+Why both: the OS layers (namespaces, read-only mounts) are not available everywhere, and the
+audit hook turns the common hostile or careless calls (fork, kill, sockets, writes outside
+scratch, ctypes) into a clear PermissionError the model can read. An audit hook is NOT a
+security boundary against deliberate attacks on the interpreter; docs/SANDBOX.md says which
+layers hold when it is bypassed.
+"""
+from __future__ import annotations
+
+import posix
+import resource
+import signal
+import sys
+
+WRITE_FLAGS = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
+AT_FDCWD_VALUES = (None, -100)
+
+BLOCKED_IMPORTS = frozenset({
+    "ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "_xxsubinterpreters",
+    "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase",
+})
+PROCESS_EVENTS = frozenset({
+    "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.system", "subprocess.Popen",
+    "pty.spawn", "os.startfile",
+})
+SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg"})
+NET_EVENTS = frozenset({
+    "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
+    "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo",
+})
+ALWAYS_BLOCKED = frozenset({
+    "socket.sethostname", "resource.setrlimit", "resource.prlimit",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents",
+    "sqlite3.enable_load_extension", "sqlite3.load_extension",
+    "syslog.openlog", "syslog.syslog",
+})
+# event -> indices of (path, dir_fd) arguments that must stay inside scratch
+PATH_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
+    "os.remove": ((0, 1),),
+    "os.rmdir": ((0, 1),),
+    "os.mkdir": ((0, 2),),
+    "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),),
+    "os.utime": ((0, 3),),
+    "os.truncate": ((0, None),),
+    "os.setxattr": ((0, None),),
+    "os.removexattr": ((0, None),),
+    "os.rename": ((0, 2), (1, 3)),
+    "os.link": ((0, 2), (1, 3)),
+    "os.symlink": ((1, 2),),
+    "dbm.open": ((0, None),),
+}
+
+
+def apply_rlimits(memory_mb: int, max_file_mb: int, nproc: int | None) -> None:
+    """Lower soft and hard limits together so the kernel cannot raise them back."""
+    def cap(which: int, value: int) -> None:
+        soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))
+
+    cap(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
+    cap(resource.RLIMIT_CORE, 0)
+    cap(resource.RLIMIT_FSIZE, max_file_mb * 1024 * 1024)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversize write -> OSError(EFBIG), not death
+    if nproc is not None:
+        cap(resource.RLIMIT_NPROC, nproc)
+
+
+def _make_resolver(getcwd, lstat, readlink, s_islnk):
+    """A realpath built only from captured builtins, so patching os/posixpath cannot fool it."""
+
+    def resolve(path: str) -> str:
+        if not path.startswith("/"):
+            path = getcwd() + "/" + path
+        parts = [p for p in path.split("/") if p and p != "."]
+        out: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if out:
+                    out.pop()
+                continue
+            candidate = "/" + "/".join(out + [part])
+            try:
+                is_link = s_islnk(lstat(candidate).st_mode)
+            except OSError:
+                is_link = False
+            if is_link:
+                hops += 1
+                if hops > 40:
+                    raise PermissionError("sandbox: too many symbolic links")
+                target = readlink(candidate)
+                if target.startswith("/"):
+                    out = []
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                continue
+            out.append(part)
+        return "/" + "/".join(out)
+
+    return resolve
+
+
+def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[int]) -> None:
+    """Install the hook. All state lives in this closure, none in patchable module globals."""
+    import stat as _stat
+
+    resolve = _make_resolver(posix.getcwd, posix.lstat, posix.readlink, _stat.S_ISLNK)
+    fspath, fsdecode_err = posix.fspath, "surrogateescape"
+    stat_fn, s_isdir = posix.stat, _stat.S_ISDIR
+    scratch_real = resolve(scratch)
+    prefix = scratch_real.rstrip("/") + "/"
+    allowed_files = frozenset({"/dev/null"})
+    process_events, signal_events = PROCESS_EVENTS, SIGNAL_EVENTS
+    net_events = frozenset() if network else NET_EVENTS
+    always, path_events, blocked_imports = ALWAYS_BLOCKED, PATH_EVENTS, BLOCKED_IMPORTS
+    write_flags, at_fdcwd = WRITE_FLAGS, AT_FDCWD_VALUES
+    _str, _bytes, _int, _isinstance = str, bytes, int, isinstance
+    _PermissionError, _ImportError = PermissionError, ImportError
+
+    def as_text(path) -> str | None:
+        if _isinstance(path, _int):
+            return None
+        path = fspath(path)
+        if _isinstance(path, _bytes):
+            path = path.decode("utf-8", fsdecode_err)
+        return path
+
+    def inside(path: str) -> bool:
+        real = resolve(path)
+        return real == scratch_real or real.startswith(prefix) or real in allowed_files
+
+    def check_path(event: str, path, dir_fd) -> None:
+        if _isinstance(path, _int):
+            if path in protected_fds:
+                raise _PermissionError(f"sandbox: {event} on the kernel's protocol pipe is not allowed")
+            return
+        if dir_fd not in at_fdcwd:
+            raise _PermissionError(f"sandbox: {event} with dir_fd is not allowed")
+        text = as_text(path)
+        if not inside(text):
+            raise _PermissionError(
+                f"sandbox: {event} outside the scratch folder is not allowed: {text!r} "
+                f"(write only under {scratch_real})")
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            if _isinstance(path, _int):
+                if path in protected_fds:
+                    raise _PermissionError("sandbox: opening the kernel's protocol pipe is not allowed")
+                return
+            if path is None:
+                return
+            writes = bool(flags & write_flags) if _isinstance(flags, _int) else False
+            if _isinstance(mode, _str) and ("w" in mode or "a" in mode or "x" in mode or "+" in mode):
+                writes = True
+            text = as_text(path)
+            if writes:
+                if not inside(text):
+                    raise _PermissionError(
+                        f"sandbox: writing outside the scratch folder is not allowed: {text!r} "
+                        f"(write only under {scratch_real})")
+                return
+            # A read-only fd on a directory outside scratch could serve as dir_fd for a write
+            # that the "open" event cannot see; refuse directories there.
+            if not inside(text):
+                try:
+                    is_dir = s_isdir(stat_fn(text).st_mode)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    raise _PermissionError(f"sandbox: opening directory {text!r} outside scratch is not allowed")
+            return
+        if event == "sqlite3.connect":
+            db = args[0]
+            text = as_text(db) if not _isinstance(db, _int) else ""
+            if text in ("", ":memory:"):
+                return
+            if text.startswith("file:"):
+                raise _PermissionError("sandbox: sqlite3 URI filenames are not allowed; pass a plain path")
+            check_path(event, db, None)
+            return
+        if event in path_events:
+            for path_i, fd_i in path_events[event]:
+                if path_i < len(args):
+                    dir_fd = args[fd_i] if fd_i is not None and fd_i < len(args) else None
+                    check_path(event, args[path_i], dir_fd)
+            return
+        if event == "import":
+            name = args[0]
+            if _isinstance(name, _str) and name.split(".")[0] in blocked_imports:
+                raise _ImportError(f"sandbox: importing {name!r} is not allowed", name=name)
+            return
+        if event in process_events:
+            raise _PermissionError(f"sandbox: starting processes is not allowed ({event})")
+        if event in signal_events:
+            raise _PermissionError(f"sandbox: sending signals is not allowed ({event})")
+        if event in net_events:
+            raise _PermissionError(f"sandbox: network access is disabled ({event})")
+        if event in always or event.startswith("ctypes."):
+            raise _PermissionError(f"sandbox: {event} is not allowed")
+
+    sys.addaudithook(hook)
+
+
+def disarm_posixsubprocess() -> None:
+    """Pre-load _posixsubprocess and stub fork_exec (it raises no audit event of its own);
+    its re-import is then refused by the hook."""
+    import _posixsubprocess
+
+    def fork_exec(*_args, **_kwargs):
+        raise PermissionError("sandbox: starting processes is not allowed (_posixsubprocess.fork_exec)")
+
+    _posixsubprocess.fork_exec = fork_exec
+
+
+def cap_recursion(limit: int, ceiling: int) -> None:
+    """Set the limit and keep later sys.setrecursionlimit calls under a ceiling sized to the C stack."""
+    original = sys.setrecursionlimit
+    original(limit)
+
+    def setrecursionlimit(new_limit: int) -> None:
+        if not isinstance(new_limit, int):
+            raise TypeError("recursion limit must be an int")
+        if new_limit > ceiling:
+            raise ValueError(f"sandbox: recursion limit is capped at {ceiling}")
+        original(new_limit)
+
+    sys.setrecursionlimit = setrecursionlimit

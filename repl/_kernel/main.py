@@ -1,0 +1,218 @@
+"""Kernel process entry: load `prompt` once, harden the interpreter, then run cells forever.
+
+Runs in the sandboxed child with only the standard library. Everything that model code could
+disturb (its stdout, its namespace, the protocol pipes) is re-checked after each cell.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import linecache
+import os
+import resource
+import sys
+import traceback
+
+from . import guard
+from .api import KernelLink, make_api
+from .capture import CappedStream, OutputBudget
+from .wire import KIND_BYTES, KIND_JSON, decode_json, read_frame
+
+KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
+STACK_BYTES = 512 * 1024 * 1024
+RECURSION_CEILING = 60_000  # ~8 KiB of C stack per level with STACK_BYTES
+STACKED_FLAG = "--rlm-stacked"
+PROTECTED = ("prompt", "sub_call", "sub_call_batch", "FINAL", "FINAL_VAR", "SubCallError")
+
+
+def _ensure_big_stack() -> None:
+    """Re-exec once with a large RLIMIT_STACK: the main thread's stack is sized at exec time,
+    and deep C-level recursion must end in RecursionError, not a segfault."""
+    if STACKED_FLAG in sys.argv:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = STACK_BYTES if hard == resource.RLIM_INFINITY else min(STACK_BYTES, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+            os.execv(sys.executable, list(sys.orig_argv) + [STACKED_FLAG])
+        except OSError:
+            pass  # keep the default stack; a segfault would then be contained as a restart
+
+
+def _read_ns(kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _facts() -> dict:
+    """What the kernel can observe about its own confinement (the parent compares)."""
+    cap_eff = None
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    cap_eff = int(line.split()[1], 16)
+    except OSError:
+        pass
+    root_ro = None
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 5 and fields[4] == "/":
+                    root_ro = "ro" in fields[5].split(",")
+    except OSError:
+        pass
+    ifaces = []
+    try:
+        with open("/proc/self/net/dev") as fh:
+            ifaces = [ln.split(":")[0].strip() for ln in fh.readlines()[2:]]
+    except OSError:
+        pass
+    limits = {}
+    for name in ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK"):
+        soft, _hard = resource.getrlimit(getattr(resource, name))
+        limits[name] = soft
+    return {"pid": os.getpid(), "uid": os.getuid(), "pid_ns": _read_ns("pid"), "net_ns": _read_ns("net"),
+            "cap_eff": cap_eff, "root_ro": root_ro, "ifaces": ifaces, "rlimits": limits,
+            "env_keys": sorted(os.environ), "recursion_limit": sys.getrecursionlimit()}
+
+
+def _trim_traceback(exc: BaseException) -> str:
+    """Format `exc` without the kernel's own frames (the exec call, sub_call internals, the hook)."""
+    try:
+        tbe = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+        seen: set[int] = set()
+        stack_of = [tbe]
+        while stack_of:
+            cur = stack_of.pop()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            cur.stack = traceback.StackSummary.from_list(
+                [f for f in cur.stack if not (f.filename or "").startswith(KERNEL_DIR)])
+            for nxt in (cur.__cause__, cur.__context__):
+                if nxt is not None:
+                    stack_of.append(nxt)
+        text = "".join(tbe.format())
+        if "Traceback (most recent call last):\n" in text and not any(
+                f for f in tbe.stack):  # no model frames left: drop the empty header
+            text = text.replace("Traceback (most recent call last):\n", "", 1)
+        return text
+    except Exception:  # a hostile __str__ must not take the kernel down
+        return f"{type(exc).__name__}: <unprintable exception>\n"
+
+
+class Kernel:
+    def __init__(self, link: KernelLink, prompt: str, cfg: dict) -> None:
+        self.link = link
+        self.cfg = cfg
+        self.final: str | None = None
+        self.final_truncated = False
+        self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
+        api = make_api(link, self.ns, self._set_final)
+        self.protected = {"prompt": prompt, **api}
+        self.ns.update(self.protected)
+        self.cell_no = 0
+
+    def _set_final(self, answer: str) -> None:
+        cap = int(self.cfg["max_output_chars"])
+        self.final_truncated = len(answer) > cap
+        self.final = answer[:cap]
+
+    def run(self, code: str) -> dict:
+        self.cell_no += 1
+        self.final = None
+        self.final_truncated = False
+        budget = OutputBudget(int(self.cfg["max_output_chars"]))
+        out, err = CappedStream(budget, "<stdout>"), CappedStream(budget, "<stderr>")
+        sys.stdout = sys.__stdout__ = out
+        sys.stderr = sys.__stderr__ = err
+        sys.stdin = sys.__stdin__ = io.StringIO("")
+        notices: list[str] = []
+        error = None
+        subs_before = self.link.sub_calls
+        filename = f"<cell {self.cell_no}>"
+        try:
+            tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST)
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            lines = code.splitlines(keepends=True)
+            linecache.cache[filename] = (len(code), None, lines, filename)
+            exec(compile(tree, filename, "exec"), self.ns)
+            if last is not None:
+                value = eval(compile(last, filename, "eval"), self.ns)
+                if value is not None:
+                    out.write(repr(value) + "\n")
+        except SyntaxError as exc:
+            error = "".join(traceback.format_exception_only(type(exc), exc))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt are contained too
+            error = _trim_traceback(exc)
+            if isinstance(exc, SystemExit):
+                notices.append("sys.exit()/SystemExit was intercepted: the REPL keeps running and your "
+                               "variables are kept.")
+            elif isinstance(exc, MemoryError):
+                notices.append(f"The cell hit the sandbox memory cap ({self.cfg['memory_mb']} MB).")
+            elif isinstance(exc, RecursionError):
+                notices.append(f"Recursion went too deep (limit {sys.getrecursionlimit()}).")
+            del exc
+        for name, obj in self.protected.items():
+            if self.ns.get(name) is not obj:
+                self.ns[name] = obj
+                notices.append(f"`{name}` was reassigned or deleted; it has been restored.")
+        if self.final_truncated:
+            notices.append("The final answer was cut to max_output_chars.")
+        return {"t": "done", "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error,
+                "final": self.final, "truncated": budget.truncated, "dropped": budget.dropped,
+                "notices": notices, "sub_calls": self.link.sub_calls - subs_before}
+
+
+def main(fd_in: int, fd_out: int) -> None:
+    _ensure_big_stack()
+    kind, payload = read_frame(fd_in)
+    if kind != KIND_JSON:
+        os._exit(90)
+    cfg = decode_json(payload)
+    kind, raw = read_frame(fd_in)
+    if kind != KIND_BYTES:
+        os._exit(91)
+    prompt = raw.decode("utf-8", "surrogatepass")
+    del raw, payload
+    os.chdir(cfg["scratch"])
+    guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
+    guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
+    guard.disarm_posixsubprocess()
+    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]))
+    kernel = Kernel(link, prompt, cfg)
+    facts = _facts()
+    guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
+                             protected_fds=frozenset({fd_in, fd_out}))
+    link.send({"t": "ready", "facts": facts, "prompt_chars": len(prompt)})
+    del prompt
+    while True:
+        try:
+            msg = link.receive()
+        except (EOFError, OSError):
+            os._exit(0)  # parent gone
+        if msg.get("t") == "exit":
+            os._exit(0)
+        if msg.get("t") != "run" or not isinstance(msg.get("code"), str):
+            continue
+        reply = kernel.run(msg["code"])
+        reply["cell"] = msg.get("cell")
+        try:
+            link.send(reply)
+        except MemoryError:
+            try:
+                link.send({"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
+                           "error": "MemoryError: the cell's output could not be sent (memory cap)\n",
+                           "final": None, "truncated": True, "dropped": 0, "notices": [], "sub_calls": 0})
+            except BaseException:
+                os._exit(70)
+        except (EOFError, OSError):
+            os._exit(0)

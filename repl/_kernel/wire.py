@@ -1,0 +1,90 @@
+"""Frame format on the dedicated protocol pipes (shared by parent and kernel; stdlib only).
+
+A frame is 1 kind byte + 4-byte big-endian length + payload. Kind b"J" carries UTF-8 JSON
+(the only kind the parent accepts from the kernel: never unpickle what untrusted code wrote),
+kind b"B" carries raw bytes (the prompt, sent once, without JSON escaping cost).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+HEADER = struct.Struct(">cI")
+KIND_JSON = b"J"
+KIND_BYTES = b"B"
+MAX_FRAME = 0xFFFFFFFF
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+def encode_json(obj: object) -> bytes:
+    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return HEADER.pack(KIND_JSON, len(payload)) + payload
+
+
+def encode_bytes(data: bytes) -> bytes:
+    return HEADER.pack(KIND_BYTES, len(data)) + data
+
+
+def decode_json(payload: bytes) -> dict:
+    try:
+        obj = json.loads(payload.decode("utf-8", "surrogatepass"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"bad JSON frame: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
+        raise ProtocolError("frame is not an object with a string 't' field")
+    return obj
+
+
+class FrameDecoder:
+    """Incremental decoder for a non-blocking reader; refuses frames above `max_frame` bytes."""
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_frame(self) -> tuple[bytes, bytes] | None:
+        if len(self._buf) < HEADER.size:
+            return None
+        kind, length = HEADER.unpack_from(self._buf)
+        if kind not in (KIND_JSON, KIND_BYTES):
+            raise ProtocolError(f"unknown frame kind {kind!r}")
+        if length > self.max_frame:
+            raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame}-byte cap")
+        end = HEADER.size + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[HEADER.size:end])
+        del self._buf[:end]
+        return kind, payload
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    """Blocking read of exactly n bytes (kernel side); EOFError when the parent is gone."""
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("protocol pipe closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> tuple[bytes, bytes]:
+    kind, length = HEADER.unpack(read_exact(fd, HEADER.size))
+    return kind, read_exact(fd, length)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Blocking write of all bytes (kernel side)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

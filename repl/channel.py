@@ -1,0 +1,253 @@
+"""Parent end of one kernel process: non-blocking pipes with deadlines, bounded buffers.
+
+Why non-blocking everywhere: the kernel is untrusted. It may stop reading, flood its stdout,
+send garbage or die at any byte; the parent must never block past a deadline or buffer
+without bound.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+from ._kernel.wire import KIND_JSON, FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
+from .launch import kernel_env, python_command, wrapper_prefix
+
+RAW_TAIL_BYTES = 16_384
+
+
+class KernelGone(Exception):
+    """The kernel closed its pipe, died, or broke the protocol."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class KernelProcess:
+    """Starts one kernel and moves frames to and from it."""
+
+    def __init__(self, *, launcher: str, scratch: Path, network: bool, max_frame: int,
+                 raw_cap: int) -> None:
+        self.launcher = launcher
+        self.killed_by_us = False
+        to_kernel_r, self._to_kernel_w = os.pipe()
+        self._from_kernel_r, from_kernel_w = os.pipe()
+        argv = wrapper_prefix(launcher, scratch, network=network) + python_command(to_kernel_r, from_kernel_w)
+        try:
+            self.proc = subprocess.Popen(
+                argv, cwd=scratch, env=kernel_env(scratch), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(to_kernel_r, from_kernel_w),
+                start_new_session=True, close_fds=True)
+        except OSError:
+            for fd in (to_kernel_r, from_kernel_w, self._to_kernel_w, self._from_kernel_r):
+                os.close(fd)
+            raise
+        os.close(to_kernel_r)
+        os.close(from_kernel_w)
+        assert self.proc.stdout is not None
+        self._raw_r = self.proc.stdout.fileno()
+        for fd in (self._to_kernel_w, self._from_kernel_r, self._raw_r):
+            os.set_blocking(fd, False)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._from_kernel_r, selectors.EVENT_READ, "proto")
+        self._sel.register(self._raw_r, selectors.EVENT_READ, "raw")
+        self._out = bytearray()
+        self._write_registered = False
+        self._decoder = FrameDecoder(max_frame)
+        self._frames: deque[dict] = deque()
+        self._eof = False
+        self._raw_eof = False
+        self.raw_cap = raw_cap
+        self.raw = bytearray()  # fd-level output since the last take_raw(), capped
+        self.raw_dropped = 0
+        self.raw_tail = bytearray()  # last bytes ever written, for crash diagnostics
+        self.closed = False
+
+    # ---- output side -------------------------------------------------------------------------
+    def queue_json(self, obj: dict) -> None:
+        self._queue(encode_json(obj))
+
+    def queue_bytes(self, data: bytes) -> None:
+        self._queue(encode_bytes(data))
+
+    def _queue(self, data: bytes) -> None:
+        self._out += data
+        self._try_write()
+
+    def _try_write(self) -> None:
+        while self._out:
+            try:
+                n = os.write(self._to_kernel_w, self._out[:1 << 20])
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, OSError):
+                self._out.clear()
+                self._eof = True
+                break
+            del self._out[:n]
+        want = bool(self._out)
+        if want != self._write_registered:
+            if want:
+                self._sel.register(self._to_kernel_w, selectors.EVENT_WRITE, "write")
+            else:
+                self._sel.unregister(self._to_kernel_w)
+            self._write_registered = want
+
+    # ---- input side --------------------------------------------------------------------------
+    def _read_proto(self) -> None:
+        while True:
+            try:
+                data = os.read(self._from_kernel_r, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._eof = True
+                return
+            self._decoder.feed(data)
+            while True:
+                frame = self._decoder.next_frame()  # raises ProtocolError on garbage
+                if frame is None:
+                    break
+                kind, payload = frame
+                if kind != KIND_JSON:
+                    raise ProtocolError("the kernel may only send JSON frames")
+                self._frames.append(decode_json(payload))
+
+    def _read_raw(self) -> None:
+        while not self._raw_eof:
+            try:
+                data = os.read(self._raw_r, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._raw_eof = True
+                self._sel.unregister(self._raw_r)
+                return
+            room = self.raw_cap - len(self.raw)
+            if room > 0:
+                self.raw += data[:room]
+            self.raw_dropped += max(0, len(data) - max(room, 0))
+            self.raw_tail += data[-RAW_TAIL_BYTES:]
+            del self.raw_tail[:-RAW_TAIL_BYTES]
+
+    def take_raw(self) -> tuple[str, int]:
+        """Fd-level output (os.write(1, ...), C libraries) gathered so far, and bytes dropped."""
+        self._read_raw()
+        text = self.raw.decode("utf-8", "replace")
+        dropped = self.raw_dropped
+        self.raw.clear()
+        self.raw_dropped = 0
+        return text, dropped
+
+    def next_message(self, deadline: float) -> dict | None:
+        """The next frame from the kernel, or None at the deadline. Raises KernelGone."""
+        while True:
+            if self._frames:
+                return self._frames.popleft()
+            if self._eof:
+                raise KernelGone("eof", "the kernel closed its protocol pipe")
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            # Wake up regularly to notice a dead kernel whose pipe is held open elsewhere.
+            try:
+                events = self._sel.select(timeout=min(deadline - now, 0.25))
+            except InterruptedError:
+                continue
+            for key, _mask in events:
+                if key.data == "proto":
+                    try:
+                        self._read_proto()
+                    except ProtocolError as exc:
+                        raise KernelGone("protocol", str(exc)) from None
+                elif key.data == "raw":
+                    self._read_raw()
+                elif key.data == "write":
+                    self._try_write()
+            if not events and self.proc.poll() is not None:
+                try:
+                    self._read_proto()
+                except ProtocolError as exc:
+                    raise KernelGone("protocol", str(exc)) from None
+                if not self._frames:
+                    raise KernelGone("exit", f"the kernel exited with status {self.proc.returncode}")
+
+    def flush(self, deadline: float) -> bool:
+        """Write everything queued (used for the prompt at start-up); False on timeout."""
+        while self._out and not self._eof:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            events = self._sel.select(timeout=min(deadline - now, 0.25))
+            for key, _mask in events:
+                if key.data == "write":
+                    self._try_write()
+                elif key.data == "raw":
+                    self._read_raw()
+                elif key.data == "proto":
+                    try:
+                        self._read_proto()
+                    except ProtocolError as exc:
+                        raise KernelGone("protocol", str(exc)) from None
+            if self.proc.poll() is not None and self._out:
+                raise KernelGone("exit", f"the kernel exited with status {self.proc.returncode}")
+        if self._eof and self._out:
+            raise KernelGone("eof", "the kernel closed its protocol pipe")
+        return True
+
+    # ---- lifetime ----------------------------------------------------------------------------
+    def exit_reason(self, wait_s: float = 2.0) -> str | None:
+        """Classify why the kernel ended, from the wrapper's exit status; None if still alive."""
+        code = self.proc.poll()
+        if code is None:
+            try:
+                code = self.proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                return None
+        sig = -code if code < 0 else (code - 128 if code > 128 and self.launcher != "none" else 0)
+        if sig == signal.SIGKILL:
+            return "memory"  # nobody else may SIGKILL it: the OOM killer or a memory cgroup
+        if sig:
+            return "crash"
+        return "exit"
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (namespaced children die with the namespace's init)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.killed_by_us = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            self._read_raw()
+        except OSError:
+            pass
+        self._sel.close()
+        for fd in (self._to_kernel_w, self._from_kernel_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

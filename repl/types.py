@@ -1,0 +1,106 @@
+"""Public records of the sandbox: limits, sub_call messages, cell results, isolation report.
+
+Kept free of process logic so the controller can build and log them without starting a kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+Launcher = Literal["auto", "bwrap", "unshare", "none"]
+KillReason = Literal["timeout", "memory", "exit", "crash", "protocol"]
+
+
+class SandboxError(RuntimeError):
+    """The kernel could not be started (or restarted); nothing else escapes `run_cell`."""
+
+
+@dataclass
+class SandboxLimits:
+    """Caps applied to every kernel. Defaults suit a 60 s-per-cell RLM loop on a workstation."""
+
+    cell_timeout_s: float = 60.0
+    memory_mb: int = 2048  # address-space cap of the kernel (RLIMIT_AS)
+    max_output_chars: int = 1_000_000  # hard cap on captured stdout+stderr per cell (protects the parent)
+    recursion_limit: int = 2000
+    network: bool = False
+    # --- extensions beyond the first contract draft ---
+    startup_timeout_s: float = 30.0  # kernel start + prompt load; failure -> SandboxError
+    max_subcall_chars: int = 20_000_000  # chars of chunk+instruction in one sub_call message
+    max_file_mb: int = 1024  # RLIMIT_FSIZE: largest file the kernel may write (disk-fill guard)
+    launcher: Launcher = "auto"  # "auto": bwrap if it works, else unshare, else a plain process
+    # The timeout clock pauses while the parent runs the sub_call handler: a cell that waits on a
+    # slow worker is not "hung". Set True to count handler time too.
+    timeout_includes_subcalls: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.cell_timeout_s > 0:
+            raise ValueError(f"SandboxLimits.cell_timeout_s must be > 0, got {self.cell_timeout_s!r}")
+        if self.memory_mb < 64:
+            raise ValueError(f"SandboxLimits.memory_mb must be >= 64 (Python needs it), got {self.memory_mb!r}")
+        if self.max_output_chars < 1:
+            raise ValueError(f"SandboxLimits.max_output_chars must be >= 1, got {self.max_output_chars!r}")
+        if self.recursion_limit < 50:
+            raise ValueError(f"SandboxLimits.recursion_limit must be >= 50, got {self.recursion_limit!r}")
+        if self.launcher not in ("auto", "bwrap", "unshare", "none"):
+            raise ValueError(f"SandboxLimits.launcher must be auto|bwrap|unshare|none, got {self.launcher!r}")
+
+
+@dataclass
+class SubCallRequest:
+    chunk: str
+    instruction: str
+    index_in_batch: int | None  # None for a single sub_call, i for sub_call_batch
+
+
+@dataclass
+class SubCallReply:
+    text: str | None = None
+    error: str | None = None  # the kernel raises SubCallError(error) in model code
+
+
+# Called in the parent, once per sub_call / sub_call_batch, blocking; the handler runs a batch
+# concurrently itself (the sandbox does not).
+SubCallHandler = Callable[[list[SubCallRequest]], list[SubCallReply]]
+
+
+@dataclass
+class CellResult:
+    stdout: str
+    stderr: str
+    error: str | None  # trimmed traceback text, or None
+    duration_s: float
+    timed_out: bool = False
+    restarted: bool = False  # kernel was killed and restarted; state lost, prompt reloaded
+    kill_reason: str | None = None  # "timeout" | "memory" | "exit" | "crash" | "protocol" | None
+    notices: list[str] = field(default_factory=list)
+    final_answer: str | None = None  # set when code called FINAL(x) or FINAL_VAR("name")
+    output_truncated: bool = False  # hard cap hit
+    sub_calls: int = 0  # requests sent to the handler during this cell (batch items counted)
+
+
+@dataclass
+class IsolationReport:
+    """Which layers are really active, as observed by the kernel itself at start-up."""
+
+    launcher: str  # "bwrap" | "unshare" | "none"
+    pid_namespace: bool
+    network_namespace: bool
+    readonly_root: bool  # filesystem outside scratch (and /tmp tmpfs) mounted read-only
+    capabilities_dropped: bool
+    audit_hook: bool
+    env_scrubbed: bool
+    rlimits: dict[str, int]
+    kernel_uid: int
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        on = [name for name in ("pid_namespace", "network_namespace", "readonly_root",
+                                "capabilities_dropped", "audit_hook", "env_scrubbed") if getattr(self, name)]
+        off = [name for name in ("pid_namespace", "network_namespace", "readonly_root",
+                                 "capabilities_dropped") if not getattr(self, name)]
+        text = f"launcher={self.launcher}; on: {', '.join(on) or 'none'}"
+        if off:
+            text += f"; off: {', '.join(off)}"
+        text += "; rlimits: " + ", ".join(f"{k}={v}" for k, v in sorted(self.rlimits.items()))
+        return text

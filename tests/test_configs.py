@@ -1,0 +1,107 @@
+"""Profiles validate; bad configs fail at once naming the key and the file."""
+from pathlib import Path
+
+import pytest
+
+from configs import ConfigError, load_config, resolve_profile
+
+PROFILES = ["a4500x2", "single-gpu", "cpu-tiny"]
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_shipped_profiles_validate(name):
+    cfg = load_config(name)
+    assert cfg.name == name
+    assert cfg.chunk_budget() > 0
+
+
+def test_a4500_profile_facts():
+    cfg = load_config("a4500x2")
+    assert cfg.controller.model == "Qwen/Qwen2.5-Coder-14B-Instruct"
+    assert cfg.controller.quantization == "nf4" and cfg.controller.device == "cuda:0"
+    assert cfg.worker.model == "Qwen/Qwen2.5-7B-Instruct" and cfg.worker.dtype == "float16"
+    assert cfg.worker.server.cuda_visible_devices == "1" and cfg.worker.backend == "vllm"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """
+name: t
+controller: {backend: replay, replay_file: %s}
+worker: {model: tiny}
+"""
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    replay = resolve_profile("cpu-tiny").parent / "replays" / "chunk-count.yaml"
+    p = _write(tmp_path, BASE % replay + "rlm: {max_iteratons: 3}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "rlm.max_iteratons" in str(e.value) and "unknown key" in str(e.value) and str(p) in str(e.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    replay = resolve_profile("cpu-tiny").parent / "replays" / "chunk-count.yaml"
+    p = _write(tmp_path, BASE % replay + "rlm: {max_iterations: lots}\n")
+    with pytest.raises(ConfigError, match=r"rlm\.max_iterations.*lots"):
+        load_config(p)
+
+
+def test_missing_section(tmp_path):
+    p = _write(tmp_path, "name: t\ncontroller: {backend: replay}\n")
+    with pytest.raises(ConfigError, match=r"worker: missing required key"):
+        load_config(p)
+
+
+def test_missing_model_path(tmp_path):
+    p = _write(tmp_path, "name: t\ncontroller: {backend: replay}\nworker: {model: ./no/such/model}\n")
+    with pytest.raises(ConfigError, match=r"worker\.model.*does not exist"):
+        load_config(p)
+
+
+def test_model_dir_without_config_json(tmp_path):
+    (tmp_path / "m").mkdir()
+    p = _write(tmp_path, f"name: t\ncontroller: {{backend: replay}}\nworker: {{model: {tmp_path / 'm'}}}\n")
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_config(p)
+
+
+def test_hub_id_accepted_without_download():
+    cfg = load_config("cpu-tiny", ["worker.model=Qwen/Qwen2.5-7B-Instruct"])
+    assert cfg.worker.model == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config("cpu-tiny", ["rlm.max_iterations=3", "sandbox.network=false", "worker.server.port=1234"])
+    assert cfg.rlm.max_iterations == 3 and cfg.worker.server.port == 1234
+
+
+def test_bad_override_forms():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config("cpu-tiny", ["rlm.max_iterations"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config("cpu-tiny", ["name.x=1"])
+    with pytest.raises(ConfigError, match=r"rlm\.max_iterations"):
+        load_config("cpu-tiny", ["rlm.max_iterations=-1"])
+
+
+def test_unknown_profile_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no-such-profile")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_controller_backend_requirements(tmp_path):
+    p = _write(tmp_path, "name: t\ncontroller: {backend: transformers}\nworker: {model: tiny}\n")
+    with pytest.raises(ConfigError, match="controller.model is required"):
+        load_config(p)
+    p = _write(tmp_path, "name: t\ncontroller: {backend: replay, replay_file: /nope.yaml}\nworker: {model: tiny}\n")
+    with pytest.raises(ConfigError, match="replay_file"):
+        load_config(p)
