@@ -58,6 +58,7 @@ class ServerConfig(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     quantization: str | None = None
     max_num_seqs: int | None = Field(None, ge=1)
+    enforce_eager: bool = Field(False, description="skip graph capture/compile: faster start, slower decode")
     startup_timeout_s: float = Field(600.0, gt=0)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

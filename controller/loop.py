@@ -86,17 +86,7 @@ class RLM:
             truncated_from = len(out) if not res.output_truncated else max(len(out), self.cfg.sandbox.max_output_chars)
             out = out[:limit]
             cell.feedback_truncated = True
-        notices = list(res.notices)
-        if res.timed_out:
-            notices.append(
-                f"The cell ran past the {self.cfg.rlm.cell_timeout_s:g} s limit and was stopped. The REPL was restarted: "
-                "all your variables are lost; `prompt` is loaded again."
-            )
-        elif res.restarted:
-            notices.append(
-                f"The REPL process ended ({res.kill_reason or 'crash'}) and was restarted: all your variables are lost; "
-                "`prompt` is loaded again."
-            )
+        notices = list(res.notices)  # the sandbox words restarts itself ("... all variables ... are LOST")
         return prompts.cell_feedback(
             out, truncated_from=truncated_from, notices=notices, iteration=cell.turn + 1,
             max_iterations=self.cfg.rlm.max_iterations,
@@ -230,6 +220,8 @@ class RLM:
                         kill_reason=res.kill_reason,
                         notices=list(res.notices),
                         final_answer=res.final_answer,
+                        output_truncated=res.output_truncated,
+                        sub_calls=res.sub_calls,
                     )
                     feedback = self._feedback(cell, res)
                     if len(parsed.code_blocks) > 1:

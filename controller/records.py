@@ -48,6 +48,8 @@ class CellRecord(BaseModel):
     kill_reason: str | None = None
     notices: list[str] = Field(default_factory=list)
     feedback_truncated: bool = False
+    output_truncated: bool = Field(False, description="the sandbox's hard output cap was hit")
+    sub_calls: int = 0
     final_answer: str | None = None
 
 
@@ -106,10 +108,25 @@ class Trajectory(BaseModel):
 
     # -- derived figures used by sample rows and reports ------------------------------------
     def controller_tokens(self) -> tuple[int, int]:
-        return (sum(t.prompt_tokens for t in self.turns), sum(t.completion_tokens for t in self.turns))
+        """Controller tokens in and out, nested runs included."""
+        tin = sum(t.prompt_tokens for t in self.turns)
+        tout = sum(t.completion_tokens for t in self.turns)
+        for s in self.sub_calls:
+            if s.nested_trajectory:
+                a, b = Trajectory.model_validate(s.nested_trajectory).controller_tokens()
+                tin, tout = tin + a, tout + b
+        return tin, tout
 
     def worker_tokens(self) -> tuple[int, int]:
-        return (sum(s.prompt_tokens for s in self.sub_calls), sum(s.completion_tokens for s in self.sub_calls))
+        """Worker tokens in and out over every leaf sub_call, nested runs included."""
+        tin = tout = 0
+        for s in self.sub_calls:
+            if s.nested_trajectory:
+                a, b = Trajectory.model_validate(s.nested_trajectory).worker_tokens()
+                tin, tout = tin + a, tout + b
+            else:
+                tin, tout = tin + s.prompt_tokens, tout + s.completion_tokens
+        return tin, tout
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.model_dump_json(indent=1))

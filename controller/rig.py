@@ -85,6 +85,8 @@ class Rig:
             dtype=dtype,
             quantization=server.quantization,
             max_num_seqs=server.max_num_seqs,
+            enforce_eager=server.enforce_eager,
+            offline=Path(model).exists(),
             extra_args=list(server.extra_args),
             env=dict(server.env),
             startup_timeout_s=server.startup_timeout_s,

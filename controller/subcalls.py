@@ -94,19 +94,20 @@ class SubCallRouter:
             batch_id = self._batch_no
             self._batch_no += 1
         tokens = [self._tokens(r.chunk) for r in reqs]
-        over = [(i, t) for i, t in enumerate(tokens) if t > self.budget_tokens]
+        # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
+        over = [] if self.nested is not None else [(i, t) for i, t in enumerate(tokens) if t > self.budget_tokens]
         if over:
             detail = ", ".join(f"#{i}: {t} tokens" for i, t in over[:5])
             msg = (
                 f"chunk too large: the worker reads at most {self.budget_tokens} tokens per chunk ({detail}). "
-                "Nothing in this call was sent; split the chunk(s) smaller."
+                "Nothing in this call was sent; split the chunk(s) smaller"
             )
             self._cap("chunk_tokens", msg)
             return [SubCallReply(error=msg) for _ in reqs]
         if not self.budget.take(len(reqs)):
             msg = (
                 f"sub_call limit reached: {self.budget.used} of {self.budget.limit} used, this call needs {len(reqs)}. "
-                "Nothing was sent; finish with what you have."
+                "Nothing was sent; finish with what you have"
             )
             self._cap("sub_calls", msg)
             return [SubCallReply(error=msg) for _ in reqs]

@@ -111,8 +111,9 @@ def ask(
     err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")
     if t.error:
         err.print(f"[red]run error:[/] {t.error.splitlines()[0]}")
-    out.print(f"answer: {t.final_answer}", highlight=False, markup=False)
-    out.print(f"trajectory: {traj_path}", highlight=False, markup=False)
+    # plain print: rich would wrap long paths, and scripts read these two lines
+    print(f"answer: {t.final_answer}")
+    print(f"trajectory: {traj_path}")
 
 
 # -- serve-worker -------------------------------------------------------------------------

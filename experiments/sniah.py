@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Sequence, Union
+from typing import Iterable, Iterator, Literal
 
 from experiments.loaders.example import Example
-from experiments.loaders.filters import ExampleFilter, apply_filter
+from experiments.loaders.filters import ExampleFilter, TokenCounter, apply_filter, count_tokens
 
 DATASET = "sniah"
 NEEDLE_TEMPLATE = "The special magic number for {key} is {value}."
@@ -25,7 +25,6 @@ QUESTION_TEMPLATE = "What is the special magic number for {key} mentioned in the
 REPEAT_PASSAGE = "The river runs east past the mill. The hills stay quiet in the evening. Birds cross the open field. The day goes on."
 
 Filler = Literal["prose", "repeat"]
-TokenCounter = Callable[[str], Union[int, Sequence]]
 
 _ADJ = (
     "quiet", "amber", "distant", "gentle", "hollow", "bright", "silver", "narrow", "patient", "restless",
@@ -58,11 +57,6 @@ _REFLECTION = (
     "Few noticed, and fewer remembered.",
     "That habit stayed with them for a long time.",
 )
-
-
-def _count(tokenizer: TokenCounter, text: str) -> int:
-    out = tokenizer(text)
-    return out if isinstance(out, int) and not isinstance(out, bool) else len(out)
 
 
 def filler_sentences(seed: int, kind: Filler = "prose") -> Iterator[str]:
@@ -139,18 +133,18 @@ def build_haystack(
             used += 1 + len(s)
         return _place(sentences, needle, depth)
     assert tokenizer is not None and haystack_tokens is not None
-    budget = haystack_tokens - _count(tokenizer, needle)
+    budget = haystack_tokens - count_tokens(tokenizer, needle)
     if budget < 0:
         raise ValueError(f"haystack_tokens={haystack_tokens} is shorter than the needle")
     estimate = 0
     for s in stream:  # per-sentence counts overestimate slightly at joins; fixed below
-        n = _count(tokenizer, " " + s)
+        n = count_tokens(tokenizer, " " + s)
         if estimate + n > budget:
             break
         sentences.append(s)
         estimate += n
     hay = _place(sentences, needle, depth)
-    while sentences and _count(tokenizer, hay.text) > haystack_tokens:
+    while sentences and count_tokens(tokenizer, hay.text) > haystack_tokens:
         sentences.pop()
         hay = _place(sentences, needle, depth)
     return hay

@@ -3,8 +3,9 @@
 The labels describe *how the document was decomposed*, so a report can relate strategy to score:
 
 * ``peek``       looked at the prompt: ``print(prompt[:2000])``, ``print(len(prompt))``, constant slices
-                 of prompt-derived values (``lines[:20]``), printing a prompt-derived value.
-* ``grep``       searched it in code: any ``re.*`` call, ``.find/.index/.count/.startswith`` on prompt-derived
+                 of prompt-derived values (``lines[:20]``) outside loops and outside sub_call arguments,
+                 printing a prompt-derived value.
+* ``grep``       searched it in code: ``re.*`` on prompt-derived text, ``.find/.index/.count/.startswith`` on prompt-derived
                  values, ``'x' in prompt`` or ``'x' in line`` for a line taken from the prompt.
 * ``chunk-map``  ``sub_call`` inside a loop or comprehension, any ``sub_call_batch``, or ``sub_call`` passed
                  as a value (``map(sub_call, ...)``, ``pool.submit(sub_call, ...)``).
@@ -39,7 +40,7 @@ STRATEGY_PRECEDENCE: tuple[str, ...] = (
     "unparseable",
     "no-code",
 )
-NO_CONTROLLER = "n/a"  # rows whose trajectory has no controller turns (baselines) or no trajectory
+NO_CONTROLLER = "no-controller"  # rows whose trajectory has no controller turns (baselines) or no trajectory
 
 SUBCALL_NAMES = frozenset({"sub_call", "sub_call_batch"})
 _AGG_FUNCS = frozenset(
@@ -70,7 +71,6 @@ class _State:
     subcall_funcs: set[str] = field(default_factory=lambda: set(SUBCALL_NAMES))
     re_names: set[str] = field(default_factory=lambda: {"re"})  # `re`, `import re as r`, `from re import findall`
     labels: set[str] = field(default_factory=set)
-    calls_subcall: bool = False
     aggregates: bool = False
 
 
@@ -103,6 +103,7 @@ class _CellVisitor(ast.NodeVisitor):
         self.loop_depth = 0
         self.func_depth = 0
         self.result_loops = 0  # loops iterating over sub_call results
+        self.in_subcall_args = 0  # prompt[:500] handed to sub_call is a chunk, not a peek
 
     # -- taint helpers ------------------------------------------------------------------
     def uses_prompt(self, node: ast.AST) -> bool:
@@ -233,7 +234,6 @@ class _CellVisitor(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         # sub_call handed over as a value (map(sub_call, chunks), pool.submit(sub_call, c, q)).
         if node.id in self.st.subcall_funcs and isinstance(node.ctx, ast.Load):
-            self.st.calls_subcall = True
             self.st.labels.add("chunk-map")
 
     def visit_Call(self, node: ast.Call) -> None:
@@ -245,17 +245,20 @@ class _CellVisitor(ast.NodeVisitor):
         arg_mod = ast.Module(body=[ast.Expr(a) for a in args], type_ignores=[])
 
         if fname in st.subcall_funcs:
-            st.calls_subcall = True
             if fname == "sub_call_batch" or self.loop_depth > 0:
                 st.labels.add("chunk-map")
             elif self.func_depth == 0:
                 st.labels.add("single-subcall")
             if any(_names(a) & st.result_names for a in args):
                 st.aggregates = True  # a sub_call reading earlier answers: an LM reduce
+            self.in_subcall_args += 1
             for a in args:
                 self.visit(a)
+            self.in_subcall_args -= 1
             return
 
+        if any(isinstance(a, ast.Lambda) and self.has_subcall(a.body) for a in args):
+            st.labels.add("chunk-map")  # map(lambda c: sub_call(c, q), chunks)
         if fname in _AGG_FUNCS or attr in _AGG_METHODS:
             if any(self.uses_results(a) and not (fname == "len" and isinstance(a, ast.Name)) for a in args):
                 st.aggregates = True
@@ -266,9 +269,11 @@ class _CellVisitor(ast.NodeVisitor):
         if attr in _COLLECT and isinstance(f, ast.Attribute) and any(self.uses_prompt(a) for a in args):
             st.prompt_names |= _target_names(f)  # chunks.append(prompt[i:j])
 
-        if self._is_re_call(node):
+        # A regex counts as grep when it reads the prompt; parsing worker replies with re is not searching.
+        if self._is_re_call(node) and self.uses_prompt(arg_mod):
             st.labels.add("grep")
-        elif attr in _RE_METHODS and isinstance(f, ast.Attribute) and _names(f.value) & st.re_names:
+        elif (attr in _RE_METHODS and isinstance(f, ast.Attribute) and _names(f.value) & st.re_names
+              and self.uses_prompt(arg_mod)):
             st.labels.add("grep")
         elif attr in _STR_SEARCH and isinstance(f, ast.Attribute) and self.uses_prompt(f.value):
             st.labels.add("grep")
@@ -279,7 +284,7 @@ class _CellVisitor(ast.NodeVisitor):
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         sl = node.slice
-        if isinstance(sl, ast.Slice) and self.uses_prompt(node.value) and self.loop_depth == 0:
+        if isinstance(sl, ast.Slice) and self.uses_prompt(node.value) and not (self.loop_depth or self.in_subcall_args):
             bounds = [b for b in (sl.lower, sl.upper) if b is not None]
             if all(_is_constant(b) for b in bounds):
                 self.st.labels.add("peek")
@@ -356,7 +361,7 @@ def classify_trajectory(traj: Any) -> StrategyResult:
     """Strategy of a :class:`~controller.records.Trajectory` (the root controller's cells).
 
     A trajectory without controller turns (a baseline, which only records its model calls as
-    sub_calls) has no strategy: ``primary == "n/a"``.
+    sub_calls) has no strategy: ``primary == "no-controller"``.
     """
     if traj is None or not traj.turns:
         return StrategyResult(labels=(), primary=NO_CONTROLLER)

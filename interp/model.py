@@ -33,7 +33,10 @@ def resolve_model_path(model: str) -> str:
     """'tiny' / 'tiny:SEED' is the rig's tiny random Qwen2 (built and cached by worker)."""
     name, _, seed = model.partition(":")
     if name == "tiny":
-        from worker.tiny import ensure_tiny_model
+        try:
+            from worker import ensure_tiny_model
+        except ImportError:  # worker/__init__ not exporting it yet
+            from worker.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model(seed=int(seed) if seed else 0))
     p = Path(model).expanduser()

@@ -15,9 +15,39 @@ from collections import deque
 from pathlib import Path
 
 from ._kernel.wire import KIND_JSON, FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
+from .cgroup import CgroupJail
 from .launch import kernel_env, python_command, wrapper_prefix
 
 RAW_TAIL_BYTES = 16_384
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (host PIDs, read from /proc), so none outlives close()."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        cur = todo.pop()
+        try:
+            kids = [int(k) for k in Path(f"/proc/{cur}/task/{cur}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        out += kids
+        todo += kids
+    return out
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> None:
+    """Wait (bounded) until killed non-child processes have left the process table or are zombies."""
+    end = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < end:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.005)
 
 
 class KernelGone(Exception):
@@ -33,12 +63,15 @@ class KernelProcess:
     """Starts one kernel and moves frames to and from it."""
 
     def __init__(self, *, launcher: str, scratch: Path, network: bool, max_frame: int,
-                 raw_cap: int) -> None:
+                 raw_cap: int, jail: CgroupJail | None = None) -> None:
         self.launcher = launcher
+        self.jail = jail
         self.killed_by_us = False
         to_kernel_r, self._to_kernel_w = os.pipe()
         self._from_kernel_r, from_kernel_w = os.pipe()
         argv = wrapper_prefix(launcher, scratch, network=network) + python_command(to_kernel_r, from_kernel_w)
+        if jail is not None:
+            argv = jail.wrap(argv)
         try:
             self.proc = subprocess.Popen(
                 argv, cwd=scratch, env=kernel_env(scratch), stdin=subprocess.DEVNULL,
@@ -47,6 +80,8 @@ class KernelProcess:
         except OSError:
             for fd in (to_kernel_r, from_kernel_w, self._to_kernel_w, self._from_kernel_r):
                 os.close(fd)
+            if jail is not None:
+                jail.remove()
             raise
         os.close(to_kernel_r)
         os.close(from_kernel_w)
@@ -214,9 +249,13 @@ class KernelProcess:
                 code = self.proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 return None
+        if self.jail is not None and self.jail.oom_killed():
+            return "memory"
         sig = -code if code < 0 else (code - 128 if code > 128 and self.launcher != "none" else 0)
         if sig == signal.SIGKILL:
-            return "memory"  # nobody else may SIGKILL it: the OOM killer or a memory cgroup
+            # Without a cgroup to ask, the likeliest sender is the OOM killer (the hook stops
+            # model code from signalling); with one that saw no OOM, call it a crash.
+            return "memory" if self.jail is None else "crash"
         if sig:
             return "crash"
         return "exit"
@@ -227,18 +266,21 @@ class KernelProcess:
             return
         self.closed = True
         self.killed_by_us = True
+        tree = descendants(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
+        for pid in [self.proc.pid, *tree]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        _wait_gone(tree, timeout_s=5.0)
         try:
             self._read_raw()
         except OSError:
@@ -251,3 +293,5 @@ class KernelProcess:
                 pass
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.jail is not None:
+            self.jail.remove()

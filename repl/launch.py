@@ -47,6 +47,9 @@ def kernel_env(scratch: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        # glibc reserves 64 MiB of address space per thread arena; under RLIMIT_AS that would
+        # make a small thread pool fail with "can't start new thread".
+        "MALLOC_ARENA_MAX": "2",
     }
 
 
@@ -78,11 +81,10 @@ def bwrap_prefix(scratch: Path, *, network: bool) -> list[str]:
 
 
 def unshare_prefix(scratch: Path, *, network: bool) -> list[str]:
-    argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    # A user namespace even as root: the kernel's capabilities then only act inside it.
+    argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
     if not network:
         argv.append("--net")
-    if not is_root():
-        argv += ["--user", "--map-root-user"]
     return argv + ["--"]
 
 

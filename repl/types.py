@@ -28,6 +28,14 @@ class SandboxLimits:
     startup_timeout_s: float = 30.0  # kernel start + prompt load; failure -> SandboxError
     max_subcall_chars: int = 20_000_000  # chars of chunk+instruction in one sub_call message
     max_file_mb: int = 1024  # RLIMIT_FSIZE: largest file the kernel may write (disk-fill guard)
+    # ctypes can rewrite interpreter memory and so defeat the in-kernel audit hook. Off: `import ctypes`
+    # yields an inert stub (pandas imports fine; scipy/sklearn do not). On: real ctypes, the hook is then
+    # only a tripwire and the OS layers carry the isolation.
+    allow_ctypes: bool = False
+    # Best effort: a per-kernel cgroup capping tasks and resident memory (needs a writable
+    # cgroup tree: root or delegation). Silently skipped where impossible; see Sandbox.isolation.
+    cgroup: bool = True
+    max_tasks: int = 128  # pids.max of that cgroup (threads count)
     launcher: Launcher = "auto"  # "auto": bwrap if it works, else unshare, else a plain process
     # The timeout clock pauses while the parent runs the sub_call handler: a cell that waits on a
     # slow worker is not "hung". Set True to count handler time too.
@@ -42,6 +50,8 @@ class SandboxLimits:
             raise ValueError(f"SandboxLimits.max_output_chars must be >= 1, got {self.max_output_chars!r}")
         if self.recursion_limit < 50:
             raise ValueError(f"SandboxLimits.recursion_limit must be >= 50, got {self.recursion_limit!r}")
+        if self.max_tasks < 8:
+            raise ValueError(f"SandboxLimits.max_tasks must be >= 8, got {self.max_tasks!r}")
         if self.launcher not in ("auto", "bwrap", "unshare", "none"):
             raise ValueError(f"SandboxLimits.launcher must be auto|bwrap|unshare|none, got {self.launcher!r}")
 
@@ -87,20 +97,23 @@ class IsolationReport:
     pid_namespace: bool
     network_namespace: bool
     readonly_root: bool  # filesystem outside scratch (and /tmp tmpfs) mounted read-only
-    capabilities_dropped: bool
+    capabilities_dropped: bool  # no effective capabilities at all
+    user_namespace: bool  # any capabilities it has only act inside its own user namespace
     audit_hook: bool
     env_scrubbed: bool
     rlimits: dict[str, int]
     kernel_uid: int
+    cgroup: str | None = None  # e.g. "cgroup v1: pids.max=128, memory=2304 MiB", None when unavailable
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        on = [name for name in ("pid_namespace", "network_namespace", "readonly_root",
-                                "capabilities_dropped", "audit_hook", "env_scrubbed") if getattr(self, name)]
+        on = [name for name in ("pid_namespace", "network_namespace", "readonly_root", "capabilities_dropped",
+                                "user_namespace", "audit_hook", "env_scrubbed") if getattr(self, name)]
         off = [name for name in ("pid_namespace", "network_namespace", "readonly_root",
                                  "capabilities_dropped") if not getattr(self, name)]
         text = f"launcher={self.launcher}; on: {', '.join(on) or 'none'}"
         if off:
             text += f"; off: {', '.join(off)}"
+        text += f"; {self.cgroup or 'no cgroup'}"
         text += "; rlimits: " + ", ".join(f"{k}={v}" for k, v in sorted(self.rlimits.items()))
         return text

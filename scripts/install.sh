@@ -15,6 +15,11 @@ if [ -f "$stamp" ]; then
   echo "[install] $VENV is up to date ($FLAVOUR)"
   exit 0
 fi
+# bubblewrap gives the REPL sandbox its strongest layer (read-only root, namespaces); optional.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }) \
+    || echo "[install] bubblewrap not installed; the sandbox falls back to unshare or a plain process (docs/SANDBOX.md)"
+fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip

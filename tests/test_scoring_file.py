@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from experiments.scoring import canonical_dataset, score_file, score_output
+from experiments.scoring import canonical_dataset, score_example, score_file, score_output
 
 
 def _write(path, rows):
@@ -102,3 +102,13 @@ def test_dataset_names():
         canonical_dataset("ruler")
     with pytest.raises(ValueError, match="answer_type"):
         score_output("synth", "Answer: 1", "[1]")
+
+
+def test_score_example_gives_official_and_lenient():
+    from experiments.loaders import load_oolong_real
+
+    ex = next(iter(load_oolong_real("toy")))  # gold "1"
+    strict, lenient = score_example(ex, "There was 1 roll.")
+    assert (strict.score, lenient.score) == (0.0, 1.0)
+    strict, lenient = score_example(ex, r"\boxed{2}")
+    assert strict.score == lenient.score == 0.75

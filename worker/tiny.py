@@ -334,7 +334,7 @@ def build_tiny_model(
         pad_token_id=ids["<|endoftext|>"],
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
-    config.torch_dtype = torch.float32
+    config.dtype = torch.float32  # transformers >= 4.56 name; older ones read torch_dtype
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config).to(torch.float32).eval()
@@ -408,6 +408,7 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, seed: int = 0) -> Pat
         build_tiny_model(tmp, seed=seed)
         if target.exists() and not _is_complete(target):
             shutil.rmtree(target, ignore_errors=True)  # stale recipe or a broken earlier build
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is shared by every process of the user
         try:
             os.rename(tmp, target)
         except OSError:

@@ -11,7 +11,7 @@ import hashlib
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 from experiments.loaders.example import Example
 
@@ -67,6 +67,21 @@ class ExampleFilter:
         return self.min_episodes is not None or self.max_episodes is not None
 
 
+def count_tokens(tokenizer: TokenCounter, text: str) -> int:
+    """Token count from a callable returning a count, a token sequence, or (a Hugging
+    Face tokenizer called directly) an encoding with ``input_ids``."""
+    out = tokenizer(text)
+    if isinstance(out, bool):
+        raise TypeError("tokenizer returned a bool, expected a count or a token sequence")
+    if isinstance(out, int):
+        return out
+    if isinstance(out, Mapping):
+        if "input_ids" not in out:
+            raise TypeError("tokenizer returned a mapping without 'input_ids'")
+        return len(out["input_ids"])
+    return len(out)
+
+
 class _TokenCache:
     """Token counts by document hash: OOLONG rows of one window share the document,
     so each window is tokenized once."""
@@ -81,8 +96,7 @@ class _TokenCache:
         if key in self._counts:
             self._counts.move_to_end(key)
             return self._counts[key]
-        out = self.tokenizer(text)
-        n = out if isinstance(out, int) and not isinstance(out, bool) else len(out)
+        n = count_tokens(self.tokenizer, text)
         self._counts[key] = n
         if len(self._counts) > self.size:
             self._counts.popitem(last=False)

@@ -7,6 +7,7 @@ from experiments.scoring.files import (
     OOLONG_SYNTH,
     SNIAH,
     canonical_dataset,
+    score_example,
     score_file,
     score_output,
     score_output_lenient,
@@ -31,7 +32,7 @@ from experiments.scoring.sniah import score_sniah
 __all__ = [
     "Box", "extract_boxed", "find_boxes", "unwrap_braces",
     "DATASET_NAMES", "OOLONG_REAL", "OOLONG_SYNTH", "SNIAH",
-    "canonical_dataset", "score_file", "score_output", "score_output_lenient", "score_rows",
+    "canonical_dataset", "score_example", "score_file", "score_output", "score_output_lenient", "score_rows",
     "parse_dnd_answer", "parse_dnd_response", "score_dnd_parsed", "score_oolong_real", "score_oolong_real_lenient",
     "parse_synth_gold", "parse_synth_response", "score_oolong_synth", "score_oolong_synth_lenient",
     "ScoreResult", "score_sniah",

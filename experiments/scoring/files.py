@@ -58,6 +58,16 @@ def score_output_lenient(dataset: str, output: str | None, gold: Any, *, answer_
     return score_sniah(output, gold)
 
 
+def score_example(example: Any, output: str | None) -> tuple[ScoreResult, ScoreResult]:
+    """``(official, lenient)`` scores of ``output`` for an `Example` (anything with
+    ``dataset``, ``gold`` and ``answer_type`` attributes)."""
+    kw = {"answer_type": getattr(example, "answer_type", None)}
+    return (
+        score_output(example.dataset, output, example.gold, **kw),
+        score_output_lenient(example.dataset, output, example.gold, **kw),
+    )
+
+
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 

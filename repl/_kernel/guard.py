@@ -14,7 +14,7 @@ import signal
 import sys
 
 WRITE_FLAGS = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
-AT_FDCWD_VALUES = (None, -100)
+AT_FDCWD_VALUES = (None, -1, -100)  # the audit events report the default dir_fd as -1
 
 BLOCKED_IMPORTS = frozenset({
     "ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "_xxsubinterpreters",
@@ -34,6 +34,7 @@ ALWAYS_BLOCKED = frozenset({
     "gc.get_objects", "gc.get_referrers", "gc.get_referents",
     "sqlite3.enable_load_extension", "sqlite3.load_extension",
     "syslog.openlog", "syslog.syslog",
+    "code.__new__",  # hand-built bytecode can corrupt memory and sidestep this hook
 })
 # event -> indices of (path, dir_fd) arguments that must stay inside scratch
 PATH_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
@@ -104,19 +105,22 @@ def _make_resolver(getcwd, lstat, readlink, s_islnk):
     return resolve
 
 
-def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[int]) -> None:
+def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[int],
+                       allow_ctypes: bool = False) -> None:
     """Install the hook. All state lives in this closure, none in patchable module globals."""
     import stat as _stat
 
     resolve = _make_resolver(posix.getcwd, posix.lstat, posix.readlink, _stat.S_ISLNK)
     fspath, fsdecode_err = posix.fspath, "surrogateescape"
-    stat_fn, s_isdir = posix.stat, _stat.S_ISDIR
+    stat_fn, s_isdir, readlink = posix.stat, _stat.S_ISDIR, posix.readlink
     scratch_real = resolve(scratch)
     prefix = scratch_real.rstrip("/") + "/"
     allowed_files = frozenset({"/dev/null"})
     process_events, signal_events = PROCESS_EVENTS, SIGNAL_EVENTS
     net_events = frozenset() if network else NET_EVENTS
-    always, path_events, blocked_imports = ALWAYS_BLOCKED, PATH_EVENTS, BLOCKED_IMPORTS
+    always, path_events = ALWAYS_BLOCKED, PATH_EVENTS
+    blocked_imports = BLOCKED_IMPORTS - {"ctypes", "_ctypes"} if allow_ctypes else BLOCKED_IMPORTS
+    block_ctypes_events = not allow_ctypes
     write_flags, at_fdcwd = WRITE_FLAGS, AT_FDCWD_VALUES
     _str, _bytes, _int, _isinstance = str, bytes, int, isinstance
     _PermissionError, _ImportError = PermissionError, ImportError
@@ -138,9 +142,14 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
             if path in protected_fds:
                 raise _PermissionError(f"sandbox: {event} on the kernel's protocol pipe is not allowed")
             return
-        if dir_fd not in at_fdcwd:
-            raise _PermissionError(f"sandbox: {event} with dir_fd is not allowed")
         text = as_text(path)
+        if dir_fd not in at_fdcwd and not text.startswith("/"):
+            # Relative to an open directory (shutil.rmtree does this): resolve that directory.
+            try:
+                base = readlink(f"/proc/self/fd/{int(dir_fd)}")
+            except (OSError, TypeError, ValueError):
+                raise _PermissionError(f"sandbox: {event} with an unresolvable dir_fd is not allowed") from None
+            text = base + "/" + text
         if not inside(text):
             raise _PermissionError(
                 f"sandbox: {event} outside the scratch folder is not allowed: {text!r} "
@@ -201,7 +210,7 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
             raise _PermissionError(f"sandbox: sending signals is not allowed ({event})")
         if event in net_events:
             raise _PermissionError(f"sandbox: network access is disabled ({event})")
-        if event in always or event.startswith("ctypes."):
+        if event in always or (block_ctypes_events and event.startswith("ctypes.")):
             raise _PermissionError(f"sandbox: {event} is not allowed")
 
     sys.addaudithook(hook)
@@ -216,6 +225,21 @@ def disarm_posixsubprocess() -> None:
         raise PermissionError("sandbox: starting processes is not allowed (_posixsubprocess.fork_exec)")
 
     _posixsubprocess.fork_exec = fork_exec
+
+
+def stub_ctypes() -> None:
+    """Put an inert `ctypes` in sys.modules: libraries that merely import it (pandas does, for a
+    Windows-only message) keep working, while any use fails clearly. The real module cannot be
+    loaded afterwards: the hook refuses `ctypes`/`_ctypes`."""
+    import types
+
+    class _Disabled(types.ModuleType):
+        def __getattr__(self, name: str):
+            if name.startswith("__") and name.endswith("__"):
+                raise AttributeError(name)
+            raise AttributeError(f"sandbox: ctypes is disabled (ctypes.{name} is unavailable)")
+
+    sys.modules["ctypes"] = _Disabled("ctypes", "ctypes is disabled inside the sandbox")
 
 
 def cap_recursion(limit: int, ceiling: int) -> None:

@@ -12,6 +12,7 @@ import linecache
 import os
 import resource
 import sys
+import threading
 import traceback
 
 from . import guard
@@ -22,6 +23,7 @@ from .wire import KIND_BYTES, KIND_JSON, decode_json, read_frame
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 STACK_BYTES = 512 * 1024 * 1024
 RECURSION_CEILING = 60_000  # ~8 KiB of C stack per level with STACK_BYTES
+THREAD_STACK_BYTES = 16 * 1024 * 1024
 STACKED_FLAG = "--rlm-stacked"
 PROTECTED = ("prompt", "sub_call", "sub_call_batch", "FINAL", "FINAL_VAR", "SubCallError")
 
@@ -78,6 +80,7 @@ def _facts() -> dict:
         soft, _hard = resource.getrlimit(getattr(resource, name))
         limits[name] = soft
     return {"pid": os.getpid(), "uid": os.getuid(), "pid_ns": _read_ns("pid"), "net_ns": _read_ns("net"),
+            "user_ns": _read_ns("user"),
             "cap_eff": cap_eff, "root_ro": root_ro, "ifaces": ifaces, "rlimits": limits,
             "env_keys": sorted(os.environ), "recursion_limit": sys.getrecursionlimit()}
 
@@ -117,6 +120,7 @@ class Kernel:
         api = make_api(link, self.ns, self._set_final)
         self.protected = {"prompt": prompt, **api}
         self.ns.update(self.protected)
+        self.ns.update({k: v for k, v in (cfg.get("globals") or {}).items() if k not in self.protected})
         self.cell_no = 0
 
     def _set_final(self, answer: str) -> None:
@@ -124,7 +128,7 @@ class Kernel:
         self.final_truncated = len(answer) > cap
         self.final = answer[:cap]
 
-    def run(self, code: str) -> dict:
+    def run(self, code: str, cell_id: object = None) -> dict:
         self.cell_no += 1
         self.final = None
         self.final_truncated = False
@@ -136,7 +140,7 @@ class Kernel:
         notices: list[str] = []
         error = None
         subs_before = self.link.sub_calls
-        filename = f"<cell {self.cell_no}>"
+        filename = f"<cell {cell_id if isinstance(cell_id, int) else self.cell_no}>"
         try:
             tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST)
             last = None
@@ -187,11 +191,16 @@ def main(fd_in: int, fd_out: int) -> None:
     guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
     guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
     guard.disarm_posixsubprocess()
+    if not cfg.get("allow_ctypes"):
+        guard.stub_ctypes()
+    # glibc sizes new threads' stacks from RLIMIT_STACK (raised above for the main thread);
+    # keep model threads modest so a thread pool fits in the address-space cap.
+    threading.stack_size(THREAD_STACK_BYTES)
     link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]))
     kernel = Kernel(link, prompt, cfg)
     facts = _facts()
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
-                             protected_fds=frozenset({fd_in, fd_out}))
+                             protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")))
     link.send({"t": "ready", "facts": facts, "prompt_chars": len(prompt)})
     del prompt
     while True:
@@ -203,7 +212,7 @@ def main(fd_in: int, fd_out: int) -> None:
             os._exit(0)
         if msg.get("t") != "run" or not isinstance(msg.get("code"), str):
             continue
-        reply = kernel.run(msg["code"])
+        reply = kernel.run(msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
         try:
             link.send(reply)

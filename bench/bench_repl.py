@@ -1,0 +1,71 @@
+"""REPL overheads, measured once per launcher: kernel start, start with a 5M-char prompt,
+round-trip of a trivial cell, and of a cell making one sub_call (trivial handler).
+
+Run: python bench/bench_repl.py [--cells 300] [--starts 5]
+Prints figures from this one run; ratios are relative to the plain-process launcher ("none").
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from repl import Sandbox, SandboxLimits, SubCallReply
+from repl.launch import probe
+
+
+def echo(reqs):
+    return [SubCallReply(text=r.chunk) for r in reqs]
+
+
+def measure(launcher: str, cells: int, starts: int) -> dict[str, float]:
+    lim = SandboxLimits(launcher=launcher, cell_timeout_s=30)
+    start_s = []
+    for _ in range(starts):
+        t0 = time.perf_counter()
+        box = Sandbox("small prompt", handler=echo, limits=lim)
+        start_s.append(time.perf_counter() - t0)
+        box.close()
+    big = "x" * 5_000_000
+    t0 = time.perf_counter()
+    box = Sandbox(big, handler=echo, limits=lim)
+    big_start = time.perf_counter() - t0
+    try:
+        box.run_cell("x = 0")  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(cells):
+            box.run_cell("x += 1")
+        cell_rt = (time.perf_counter() - t0) / cells
+        t0 = time.perf_counter()
+        for _ in range(cells):
+            box.run_cell("y = sub_call('c', 'i')")
+        sub_rt = (time.perf_counter() - t0) / cells
+        assert box.run_cell("print(x)").stdout == f"{cells}\n"
+        iso = box.isolation.summary()
+    finally:
+        box.close()
+    return {"start_ms": 1000 * statistics.mean(start_s), "start5m_ms": 1000 * big_start,
+            "cell_ms": 1000 * cell_rt, "subcall_cell_ms": 1000 * sub_rt, "iso": iso}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cells", type=int, default=300)
+    ap.add_argument("--starts", type=int, default=5)
+    args = ap.parse_args()
+    launchers = [name for name in ("bwrap", "unshare") if probe(name, network=False)] + ["none"]
+    results = {name: measure(name, args.cells, args.starts) for name in launchers}
+    base = results["none"]
+    print(f"REPL bench: {args.cells} cells, {args.starts} kernel starts per launcher")
+    print(f"{'launcher':9} {'start ms':>9} {'start 5M ms':>12} {'cell rt ms':>11} {'sub_call cell ms':>17}"
+          f" {'start x':>8} {'cell x':>7}")
+    for name, r in results.items():
+        print(f"{name:9} {r['start_ms']:9.1f} {r['start5m_ms']:12.1f} {r['cell_ms']:11.3f} "
+              f"{r['subcall_cell_ms']:17.3f} {r['start_ms'] / base['start_ms']:8.2f} "
+              f"{r['cell_ms'] / base['cell_ms']:7.2f}")
+    for name, r in results.items():
+        print(f"  {name}: {r['iso']}")
+
+
+if __name__ == "__main__":
+    main()

