@@ -206,7 +206,7 @@ def build_counting_pairs(
     rng = random.Random(seed)
     items = [it for it in items if it.chunk_text is not None]
     rng.shuffle(items)
-    skipped = {"not_a_roll_count": 0, "too_long": 0, "no_equal_length_edit": 0}
+    skipped = {"not_a_roll_count": 0, "too_long": 0, "no_equal_length_edit": 0, "alter_without_value_filter": 0}
     pairs: list[Pair] = []
     for it in items:
         if not is_roll_count_instruction(it.instruction):
@@ -219,6 +219,9 @@ def build_counting_pairs(
         for name in corruptions:
             if name not in CORRUPTIONS:
                 raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
+            if name == "alter" and value is None:
+                skipped["alter_without_value_filter"] += 1
+                continue
             fn = CORRUPTIONS[name]
             pair = pairs_from_chunk_corruption(
                 model, it, lambda ch, r, fn=fn: fn(ch, r, value),

@@ -1,0 +1,4 @@
+"""`python -m interp capture|patch|probe|report ...`."""
+from .cli import main
+
+main()
