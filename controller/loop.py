@@ -53,6 +53,7 @@ class RunContext:
     models: dict[str, str]
     versions: dict[str, str]
     sub_calls_enabled: bool = True
+    doc_index: Callable[[str], Any] | None = None  # text -> DocTokenIndex (cached), for span token counts
 
 
 class RLM:
@@ -109,12 +110,13 @@ class RLM:
             started_at=_now(),
         )
 
-        def save() -> None:
+        def save(final: bool = False) -> None:
             traj.wall_s = time.perf_counter() - t0
             if save_to is not None:
-                traj.save(save_to)
+                traj.save(save_to, fsync=final)
 
-        cpt = estimate_chars_per_token(doc, self.ctx.count_tokens)
+        index = self.ctx.doc_index(doc) if self.ctx.doc_index is not None else None
+        cpt = index.chars_per_token if index is not None and index.n_tokens else estimate_chars_per_token(doc, self.ctx.count_tokens)
         budget_tokens = cfg.chunk_budget()
         budget_chars = int(budget_tokens * cpt * 0.9)
         nested = self._nested_runner()
@@ -130,6 +132,7 @@ class RLM:
             worker_system=cfg.worker.system_prompt,
             nested=nested,
             concurrency=cfg.worker.concurrency,
+            doc_index=index,
         )
         system = prompts.system_prompt(
             prompts.describe_shape(doc, cpt),
@@ -270,7 +273,7 @@ class RLM:
             if sandbox is not None:
                 sandbox.close()
             traj.finished_at = _now()
-            save()
+            save(final=True)
         return traj
 
 

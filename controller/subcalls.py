@@ -56,6 +56,7 @@ class SubCallRouter:
         worker_system: str | None = None,
         nested: NestedRunner | None = None,
         concurrency: int = 8,
+        doc_index: Any = None,
     ):
         self.doc = doc
         self.traj = traj
@@ -68,6 +69,7 @@ class SubCallRouter:
         self.worker_system = worker_system
         self.nested = nested
         self.concurrency = concurrency
+        self.doc_index = doc_index
         self.cell = 0
         self.turn = 0
         self._batch_no = 0
@@ -79,11 +81,15 @@ class SubCallRouter:
         i = self.doc.find(chunk) if chunk else -1
         return (i, i + len(chunk)) if i >= 0 else (None, None)
 
-    def _tokens(self, chunk: str) -> int:
+    def _tokens(self, chunk: str, span: tuple[int | None, int | None]) -> int:
         # A chunk 20x over budget in characters is over budget in tokens for any tokenizer we serve;
         # skip tokenizing megabytes just to refuse them.
         if len(chunk) > 20 * self.budget_tokens:
             return len(chunk) // 4
+        if self.doc_index is not None and span[0] is not None:
+            n = self.doc_index.count(span[0], span[1])
+            if n < self.budget_tokens - 8:  # edge tokens may differ by one or two: count exactly near the cap
+                return n
         return self.count_tokens(chunk)
 
     def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
@@ -93,7 +99,8 @@ class SubCallRouter:
         if len(reqs) > 1 or (reqs and reqs[0].index_in_batch is not None):
             batch_id = self._batch_no
             self._batch_no += 1
-        tokens = [self._tokens(r.chunk) for r in reqs]
+        spans = [self._span(r.chunk) for r in reqs]
+        tokens = [self._tokens(r.chunk, sp) for r, sp in zip(reqs, spans)]
         # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
         over = [] if self.nested is not None else [(i, t) for i, t in enumerate(tokens) if t > self.budget_tokens]
         if over:
@@ -113,8 +120,7 @@ class SubCallRouter:
             return [SubCallReply(error=msg) for _ in reqs]
 
         records = []
-        for r, t in zip(reqs, tokens):
-            start, end = self._span(r.chunk)
+        for r, t, (start, end) in zip(reqs, tokens, spans):
             rec = SubCallRecord(
                 id=len(self.traj.sub_calls),
                 cell=self.cell,

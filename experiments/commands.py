@@ -11,10 +11,9 @@ from rich.console import Console
 err = Console(stderr=True)
 out = Console()
 
-DEMO_BANNER = """\
-[bold yellow]rlm-rig demo[/]: the CPU main job. An RLM evaluation of the bundled OOLONG-real sample (real Critical Role
-transcripts, roll-count questions) with the [bold]{profile}[/] profile, ending in a report.
-{note}"""
+DEMO_BANNER = ("[bold yellow]rlm-rig demo[/]: the CPU main job. An RLM evaluation of the bundled OOLONG-real sample "
+               "(real Critical Role transcripts, roll-count questions) with the [bold]{profile}[/] profile, ending in "
+               "a report.\n{note}")
 
 NOTE_TINY = ("[bold red]The worker is a tiny RANDOM-weight model: its answers, and so every score below, are "
              "meaningless.[/] This run shows the machinery: real vLLM-CPU server, real sandbox, real scoring.")
@@ -145,7 +144,7 @@ def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callabl
     @app.command("demo")
     @guarded
     def demo_cmd(
-        config: str = typer.Option("cpu-tiny", "--config", "-c"),
+        config: str = typer.Option("cpu-small", "--config", "-c"),
         limit: int = typer.Option(6, "--limit"),
         out_dir: Optional[Path] = typer.Option(None, "--out"),
         overrides: Optional[list[str]] = SetOpt,

@@ -143,17 +143,14 @@ def run_eval(
         else:
             folder.create(cfg, spec, server_flags=flags)
         todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
-        token_cache: dict[str, int] = {}
         progress = Progress(len(todo) + len(done), rig)
         progress.done = len(done)
 
         def one(ex: Example) -> SampleRow:
             tpath = folder.trajectory_path(ex.id)
             traj = run_method(spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath)
-            key = str(hash(ex.context))
-            if key not in token_cache:
-                token_cache[key] = rig.count_tokens(ex.context)
-            row = sample_row(ex, spec.method, traj, str(tpath.relative_to(folder.path)), token_cache[key])
+            n_tokens = rig.doc_index(ex.context).n_tokens if rig.doc_index is not None else rig.count_tokens(ex.context)
+            row = sample_row(ex, spec.method, traj, str(tpath.relative_to(folder.path)), n_tokens)
             folder.append(row)
             progress.add(row)
             return row
@@ -198,6 +195,7 @@ def _drive(todo: list[Example], one: Any, concurrency: int, progress: Progress, 
         if live:
             live.update(Text(progress.line()))
             live.stop()
+            live.console.print()
 
 
 def _read_results(folder: RunFolder) -> dict[str, Any]:

@@ -54,7 +54,8 @@ class InterpConfig(BaseModel):
     attn_mlp_positions: list[str] = Field(default_factory=lambda: ["all", "last"])
     directions: list[Direction] = Field(default_factory=lambda: ["denoise", "noise"])
     batch_size: int = Field(8, ge=1, description="patched copies per forward")
-    max_pair_tokens: int | None = Field(4096, ge=8, description="skip pairs whose prompt is longer")
+    max_pair_tokens: int | None = Field(None, ge=8, description="skip pairs whose prompt is longer")
+    offload_reference: bool = Field(False, description="keep patching source activations in CPU memory")
     # -- statistics and probes -------------------------------------------------------------------
     seed: int = 0
     ci: Literal["bootstrap", "t"] = "bootstrap"

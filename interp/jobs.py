@@ -69,7 +69,8 @@ def patch_job(
     rows: list[dict] = []
     for k, pair in enumerate(pairs):
         specs = sweep_specs(pair, layers, cfg.components, cfg.patch_positions, cfg.attn_mlp_positions)
-        rows += patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size)
+        rows += patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
+                           offload_reference=cfg.offload_reference)
         if progress:
             progress(k + 1, len(pairs))
     df = pd.DataFrame(rows)

@@ -43,13 +43,18 @@ def sweep_specs(
 
 
 @torch.no_grad()
-def reference_run(model: ReplayModel, pair: Pair, sites: list[tuple[str, int]]):
-    """Forward [clean, corrupt]; return (clean logits, corrupt logits, {site: [2, T, d]})."""
+def reference_run(model: ReplayModel, pair: Pair, sites: list[tuple[str, int]], *, offload: bool = False):
+    """Forward [clean, corrupt]; return (clean logits, corrupt logits, {site: [2, T, d]}).
+
+    `offload` keeps the source activations in CPU memory (long prompts on a full GPU); patches then
+    copy only the positions they need to the device."""
     inputs = model.batch([pair.clean_ids, pair.corrupt_ids])
     env = model.layers_env()
     ordered = sorted(set(sites), key=lambda s: (s[1], COMPONENT_ORDER[s[0]]))
     with model.nn.trace(inputs):
-        saved = nnsight.save([component_output(env[li], c).clone() for c, li in ordered])
+        # copied out as each layer runs, so offloading never holds every layer on the device at once
+        saved = nnsight.save([component_output(env[li], c).to("cpu", copy=True) if offload
+                              else component_output(env[li], c).clone() for c, li in ordered])
         logits = nnsight.save(model.nn.lm_head.output[:, -1, :].clone())
     return logits[0], logits[1], dict(zip(ordered, saved))
 
@@ -72,8 +77,8 @@ def patched_logits(
             h = component_output(env[li], c)
             src = source[(c, li)]
             for i, idx in by_site[(c, li)]:
-                t = torch.tensor(idx, device=h.device)
-                h[i, t] = src[source_row, t].to(h.dtype)
+                t = torch.tensor(idx, device=src.device)
+                h[i, t.to(h.device)] = src[source_row, t].to(h.device, h.dtype)
         logits = nnsight.save(model.nn.lm_head.output[:, -1, :].clone())
     return logits
 
@@ -85,11 +90,13 @@ def patch_pair(
     *,
     directions: Iterable[str] = ("denoise", "noise"),
     batch_size: int = 8,
+    offload_reference: bool = False,
 ) -> list[dict]:
     """Every spec in every direction for one pair -> long-format rows (one per patch)."""
     if not specs:
         return []
-    clean_l, corrupt_l, acts = reference_run(model, pair, [(s.component, s.layer) for s in specs])
+    clean_l, corrupt_l, acts = reference_run(model, pair, [(s.component, s.layer) for s in specs],
+                                             offload=offload_reference)
     rows: list[dict] = []
     for direction in directions:
         if direction == "denoise":

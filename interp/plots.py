@@ -61,6 +61,7 @@ def probe_plot(table: pd.DataFrame, path: str | Path) -> Path:
     ax.plot(t["layer"], t["worker_acc"], ls=":", color="k", label="worker text answer")
     if "rnv_rate" in t:
         ax.bar(t["layer"], t["rnv_rate"], alpha=0.25, color="tab:red", label="represented, not verbalized")
+    ax.set_xticks(list(t["layer"]))
     ax.set_xlabel("layer")
     ax.set_ylabel("accuracy (test chunks)")
     ax.set_ylim(0, 1.02)

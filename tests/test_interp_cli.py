@@ -54,7 +54,7 @@ def test_cli_end_to_end(setup):
     pngs = sorted(p.name for p in pdir.glob("heatmap_*.png"))
     assert "heatmap_resid_denoise.png" in pngs and all((pdir / p).stat().st_size > 1000 for p in pngs)
 
-    out = _ok(r.invoke(interp_app, ["probe", str(run), "--config", str(cfg)]))
+    _ok(r.invoke(interp_app, ["probe", str(run), "--config", str(cfg)]))
     pt = pd.read_csv(run / "interp" / "probe" / "probes.csv")
     assert list(pt["layer"]) == [0, 1] and {"probe_acc", "control_acc", "worker_acc", "rnv_rate"} <= set(pt.columns)
 
@@ -71,12 +71,12 @@ def test_cli_end_to_end(setup):
 def test_cli_selection_and_errors(setup, tmp_path):
     run, cfg = setup
     r = CliRunner()
-    out = _ok(r.invoke(interp_app, ["capture", str(run), "-c", str(cfg), "-o", str(tmp_path / "c"),
+    _ok(r.invoke(interp_app, ["capture", str(run), "-c", str(cfg), "-o", str(tmp_path / "c"),
                                     "--sub-call", "demo-001:2", "--no-replay", "--layers", "-1"]))
     idx = pd.read_parquet(tmp_path / "c" / "index.parquet")
     assert set(zip(idx["sample"], idx["sub_call"])) == {("demo-001", 2)} and set(idx["layer"]) == {1}
     assert not (tmp_path / "c" / "replay.parquet").exists()
-    out = _ok(r.invoke(interp_app, ["capture", str(run), "-c", str(cfg), "-o", str(tmp_path / "w"),
+    _ok(r.invoke(interp_app, ["capture", str(run), "-c", str(cfg), "-o", str(tmp_path / "w"),
                                     "--correct", "wrong", "--question-type", "multidoc_rolls", "--no-replay"]))
     idx = pd.read_parquet(tmp_path / "w" / "index.parquet")
     assert set(idx["question_type"]) == {"multidoc_rolls"} and (idx["score"] < 1).all()

@@ -126,7 +126,7 @@ def test_causality_and_batching(model, pairs):
     layers = list(range(model.n_layers))
     specs = sweep_specs(pair, layers, ["resid", "attn", "mlp"], ["chunk_before", "edit", "last"], ["all"])
     batched = patch_pair(model, pair, specs, directions=["denoise"], batch_size=16)
-    single = patch_pair(model, pair, specs, directions=["denoise"], batch_size=1)
+    single = patch_pair(model, pair, specs, directions=["denoise"], batch_size=1, offload_reference=True)
     assert len(batched) == len(specs)
     for a, b in zip(batched, single):
         assert (a["component"], a["layer"], a["position"]) == (b["component"], b["layer"], b["position"])
@@ -162,3 +162,32 @@ def test_token_level_corruption_api(model, run):
         build_token_pair(model, it, lambda ids: ids[:-1], clean_target="3", corrupt_target="4")
     rows = patch_pair(model, pair, [PatchSpec("resid", 0, "edit")], directions=["denoise"])
     assert len(rows) == 1 and np.isfinite(rows[0]["logit_diff"])
+
+
+@pytest.mark.parametrize("component", ["attn", "mlp"])
+def test_attn_mlp_patches_match_plain_torch_hooks(model, pairs, component):
+    """nnsight patching of a sub-module output equals the same edit done with plain torch hooks."""
+    pair = pairs[0]
+    layer = 0
+    _, _, acts = reference_run(model, pair, [(component, layer)])
+    spec = PatchSpec(component, layer, "edit")
+    got = patched_logits(model, pair.corrupt_ids, [spec], acts, 0, pair)[0]
+    idx = torch.tensor(pair.positions["edit"])
+    clean_src = acts[(component, layer)][0]
+    mod = model.hf.model.layers[layer].self_attn if component == "attn" else model.hf.model.layers[layer].mlp
+
+    def hook(_m, _inp, out):
+        t = out[0] if isinstance(out, tuple) else out
+        t = t.clone()
+        t[0, idx] = clean_src[idx]
+        return (t, *out[1:]) if isinstance(out, tuple) else t
+
+    h = mod.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            want = model.hf(**model.batch([pair.corrupt_ids])).logits[0, -1]
+    finally:
+        h.remove()
+    assert torch.allclose(got, want, atol=1e-4)
+    _, corrupt_l, _ = reference_run(model, pair, [(component, layer)])
+    assert not torch.allclose(got, corrupt_l, atol=1e-6)  # the patch did something

@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +153,7 @@ def test_patch_metrics_extremes():
 # -- shards -------------------------------------------------------------------------------------------
 def test_shards_stream_and_roundtrip(tmp_path):
     w = ShardWriter(tmp_path, shard_bytes=3000, dtype=torch.float32)
-    rows_all, acts_all = [], []
+    acts_all = []
     for i in range(10):
         a = torch.randn(3, 64)
         rows = [dict(run="r", sample=f"s{i}", sub_call=j, component="resid", layer=1, position="last") for j in range(3)]

@@ -169,3 +169,34 @@ def test_rlm_chars_per_token_and_budget_in_repl(hf_worker, count_tokens):
     t = make_rlm([cell("print(CHUNK_BUDGET_CHARS > 0, question)"), "FINAL(1)"], hf_worker, count_tokens).run(DOC, "what?")
     assert t.cells[0].stdout.strip() == "True what?"
     assert re.search(r"about \d+ characters", t.turns[0].messages_in[0]["content"])
+
+
+def test_doc_token_index_counts_spans(tiny_model_path, count_tokens):
+    import random
+
+    from controller.doctokens import DocTokenCache
+
+    cache = DocTokenCache(load_tokenizer(str(tiny_model_path)))
+    idx = cache(DOC)
+    assert cache(DOC) is idx and idx.n_tokens == count_tokens(DOC)
+    rng = random.Random(0)
+    for _ in range(50):
+        a = rng.randrange(len(DOC))
+        b = rng.randrange(a, len(DOC) + 1)
+        assert abs(idx.count(a, b) - count_tokens(DOC[a:b])) <= 4  # edge tokens split differently
+
+
+def test_loop_with_doc_index_keeps_chunks_under_the_cap(hf_worker, count_tokens, tiny_model_path):
+    from controller.doctokens import DocTokenCache
+
+    cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "rlm.chunk_budget_tokens=300"])
+    code = ("out = []\nfor n in (800, 900, 1000, 5000):\n    try:\n        sub_call(prompt[:n], 'x'); out.append('ok')\n"
+            "    except SubCallError:\n        out.append('refused')\nprint(out)")
+    ctx = RunContext(cfg=cfg, lm=ReplayLM([cell(code), "FINAL(1)"]), worker=hf_worker, count_tokens=count_tokens,
+                     models={}, versions={}, doc_index=DocTokenCache(load_tokenizer(str(tiny_model_path))))
+    t = RLM(ctx).run(DOC, "q")
+    verdicts = eval(t.cells[0].stdout)
+    for n, v in zip((800, 900, 1000, 5000), verdicts):
+        assert v == ("ok" if count_tokens(DOC[:n]) <= 300 else "refused")
+    for s in t.sub_calls:
+        assert s.chunk_tokens <= 300

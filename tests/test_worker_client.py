@@ -42,7 +42,8 @@ def test_round_trip_records_usage_and_latency(vllm_server: str, vllm_served_name
     a, b = asyncio.run(go())
     assert isinstance(a.text, str) and a.text
     assert a.prompt_tokens == count_chat_tokens(msgs, str(tiny_model_path))  # server and local template agree
-    assert a.completion_tokens == 12 and a.finish_reason == "length"  # random weights never say <|im_end|>
+    assert 0 < a.completion_tokens <= 12  # the random model may emit <|im_end|> early
+    assert (a.finish_reason == "length") == (a.completion_tokens == 12) and a.finish_reason in ("length", "stop")
     assert a.latency_s > 0 and a.attempts == 1 and a.url == vllm_server and a.model == vllm_served_name
     assert b.text == a.text  # temperature 0 by default: greedy and repeatable
 
@@ -75,7 +76,7 @@ def test_concurrency_cap_holds_on_client_and_server(vllm_server: str, vllm_serve
     client = WorkerClient(vllm_server, vllm_served_name, concurrency=cap, max_tokens=64)
     try:
         with SyncWorker(client) as sync:
-            out = sync.chat_many([_msgs(f"question {i}: how many rolls?") for i in range(n)])
+            out = sync.chat_many([_msgs(f"question {i}: how many rolls?") for i in range(n)], ignore_eos=True)
     finally:
         stop.set()
         sampler.join()
@@ -152,6 +153,20 @@ def test_threads_share_one_client_and_its_cap(vllm_server: str, vllm_served_name
     assert sorted(results) == [0, 1, 2]
     assert all(isinstance(c, Completion) for r in results.values() for c in r)
     assert client.calls == 9 and client.peak_in_flight == 2
+
+
+def test_sync_timeout_cancels_the_request(vllm_server: str, vllm_served_name: str) -> None:
+    client = WorkerClient(vllm_server, vllm_served_name, concurrency=1, max_tokens=2000)
+    with SyncWorker(client) as sync:
+        with pytest.raises(TimeoutError, match="cancelled"):
+            sync.chat(_msgs("tell me everything"), timeout=0.05)
+        for _ in range(100):  # the cancellation is delivered on the loop thread
+            if client.in_flight == 0:
+                break
+            threading.Event().wait(0.05)
+        assert client.in_flight == 0 and client.calls == 0
+        # the slot was released: with concurrency=1 this would block forever otherwise
+        assert isinstance(sync.chat(_msgs("after"), max_tokens=4, timeout=120), Completion)
 
 
 def test_client_rejects_bad_settings() -> None:

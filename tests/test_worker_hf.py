@@ -87,7 +87,8 @@ def test_greedy_agrees_with_vllm(hf: TransformersWorker, worker_client: SyncWork
     print(f"\nvLLM vs transformers greedy agreement: {sum(agree)}/{len(agree)}")
     for s, h in zip(served, local):
         assert s.prompt_tokens == h.prompt_tokens
-        assert s.completion_tokens == h.completion_tokens == 24
+        if s.text == h.text:
+            assert s.completion_tokens == h.completion_tokens and s.finish_reason == h.finish_reason
     assert sum(agree) >= len(agree) - 1, [(s.text, h.text) for s, h in zip(served, local)]
 
 

@@ -179,6 +179,7 @@ def test_stop_kills_every_child(tiny_model_path: Path, tmp_path: Path, worker_po
     _assert_all_gone(group)
     assert not server.running and server.pid is None
     assert errors and isinstance(errors[0], ServerStartError)  # start() reports the stop, does not hang
+    assert "stopped while starting" in str(errors[0])
 
 
 _PARENT = textwrap.dedent(

@@ -347,15 +347,20 @@ class VLLMServer:
             self._log_fh.flush()
             full = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.grace_s)] + cmd[1:]
             t0 = time.monotonic()
-            self._proc = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_fh,
-                stderr=subprocess.STDOUT,
-                env=self.environment(),
-                start_new_session=True,
-                close_fds=True,
-            )
+            try:
+                self._proc = subprocess.Popen(
+                    full,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log_fh,
+                    stderr=subprocess.STDOUT,
+                    env=self.environment(),
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                self._log_fh.close()
+                self._log_fh = None
+                raise ServerStartError(f"could not launch vLLM server '{self.name}': {exc}", url=self.url) from exc
             with _LIVE_LOCK:
                 _LIVE[id(self)] = self
             _install_hooks()
@@ -371,7 +376,10 @@ class VLLMServer:
         deadline = t0 + self.spec.startup_timeout_s
         with httpx.Client(timeout=2.0, trust_env=False) as c:
             while True:
-                rc = self._proc.poll() if self._proc is not None else -1
+                proc = self._proc
+                rc = proc.poll() if proc is not None else None
+                if self._proc is None:  # stop() ran (another thread, a signal) while we waited
+                    raise ServerStartError(f"vLLM server '{self.name}' was stopped while starting", url=self.url)
                 if rc is not None:
                     raise ServerStartError(
                         f"vLLM server '{self.name}' exited with code {rc} before becoming healthy "

@@ -8,6 +8,7 @@ of them share one connection pool and one concurrency cap, and lets a batch run 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -49,8 +50,11 @@ class SyncWorker:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()  # do not leave the request running (and holding a slot) in the background
+            raise TimeoutError(f"worker call did not finish within {timeout}s; it was cancelled") from None
         except BaseException:
-            fut.cancel()  # Ctrl-C or timeout: do not leave the request running in the background
+            fut.cancel()  # Ctrl-C: same
             raise
 
     @property

