@@ -236,7 +236,7 @@ def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
 
 
 TOKEN_COLUMNS = ["controller_tokens_in", "controller_tokens_out", "worker_tokens_in", "worker_tokens_out"]
-# The rows count the root trajectory's tokens; nested runs' tokens are only in the trajectories.
+# Tokens over every depth, recomputed from the trajectories (rows written by older runners count the root only).
 ALL_DEPTH_TOKEN_COLUMNS = [f"{c}_all_depths" for c in TOKEN_COLUMNS]
 
 SAMPLE_COLUMNS = [
@@ -258,8 +258,7 @@ def sample_frame(run: RunData) -> pd.DataFrame:
             n_cells = sum(len(t.cells) for t in trajs)
             n_ok = sum(cell_ok(c) for t in trajs for c in t.cells)
             n_sub_all = sum(len(model_sub_calls(t)) for t in trajs)
-            tok_all = [sum(t.controller_tokens()[0] for t in trajs), sum(t.controller_tokens()[1] for t in trajs),
-                       sum(t.worker_tokens()[0] for t in trajs), sum(t.worker_tokens()[1] for t in trajs)]
+            tok_all = [*traj.controller_tokens(), *traj.worker_tokens()]  # these recurse into nested runs
             depth_reached = max(t.depth for t in trajs) + (1 if any(t.sub_calls for t in trajs) else 0)
         else:
             n_cells, n_ok = row.n_cells, row.n_cells - row.n_cell_errors

@@ -266,6 +266,9 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
     spec = json.loads((out.path / "eval.json").read_text())
     spec["shard"] = None
     atomic_write_text(out.path / "eval.json", json.dumps(spec, indent=1))
+    statuses = [_read_results(f).get("status") for f in folders]
+    status = "complete" if all(st == "complete" for st in statuses) else "partial"
     summary = summarize(out)
-    out.write_results({**summary, "status": "complete", "merged_from": [str(f.path) for f in folders]})
-    return summary
+    out.write_results({**summary, "status": status, "merged_from": [str(f.path) for f in folders],
+                       "shard_status": statuses})
+    return {**summary, "status": status}

@@ -1,8 +1,9 @@
 """The controller's side of information loss: were the sub_call answers right but the total wrong?
 
 Assumptions (the function checks what it can and labels the rest):
-1. The question is a count that adds up over chunks, and the relevant sub_calls are the depth-0
-   sub_calls whose instruction is a roll count (other sub_calls are ignored).
+1. The question is a count that adds up over chunks, and the relevant sub_calls are the
+   controller's own (top-level) sub_calls whose instruction is a roll count; others are ignored.
+   A nested-RLM sub_call records no worker messages, so its chunk gold must come from a gold map.
 2. Per-chunk gold is known: a mapping (sample, sub_call) -> int, or a function of the sub_call
    (default: the regex proxy `rolls.chunk_gold`).
 3. The chunks are disjoint and cover the document; overlap is detected from chunk_start/chunk_end,
@@ -19,7 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from .rolls import is_roll_count_instruction, parse_count
-from .runs import SubCallItem, iter_sub_calls, load_samples, load_trajectory, trajectory_paths, Selection
+from .runs import SubCallItem, load_samples, load_trajectory, locate_chunk, trajectory_paths
 from .capture import attach_gold
 
 
@@ -32,18 +33,27 @@ def diagnose_aggregation(
     samples = load_samples(run_dir)
     per_sub: list[dict] = []
     by_sample: dict[str, list[SubCallItem]] = {}
-    for it in iter_sub_calls(run_dir, Selection(require_response=False)):
-        if not is_roll_count_instruction(it.instruction):
-            continue
-        if callable(chunk_gold):
-            it.gold, it.gold_source = chunk_gold(it), "function"
-        else:
-            attach_gold(it, chunk_gold)
-        by_sample.setdefault(it.sample, []).append(it)
-        wc = parse_count(it.response)
-        per_sub.append(dict(sample=it.sample, sub_call=it.sub_call, chunk_start=it.chunk_start,
-                            chunk_end=it.chunk_end, gold=it.gold, gold_source=it.gold_source, worker_count=wc,
-                            worker_correct=None if it.gold is None else wc == it.gold))
+    for path in trajectory_paths(run_dir):
+        traj = load_trajectory(path)
+        for sc in traj.sub_calls:  # the controller's own calls: worker calls or nested RLMs
+            if not is_roll_count_instruction(sc.instruction):
+                continue
+            msgs = sc.messages or []
+            it = SubCallItem(run=traj.run_id, sample=path.stem, sub_call=sc.id, messages=msgs,
+                             instruction=sc.instruction, response=sc.response, chunk_start=sc.chunk_start,
+                             chunk_end=sc.chunk_end, chunk_chars=sc.chunk_chars,
+                             chunk_loc=locate_chunk(msgs, sc.instruction, sc.chunk_chars) if msgs else None,
+                             depth=sc.depth)
+            if callable(chunk_gold):
+                it.gold, it.gold_source = chunk_gold(it), "function"
+            else:
+                attach_gold(it, chunk_gold)
+            by_sample.setdefault(it.sample, []).append(it)
+            wc = parse_count(it.response)
+            per_sub.append(dict(sample=it.sample, sub_call=it.sub_call, nested=sc.nested_trajectory is not None,
+                                chunk_start=it.chunk_start, chunk_end=it.chunk_end, gold=it.gold,
+                                gold_source=it.gold_source, worker_count=wc,
+                                worker_correct=None if it.gold is None else wc == it.gold))
     rows = []
     for path in trajectory_paths(run_dir):
         key = path.stem

@@ -41,7 +41,8 @@ def attach_gold(item: SubCallItem, gold_map: dict[tuple[str, int], int] | None =
     if gold_map and (item.sample, item.sub_call) in gold_map:
         item.gold, item.gold_source = gold_map[(item.sample, item.sub_call)], "gold_file"
     elif item.chunk_text is not None:
-        g = chunk_gold(item.chunk_text, item.instruction)
+        context = "\n".join(m["content"] for m in item.messages if isinstance(m.get("content"), str))
+        g = chunk_gold(item.chunk_text, item.instruction, context)
         if g is not None:
             item.gold, item.gold_source = g, "regex_roll_lines"
     return item
@@ -178,7 +179,8 @@ def run_capture(
                     if p.item.response is not None:
                         replays.append(
                             replay_one(model, p.item.sample, p.item.sub_call, p.prompt_ids, p.item.response,
-                                       cfg.max_new_tokens)
+                                       cfg.max_new_tokens, truncated=p.item.truncated,
+                                       completion_tokens=p.item.completion_tokens or None)
                         )
             n_done += len(batch)
         pending.clear()

@@ -38,7 +38,10 @@ def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
-def _setup(config: Optional[str], overrides: dict[str, Any]):
+def _setup(config: Optional[str], overrides: dict[str, Any], run_dir: Path | None = None):
+    """Profile: --config, else the run's own config.yaml (the rig saves the profile it ran with)."""
+    if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
+        config = str(run_dir / "config.yaml")
     try:
         return load_interp_config(config, overrides)
     except InterpConfigError as exc:
@@ -68,7 +71,8 @@ def _out(out: Optional[Path], run_dir: Path, name: str) -> Path:
 
 
 RunArg = typer.Argument(..., exists=True, file_okay=False, help="run folder with trajectories/*.json")
-ConfigOpt = typer.Option(None, "--config", "-c", help="profile YAML (or a profile name in configs/)")
+ConfigOpt = typer.Option(None, "--config", "-c",
+                         help="profile YAML or a profile name in configs/ (default: RUN_DIR/config.yaml)")
 OutOpt = typer.Option(None, "--out", "-o", help="output folder (default RUN_DIR/interp/<command>)")
 
 
@@ -93,7 +97,8 @@ def capture(
     from .jobs import capture_job, summary_dict
 
     cfg, spec, profile = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
-                                             capture_positions=_csv(positions), device=device, replay=replay))
+                                             capture_positions=_csv(positions), device=device, replay=replay),
+                                 run_dir)
     _release(cfg, stop_server, run_dir, profile)
     try:
         s = capture_job(run_dir, _out(out, run_dir, "capture"), cfg, spec,
@@ -126,7 +131,7 @@ def patch(
 
     cfg, spec, profile = _setup(config, dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers),
                                              components=_csv(components), directions=_csv(directions),
-                                             batch_size=batch_size, device=device))
+                                             batch_size=batch_size, device=device), run_dir)
     _release(cfg, stop_server, run_dir, profile)
     try:
         s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
@@ -149,7 +154,7 @@ def probe(
     """Linear probes per layer for the chunk's count, with a shuffled-label control."""
     from .jobs import probe_job
 
-    cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component))
+    cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component), run_dir)
     cap = capture_dir or run_dir / "interp" / "capture"
     try:
         table = probe_job(cap, _out(out, run_dir, "probe"), cfg)
@@ -171,7 +176,7 @@ def report(
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check."""
     from .report import build_report
 
-    _setup(config, {})  # validates the profile even though the report needs no model
+    _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
     path = build_report(run_dir, _out(out, run_dir, "report"), capture_dir=capture_dir or base / "capture",
                         patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe", gold_file=gold)

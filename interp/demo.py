@@ -70,7 +70,7 @@ def make_demo_run(
             k += 1
             answers.append(ans)
             subs.append(dict(
-                id=i, cell=0, depth=0, batch=0, chunk_start=pos, chunk_end=pos + len(ch), chunk_chars=len(ch),
+                id=i, cell=0, depth=1, batch=0, chunk_start=pos, chunk_end=pos + len(ch), chunk_chars=len(ch),
                 chunk_tokens=None, instruction=instr, response=f"There are {ans} rolls.", error=None,
                 prompt_tokens=0, completion_tokens=0, latency_s=0.0, nested_trajectory=None,
                 messages=worker_messages(ch, instr),

@@ -30,8 +30,13 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
 
 
 def resolve_model_path(model: str) -> str:
-    """'tiny' / 'tiny:SEED' is the rig's tiny random Qwen2 (built and cached by worker)."""
+    """'tiny' / 'tiny:SEED' is the rig's tiny random Qwen2 and 'smollm2' its SmolLM2-135M-Instruct
+    (both built and cached by worker); anything else is a local path or a hub id."""
     name, _, seed = model.partition(":")
+    if name == "smollm2":
+        from worker import ensure_smollm2
+
+        return str(ensure_smollm2())
     if name == "tiny":
         try:
             from worker import ensure_tiny_model

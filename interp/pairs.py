@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .model import Prompt, ReplayModel
-from .rolls import CORRUPTIONS, ChunkEdit, count_roll_lines, first_number_span, is_roll_count_instruction, parse_value_filter
+from .rolls import CORRUPTIONS, ChunkEdit, count_roll_lines, first_number_span, is_roll_count_instruction, parse_roll_query
 from .runs import SubCallItem
 
 ChunkCorruption = Callable[[str, random.Random], Iterable["str | ChunkEdit"]]
@@ -44,6 +44,11 @@ class Pair:
     @property
     def seq_len(self) -> int:
         return len(self.clean_ids)
+
+
+def message_text(item: SubCallItem) -> str:
+    """All message text of a sub_call: where a player/character map line may be found."""
+    return "\n".join(m["content"] for m in item.messages if isinstance(m.get("content"), str))
 
 
 def answer_prefix(response: str | None) -> str:
@@ -206,26 +211,30 @@ def build_counting_pairs(
     rng = random.Random(seed)
     items = [it for it in items if it.chunk_text is not None]
     rng.shuffle(items)
-    skipped = {"not_a_roll_count": 0, "too_long": 0, "no_equal_length_edit": 0, "alter_without_value_filter": 0}
+    skipped = {"not_a_roll_count": 0, "filter_not_checkable": 0, "too_long": 0, "no_equal_length_edit": 0,
+               "alter_without_value_filter": 0}
     pairs: list[Pair] = []
     for it in items:
         if not is_roll_count_instruction(it.instruction):
             skipped["not_a_roll_count"] += 1
             continue
-        value = parse_value_filter(it.instruction)
+        query = parse_roll_query(it.instruction, message_text(it))
+        if query is None:
+            skipped["filter_not_checkable"] += 1
+            continue
         if max_tokens is not None and len(model.render(it.messages).ids) > max_tokens:
             skipped["too_long"] += 1
             continue
         for name in corruptions:
             if name not in CORRUPTIONS:
                 raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
-            if name == "alter" and value is None:
+            if name == "alter" and query.value is None:
                 skipped["alter_without_value_filter"] += 1
                 continue
             fn = CORRUPTIONS[name]
             pair = pairs_from_chunk_corruption(
-                model, it, lambda ch, r, fn=fn: fn(ch, r, value),
-                lambda ch: str(count_roll_lines(ch, value)), rng=rng, corruption=name,
+                model, it, lambda ch, r, fn=fn: fn(ch, r, query),
+                lambda ch: str(count_roll_lines(ch, query)), rng=rng, corruption=name,
             )
             if pair is None:
                 skipped["no_equal_length_edit"] += 1

@@ -45,10 +45,11 @@ def build_report(
             summ = agreement_summary([ReplayResult(**r) for r in rep.to_dict("records")])
             (out / "replay_agreement.json").write_text(json.dumps(summ, indent=1))
             md += ["## Replay agreement (transformers greedy vs recorded vLLM answer)\n",
-                   f"n={summ['n']}, exact match {summ['exact_match_rate']:.3f}, token match {summ['token_match_rate']:.3f},"
-                   f" median first divergence {summ['median_first_divergence']}\n",
-                   _md(rep[["sample", "sub_call", "exact_match", "first_divergence", "recorded_tokens",
-                            "replayed_tokens"]]), ""]
+                   f"n={summ['n']}, exact match {summ['exact_match_rate']:.3f}, no diverging token "
+                   f"{summ['token_match_rate']:.3f}, prefix agreement {summ['prefix_match_rate']:.3f}, "
+                   f"median first divergence {summ['median_first_divergence']}\n",
+                   _md(rep[["sample", "sub_call", "exact_match", "first_divergence", "prefix_match", "truncated",
+                            "recorded_tokens", "replayed_tokens"]]), ""]
             sections["replay"] = "replay_agreement.csv"
 
     if patch_dir and (Path(patch_dir) / AGG_FILE).exists():

@@ -69,30 +69,76 @@ def _line_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _mentions_by_line(text: str) -> list[tuple[tuple[int, int], list[RollMention]]]:
+def _mentions_by_line(text: str, speaker: str | None = None) -> list[tuple[tuple[int, int], list[RollMention]]]:
+    """(line span, its mentions) per line; with `speaker`, only lines spoken by them ("Laura: ...")."""
     ms = find_mentions(text)
     out = []
+    prefix = None if speaker is None else speaker.lower() + ":"
     for s, e in _line_spans(text):
+        if prefix is not None and not text[s:e].lstrip().lower().startswith(prefix):
+            continue
         out.append(((s, e), [m for m in ms if s <= m.start < e]))
     return out
 
 
-def count_roll_lines(text: str, value: int | None = None) -> int:
-    """Lines with at least one roll mention (with that natural/rolled value if ``value`` is set)."""
+@dataclass(frozen=True)
+class RollQuery:
+    """What a roll-count instruction counts, as far as the regex proxy can tell."""
+
+    value: int | None = None  # "natural 20s" -> 20
+    speaker: str | None = None  # "by the player Laura" (or a character mapped to its player) -> "Laura"
+
+
+def _as_query(q: "RollQuery | int | None") -> RollQuery:
+    return q if isinstance(q, RollQuery) else RollQuery(value=q)
+
+
+def count_roll_lines(text: str, value: "int | RollQuery | None" = None, speaker: str | None = None) -> int:
+    """Lines with at least one roll mention; with a value, a mention of that value; with a speaker,
+    only that speaker's lines."""
+    q = _as_query(value)
+    speaker = speaker or q.speaker
     n = 0
-    for _, ms in _mentions_by_line(text):
-        if value is None and ms:
+    for _, ms in _mentions_by_line(text, speaker):
+        if q.value is None and ms:
             n += 1
-        elif value is not None and any(m.value == value for m in ms):
+        elif q.value is not None and any(m.value == q.value for m in ms):
             n += 1
     return n
 
 
-def chunk_gold(chunk: str, instruction: str) -> int | None:
-    """The proxy gold count for a chunk under its instruction; None when it is not a roll count."""
+_PLAYER = re.compile(r"\bby the player ([A-Z][\w'.-]*(?: [A-Z][\w'.-]*)*)", re.I)
+_CHARACTER = re.compile(r"\bby the character ([A-Z][\w'.-]*(?: [A-Z][\w'.-]*)*)", re.I)
+_TYPE = re.compile(r"\bof type\b", re.I)
+
+
+def parse_roll_query(instruction: str, context: str = "") -> RollQuery | None:
+    """The proxy's reading of a roll-count instruction; None when it is not one, or when its filter
+    cannot be checked by regex (roll types; a character whose player is not named in `context`
+    by a "<Player> plays the character <Character>." line)."""
     if not is_roll_count_instruction(instruction):
         return None
-    return count_roll_lines(chunk, parse_value_filter(instruction))
+    if _TYPE.search(instruction):
+        return None
+    speaker = None
+    m = _PLAYER.search(instruction)
+    if m:
+        speaker = m.group(1).split(" in ")[0].strip()
+    else:
+        m = _CHARACTER.search(instruction)
+        if m:
+            char = m.group(1).split(" in ")[0].strip()
+            pm = re.search(r"(?m)^([\w' .-]+?) plays the character " + re.escape(char) + r"\.", context)
+            if not pm:
+                return None
+            speaker = pm.group(1).strip()
+    return RollQuery(value=parse_value_filter(instruction), speaker=speaker)
+
+
+def chunk_gold(chunk: str, instruction: str, context: str = "") -> int | None:
+    """The proxy gold count for a chunk under its instruction; None when the proxy cannot tell."""
+    q = parse_roll_query(instruction, context)
+    return None if q is None else count_roll_lines(chunk, q)
 
 
 # -- corruptions ------------------------------------------------------------------------------
@@ -115,57 +161,60 @@ class ChunkEdit:
     span: tuple[int, int]  # char span of the edit in the *clean* chunk
 
 
-def corrupt_remove(chunk: str, rng: random.Random, value: int | None = None) -> Iterator[ChunkEdit]:
+def corrupt_remove(chunk: str, rng: random.Random, value: "int | RollQuery | None" = None) -> Iterator[ChunkEdit]:
     """Remove one counted line's mention by swapping its roll word for a non-roll word."""
-    lines = [(span, ms) for span, ms in _mentions_by_line(chunk) if len(ms) == 1]
-    if value is not None:
-        lines = [(span, ms) for span, ms in lines if ms[0].value == value]
+    q = _as_query(value)
+    lines = [(span, ms) for span, ms in _mentions_by_line(chunk, q.speaker) if len(ms) == 1]
+    if q.value is not None:
+        lines = [(span, ms) for span, ms in lines if ms[0].value == q.value]
     rng.shuffle(lines)
     for _, (m,) in lines:
         subs = list(_REMOVE_SUBST[m.kind])
         rng.shuffle(subs)
         for sub in subs:
             new = chunk[: m.word_start] + sub + chunk[m.word_end :]
-            if count_roll_lines(new, value) == count_roll_lines(chunk, value) - 1:
+            if count_roll_lines(new, q) == count_roll_lines(chunk, q) - 1:
                 yield ChunkEdit(new, f"remove {chunk[m.word_start:m.word_end]!r}->{sub!r}", (m.word_start, m.word_end))
 
 
-def corrupt_add(chunk: str, rng: random.Random, value: int | None = None) -> Iterator[ChunkEdit]:
+def corrupt_add(chunk: str, rng: random.Random, value: "int | RollQuery | None" = None) -> Iterator[ChunkEdit]:
     """Add one roll mention to a line that has none, by swapping a common word for a roll word."""
-    lines = [span for span, ms in _mentions_by_line(chunk) if not ms]
+    q = _as_query(value)
+    lines = [span for span, ms in _mentions_by_line(chunk, q.speaker) if not ms]
     rng.shuffle(lines)
     pat = re.compile(r"\b(" + "|".join(_ADD_FROM) + r")\b", re.I)
-    base = count_roll_lines(chunk, value)
+    base = count_roll_lines(chunk, q)
     for s, e in lines:
         for w in pat.finditer(chunk, s, e):
-            targets = [f"rolled a {value}"] if value is not None else list(_ADD_TO)
+            targets = [f"rolled a {q.value}"] if q.value is not None else list(_ADD_TO)
             for to in targets:
                 new = chunk[: w.start()] + to + chunk[w.end() :]
-                if count_roll_lines(new, value) == base + 1:
+                if count_roll_lines(new, q) == base + 1:
                     yield ChunkEdit(new, f"add {w.group(0)!r}->{to!r}", (w.start(), w.end()))
 
 
-def corrupt_alter(chunk: str, rng: random.Random, value: int | None = None) -> Iterator[ChunkEdit]:
+def corrupt_alter(chunk: str, rng: random.Random, value: "int | RollQuery | None" = None) -> Iterator[ChunkEdit]:
     """Change the number of one rolled/natural value (same digit count). Only changes the count when
     the instruction filters on a value, so without a filter it yields nothing."""
-    if value is None:
+    q = _as_query(value)
+    if q.value is None:
         return
-    base = count_roll_lines(chunk, value)
-    ms = [m for m in find_mentions(chunk) if m.value is not None]
+    base = count_roll_lines(chunk, q)
+    ms = [m for _, line in _mentions_by_line(chunk, q.speaker) for m in line if m.value is not None]
     rng.shuffle(ms)
     for m in ms:
         seg = chunk[m.start : m.end]
         dm = list(re.finditer(r"\d+", seg))[-1]
         ds, de = m.start + dm.start(), m.start + dm.end()
         digits = dm.group(0)
-        if m.value == value:
-            choices = [v for v in range(10 ** (len(digits) - 1) if len(digits) > 1 else 1, 10 ** len(digits)) if v != value]
+        if m.value == q.value:
+            choices = [v for v in range(10 ** (len(digits) - 1) if len(digits) > 1 else 1, 10 ** len(digits)) if v != q.value]
         else:
-            choices = [value] if len(str(value)) == len(digits) else []
+            choices = [q.value] if len(str(q.value)) == len(digits) else []
         rng.shuffle(choices)
         for v in choices[:6]:
             new = chunk[:ds] + str(v) + chunk[de:]
-            if count_roll_lines(new, value) != base:
+            if count_roll_lines(new, q) != base:
                 yield ChunkEdit(new, f"alter {digits}->{v}", (ds, de))
 
 

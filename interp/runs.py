@@ -30,6 +30,7 @@ class _SubCall(BaseModel):
     error: str | None = None
     completion_tokens: int = 0
     messages: list[dict[str, Any]] | None = None
+    nested_trajectory: dict[str, Any] | None = None
 
 
 class _Trajectory(BaseModel):
@@ -38,6 +39,7 @@ class _Trajectory(BaseModel):
     question: str = ""
     doc_chars: int = 0
     models: dict[str, str] = {}
+    config: dict[str, Any] = {}
     sub_calls: list[_SubCall] = []
     final_answer: str | None = None
 
@@ -80,6 +82,15 @@ class SubCallItem:
     depth: int = 0
     gold: int | None = None
     gold_source: str | None = None
+    completion_tokens: int = 0
+    max_tokens: int | None = None  # the worker's max_tokens in the run: a reply this long was cut off
+
+    @property
+    def truncated(self) -> bool | None:
+        """True when the recorded reply stopped at max_tokens rather than at an end-of-sequence."""
+        if self.max_tokens is None or not self.completion_tokens:
+            return None
+        return self.completion_tokens >= self.max_tokens
 
     @property
     def ref(self) -> SubCallRef:
@@ -187,7 +198,7 @@ class Selection:
     question_types: list[str] = field(default_factory=list)
     correct: bool | None = None  # True: samples with score == 1; False: score < 1
     refs: list[SubCallRef] = field(default_factory=list)
-    depth: int | None = 0  # replay only direct worker calls by default
+    depth: int | None = None  # None: every worker call, nested ones included
     require_response: bool = True
     limit: int | None = None
 
@@ -197,8 +208,11 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> I
     run_dir = Path(run_dir)
     sel = selection or Selection()
     samples = load_samples(run_dir)
+    if (sel.question_types or sel.correct is not None) and not samples:
+        raise RunDirError(f"selecting by question_type or correctness needs {run_dir / 'samples.jsonl'}, which is "
+                          "missing or empty")
     wanted = {(r.sample, r.sub_call) for r in sel.refs}
-    wanted_samples = {r.sample for r in sel.refs}
+    wanted_samples = {r.sample.split("/", 1)[0] for r in sel.refs}
     n = 0
     paths = trajectory_paths(run_dir)
     if wanted_samples:
@@ -221,8 +235,10 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> I
             if sel.correct != (float(score) >= 1.0):
                 continue
         traj = load_trajectory(path)
-        for sc in traj.sub_calls:
-            if wanted and (key, sc.id) not in wanted:
+        worker_cfg = traj.config.get("worker") if isinstance(traj.config.get("worker"), dict) else {}
+        max_tokens = worker_cfg.get("max_tokens")
+        for skey, sc in _walk(key, traj.sub_calls):
+            if wanted and (skey, sc.id) not in wanted:
                 continue
             if sel.depth is not None and sc.depth != sel.depth:
                 continue
@@ -232,7 +248,7 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> I
                 continue
             yield SubCallItem(
                 run=traj.run_id or run_dir.name,
-                sample=key,
+                sample=skey,
                 sub_call=sc.id,
                 messages=sc.messages,
                 instruction=sc.instruction,
@@ -245,10 +261,28 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> I
                 question_type=qtype,
                 score=None if score is None else float(score),
                 depth=sc.depth,
+                completion_tokens=sc.completion_tokens,
+                max_tokens=int(max_tokens) if isinstance(max_tokens, int) else None,
             )
             n += 1
             if sel.limit is not None and n >= sel.limit:
                 return
+
+
+def _walk(key: str, sub_calls: list[_SubCall]) -> Iterator[tuple[str, _SubCall]]:
+    """Depth-first over sub_calls and the worker calls inside nested RLM trajectories.
+
+    A nested call is keyed ``SAMPLE/PARENT_ID[/...]`` so ``SAMPLE/3:1`` is worker call 1 of the
+    nested RLM that sub_call 3 of SAMPLE started."""
+    for sc in sub_calls:
+        yield key, sc
+        nested = sc.nested_trajectory
+        if isinstance(nested, dict) and nested.get("sub_calls"):
+            try:
+                inner = [_SubCall.model_validate(x) for x in nested["sub_calls"]]
+            except ValidationError as exc:
+                raise RunDirError(f"sample {key}: nested trajectory of sub_call {sc.id} is malformed: {exc}") from exc
+            yield from _walk(f"{key}/{sc.id}", inner)
 
 
 def load_gold_file(path: str | Path) -> dict[tuple[str, int], int]:

@@ -89,7 +89,7 @@ def test_replay_agreement_first_divergence(model, run):
     same = replay_one(model, it.sample, it.sub_call, ids, text, max_new_tokens=6)
     assert same.exact_match and same.first_divergence is None
     # a recorded answer that agrees for 2 tokens, then differs
-    alt = next(t for t in range(100, 3000) if t != gen[2] and model.encode_answer(
+    alt = next(t for t in range(100, len(model.tokenizer)) if t != gen[2] and model.encode_answer(
         model.tokenizer.decode(gen[:2] + [t])) == gen[:2] + [t])
     other = model.tokenizer.decode(gen[:2] + [alt])
     diff = replay_one(model, it.sample, it.sub_call, ids, other, max_new_tokens=6)

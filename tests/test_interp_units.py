@@ -88,6 +88,14 @@ def test_selection(demo_run):
         list(iter_sub_calls(demo_run / "missing"))
 
 
+def test_selection_by_score_needs_samples(tmp_path):
+    run = make_demo_run(tmp_path, n_samples=1)
+    (run / "samples.jsonl").unlink()
+    assert len(list(iter_sub_calls(run))) == 3
+    with pytest.raises(RunDirError, match="samples.jsonl"):
+        list(iter_sub_calls(run, Selection(correct=True)))
+
+
 def test_locate_chunk_rig_template_and_fallback():
     chunk = "Matt: Roll for initiative.\nLaura: I rolled a 15."
     loc = locate_chunk(worker_messages(chunk, "Count rolls."), "Count rolls.", len(chunk))
@@ -193,3 +201,44 @@ def test_release_stops_only_a_vllm_process(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_roll_query_filters():
+    from interp.rolls import RollQuery, parse_roll_query
+
+    ctx = "Laura plays the character Vex'ahlia.\nTravis plays the character Grog.\n"
+    text = "Laura: I rolled a 15.\nTravis: I rolled a 3.\nLaura: natural 20!\nLaura: we went on.\nTravis: he said no."
+    q = parse_roll_query("Total number of rolls by the player Laura in this episode? Count only this excerpt.")
+    assert q == RollQuery(None, "Laura") and count_roll_lines(text, q) == 2
+    q = parse_roll_query("Total number of rolls by the character Grog in this episode?", ctx)
+    assert q == RollQuery(None, "Travis") and count_roll_lines(text, q) == 1
+    assert parse_roll_query("Total number of rolls by the character Grog in this episode?", "") is None
+    assert parse_roll_query("Total number of rolls of type Intelligence in this episode?") is None
+    assert parse_roll_query("How many natural 20s did Laura get? Count the rolls.").value == 20
+    assert chunk_gold(text, "Total number of rolls by the player Laura in this episode?") == 2
+    assert chunk_gold(text, "Total number of rolls of type Stealth in this episode?") is None
+    # corruptions respect the speaker filter
+    q = RollQuery(None, "Laura")
+    removed = list(corrupt_remove(text, random.Random(0), q))
+    added = list(corrupt_add(text, random.Random(0), q))
+    assert removed and added
+    for e in removed:
+        assert count_roll_lines(e.text, q) == 1 and count_roll_lines(e.text, RollQuery(None, "Travis")) == 1
+    for e in added:
+        assert count_roll_lines(e.text, q) == 3 and count_roll_lines(e.text, RollQuery(None, "Travis")) == 1
+
+
+def test_nested_rlm_worker_calls_are_walked(tmp_path):
+    run = make_demo_run(tmp_path, n_samples=1, chunks_per_sample=3)
+    path = run / "trajectories" / "demo-000.json"
+    t = json.loads(path.read_text())
+    inner = [dict(s, depth=2) for s in t["sub_calls"][:2]]
+    parent = dict(t["sub_calls"][2], id=7, messages=None, response="5",
+                  nested_trajectory={"run_id": "nested", "question": "q", "sub_calls": inner})
+    t["sub_calls"] = [parent]
+    path.write_text(json.dumps(t))
+    items = list(iter_sub_calls(run))
+    assert [(i.sample, i.sub_call, i.depth) for i in items] == [("demo-000/7", 0, 2), ("demo-000/7", 1, 2)]
+    got = list(iter_sub_calls(run, Selection(refs=[SubCallRef.parse("demo-000/7:1")])))
+    assert [(i.sample, i.sub_call) for i in got] == [("demo-000/7", 1)]
+    assert list(iter_sub_calls(run, Selection(depth=1))) == []

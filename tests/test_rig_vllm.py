@@ -118,3 +118,16 @@ def test_worker_dying_mid_run_is_recorded_not_fatal(toy, tmp_path, tiny_model_pa
     assert t.stop_reason in ("final", "max_iterations", "error")
     assert t.sub_calls and all(s.error and s.response is None for s in t.sub_calls)
     assert "worker call failed" in (t.cells[1].error or t.cells[1].stdout)
+
+
+def test_openai_controller_backend_through_the_worker_server_code(vllm_server, toy, tmp_path):
+    """The `openai` controller backend attaches with the same server code as the worker (here: the tiny model)."""
+    cfg = attached(vllm_server, "controller.backend=openai", "controller.served_name=tiny",
+                   f"controller.model=tiny", f"controller.server={{url: '{vllm_server}'}}",
+                   "controller.max_new_tokens=12", "rlm.max_iterations=2")
+    with Rig(cfg, run_dir=tmp_path) as rig:
+        t = rig.ask(toy.context[:5000], toy.question)
+    assert t.error is None and t.stop_reason in ("max_iterations", "final")
+    assert len(t.turns) >= 2
+    for turn in t.turns:  # token counts come from the server's usage field
+        assert turn.prompt_tokens > 100 and 0 < turn.completion_tokens <= 12 and turn.latency_s > 0

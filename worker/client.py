@@ -209,7 +209,7 @@ class WorkerClient:
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
             try:
                 comp = await self._post_with_retries(client, payload)
-            except BaseException:
+            except Exception:  # a cancelled call (timeout, Ctrl-C) is not a worker failure
                 self.failures += 1
                 raise
             finally:
