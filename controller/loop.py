@@ -54,6 +54,7 @@ class RunContext:
     versions: dict[str, str]
     sub_calls_enabled: bool = True
     doc_index: Callable[[str], Any] | None = None  # text -> DocTokenIndex (cached), for span token counts
+    kernels: Any = None  # a KernelPool: kernels spawned ahead of time (None: start each on demand)
 
 
 class RLM:
@@ -179,12 +180,11 @@ class RLM:
 
         sandbox: Sandbox | None = None
         try:
-            sandbox = Sandbox(
-                doc,
-                handler=router,
-                limits=limits,
-                extra_globals={"CHUNK_BUDGET_CHARS": budget_chars, "question": question},
-            )
+            names = {"CHUNK_BUDGET_CHARS": budget_chars, "question": question}
+            if self.ctx.kernels is not None:
+                sandbox = self.ctx.kernels.sandbox(doc, handler=router, limits=limits, extra_globals=names)
+            else:
+                sandbox = Sandbox(doc, handler=router, limits=limits, extra_globals=names)
 
             def resolve_final(parsed: Any) -> tuple[bool, str | None]:
                 """(done, message to the model if not done)."""
@@ -271,7 +271,10 @@ class RLM:
             traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
         finally:
             if sandbox is not None:
-                sandbox.close()
+                if self.ctx.kernels is not None:
+                    self.ctx.kernels.retire(sandbox)
+                else:
+                    sandbox.close()
             traj.finished_at = _now()
             save(final=True)
         return traj

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from configs.schema import RigConfig, ServerConfig
 from controller.doctokens import DocTokenCache, counter_for
+from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
 from controller.records import Trajectory
@@ -62,6 +63,7 @@ class Rig:
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
         self.doc_index: Any = None
+        self.kernels = KernelPool()
         self.worker_url: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -157,6 +159,7 @@ class Rig:
         self.start_worker()
 
     def close(self) -> None:
+        self.kernels.close()
         for c in self._clients:
             try:
                 c.close()
@@ -189,6 +192,7 @@ class Rig:
             versions=package_versions(),
             sub_calls_enabled=sub_calls,
             doc_index=self.doc_index,
+            kernels=self.kernels,
         )
 
     def ask(

@@ -131,8 +131,8 @@ def serve_worker(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOp
     rig = Rig(cfg, run_dir=log_dir)
     try:
         rig.start_worker()
-        out.print(f"worker {cfg.worker.model} serving at {rig.worker_url}  (log: {log_dir / 'logs'})")
-        out.print("Ctrl-C stops it.")
+        print(f"worker {cfg.worker.model} serving at {rig.worker_url}  (log: {log_dir / 'logs'})", flush=True)
+        print("Ctrl-C stops it.", flush=True)
         while True:
             time.sleep(3600)
     finally:

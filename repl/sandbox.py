@@ -43,11 +43,57 @@ def _restart_notice(reason: str) -> str:
             "again, and files in the scratch folder were kept.")
 
 
+def spawn_kernel(lim: SandboxLimits, launcher: str, scratch: Path) -> KernelProcess:
+    """Start a confined kernel process; it waits for its config and prompt on the pipe."""
+    max_frame = 8 * max(lim.max_output_chars, lim.max_subcall_chars) + FRAME_OVERHEAD
+    jail = CgroupJail.create(lim.max_tasks, lim.memory_mb * 2**20 + CGROUP_MEMORY_HEADROOM) if lim.cgroup else None
+    try:
+        return KernelProcess(launcher=launcher, scratch=scratch, network=lim.network, max_frame=max_frame,
+                             raw_cap=lim.max_output_chars, jail=jail)
+    except OSError as exc:
+        raise SandboxError(f"cannot spawn: {exc}") from None
+
+
+class PreparedKernel:
+    """A kernel spawned ahead of time, idle until a Sandbox hands it a prompt.
+
+    Spawning (namespaces, a fresh interpreter) is most of a kernel's start-up; an eval that prepares
+    the next kernel while the current example runs hides it. Unused ones must be discarded.
+    """
+
+    def __init__(self, limits: SandboxLimits | None = None) -> None:
+        self.limits = limits if limits is not None else SandboxLimits()
+        self.launcher = choose_launcher(self.limits.launcher, network=self.limits.network)[0]
+        self.scratch = Path(tempfile.mkdtemp(prefix="rlm-repl-")).resolve()
+        self._lock = threading.Lock()
+        try:
+            self._kernel: KernelProcess | None = spawn_kernel(self.limits, self.launcher, self.scratch)
+        except SandboxError:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+
+    def take(self) -> KernelProcess | None:
+        """The kernel, once; None if it already died or was taken."""
+        with self._lock:
+            k, self._kernel = self._kernel, None
+        if k is not None and k.proc.poll() is not None:
+            k.kill()
+            return None
+        return k
+
+    def discard(self) -> None:
+        k = self.take()
+        if k is not None:
+            k.kill()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
 class Sandbox:
     """A confined Python REPL for model-written code. Use as a context manager or call close()."""
 
     def __init__(self, prompt: str, *, handler: SubCallHandler, limits: SandboxLimits | None = None,
-                 scratch_dir: Path | str | None = None, extra_globals: dict | None = None) -> None:
+                 scratch_dir: Path | str | None = None, extra_globals: dict | None = None,
+                 prepared: "PreparedKernel | None" = None) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"Sandbox: prompt must be a str, got {type(prompt).__name__}")
         if not callable(handler):
@@ -59,8 +105,13 @@ class Sandbox:
         # JSON-able names set next to `prompt` at every kernel start (e.g. the chunk budget), so a
         # restart after a timeout brings them back too.
         self.extra_globals = dict(extra_globals or {})
+        if prepared is not None and (prepared.limits != self.limits or scratch_dir is not None):
+            prepared.discard()  # spawned for other limits: not usable here
+            prepared = None
         self._owns_scratch = scratch_dir is None
-        if scratch_dir is None:
+        if prepared is not None:
+            self.scratch = prepared.scratch
+        elif scratch_dir is None:
             self.scratch = Path(tempfile.mkdtemp(prefix="rlm-repl-")).resolve()
         else:
             self.scratch = Path(scratch_dir).resolve()
@@ -75,10 +126,28 @@ class Sandbox:
         self.isolation: IsolationReport | None = None
         self.startup_s: float | None = None  # wall time of the last kernel start, for bench/
         try:
-            self._start()
+            if prepared is None or not self._adopt(prepared):
+                self._start()
         except BaseException:
             self.close()
             raise
+
+    def _adopt(self, prepared: "PreparedKernel") -> bool:
+        """Finish a kernel spawned ahead of time: only the prompt hand-over is left to wait for."""
+        t0 = time.monotonic()
+        kernel = prepared.take()
+        if kernel is None:
+            return False
+        try:
+            facts = self._handshake(kernel)
+        except SandboxError:
+            return False
+        self._kernel = kernel
+        self.startup_s = time.monotonic() - t0
+        self.kernel_starts += 1
+        self.isolation = self._report(prepared.launcher, facts, [])
+        self.isolation.cgroup = kernel.jail.describe() if kernel.jail is not None else None
+        return True
 
     # ---- kernel lifetime ---------------------------------------------------------------------
     def _start(self) -> None:
@@ -100,15 +169,12 @@ class Sandbox:
         raise SandboxError("could not start the REPL kernel; tried " + "; ".join(errors))
 
     def _start_with(self, launcher: str) -> tuple[KernelProcess, dict]:
+        kernel = spawn_kernel(self.limits, launcher, self.scratch)
+        return kernel, self._handshake(kernel)
+
+    def _handshake(self, kernel: KernelProcess) -> dict:
+        """Send the config and the prompt; wait for the kernel's ready message (with its isolation facts)."""
         lim = self.limits
-        max_frame = 8 * max(lim.max_output_chars, lim.max_subcall_chars) + FRAME_OVERHEAD
-        jail = CgroupJail.create(lim.max_tasks, lim.memory_mb * 2**20 + CGROUP_MEMORY_HEADROOM) \
-            if lim.cgroup else None
-        try:
-            kernel = KernelProcess(launcher=launcher, scratch=self.scratch, network=lim.network,
-                                   max_frame=max_frame, raw_cap=lim.max_output_chars, jail=jail)
-        except OSError as exc:
-            raise SandboxError(f"cannot spawn: {exc}") from None
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
                "nproc": nproc_limit(), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
@@ -129,8 +195,7 @@ class Sandbox:
             tail = bytes(kernel.raw_tail).decode("utf-8", "replace").strip()
             raise SandboxError(f"{exc}; kernel output: {tail[-2000:] or '<none>'}") from None
         kernel.take_raw()
-        facts = msg.get("facts") if isinstance(msg.get("facts"), dict) else {}
-        return kernel, facts
+        return msg.get("facts") if isinstance(msg.get("facts"), dict) else {}
 
     def _report(self, launcher: str, facts: dict, errors: list[str]) -> IsolationReport:
         allowed_env = set(kernel_env(self.scratch))

@@ -131,3 +131,28 @@ def test_openai_controller_backend_through_the_worker_server_code(vllm_server, t
     assert len(t.turns) >= 2
     for turn in t.turns:  # token counts come from the server's usage field
         assert turn.prompt_tokens > 100 and 0 < turn.completion_tokens <= 12 and turn.latency_s > 0
+
+
+@pytest.mark.slow
+def test_serve_worker_runs_until_interrupted(tmp_path):
+    import signal
+    import time
+
+    import httpx
+
+    p = subprocess.Popen([sys.executable, "-m", "experiments.cli", "serve-worker", "-c", "cpu-tiny", "--log-dir",
+                          str(tmp_path), "--set", "worker.served_name=serve-worker-test"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.time() + 600
+        while time.time() < deadline and "serving at" not in line:
+            line = p.stdout.readline()
+            assert line or p.poll() is None, p.stderr.read()[-2000:]
+        url = re.search(r"serving at (\S+)", line).group(1)
+        assert httpx.get(url.replace("/v1", "") + "/health", timeout=10).status_code == 200
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=120)
+    assert p.returncode == 130
+    assert _vllm_procs("serve-worker-test") == []

@@ -1,0 +1,50 @@
+"""Kernels spawned ahead of time (PreparedKernel) and the rig's KernelPool."""
+import pytest
+
+from controller.kernels import KernelPool
+from repl import PreparedKernel, Sandbox, SandboxLimits
+
+
+def handler(reqs):
+    from repl import SubCallReply
+
+    return [SubCallReply(text=r.chunk.upper()) for r in reqs]
+
+
+def test_prepared_kernel_is_adopted():
+    lim = SandboxLimits(cell_timeout_s=5)
+    pk = PreparedKernel(lim)
+    pid = pk._kernel.proc.pid
+    with Sandbox("abc", handler=handler, limits=lim, prepared=pk, extra_globals={"N": 3}) as sb:
+        assert sb._kernel.proc.pid == pid and sb.scratch == pk.scratch
+        r = sb.run_cell("print(len(prompt), N, sub_call(prompt, 'x'))")
+        assert r.stdout.strip() == "3 3 ABC"
+    assert not pk.scratch.exists()
+
+
+def test_prepared_kernel_with_other_limits_is_discarded():
+    pk = PreparedKernel(SandboxLimits(cell_timeout_s=5, memory_mb=1024))
+    with Sandbox("abc", handler=handler, limits=SandboxLimits(cell_timeout_s=5), prepared=pk) as sb:
+        assert sb.scratch != pk.scratch and sb.run_cell("print(prompt)").stdout == "abc\n"
+    assert not pk.scratch.exists()
+
+
+def test_dead_prepared_kernel_falls_back_to_a_fresh_start():
+    lim = SandboxLimits(cell_timeout_s=5)
+    pk = PreparedKernel(lim)
+    pk._kernel.kill()
+    with Sandbox("abc", handler=handler, limits=lim, prepared=pk) as sb:
+        assert sb.run_cell("print(prompt)").stdout == "abc\n"
+
+
+def test_pool_hands_out_prespawned_kernels_and_cleans_up():
+    lim = SandboxLimits(cell_timeout_s=5)
+    pool = KernelPool()
+    boxes = [pool.sandbox(f"doc{i}", handler=handler, limits=lim) for i in range(3)]
+    for i, sb in enumerate(boxes):
+        assert sb.run_cell("print(prompt)").stdout == f"doc{i}\n"
+        pool.retire(sb)
+    pool.close()
+    assert pool._spares == [] and all(sb._closed for sb in boxes)
+    for sb in boxes:
+        assert not sb.scratch.exists()
