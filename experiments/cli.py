@@ -73,9 +73,16 @@ def _sigterm_as_interrupt() -> None:
 
 
 def load_cfg(config: str, overrides: Optional[list[str]]) -> Any:
-    from configs import load_config
+    """Load and validate a profile, its `interp:` section included (interp owns that schema)."""
+    from configs import ConfigError, load_config, resolve_profile
+    from interp.config import InterpConfigError, parse_interp_config
 
-    return load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [])
+    try:
+        parse_interp_config(cfg.model_dump(mode="json"), source=str(resolve_profile(config)))
+    except InterpConfigError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
 
 
 def default_run_dir(cfg: Any, kind: str) -> Path:

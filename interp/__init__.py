@@ -16,7 +16,7 @@ _EXPORTS = {
     "iter_sub_calls": "runs", "locate_chunk": "runs", "load_gold_file": "runs",
     "ROLL_MENTION": "rolls", "find_mentions": "rolls", "count_roll_lines": "rolls", "chunk_gold": "rolls",
     "parse_count": "rolls", "corrupt_remove": "rolls", "corrupt_add": "rolls", "corrupt_alter": "rolls",
-    "CORRUPTIONS": "rolls", "ChunkEdit": "rolls",
+    "CORRUPTIONS": "rolls", "ChunkEdit": "rolls", "corrupt_line_remove": "rolls", "corrupt_line_add": "rolls",
     "ReplayModel": "model",
     "ReplayResult": "replay", "replay_one": "replay", "first_divergence": "replay", "agreement_summary": "replay",
     "run_capture": "capture", "attach_gold": "capture", "capture_batch": "capture", "CaptureSummary": "capture",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Component = Literal["resid", "attn", "mlp"]
 Direction = Literal["denoise", "noise"]
-CorruptionName = Literal["remove", "add", "alter"]
+CorruptionName = Literal["remove", "add", "alter", "line_remove", "line_add"]
 
 CAPTURE_POSITIONS = ("last", "answer", "number")
 PATCH_POSITIONS = ("chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last", "all")

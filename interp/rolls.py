@@ -218,7 +218,77 @@ def corrupt_alter(chunk: str, rng: random.Random, value: "int | RollQuery | None
                 yield ChunkEdit(new, f"alter {digits}->{v}", (ds, de))
 
 
-CORRUPTIONS = {"remove": corrupt_remove, "add": corrupt_add, "alter": corrupt_alter}
+# -- line swaps (structure-aware) ---------------------------------------------------------------
+# On line-structured chunks ("Speaker: utterance") the cleanest k±1 edit swaps one whole utterance:
+# a counted line takes the utterance of an uncounted line of the same chunk (count - 1), or an
+# uncounted line takes a counted utterance with its number changed (count + 1). The speaker prefix
+# stays, so speaker filters still apply, and the new text is the chunk's own register, not a
+# malformed word swap ("I called a 17"). Donors closest in length come first, because the pair
+# builder keeps only an equal-token-length edit and tries a bounded number of candidates.
+
+_SPEAKER_PREFIX = re.compile(r"^[^:\n]{1,40}:\s")
+
+
+def _split_speaker(line: str) -> tuple[str, str]:
+    m = _SPEAKER_PREFIX.match(line)
+    return (line[: m.end()], line[m.end():]) if m else ("", line)
+
+
+def _counted(ms: list[RollMention], q: RollQuery) -> bool:
+    return bool(ms) if q.value is None else any(m.value == q.value for m in ms)
+
+
+def _renumber(body: str, rng: random.Random, keep: int | None) -> list[str]:
+    """`body` with its roll value replaced by others of the same digit count (unless the filter pins it)."""
+    ms = [m for m in find_mentions(body) if m.value is not None]
+    if not ms or keep is not None:
+        return [body]
+    m = ms[0]
+    dm = list(re.finditer(r"\d+", body[m.start:m.end]))[-1]
+    ds, de = m.start + dm.start(), m.start + dm.end()
+    lo = 10 ** (de - ds - 1) if de - ds > 1 else 1
+    vals = [v for v in range(lo, min(10 ** (de - ds), 21)) if v != m.value] or [m.value]
+    rng.shuffle(vals)
+    return [body[:ds] + str(v) + body[de:] for v in vals[:3]]
+
+
+def _line_swaps(chunk: str, rng: random.Random, q: RollQuery, add: bool) -> Iterator[ChunkEdit]:
+    by_line = _mentions_by_line(chunk)
+    base = count_roll_lines(chunk, q)
+    speaker = None if q.speaker is None else q.speaker.lower() + ":"
+    def mine(s: int, e: int) -> bool:
+        return speaker is None or chunk[s:e].lstrip().lower().startswith(speaker)
+    counted = [span for span, ms in by_line if _counted(ms, q) and mine(*span)]
+    neutral = [span for span, ms in by_line if not ms]
+    targets = [s for s in neutral if mine(*s)] if add else counted
+    donors = counted if add else neutral
+    rng.shuffle(targets)
+    for s, e in targets:
+        prefix, body = _split_speaker(chunk[s:e])
+        donor_bodies = [_split_speaker(chunk[d[0]:d[1]])[1] for d in donors if d != (s, e)]
+        bodies = [b for d in donor_bodies for b in (_renumber(d, rng, q.value) if add else [d])]
+        rng.shuffle(bodies)
+        bodies.sort(key=lambda b: abs(len(b) - len(body)))  # stable: RNG order among equal lengths
+        for b in bodies:
+            if b == body:
+                continue
+            new = chunk[:s] + prefix + b + chunk[e:]
+            if count_roll_lines(new, q) == base + (1 if add else -1):
+                yield ChunkEdit(new, f"line {'add' if add else 'remove'} {body!r}->{b!r}", (s + len(prefix), e))
+
+
+def corrupt_line_remove(chunk: str, rng: random.Random, value: "int | RollQuery | None" = None) -> Iterator[ChunkEdit]:
+    """Count - 1: a counted line's utterance becomes an uncounted utterance of the same chunk."""
+    return _line_swaps(chunk, rng, _as_query(value), add=False)
+
+
+def corrupt_line_add(chunk: str, rng: random.Random, value: "int | RollQuery | None" = None) -> Iterator[ChunkEdit]:
+    """Count + 1: an uncounted line's utterance becomes a counted one of the chunk (number changed)."""
+    return _line_swaps(chunk, rng, _as_query(value), add=True)
+
+
+CORRUPTIONS = {"remove": corrupt_remove, "add": corrupt_add, "alter": corrupt_alter,
+               "line_remove": corrupt_line_remove, "line_add": corrupt_line_add}
 
 
 _BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")

@@ -105,3 +105,21 @@ def test_controller_backend_requirements(tmp_path):
     p = _write(tmp_path, "name: t\ncontroller: {backend: replay, replay_file: /nope.yaml}\nworker: {model: tiny}\n")
     with pytest.raises(ConfigError, match="replay_file"):
         load_config(p)
+
+
+@pytest.mark.parametrize("name", PROFILES + ["cpu-small"])
+def test_profiles_interp_sections_validate(name):
+    from interp.config import parse_interp_config
+
+    cfg = load_config(name)
+    icfg, spec = parse_interp_config(cfg.model_dump(mode="json"), source=name)
+    assert spec.model == cfg.worker.model
+
+
+def test_cli_rejects_a_bad_interp_key():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "experiments.cli", "config", "-c", "cpu-tiny", "--set", "interp.batchsize=2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "batchsize" in r.stderr and "interp" in r.stderr

@@ -168,3 +168,31 @@ def test_score_command(tmp_path):
     scored = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
     assert [s["score"] for s in scored] == [1.0, 0.75, 0.5]
     assert "mean score: 0.7500" in r.stderr
+
+
+def test_interp_on_a_real_rig_run(rlm_run):
+    """interp capture -> patch -> probe -> report on the trajectories of a real eval (tiny vLLM worker)."""
+    from typer.testing import CliRunner
+
+    from interp.cli import interp_app
+
+    rd, _ = rlm_run
+    r = CliRunner()
+    res = r.invoke(interp_app, ["capture", str(rd)])
+    assert res.exit_code == 0, res.output
+    rep = pd.read_parquet(rd / "interp" / "capture" / "replay.parquet")
+    assert len(rep) == sum(r_["n_sub_calls"] for r_ in read_jsonl(rd / "samples.jsonl"))
+    # same weights, same dtype (float32), greedy: HF replays mostly reproduce vLLM's recorded answers
+    assert rep["exact_match"].mean() >= 0.5
+    idx = pd.read_parquet(rd / "interp" / "capture" / "index.parquet")
+    traj_ids = {p.stem for p in (rd / "trajectories").glob("*.json")}
+    assert set(idx["sample"]) <= traj_ids and len(idx) > 0
+    res = r.invoke(interp_app, ["patch", str(rd), "--n-pairs", "2"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(rd / "interp" / "patch" / "patching.parquet")
+    assert df["pair"].nunique() == 2 and (rd / "interp" / "patch" / "heatmap_resid_denoise.png").exists()
+    res = r.invoke(interp_app, ["probe", str(rd)])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(interp_app, ["report", str(rd)])
+    assert res.exit_code == 0, res.output
+    assert any((rd / "interp" / "report").iterdir())

