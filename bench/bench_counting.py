@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from experiments.counting import (  # noqa: E402
     summarize_counting,
 )
 from worker.client import WorkerClient  # noqa: E402
+from worker.server import find_free_port  # noqa: E402
 from worker.server import ServerSpec, VLLMServer  # noqa: E402
 from worker.smollm2 import ensure_smollm2, smollm2_dir  # noqa: E402
 from worker.sync import SyncWorker  # noqa: E402
@@ -36,17 +36,6 @@ from worker.sync import SyncWorker  # noqa: E402
 SERVED = "smollm2"
 PORTS = range(18400, 18500)  # this builder's range
 QUESTION = [{"role": "user", "content": "What is 2+3?"}]
-
-
-def free_port(ports: range = PORTS) -> int:
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def model_step() -> dict:
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             url = VLLMServer.attach(args.url, model=SERVED)
         else:
-            spec = ServerSpec(model=path, served_name=SERVED, port=free_port(), dtype="bfloat16",
+            spec = ServerSpec(model=path, served_name=SERVED, port=find_free_port(ports=PORTS), dtype="bfloat16",
                               max_model_len=4096, enforce_eager=args.eager, offline=True, startup_timeout_s=900)  # fmt: skip
             server = VLLMServer(spec, log_dir=Path(args.out).parent / "logs", name="smollm2-bench").start()
             url = server.url

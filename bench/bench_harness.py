@@ -117,7 +117,7 @@ def main() -> None:
             raw.close()
 
         # 3. eval harness overhead on a CPU profile (its own worker server)
-        cfg = load_config(args.profile, [f"eval.concurrency=1"])
+        cfg = load_config(args.profile, ["eval.concurrency=1"])
         rd = Path(tmp) / "eval"
         t = time.perf_counter()
         run_eval(cfg, EvalSpec(dataset="oolong-real", source="toy", limit=args.samples), rd, show_progress=False)

@@ -1,7 +1,6 @@
 """Evaluation commands of ``rlm-rig``: eval, score, report, merge, demo."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 

@@ -15,31 +15,21 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from worker.server import find_free_port
+
 TINY_SERVED_NAME = "tiny"
 VLLM_PORT_RANGE = range(18100, 18200)  # the worker builder's ports (docs/CONTRACTS.md)
-
-
-def _free_port_in(ports: range, host: str = "127.0.0.1") -> int:
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 @pytest.fixture
 def worker_port() -> int:
     """A free port in the worker builder's range, for tests that start their own server."""
-    return _free_port_in(VLLM_PORT_RANGE)
+    return find_free_port(ports=VLLM_PORT_RANGE)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +57,7 @@ def vllm_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     spec = ServerSpec(
         model=str(tiny_model_path),
         served_name=TINY_SERVED_NAME,
-        port=_free_port_in(VLLM_PORT_RANGE),
+        port=find_free_port(ports=VLLM_PORT_RANGE),
         dtype="float32",  # same numerics as the transformers backend, so greedy outputs can be compared
         max_model_len=4096,
         enforce_eager=True,  # torch.compile costs ~20 s of start-up; decode speed is irrelevant here

@@ -1,5 +1,4 @@
 """Kernels spawned ahead of time (PreparedKernel) and the rig's KernelPool."""
-import pytest
 
 from controller.kernels import KernelPool
 from repl import PreparedKernel, Sandbox, SandboxLimits

@@ -123,7 +123,7 @@ def test_worker_dying_mid_run_is_recorded_not_fatal(toy, tmp_path, tiny_model_pa
 def test_openai_controller_backend_through_the_worker_server_code(vllm_server, toy, tmp_path):
     """The `openai` controller backend attaches with the same server code as the worker (here: the tiny model)."""
     cfg = attached(vllm_server, "controller.backend=openai", "controller.served_name=tiny",
-                   f"controller.model=tiny", f"controller.server={{url: '{vllm_server}'}}",
+                   "controller.model=tiny", f"controller.server={{url: '{vllm_server}'}}",
                    "controller.max_new_tokens=12", "rlm.max_iterations=2")
     with Rig(cfg, run_dir=tmp_path) as rig:
         t = rig.ask(toy.context[:5000], toy.question)

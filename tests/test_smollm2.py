@@ -7,12 +7,13 @@ import importlib.util
 import json
 import os
 import random
-import socket
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from worker.server import find_free_port
 
 from worker.smollm2 import (
     SMOLLM2_PACKAGE,
@@ -24,17 +25,6 @@ from worker.smollm2 import (
 SERVED = "smollm2"
 PORTS = range(18400, 18500)
 QUESTION = [{"role": "user", "content": "What is 2+3?"}]
-
-
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def _dead_index_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +132,7 @@ def smollm2_server(smollm2_path, tmp_path_factory) -> Iterator[str]:
     spec = ServerSpec(
         model=str(smollm2_path),
         served_name=SERVED,
-        port=_free_port(),
+        port=find_free_port(ports=PORTS),
         dtype="bfloat16",
         max_model_len=4096,
         enforce_eager=True,  # skips ~60 s of torch.compile; decode speed does not matter here

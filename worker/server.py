@@ -85,11 +85,17 @@ class ServerSpec:
         return self.served_name or self.model
 
 
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (another process may still take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def find_free_port(host: str = "127.0.0.1", ports: range | None = None) -> int:
+    """A port free now (another process may still take it before we bind): the OS's pick, or the
+    first free one in ``ports`` (tests and benches keep to their own ranges so they never collide)."""
+    for port in ports if ports is not None else [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")  # type: ignore[union-attr]
 
 
 def _port_in_use(host: str, port: int) -> bool:
