@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install install-gpu demo test test-fast bench clean
+.PHONY: install install-gpu demo test test-fast bench bench-gpu clean
 
 install:
 	VENV=$(VENV) bash scripts/install.sh cpu
@@ -26,6 +26,12 @@ bench: install
 	$(BIN)/python bench/bench_worker.py
 	$(BIN)/python bench/bench_harness.py
 	$(BIN)/python bench/bench_interp.py
+	$(BIN)/python bench/bench_counting.py
+	$(BIN)/python bench/bench_harness.py --profile cpu-small
+
+bench-gpu: install-gpu   # on the GPU box: real-size random-weight shapes, NF4 controller and FP16 worker
+	$(BIN)/python bench/bench_gpu.py --arch qwen2.5-coder-14b --quant nf4 --device cuda:0 --out docs/gpu-bench.jsonl
+	$(BIN)/python bench/bench_gpu.py --arch qwen2.5-7b --quant none --dtype float16 --device cuda:0 --out docs/gpu-bench.jsonl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
