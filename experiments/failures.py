@@ -16,16 +16,19 @@ trouble before the model's choices:
                       ``\\boxed{}``; OOLONG-synth: no ``:``, the official "low" confidence), so the raw
                       text was compared, which can only match a string gold. S-NIAH reads the whole
                       output, and for a dataset name the scorers do not know nothing is claimed.
-8. ``wrong_aggregation`` the answer parsed, at least two sub_calls ran and all returned text, and none of
-                      the above happened: the pieces were there, the combination was wrong.
-9. ``wrong_answer``   the answer parsed and nothing else went wrong, with fewer than two sub_calls
-                      (a direct answer, one reader call, pure code).
+8. ``wrong_aggregation`` a count question (integer gold) whose final integer is not the sum of the integers
+                      its (two or more) sub_calls returned: the controller mis-combined what its workers said.
+9. ``worker_miscount`` the same, but the final integer *is* that sum: aggregation was faithful, so the
+                      per-chunk counts were wrong (interp/ then asks whether the worker represented them).
+10. ``wrong_answer``  the answer parsed and nothing else went wrong, and neither check above applies
+                      (not a count question, unparseable replies, or fewer than two sub_calls).
 
 A cap at max_iterations usually also means ``no_final``; the cap is the primary (the cause).
 The multi-label counts in the report show every co-occurrence.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -38,6 +41,7 @@ FAILURE_PRECEDENCE: tuple[str, ...] = (
     "no_final",
     "parse_failure",
     "wrong_aggregation",
+    "worker_miscount",
     "wrong_answer",
 )
 # Start of controller.prompts.FORMAT_ERROR (a test keeps the two in step).
@@ -111,6 +115,40 @@ def answer_unparsed(dataset: str, answer: str) -> bool:
     return False  # S-NIAH compares the whole output
 
 
+_INT = re.compile(r"-?\d+")
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def aggregation_verdict(row: Any, subs: list[Any]) -> str | None:
+    """For a count question: did the final answer equal the sum of the sub_calls' integers?
+
+    ``faithful`` / ``unfaithful``, or None when it cannot be checked (gold not an integer, fewer than
+    two sub_calls, a reply without an integer, or a final answer that is not an integer).
+    """
+    if _as_int(row.gold) is None or len(subs) < 2:
+        return None
+    final = _as_int(row.parsed)
+    if final is None:
+        return None
+    parts = []
+    for sc in subs:
+        m = _INT.search(sc.response or "")
+        if m is None:
+            return None
+        parts.append(int(m.group()))
+    return "faithful" if sum(parts) == final else "unfaithful"
+
+
 def classify_failure(row: Any, traj: Any | None) -> FailureResult:
     """Failure labels for one :class:`~controller.records.SampleRow` and its trajectory (or None)."""
     if row.score >= 1.0:
@@ -134,9 +172,7 @@ def classify_failure(row: Any, traj: Any | None) -> FailureResult:
         labels.add("parse_failure")
     if not labels:
         subs = model_sub_calls(traj) if traj is not None else []
-        if len(subs) >= 2 and all(sc.response is not None for sc in subs):
-            labels.add("wrong_aggregation")
-        else:
-            labels.add("wrong_answer")
+        verdict = aggregation_verdict(row, subs)
+        labels.add({"unfaithful": "wrong_aggregation", "faithful": "worker_miscount"}.get(verdict or "", "wrong_answer"))
     ordered = tuple(lab for lab in FAILURE_PRECEDENCE if lab in labels)
     return FailureResult(labels=ordered, primary=ordered[0])

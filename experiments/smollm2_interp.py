@@ -19,6 +19,8 @@ import argparse
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: nnsight (pulled in by interp.jobs) patches classes in a way that breaks the
     # worker client's pydantic models ("Attribute 'save' is missing its type annotation").
     from interp.config import load_interp_config
-    from interp.jobs import capture_job, load_model, patch_job, probe_job
+    from interp.jobs import capture_job, load_model, probe_job
 
     cfg, spec, _ = load_interp_config(PROFILE, {"n_pairs": args.n_pairs})
     model = None
@@ -137,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         pdir = out / f"patch-seed{seed}"
         if todo("patch", pdir / "patch.json"):
+            # the CLI itself, exactly as a user runs it: `rlm-rig interp patch RUN --config cpu-small ...`
+            cmd = [sys.executable, "-m", "interp.cli", "patch", str(run), "--config", PROFILE, "--out", str(pdir),
+                   "--seed", str(seed)] + (["--n-pairs", str(args.n_pairs)] if args.n_pairs else [])
+            print("[patch] " + " ".join(cmd), flush=True)
             t0 = time.perf_counter()
-            s = patch_job(run, pdir, cfg.model_copy(update={"seed": seed}), spec, model=get_model(),
-                          progress=lambda k, n: print(f"[patch seed {seed}] pair {k}/{n}", flush=True))
-            summary[f"patch_seed{seed}"] = {"n_pairs": s.n_pairs, "skipped": s.skipped,
+            subprocess.run(cmd, check=True)
+            summary[f"patch_seed{seed}"] = {**json.loads((pdir / "patch.json").read_text()),
                                             "wall_s": time.perf_counter() - t0}
+            summary[f"patch_seed{seed}"].pop("config", None)
     if "structure" in stages:
         from .smollm2_interp_report import structure_summary, write_summary_md
 

@@ -123,6 +123,7 @@ def patch(
     components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
     directions: Optional[str] = typer.Option(None, help="denoise,noise"),
     batch_size: Optional[int] = typer.Option(None, help="patched copies per forward"),
+    seed: Optional[int] = typer.Option(None, help="pair-sampling seed (run twice to check reproducibility)"),
     device: Optional[str] = typer.Option(None),
     stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
 ) -> None:
@@ -131,7 +132,7 @@ def patch(
 
     cfg, spec, profile = _setup(config, dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers),
                                              components=_csv(components), directions=_csv(directions),
-                                             batch_size=batch_size, device=device), run_dir)
+                                             batch_size=batch_size, seed=seed, device=device), run_dir)
     _release(cfg, stop_server, run_dir, profile)
     try:
         s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
