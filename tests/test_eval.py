@@ -196,3 +196,22 @@ def test_interp_on_a_real_rig_run(rlm_run):
     res = r.invoke(interp_app, ["report", str(rd)])
     assert res.exit_code == 0, res.output
     assert any((rd / "interp" / "report").iterdir())
+
+
+def test_depth_sweep_makes_one_run_per_value_and_a_comparison(vllm_server, tmp_path):
+    import yaml
+
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
+           "--source", "toy", "--limit", "1", "--out", str(out), "--sweep", "rlm.max_depth=1,2",
+           "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for d in (1, 2):
+        cfg = yaml.safe_load((out / f"max_depth{d}" / "config.yaml").read_text())
+        assert cfg["rlm"]["max_depth"] == d
+        assert len(read_jsonl(out / f"max_depth{d}" / "samples.jsonl")) == 1
+    t2 = json.loads(next((out / "max_depth2" / "trajectories").glob("*.json")).read_text())
+    assert t2["sub_calls"] and all(s["nested_trajectory"] is not None for s in t2["sub_calls"])
+    comparison = pd.read_csv(out / "report" / "comparison.csv")
+    assert comparison.shape[1] == 3  # metric + one column per run
