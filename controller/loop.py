@@ -199,7 +199,7 @@ class RLM:
 
             stop_reason: str | None = None
             force_reason = f"You have used all {cfg.rlm.max_iterations} replies."
-            for it in range(cfg.rlm.max_iterations):
+            for _ in range(cfg.rlm.max_iterations):
                 if tokens_used >= cfg.rlm.max_controller_tokens:
                     force_reason = f"The controller token budget ({cfg.rlm.max_controller_tokens:,}) is used up."
                     traj.caps_hit.append(CapEvent(cap="controller_tokens", turn=len(traj.turns), detail=force_reason))
@@ -237,13 +237,11 @@ class RLM:
                     if res.final_answer is not None:
                         traj.final_answer = res.final_answer
                         stop_reason = "final"
-                        save()
                         break
                     if parsed.final is not None:
                         done, msg = resolve_final(parsed)
                         if done:
                             stop_reason = "final"
-                            save()
                             break
                         feedback += "\n" + (msg or "")
                     messages.append({"role": "user", "content": feedback})
@@ -251,12 +249,11 @@ class RLM:
                     done, msg = resolve_final(parsed)
                     if done:
                         stop_reason = "final"
-                        save()
                         break
                     messages.append({"role": "user", "content": msg or ""})
                 else:
                     messages.append({"role": "user", "content": prompts.FORMAT_ERROR})
-                save()
+                save()  # a snapshot per turn: a killed run still leaves its record up to here
             if stop_reason != "final":
                 if stop_reason is None:
                     traj.caps_hit.append(CapEvent(cap="max_iterations", turn=len(traj.turns), detail=force_reason))

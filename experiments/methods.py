@@ -8,6 +8,7 @@ choice is recorded as ``answerer`` in the trajectory's ``models``.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -22,8 +23,6 @@ METHODS = ("rlm", "direct", "chunk-aggregate", "no-subcall", "bm25-rag")
 
 
 def _base_traj(rig: Rig, doc: str, question: str, run_id: str, answerer: str) -> Trajectory:
-    import hashlib
-
     ctx = rig.context()
     return Trajectory(
         run_id=run_id,
