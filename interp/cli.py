@@ -118,7 +118,7 @@ def patch(
     sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
     limit: Optional[int] = typer.Option(None, help="consider at most this many sub_calls"),
     n_pairs: Optional[int] = typer.Option(None, help="clean/corrupt pairs to build"),
-    corruptions: Optional[str] = typer.Option(None, help="remove,add,alter"),
+    corruptions: Optional[str] = typer.Option(None, help="remove,add,alter,line_remove,line_add"),
     layers: Optional[str] = typer.Option(None),
     components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
     directions: Optional[str] = typer.Option(None, help="denoise,noise"),

@@ -65,6 +65,7 @@ class InterpConfig(BaseModel):
     probe_component: Component = "resid"
     probe_test_size: float = Field(0.3, gt=0.0, lt=1.0)
     probe_c: float = Field(1.0, gt=0.0, description="inverse L2 strength of the logistic probe")
+    probe_splits: int = Field(1, ge=1, description="random by-chunk train/test splits averaged per layer")
     # -- GPU time-sharing ------------------------------------------------------------------------
     stop_server: bool = Field(False, description="stop the rig's vLLM worker before loading the replay model")
     server_pid_file: str | None = Field(None, description="pid file of the rig-managed server (JSON or bare pid)")

@@ -66,7 +66,7 @@ class ReplayModel:
     """The worker model in nnsight: one object owns the HF model, its tokenizer and the wrapper."""
 
     def __init__(self, model: str, *, dtype: str | None = "float32", device: str = "cpu") -> None:
-        import nnsight
+        from interp._nnsight import nnsight
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = model

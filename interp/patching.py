@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-import nnsight
+from interp._nnsight import nnsight
 import torch
 
 from .hooks import COMPONENT_ORDER, component_output

@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .shards import load_rows, read_index
 
@@ -41,9 +42,12 @@ class ProbeResult:
 
 
 def _fit_predict(xtr, ytr, xte, c: float, seed: int) -> np.ndarray:
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
-    clf.fit(xtr, ytr)
-    return clf.predict(xte)
+    # One BLAS thread: these fits are small, and beside a running model on a shared CPU a thread pool
+    # oversubscribes the cores (measured: 5-split probes over 30 layers took > 8 CPU-min, < 45 s with one thread).
+    with threadpool_limits(limits=1):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+        clf.fit(xtr, ytr)
+        return clf.predict(xte)
 
 
 def shuffle_by_group(y: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -65,21 +69,37 @@ def probe_layer(
     test_size: float = 0.3,
     c: float = 1.0,
     seed: int = 0,
+    n_splits: int = 1,
 ) -> ProbeResult:
-    """Fit one probe; `worker` holds the worker's parsed answer per row (NaN/None = no number)."""
+    """Fit one probe; `worker` holds the worker's parsed answer per row (NaN/None = no number).
+
+    With `n_splits` > 1 the figures are means over that many random by-chunk splits: on a few
+    hundred chunks one test split is too small to tell a probe from its control."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     groups = np.asarray(groups)
     if len(np.unique(groups)) < 4:
         raise ValueError(f"need at least 4 chunks to split train/test by chunk, got {len(np.unique(groups))}")
-    split = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    tr, te = next(split.split(x, y, groups))
-    nan = float("nan")
-    if len(np.unique(y[tr])) < 2:
-        pred = np.full(len(te), y[tr][0])
-    else:
-        pred = _fit_predict(x[tr], y[tr], x[te], c, seed)
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be >= 1, got {n_splits}")
+    split = GroupShuffleSplit(n_splits=n_splits, test_size=test_size, random_state=seed)
     y_ctrl = shuffle_by_group(y, groups, np.random.default_rng(seed + 1))
+    w_all = None if worker is None else np.asarray(worker, dtype=float)
+    results = [_one_split(x, y, y_ctrl, w_all, tr, te, c, seed) for tr, te in split.split(x, y, groups)]
+    mean = {k: float(np.nanmean([r[k] for r in results])) if any(np.isfinite(r[k]) for r in results)
+            else float("nan") for k in results[0]}
+    return ProbeResult(
+        layer=layer, n_train=int(round(mean["n_train"])), n_test=int(round(mean["n_test"])),
+        n_classes=int(round(mean["n_classes"])), probe_acc=mean["probe_acc"], control_acc=mean["control_acc"],
+        selectivity=mean["probe_acc"] - mean["control_acc"], majority_acc=mean["majority_acc"],
+        worker_acc=mean["worker_acc"], rnv_rate=mean["rnv_rate"], rnv_given_worker_wrong=mean["rnv_given_worker_wrong"],
+        n_worker_wrong=int(round(mean["n_worker_wrong"])), vnr_rate=mean["vnr_rate"],
+    )
+
+
+def _one_split(x, y, y_ctrl, worker, tr, te, c: float, seed: int) -> dict[str, float]:
+    nan = float("nan")
+    pred = np.full(len(te), y[tr][0]) if len(np.unique(y[tr])) < 2 else _fit_predict(x[tr], y[tr], x[te], c, seed)
     if len(np.unique(y_ctrl[tr])) < 2:
         pred_c = np.full(len(te), y_ctrl[tr][0])
     else:
@@ -88,24 +108,20 @@ def probe_layer(
     majority = vals[np.argmax(counts)]
     probe_ok = pred == y[te]
     if worker is not None:
-        w = np.asarray(worker, dtype=float)[te]
+        w = worker[te]
         worker_ok = np.isfinite(w) & (w == y[te].astype(float))
         wrong = ~worker_ok
-        worker_acc = float(worker_ok.mean())
+        worker_acc, n_wrong = float(worker_ok.mean()), float(wrong.sum())
         rnv = float((probe_ok & wrong).mean())
         rnv_c = float(probe_ok[wrong].mean()) if wrong.any() else nan
         vnr = float((~probe_ok & worker_ok).mean())
-        n_wrong = int(wrong.sum())
     else:
         worker_acc = rnv = rnv_c = vnr = nan
-        n_wrong = 0
-    acc = float(probe_ok.mean())
-    ctrl = float((pred_c == y_ctrl[te]).mean())
-    return ProbeResult(
-        layer=layer, n_train=len(tr), n_test=len(te), n_classes=int(len(vals)), probe_acc=acc, control_acc=ctrl,
-        selectivity=acc - ctrl, majority_acc=float((y[te] == majority).mean()), worker_acc=worker_acc,
-        rnv_rate=rnv, rnv_given_worker_wrong=rnv_c, n_worker_wrong=n_wrong, vnr_rate=vnr,
-    )
+        n_wrong = 0.0
+    return dict(n_train=float(len(tr)), n_test=float(len(te)), n_classes=float(len(vals)),
+                probe_acc=float(probe_ok.mean()), control_acc=float((pred_c == y_ctrl[te]).mean()),
+                majority_acc=float((y[te] == majority).mean()), worker_acc=worker_acc, rnv_rate=rnv,
+                rnv_given_worker_wrong=rnv_c, n_worker_wrong=n_wrong, vnr_rate=vnr)
 
 
 def run_probes(
@@ -116,6 +132,7 @@ def run_probes(
     test_size: float = 0.3,
     c: float = 1.0,
     seed: int = 0,
+    n_splits: int = 1,
 ) -> pd.DataFrame:
     """One probe per captured layer on rows with a known gold; returns the per-layer table."""
     idx = read_index(capture_dir)
@@ -132,6 +149,6 @@ def run_probes(
         groups = (grp["sample"].astype(str) + ":" + grp["sub_call"].astype(str)).to_numpy()
         worker = grp["worker_count"].astype("float64").to_numpy()
         res = probe_layer(x, grp["gold"].astype(int).to_numpy(), groups, worker, layer=int(layer),
-                          test_size=test_size, c=c, seed=seed)
+                          test_size=test_size, c=c, seed=seed, n_splits=n_splits)
         out.append(asdict(res))
     return pd.DataFrame(out)

@@ -35,6 +35,19 @@ class Heatmap:
         return float(self.values[self.layers.index(layer), self.positions.index(position)])
 
 
+def kl_recovery(rows: pd.DataFrame) -> pd.Series:
+    """KL(P_corrupt||P_patched) / (KL(P_corrupt||P_patched) + KL(P_clean||P_patched)), per patch.
+
+    0 = the patched output distribution is the corrupt one, 1 = the clean one; bounded in [0, 1]. WHY:
+    `normalized` divides by the clean-corrupt logit gap of two answer tokens, which is near 0 for a
+    model that barely reacts to the count (SmolLM2: median |gap| ~0.05 logits), so a few pairs blow the
+    mean up. This reads the whole next-token distribution and cannot blow up (NaN only when both are 0)."""
+    a = rows["kl_from_corrupt"].clip(lower=0.0)
+    b = rows["kl_from_clean"].clip(lower=0.0)
+    tot = a + b
+    return (a / tot).where(tot > 0)
+
+
 def heatmap_from_rows(
     rows: pd.DataFrame,
     *,
@@ -42,19 +55,25 @@ def heatmap_from_rows(
     direction: str = "denoise",
     metric: str = "normalized",
     positions: Sequence[str] | None = None,
+    agg: str = "mean",
 ) -> Heatmap:
     """Average a long patching table (patching.parquet rows) into a layer x position heatmap.
 
+    `metric` is a column, or "kl_recovery" (computed here); `agg` is "mean" or "median" over pairs.
     Sanity groups (`all`, `none`) are left out unless named in `positions`: they are extremes, not
     locations."""
+    if agg not in ("mean", "median"):
+        raise ValueError(f"agg must be mean or median, got {agg!r}")
     df = rows[(rows["component"] == component) & (rows["direction"] == direction)]
+    if metric == "kl_recovery" and "kl_recovery" not in df.columns:
+        df = df.assign(kl_recovery=kl_recovery(df))
     if df.empty:
         raise ValueError(f"no rows for component={component!r}, direction={direction!r}")
     pos = list(positions) if positions is not None else [p for p in dict.fromkeys(df["position"])
                                                           if p not in ("all", "none")]
     df = df[df["position"].isin(pos)]
     layers = sorted(int(x) for x in df["layer"].unique())
-    grid = df.groupby(["layer", "position"])[metric].mean()
+    grid = df.groupby(["layer", "position"])[metric].agg(agg)
     vals = np.array([[grid.get((li, p), np.nan) for p in pos] for li in layers], dtype=float)
     ntok = df.groupby("position")["n_positions"].mean()
     return Heatmap(layers, pos, vals, np.array([float(ntok.get(p, np.nan)) for p in pos]))

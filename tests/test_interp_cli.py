@@ -53,6 +53,11 @@ def test_cli_end_to_end(setup):
     assert {"mean", "ci_low", "ci_high", "n"} <= set(agg.columns)
     pngs = sorted(p.name for p in pdir.glob("heatmap_*.png"))
     assert "heatmap_resid_denoise.png" in pngs and all((pdir / p).stat().st_size > 1000 for p in pngs)
+    # a second pair-sampling seed (the reproducibility check) goes through --seed
+    _ok(r.invoke(interp_app, ["patch", str(run), "--config", str(cfg), "--seed", "1", "--components", "resid",
+                              "--out", str(run / "interp" / "patch-seed1")]))
+    meta = json.loads((run / "interp" / "patch-seed1" / "patch.json").read_text())
+    assert meta["config"]["seed"] == 1 and json.loads((pdir / "patch.json").read_text())["config"]["seed"] == 0
 
     _ok(r.invoke(interp_app, ["probe", str(run), "--config", str(cfg)]))
     pt = pd.read_csv(run / "interp" / "probe" / "probes.csv")

@@ -41,6 +41,18 @@ def test_probe_reports_no_signal_when_there_is_none():
     assert np.isnan(r.worker_acc)
 
 
+def test_repeated_splits_average_and_tighten_the_null():
+    x, y, g = _data(signal=2.0, n_chunks=80)
+    many = probe_layer(x, y, g, None, seed=3, n_splits=8)
+    assert many.probe_acc > 0.9 and many.selectivity > 0.5 and many.n_test == pytest.approx(0.3 * 160, abs=2)
+    x0, y0, g0 = _data(signal=0.0, n_chunks=80)
+    sel = [abs(probe_layer(x0, y0, g0, None, seed=s, n_splits=8).selectivity) for s in range(5)]
+    sel1 = [abs(probe_layer(x0, y0, g0, None, seed=s).selectivity) for s in range(5)]
+    assert max(sel) < 0.15 and np.mean(sel) <= np.mean(sel1) + 1e-9  # averaging shrinks chance gaps
+    with pytest.raises(ValueError, match="n_splits"):
+        probe_layer(x, y, g, None, n_splits=0)
+
+
 def test_split_is_by_chunk_and_control_keeps_chunks_consistent():
     x, y, g = _data(signal=1.0, rows_per_chunk=3)
     yc = shuffle_by_group(y, g, np.random.default_rng(0))

@@ -88,21 +88,31 @@ def test_pairs_are_exact_k_plus_minus_one_with_equal_length(pairs, run):
 
 
 def test_sanity_laws_on_smollm2(rows):
-    at = rows.set_index(["pair", "layer", "position"])["normalized"]
+    r = rows.set_index(["pair", "layer", "position"])
+    checked = 0
     for pair in rows["pair"].unique():
-        assert at[(pair, 29, "all")] == pytest.approx(1.0, abs=1e-3)  # all positions, last layer: clean
-        for li in LAYERS:
-            assert at[(pair, li, "chunk_before")] == pytest.approx(0.0, abs=1e-3)  # identical tokens: no effect
+        full = r.loc[(pair, 29, "all")]  # every position of the last layer: the clean run
+        assert full["logit_diff"] == pytest.approx(full["logit_diff_clean"], abs=1e-3)
+        assert full["kl_from_clean"] == pytest.approx(0.0, abs=1e-4)
+        gap = full["logit_diff_clean"] - full["logit_diff_corrupt"]
+        if abs(gap) > 0.02:  # below that, float noise of the batched forward is magnified by 1/gap
+            assert full["normalized"] == pytest.approx(1.0, abs=1e-2)
+            checked += 1
+        for li in LAYERS:  # identical tokens before the edit: patching them changes nothing
+            before = r.loc[(pair, li, "chunk_before")]
+            assert before["logit_diff"] == pytest.approx(before["logit_diff_corrupt"], abs=1e-3)
+    assert checked >= 2  # SmolLM2's gaps are small (0.01-0.1 logits) but not all below the cut
 
 
-def test_effect_concentrates_on_edit_and_last(rows):
+@pytest.mark.parametrize("metric,agg", [("kl_recovery", "mean"), ("normalized", "median")])
+def test_effect_concentrates_on_edit_and_last(rows, metric, agg):
     from interp.structure import focus_shares, heatmap_from_rows
 
-    hm = heatmap_from_rows(rows, positions=POSITIONS[:-1])
+    hm = heatmap_from_rows(rows, positions=POSITIONS[:-1], metric=metric, agg=agg)
     overall = focus_shares(hm, ("edit", "last"))[-1]
     assert overall.share > overall.uniform_tokens  # far above an even spread over tokens
     assert overall.share > overall.uniform_groups  # and above an even spread over the groups
-    # early layers read the edited tokens, the last layer reads only the last position
-    assert abs(hm.cell(0, "edit")) > abs(hm.cell(0, "last"))
+    # the first layer reads the edited tokens, the last layer only the last position
+    assert hm.cell(0, "edit") > 0.5 > abs(hm.cell(0, "last"))
     assert hm.cell(29, "last") == pytest.approx(1.0, abs=1e-3)
     assert np.isfinite(hm.values).all()

@@ -81,6 +81,23 @@ def test_heatmap_from_rows_averages_pairs_and_drops_sanity_groups():
         heatmap_from_rows(pd.DataFrame(rows), direction="noise")
 
 
+def test_kl_recovery_is_bounded_and_median_resists_outlier_pairs():
+    from interp.structure import kl_recovery
+
+    rows = pd.DataFrame(dict(kl_from_corrupt=[0.0, 2.0, 1.0, 0.0], kl_from_clean=[3.0, 0.0, 1.0, 0.0]))
+    rec = kl_recovery(rows)
+    assert rec[:3].tolist() == [0.0, 1.0, 0.5] and np.isnan(rec[3])
+    # one pair with a tiny logit gap: normalized explodes; the median and kl_recovery do not
+    base = dict(component="resid", direction="denoise", layer=0, position="edit", n_positions=1)
+    long = pd.DataFrame([dict(base, pair=i, normalized=v, kl_from_corrupt=1.0, kl_from_clean=0.1)
+                         for i, v in enumerate([0.9, 1.0, 1.1, -40.0])])
+    assert heatmap_from_rows(long).cell(0, "edit") < -9
+    assert heatmap_from_rows(long, agg="median").cell(0, "edit") == pytest.approx(0.95)
+    assert heatmap_from_rows(long, metric="kl_recovery").cell(0, "edit") == pytest.approx(1 / 1.1)
+    with pytest.raises(ValueError, match="agg"):
+        heatmap_from_rows(long, agg="max")
+
+
 # -- line-swap corruptions ---------------------------------------------------------------------------
 CHUNK = "\n".join([
     "Matt: The goblin has 8 hit points left.",

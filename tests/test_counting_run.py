@@ -1,0 +1,44 @@
+"""The counting set as an interp run folder (fast: the tiny random model answers in-process)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.counting import count_messages, make_counting_set
+from experiments.counting_run import WorkerAnswer, answer_items, write_counting_run
+from interp.capture import attach_gold
+from interp.runs import iter_sub_calls, load_gold_file
+
+
+@pytest.fixture(scope="module")
+def items():
+    return make_counting_set(seed=0, ks=[0, 3], lengths=(10,), per_cell=2)
+
+
+def test_run_folder_round_trips_through_interp(tmp_path, items, tiny_model_path):
+    from worker import SyncWorker, TransformersWorker
+
+    with SyncWorker(TransformersWorker(tiny_model_path, max_tokens=6)) as sync:
+        answers = answer_items(sync, items, max_tokens=6)
+    answers[1] = WorkerAnswer(None, error="WorkerError: boom")  # a failed call is kept, not dropped
+    run = write_counting_run(tmp_path / "run", items, answers, worker_model="tiny",
+                             worker_config={"model": "tiny", "max_tokens": 6})
+    gold = load_gold_file(run / "gold.jsonl")
+    assert gold == {(it.id, 0): it.k for it in items}
+    subs = {s.sample: s for s in iter_sub_calls(run)}
+    assert set(subs) == {it.id for i, it in enumerate(items) if i != 1}  # no response: not replayable
+    for it in items:
+        if it.id not in subs:
+            continue
+        s = attach_gold(subs[it.id], gold)
+        assert s.messages == count_messages(it.passage) and s.chunk_text == it.passage
+        assert (s.gold, s.gold_source) == (it.k, "gold_file") and s.max_tokens == 6
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in rows] == [str(it.k) for it in items] and rows[1]["error"] == "WorkerError: boom"
+    assert all(r["score"] in (0.0, 1.0) and r["trajectory"].startswith("trajectories/") for r in rows)
+
+
+def test_lengths_must_match(tmp_path, items):
+    with pytest.raises(ValueError, match="answers"):
+        write_counting_run(tmp_path, items, [WorkerAnswer("1")], worker_model="x", worker_config={})
