@@ -53,6 +53,7 @@ def main() -> None:
                     help="chunk size for [2]: short, so the server is latency-bound, as the target assumes")
     ap.add_argument("--samples", type=int, default=6, help="eval examples for the harness-overhead figure")
     ap.add_argument("--profile", default="cpu-tiny", help="profile for [3] (its worker is started here)")
+    ap.add_argument("--skip-eval", action="store_true", help="only [1] and [2]")
     args = ap.parse_args()
 
     model = ensure_tiny_model()
@@ -108,6 +109,7 @@ def main() -> None:
                     sb.run_cell("_ = [sub_call(c, instr) for c in short]")
                     q_times.append(time.perf_counter() - t)
                 b, q = statistics.median(b_times), statistics.median(q_times)
+                print("[2] rounds (ms): batch", [round(x * 1e3) for x in b_times], "sequential", [round(x * 1e3) for x in q_times])
                 trivial = []
                 for _ in range(50):
                     t = time.perf_counter()
@@ -117,6 +119,9 @@ def main() -> None:
             raw.close()
 
         # 3. eval harness overhead on a CPU profile (its own worker server)
+        if args.skip_eval:
+            _report(startup, trivial, s, d, b, q, args, None)
+            return
         cfg = load_config(args.profile, ["eval.concurrency=1"])
         rd = Path(tmp) / "eval"
         t = time.perf_counter()
@@ -128,16 +133,24 @@ def main() -> None:
         wall = sum(r["wall_s"] for r in rows)
         model_s = sum(r["model_s"] for r in rows)
 
+    _report(startup, trivial, s, d, b, q, args, (rows, wall, model_s, eval_wall))
+
+
+def _report(startup: float, trivial: list[float], s: float, d: float, b: float, q: float, args: argparse.Namespace,
+            ev: tuple | None) -> None:
+    cc, bc = args.chunk_chars, args.batch_chunk_chars
     target = 0.8 * min(args.n, args.concurrency)
     print(f"vLLM-CPU tiny server start-up: {startup:.1f} s")
     print(f"REPL round-trip, trivial cell: median {statistics.median(trivial) * 1e3:.2f} ms")
     print(f"[1] sub_call ({cc}-char chunk) from the sandbox: {s * 1e3:.1f} ms/call vs direct HTTP {d * 1e3:.1f} ms/call "
           f"-> dispatch overhead {100 * (s / d - 1):+.1f} % (target < 5 %)")
-    print(f"[2] sub_call_batch of {args.n} {bc}-char chunks: {b * 1e3:.0f} ms vs {args.n} sequential sub_calls {q * 1e3:.0f} ms "
-          f"-> speed-up {q / b:.2f}x (target >= {target:.1f}x = 0.8*min(N, concurrency))")
-    print(f"[3] eval harness overhead ({len(rows)} samples, {args.profile}, replay controller): "
-          f"{100 * (wall - model_s) / wall:.1f} % of per-sample wall time outside model calls (target < 5 %); "
-          f"run wall {eval_wall:.1f} s for {wall:.1f} s of sample time")
+    print(f"[2] sub_call_batch of {args.n} {bc}-char chunks: {b * 1e3:.0f} ms vs {args.n} sequential sub_calls "
+          f"{q * 1e3:.0f} ms -> speed-up {q / b:.2f}x (target >= {target:.1f}x = 0.8*min(N, concurrency))")
+    if ev is not None:
+        rows, wall, model_s, eval_wall = ev
+        print(f"[3] eval harness overhead ({len(rows)} samples, {args.profile}, replay controller): "
+              f"{100 * (wall - model_s) / wall:.1f} % of per-sample wall time outside model calls (target < 5 %); "
+              f"run wall {eval_wall:.1f} s for {wall:.1f} s of sample time")
 
 
 if __name__ == "__main__":
