@@ -159,7 +159,8 @@ def test_sync_timeout_cancels_the_request(vllm_server: str, vllm_served_name: st
     client = WorkerClient(vllm_server, vllm_served_name, concurrency=1, max_tokens=2000)
     with SyncWorker(client) as sync:
         with pytest.raises(TimeoutError, match="cancelled"):
-            sync.chat(_msgs("tell me everything"), timeout=0.05)
+            # ignore_eos: 2000 tokens to decode, so the request is surely still running at 50 ms
+            sync.chat(_msgs("tell me everything"), timeout=0.05, ignore_eos=True)
         for _ in range(100):  # the cancellation is delivered on the loop thread
             if client.in_flight == 0:
                 break
