@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 
 import psutil
 
+from worker.server import terminate_procs
+
 from .config import InterpConfig
 
 DEFAULT_PID_FILE = "worker-server.pid"
@@ -66,18 +68,7 @@ def stop_process(pid: int, *, expect_cmdline: str = "vllm", timeout_s: float = 3
     if expect_cmdline and expect_cmdline not in cmd:
         raise ReleaseError(f"refusing to stop pid {pid}: its command line does not contain {expect_cmdline!r}: {cmd[:200]}")
     procs = proc.children(recursive=True) + [proc]
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    terminate_procs(procs, timeout_s)
     return [p.pid for p in procs]
 
 

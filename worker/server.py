@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -146,30 +146,41 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _terminate_tree(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM the process group, wait, then SIGKILL it and any descendant that left the group."""
+def terminate_procs(procs: list, grace_s: float, *, before_kill: Any = None) -> None:
+    """SIGTERM psutil processes, wait up to ``grace_s``, then SIGKILL the survivors and reap them.
+
+    Shared by the server's own shutdown and by interp, which stops a worker server it did not start.
+    """
     import psutil
 
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    if before_kill is not None:
+        before_kill()
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _terminate_tree(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the process group, wait, then SIGKILL it and any descendant that left the group."""
     pgid = proc.pid  # start_new_session=True makes the leader's pid the group id
     kids = _descendants(proc.pid)
     _signal_group(pgid, signal.SIGTERM)
-    for k in kids:  # descendants that called setsid() themselves do not get the group signal
-        try:
-            k.terminate()
-        except psutil.Error:
-            pass
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         pass
-    _, alive = psutil.wait_procs(kids, timeout=max(0.5, grace_s / 2))
-    _signal_group(pgid, signal.SIGKILL)  # also reaps helpers orphaned by a leader that already died
-    for k in alive:
-        try:
-            k.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    # descendants that called setsid() themselves do not get the group signal; the SIGKILL to the
+    # group also reaps helpers orphaned by a leader that already died
+    terminate_procs(kids, max(0.5, grace_s / 2), before_kill=lambda: _signal_group(pgid, signal.SIGKILL))
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
