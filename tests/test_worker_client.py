@@ -184,6 +184,29 @@ def test_sync_timeout_cancels_the_request(vllm_server: str, vllm_served_name: st
         assert isinstance(sync.chat(_msgs("after"), max_tokens=4, timeout=120), Completion)
 
 
+def _running(root: str) -> float:
+    with httpx.Client(trust_env=False, timeout=30) as c:
+        for line in c.get(root + "/metrics").text.splitlines():
+            if line.startswith("vllm:num_requests_running{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no vllm:num_requests_running gauge")
+
+
+def test_batch_timeout_aborts_the_requests_on_the_server(vllm_server: str, vllm_served_name: str) -> None:
+    # 4 x 4000 forced tokens at concurrency 2 would keep the server busy for ~10 s if nothing were aborted
+    client = WorkerClient(vllm_server, vllm_served_name, concurrency=2, max_tokens=4000)
+    root = vllm_server[: -len("/v1")]
+    with SyncWorker(client) as sync:
+        with pytest.raises(TimeoutError, match="cancelled"):
+            sync.chat_many([_msgs(f"tell me everything {i}") for i in range(4)], timeout=0.3, ignore_eos=True)
+        for _ in range(60):  # the disconnect reaches vLLM, which aborts the running requests
+            if client.in_flight == 0 and _running(root) == 0:
+                break
+            threading.Event().wait(0.05)
+        assert client.in_flight == 0 and client.calls == 0
+        assert _running(root) == 0, "the server is still decoding requests the client gave up on"
+
+
 def test_client_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="base url"):
         WorkerClient([], "m")
