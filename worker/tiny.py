@@ -8,13 +8,14 @@ Its outputs are gibberish, but deterministic: the same seed gives byte-identical
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
+
+from worker.cache import file_sha256, models_root
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -352,7 +353,7 @@ def build_tiny_model(
         "seed": seed,
         "vocab_size": n_vocab,
         "special_token_ids": ids,
-        "weights_sha256": _sha256(out / "model.safetensors"),
+        "weights_sha256": file_sha256(out / "model.safetensors"),
     }
     (out / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return out
@@ -365,20 +366,6 @@ def _portable_tokenizer_config(path: Path) -> None:
     cfg = json.loads(path.read_text())
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _default_cache_root() -> Path:
-    root = os.environ.get("RLM_RIG_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rlm-rig"
-    return base / "models"
 
 
 def _is_complete(path: Path) -> bool:
@@ -398,7 +385,7 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, seed: int = 0) -> Pat
     Built in a temporary sibling directory and renamed into place, so a crash or a concurrent builder
     never leaves a half-written model where readers look for it.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_root()
+    root = models_root(cache_dir)
     target = root / TINY_MODEL_DIRNAME.format(seed=seed)
     if _is_complete(target):
         return target
