@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install install-gpu demo test test-fast bench bench-gpu clean
+.PHONY: install install-gpu demo test test-fast test-unit test-integration test-acceptance bench bench-gpu clean
 
 install:
 	VENV=$(VENV) bash scripts/install.sh cpu
@@ -15,11 +15,19 @@ install-gpu:
 demo: install
 	$(BIN)/rlm-rig demo
 
+# Test tiers (folders): unit (no server, seconds), integration (real vLLM-CPU server, sandbox, nnsight on
+# tiny models), acceptance (SmolLM2, full CLI runs, the browser). `make test` runs all three.
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs tests/unit tests/integration tests/acceptance
 
-test-fast: install
-	$(BIN)/python -m pytest -q -m "not vllm and not slow and not smollm"
+test-fast test-unit: install
+	$(BIN)/python -m pytest -q -rs tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest -q -rs tests/integration
+
+test-acceptance: install
+	$(BIN)/python -m pytest -q -rs tests/acceptance
 
 bench: install
 	$(BIN)/python bench/bench_repl.py

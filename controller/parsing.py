@@ -1,6 +1,6 @@
 """Reading the controller's turns: code cells and final answers.
 
-Rules (each one is a test in tests/test_parsing.py):
+Rules (each one is a test in tests/unit/test_parsing.py):
 - a cell is a ```repl or ```python fenced block; other languages are prose;
 - ``FINAL(...)`` / ``FINAL_VAR(name)`` count only outside code, at the start of a line, so a model
   *talking about* FINAL in a sentence, or writing it inside a cell, does not end the run by accident

@@ -17,6 +17,7 @@ from controller.records import SampleRow, Trajectory
 from controller.rig import Rig
 from experiments.loaders import Example, ExampleFilter, load_examples
 from experiments.methods import METHODS, run_method
+from experiments.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
 from experiments.runfolder import EvalSpec, RunFolder
 from experiments.scoring.files import canonical_dataset, score_output, score_output_lenient
 
@@ -127,10 +128,17 @@ def run_eval(
     resume: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    if spec.method not in METHODS:
-        raise ValueError(f"unknown method {spec.method!r}; expected one of {', '.join(METHODS)}")
+    check_inputs(spec, METHODS)  # a bad dataset, method or row schema fails before any server starts
     folder = RunFolder(run_dir)
-    resolve_dataset(spec)  # fail on a bad dataset before any server starts
+    try:
+        return _run(cfg, spec, folder, resume, show_progress)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(disk_full_message(folder.path, len(folder.rows()), e)) from e
+        raise
+
+
+def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_progress: bool) -> dict[str, Any]:
     if resume:
         folder.repair()
     done = folder.done_ids() if resume else set()

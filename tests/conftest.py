@@ -23,7 +23,7 @@ import pytest
 from worker.server import find_free_port
 
 TINY_SERVED_NAME = "tiny"
-VLLM_PORT_RANGE = range(18100, 18200)  # the worker builder's ports (docs/CONTRACTS.md)
+VLLM_PORT_RANGE = range(18100, 18200)  # tests that start their own worker server take ports from here
 
 
 @pytest.fixture

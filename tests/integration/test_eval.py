@@ -21,7 +21,7 @@ from experiments.runner import merge_runs, resume_eval, run_eval
 from experiments.scoring import score_output
 
 pytestmark = pytest.mark.vllm
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg_for(url: str, *more: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("bench_gpu", Path(__file__).resolve().parent.parent / "bench" / "bench_gpu.py")
+spec = importlib.util.spec_from_file_location("bench_gpu", Path(__file__).resolve().parents[2] / "bench" / "bench_gpu.py")
 bench_gpu = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_gpu)
 

@@ -20,7 +20,7 @@ asyncio.run(main())
 
 
 def test_interp_then_worker_client_in_one_process():
-    r = subprocess.run([sys.executable, "-c", CODE], cwd=Path(__file__).resolve().parent.parent,
+    r = subprocess.run([sys.executable, "-c", CODE], cwd=Path(__file__).resolve().parents[2],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "WorkerError True", r.stdout + r.stderr[-1000:]

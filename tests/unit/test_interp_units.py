@@ -49,7 +49,7 @@ def test_config_errors_name_the_problem(tmp_path):
 
 
 def test_repo_profiles_parse():
-    root = Path(__file__).resolve().parent.parent / "configs"
+    root = Path(__file__).resolve().parents[2] / "configs"
     for y in sorted(root.glob("*.yaml")):
         cfg, spec, _ = load_interp_config(y)
         assert spec.model

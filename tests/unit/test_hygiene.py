@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # An absolute path to a Python interpreter or a venv: `/x/y/bin/python3.11`, `/x/venv0/bin/rlm-rig`, `/x/.venv`.
 # Not matched: `.venv/bin/python`, `$VENV/bin/python`, `#!/usr/bin/env python3` (no `/bin/python`).
@@ -72,8 +72,12 @@ def machine_paths(text: str) -> list[str]:
     return pythons + [v for v in venvs if not any(p.startswith(v + "/") for p in pythons)]
 
 
+SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()  # the one file that must spell such paths out
+
+
 def _text_files(entries: list[tuple[str, str]]) -> list[str]:
-    return [p for mode, p in entries if mode != "120000" and not p.endswith((".gz", ".png", ".parquet"))]
+    return [p for mode, p in entries
+            if mode != "120000" and p != SELF and not p.endswith((".gz", ".png", ".parquet"))]
 
 
 def setup_commands(readme: str) -> list[str]:

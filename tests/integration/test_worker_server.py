@@ -201,7 +201,7 @@ def test_server_dies_with_its_owner(sig: int, tiny_model_path: Path, tmp_path: P
     """SIGTERM runs our handler; SIGKILL runs nothing of ours, so the supervisor must notice."""
     script = tmp_path / "owner.py"
     script.write_text(_PARENT)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     owner = subprocess.Popen([sys.executable, str(script), str(tiny_model_path), str(worker_port), str(tmp_path)], env=env)
     try:
         kids = _wait_for_engine(owner.pid)

@@ -16,7 +16,7 @@ from controller import Rig, Trajectory
 from experiments.loaders import load_examples
 
 pytestmark = pytest.mark.vllm
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

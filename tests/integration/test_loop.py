@@ -1,7 +1,7 @@
 """The RLM loop's mechanics with a replay controller, a real sandbox and a real (in-process) tiny worker.
 
 The worker here is the tiny random Qwen2 run by transformers in-process: real, deterministic and
-fast. The same loop against the real vLLM server is in tests/test_rig_vllm.py.
+fast. The same loop against the real vLLM server is in tests/integration/test_rig_vllm.py.
 """
 from __future__ import annotations
 

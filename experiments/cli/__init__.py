@@ -1,0 +1,32 @@
+"""The one ``rlm-rig`` command line: one module per command group, mounted here.
+
+Each command module exposes ``register(app)`` and imports only ``experiments.cli._common`` from the
+CLI, so nothing imports back into this package and there are no cycles. Heavy imports happen
+inside the commands, so ``rlm-rig --help`` stays fast.
+"""
+from __future__ import annotations
+
+import typer
+
+from experiments.cli import ask, config, evaluate, report, serve
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="rlm-rig: a research rig for Recursive Language Models")
+for _group in (ask, evaluate, report, serve, config):
+    _group.register(app)
+
+
+def _mount_interp() -> None:
+    from interp.cli import interp_app
+
+    app.add_typer(interp_app, name="interp")
+
+
+_mount_interp()
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,97 @@
+"""What every ``rlm-rig`` command shares: consoles, common options, the error contract, profile loading.
+
+Expected failures (a wrong path, a bad config, a dead worker, a server that would not start) end
+with one red line naming the problem and exit code 2, never a traceback; ``RLM_RIG_DEBUG=1``
+shows the traceback too. This module imports nothing else of the CLI, so command modules can all
+import it without cycles.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+out = Console()
+
+ConfigOpt = typer.Option("cpu-tiny", "--config", "-c", help="profile name in configs/ or a YAML path")
+SetOpt = typer.Option(None, "--set", "-s", help="override one key, e.g. --set rlm.max_iterations=8 (repeatable)")
+
+
+class UserError(Exception):
+    """An expected failure: shown as one line, exit code 2."""
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    from configs import ConfigError
+
+    from experiments.preflight import DiskFullError, RunInputError
+
+    kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
+                                        RunInputError, DiskFullError]
+    try:
+        from worker import ServerStartError, WorkerError
+
+        kinds += [ServerStartError, WorkerError]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **k: Any) -> Any:
+        try:
+            return fn(*a, **k)
+        except _expected() as e:
+            if os.environ.get("RLM_RIG_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]; servers stopped")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every `with Rig(...)` block stops its servers."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def load_cfg(config: str, overrides: Optional[list[str]]) -> Any:
+    """Load and validate a profile, its `interp:` section included (interp owns that schema)."""
+    from configs import ConfigError, load_config, resolve_profile
+    from interp.config import InterpConfigError, parse_interp_config
+
+    cfg = load_config(config, overrides or [])
+    try:
+        parse_interp_config(cfg.model_dump(mode="json"), source=str(resolve_profile(config)))
+    except InterpConfigError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
+
+
+def default_run_dir(cfg: Any, kind: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.runs_dir) / f"{stamp}-{kind}-{cfg.name}"
+
+
+def run_report(runs: list[Path], out_dir: Path) -> None:
+    """Write the report of one or more runs and say where it is (also used by eval and demo)."""
+    from experiments.report import write_report
+
+    write_report([Path(r) for r in runs], Path(out_dir))
+    out.print(f"report: {Path(out_dir) / 'report.md'}")

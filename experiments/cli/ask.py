@@ -1,0 +1,52 @@
+"""`rlm-rig ask`: one RLM run over one document."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from experiments.cli._common import (
+    ConfigOpt,
+    SetOpt,
+    UserError,
+    default_run_dir,
+    err,
+    guarded,
+    load_cfg,
+    sigterm_as_interrupt,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(guarded(ask))
+
+
+def ask(
+    doc: Path = typer.Option(..., "--doc", help="the document (a text file)"),
+    question: str = typer.Option(..., "--question", "-q"),
+    config: str = ConfigOpt,
+    controller_replay: Optional[Path] = typer.Option(None, "--controller-replay", help="replay these controller responses"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-ask-<profile>)"),
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
+    """Answer one question about one long document with the RLM."""
+    from controller import Rig
+
+    cfg = load_cfg(config, overrides)
+    if not doc.is_file():
+        raise UserError(f"--doc {str(doc)!r} is not a file")
+    if controller_replay is not None and not controller_replay.is_file():
+        raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
+    text = doc.read_text(errors="replace")
+    run_dir = out_dir or default_run_dir(cfg, "ask")
+    sigterm_as_interrupt()
+    with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
+        traj_path = run_dir / "trajectory.json"
+        t = rig.ask(text, question, save_to=traj_path)
+    err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")
+    if t.error:
+        err.print(f"[red]run error:[/] {t.error.splitlines()[0]}")
+    # plain print: rich would wrap long paths, and scripts read these two lines
+    print(f"answer: {t.final_answer}")
+    print(f"trajectory: {traj_path}")
