@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.counting import (  # noqa: E402
+from experiments.studies.counting import (  # noqa: E402
     COUNT_INSTRUCTION,
     constant_baseline,
     format_summary,

@@ -28,9 +28,9 @@ from controller.doctokens import DocTokenCache, counter_for
 from controller.prompts import worker_messages
 from controller.records import Trajectory
 from controller.subcalls import SubCallBudget, SubCallRouter
-from experiments.loaders import load_examples
-from experiments.runfolder import EvalSpec
-from experiments.runner import run_eval
+from experiments.datasets import load_examples
+from controller.runlog import EvalSpec
+from experiments.runs.evaluate import run_eval
 from repl import Sandbox, SandboxLimits
 from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_smollm2, ensure_tiny_model, load_tokenizer
 

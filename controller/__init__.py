@@ -1,26 +1,28 @@
-"""The RLM loop: controller backends, system prompt, parsing, caps and trajectory records."""
-from controller.backends import ControllerLM, Generation, OpenAILM, ReplayExhausted, ReplayLM, TransformersLM, load_replay
-from controller.loop import RLM, RunContext, estimate_chars_per_token
-from controller.parsing import Final, ParsedTurn, closed_cell_end, parse_turn, truncate_cell
-from controller.records import (
-    SCHEMA_VERSION,
-    CapEvent,
-    CellRecord,
-    ControllerTurn,
-    SampleRow,
-    SubCallRecord,
-    Trajectory,
-    append_jsonl,
-    atomic_write_text,
-    read_jsonl,
-)
-from controller.rig import Rig, package_versions, resolve_model
-from controller.subcalls import SubCallBudget, SubCallRouter
+"""The RLM loop: controller backends, system prompt, parsing, caps, the `Rig`, and the record schemas.
 
-__all__ = [
-    "SCHEMA_VERSION", "CapEvent", "CellRecord", "ControllerLM", "ControllerTurn", "Final", "Generation", "OpenAILM",
-    "ParsedTurn", "RLM", "ReplayExhausted", "ReplayLM", "Rig", "RunContext", "SampleRow", "SubCallBudget",
-    "SubCallRecord", "SubCallRouter", "Trajectory", "TransformersLM", "append_jsonl", "atomic_write_text",
-    "closed_cell_end", "estimate_chars_per_token", "load_replay", "package_versions", "parse_turn", "read_jsonl",
-    "resolve_model", "truncate_cell",
-]
+Names load lazily: `controller.records` and `controller.runlog` are leaves that interp and the
+viewer import without pulling in the loop, the sandbox or the model backends.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Rig": "rig", "resolve_model": "rig", "package_versions": "rig",
+    "RLM": "loop", "RunContext": "loop",
+    "ReplayLM": "backends", "TransformersLM": "backends", "OpenAILM": "backends", "load_replay": "backends",
+    "ReplayExhausted": "backends", "Generation": "backends", "ControllerLM": "backends",
+    "Trajectory": "records", "SampleRow": "records", "SubCallRecord": "records", "CellRecord": "records",
+    "ControllerTurn": "records", "CapEvent": "records", "SCHEMA_VERSION": "records", "read_jsonl": "records",
+    "append_jsonl": "records", "atomic_write_text": "records",
+    "RunFolder": "runlog", "EvalSpec": "runlog", "RunResults": "runlog", "RunEnv": "runlog",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'controller' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"controller.{_EXPORTS[name]}"), name)

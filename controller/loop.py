@@ -69,10 +69,10 @@ class RLM:
         if not self.ctx.sub_calls_enabled or self.depth + 1 >= self.cfg.rlm.max_depth:
             return None
 
-        def run_nested(chunk: str, instruction: str, depth: int) -> tuple[str | None, dict[str, Any]]:
+        def run_nested(chunk: str, instruction: str, depth: int) -> tuple[str | None, Trajectory]:
             child = RLM(self.ctx, depth=depth, budget=self.budget)
             t = child.run(chunk, instruction, run_id=f"nested-{uuid.uuid4().hex[:8]}")
-            return t.final_answer, t.model_dump(mode="json")
+            return t.final_answer, t
 
         return run_nested
 

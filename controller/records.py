@@ -10,9 +10,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
@@ -56,6 +56,9 @@ class CellRecord(BaseModel):
 class SubCallRecord(BaseModel):
     """One sub_call: a chunk plus an instruction sent to the worker (or a nested RLM)."""
 
+    # a nested run assigned as JSON (an older writer, a test) is still validated into a Trajectory
+    model_config = ConfigDict(validate_assignment=True)
+
     id: int
     cell: int
     depth: int
@@ -70,7 +73,8 @@ class SubCallRecord(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
-    nested_trajectory: dict[str, Any] | None = None
+    nested_trajectory: Trajectory | None = Field(
+        None, description="at max_depth >= 2: the nested RLM run this sub_call was (walk them with Trajectory.walk)")
     # The exact chat messages sent to the worker, so interp can replay the same prompt.
     messages: list[dict[str, str]] | None = None
 
@@ -106,27 +110,28 @@ class Trajectory(BaseModel):
     stop_reason: StopReason | None = None
     error: str | None = None
 
-    # -- derived figures used by sample rows and reports ------------------------------------
+    # -- nested runs and derived figures used by sample rows and reports ------------------
+    def walk(self) -> Iterator["Trajectory"]:
+        """This run and every nested run below it, depth first (the one way to visit nested runs)."""
+        yield self
+        for s in self.sub_calls:
+            if s.nested_trajectory is not None:
+                yield from s.nested_trajectory.walk()
+
+    def leaf_sub_calls(self) -> Iterator[SubCallRecord]:
+        """Sub_calls answered by the worker itself, at any depth (not the ones that were nested runs)."""
+        for t in self.walk():
+            yield from (s for s in t.sub_calls if s.nested_trajectory is None)
+
     def controller_tokens(self) -> tuple[int, int]:
         """Controller tokens in and out, nested runs included."""
-        tin = sum(t.prompt_tokens for t in self.turns)
-        tout = sum(t.completion_tokens for t in self.turns)
-        for s in self.sub_calls:
-            if s.nested_trajectory:
-                a, b = Trajectory.model_validate(s.nested_trajectory).controller_tokens()
-                tin, tout = tin + a, tout + b
-        return tin, tout
+        turns = [turn for t in self.walk() for turn in t.turns]
+        return sum(t.prompt_tokens for t in turns), sum(t.completion_tokens for t in turns)
 
     def worker_tokens(self) -> tuple[int, int]:
         """Worker tokens in and out over every leaf sub_call, nested runs included."""
-        tin = tout = 0
-        for s in self.sub_calls:
-            if s.nested_trajectory:
-                a, b = Trajectory.model_validate(s.nested_trajectory).worker_tokens()
-                tin, tout = tin + a, tout + b
-            else:
-                tin, tout = tin + s.prompt_tokens, tout + s.completion_tokens
-        return tin, tout
+        leaves = list(self.leaf_sub_calls())
+        return sum(s.prompt_tokens for s in leaves), sum(s.completion_tokens for s in leaves)
 
     def save(self, path: str | Path, *, fsync: bool = True) -> Path:
         return atomic_write_text(path, self.model_dump_json(indent=1), fsync=fsync)
@@ -134,6 +139,9 @@ class Trajectory(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
         return cls.model_validate_json(Path(path).read_text())
+
+
+SubCallRecord.model_rebuild()
 
 
 class SampleRow(BaseModel):

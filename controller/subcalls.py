@@ -169,7 +169,7 @@ class SubCallRouter:
                 return SubCallReply(error=rec.error)
             rec.nested_trajectory = sub_traj
             rec.response = answer
-            rec.latency_s = float(sub_traj.get("wall_s", 0.0))
+            rec.latency_s = sub_traj.wall_s
             return SubCallReply(text=answer if answer is not None else "", error=None)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(reqs)))) as ex:

@@ -1,6 +1,9 @@
-"""experiments: datasets, official scoring, methods (RLM and baselines), run folders, reports, the CLI.
+"""experiments: on top of everything. `datasets/` (loaders, official scorers, one registry), `runs/`
+(methods, the eval loop, run folders, resume, shards), `analysis/` (metrics, strategies, failures,
+reports), `studies/` (counting, SmolLM2) and `cli/` (the one `rlm-rig` command line).
 
-Names load lazily, so `rlm-rig --help` does not pay for pandas and matplotlib.
+What a notebook needs is exported here; names load lazily, so `rlm-rig --help` does not pay for
+pandas and matplotlib.
 """
 from __future__ import annotations
 
@@ -8,13 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "EvalSpec": "runfolder", "RunFolder": "runfolder",
-    "run_eval": "runner", "resume_eval": "runner", "merge_runs": "runner", "iter_examples": "runner",
-    "METHODS": "methods", "run_method": "methods",
-    "write_report": "report", "summarize_run": "report",
-    "Example": "loaders", "ExampleFilter": "loaders", "load_examples": "loaders",
-    "score_output": "scoring", "score_output_lenient": "scoring", "score_file": "scoring",
-    "make_counting_set": "counting", "make_count_pair": "counting", "roll_mentions": "counting",
+    "EvalSpec": "runs", "RunFolder": "runs", "run_eval": "runs", "resume_eval": "runs", "merge_runs": "runs",
+    "load_examples": "datasets", "score_output": "datasets",
+    "write_report": "analysis",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -30,7 +30,7 @@ class UserError(Exception):
 def _expected() -> tuple[type[BaseException], ...]:
     from configs import ConfigError
 
-    from experiments.preflight import DiskFullError, RunInputError
+    from experiments.runs.preflight import DiskFullError, RunInputError
 
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
                                         RunInputError, DiskFullError]
@@ -91,7 +91,7 @@ def default_run_dir(cfg: Any, kind: str) -> Path:
 
 def run_report(runs: list[Path], out_dir: Path) -> None:
     """Write the report of one or more runs and say where it is (also used by eval and demo)."""
-    from experiments.report import write_report
+    from experiments.analysis.report import write_report
 
     write_report([Path(r) for r in runs], Path(out_dir))
     out.print(f"report: {Path(out_dir) / 'report.md'}")

@@ -61,8 +61,8 @@ def eval_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate a method on a dataset; results land in one run folder (resumable)."""
-    from experiments.runfolder import EvalSpec, parse_shard
-    from experiments.runner import resume_eval, run_eval
+    from controller.runlog import EvalSpec
+    from experiments.runs.evaluate import resume_eval, run_eval
 
     sigterm_as_interrupt()
     if resume is not None:
@@ -108,7 +108,7 @@ def merge_cmd(
     out_dir: Path = typer.Option(..., "--out"),
 ) -> None:
     """Merge the shards of one evaluation into one run folder."""
-    from experiments.runner import merge_runs
+    from experiments.runs.evaluate import merge_runs
 
     for r in runs:
         if not r.is_dir():
@@ -126,8 +126,8 @@ def demo_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """The CPU main job: evaluate the bundled OOLONG-real sample, then write a report."""
-    from experiments.runfolder import EvalSpec
-    from experiments.runner import run_eval
+    from controller.runlog import EvalSpec
+    from experiments.runs.evaluate import run_eval
 
     cfg = load_cfg(config, overrides)
     tiny = cfg.worker.model.startswith("tiny")
@@ -140,6 +140,18 @@ def demo_cmd(
     _show_samples(rd)
     if tiny:
         err.print(NOTE_TINY)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r} must look like i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < n")
+    return (i, n)
 
 
 def _user(fn: Callable[..., Any], arg: Any) -> Any:

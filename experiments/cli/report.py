@@ -20,7 +20,7 @@ def score_cmd(
     out_file: Optional[Path] = typer.Option(None, "--out", help="write scored rows here (default: stdout)"),
 ) -> None:
     """Score outputs of models run elsewhere with the official rules."""
-    from experiments.scoring import score_file
+    from experiments.datasets import score_file
 
     if not file.is_file():
         raise UserError(f"{str(file)!r} is not a file")

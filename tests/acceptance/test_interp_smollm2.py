@@ -20,8 +20,8 @@ POSITIONS = ["chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from experiments.counting import make_counting_set
-    from experiments.counting_run import answer_items, write_counting_run
+    from experiments.studies.counting import make_counting_set
+    from experiments.studies.counting_run import answer_items, write_counting_run
     from worker import SyncWorker, TransformersWorker, ensure_smollm2
 
     items = make_counting_set(seed=0, ks=[2, 3, 4, 5], lengths=(10,), per_cell=2)

@@ -113,7 +113,7 @@ def test_transformers_answers_two_plus_three(smollm2_path):
 def test_smollm2_tokenizer_makes_equal_length_pairs(smollm2_path):
     from transformers import AutoTokenizer
 
-    from experiments.counting import count_messages, make_count_pair, make_counting_set
+    from experiments.studies.counting import count_messages, make_count_pair, make_counting_set
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     for it in make_counting_set(0, ks=[3], lengths=[20], per_cell=2):
@@ -130,7 +130,7 @@ def smollm2_server(smollm2_path, tmp_path_factory) -> Iterator[str]:
 
 @pytest.mark.smollm
 def test_vllm_serves_and_counts(smollm2_server):
-    from experiments.counting import make_counting_set, run_counting_eval
+    from experiments.studies.counting import make_counting_set, run_counting_eval
     from worker.client import WorkerClient
     from worker.sync import SyncWorker
 

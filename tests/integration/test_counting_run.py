@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from experiments.counting import count_messages, make_counting_set
-from experiments.counting_run import WorkerAnswer, answer_items, write_counting_run
+from experiments.studies.counting import count_messages, make_counting_set
+from experiments.studies.counting_run import WorkerAnswer, answer_items, write_counting_run
 from interp.capture import attach_gold
 from interp.runs import iter_sub_calls, load_gold_file
 

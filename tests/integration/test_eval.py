@@ -15,10 +15,10 @@ import pytest
 
 from configs import load_config
 from controller import read_jsonl
-from experiments.loaders import load_examples
-from experiments.runfolder import EvalSpec
-from experiments.runner import merge_runs, resume_eval, run_eval
-from experiments.scoring import score_output
+from experiments.datasets import load_examples
+from controller.runlog import EvalSpec
+from experiments.runs.evaluate import merge_runs, resume_eval, run_eval
+from experiments.datasets import score_output
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_eval_run_folder(rlm_run, toy_rows):
 
 def test_report_on_the_run(rlm_run, tmp_path):
     rd, _ = rlm_run
-    from experiments.report import write_report
+    from experiments.analysis.report import write_report
 
     out = write_report([rd], tmp_path / "rep")
     assert (tmp_path / "rep" / "report.md").exists()

@@ -160,9 +160,9 @@ def test_nested_rlm_at_depth_two(hf_worker, count_tokens):
     t = make_rlm(responses, hf_worker, count_tokens, "rlm.max_depth=2").run(DOC, "q")
     assert t.stop_reason == "final" and t.final_answer == "inner-done"
     nested = t.sub_calls[0].nested_trajectory
-    assert nested["depth"] == 1 and nested["doc_chars"] == 3000
-    assert nested["cells"][0]["stdout"].strip() == "3000"
-    assert nested["sub_calls"][0]["depth"] == 2 and nested["sub_calls"][0]["response"]
+    assert nested.depth == 1 and nested.doc_chars == 3000
+    assert nested.cells[0].stdout.strip() == "3000"
+    assert nested.sub_calls[0].depth == 2 and nested.sub_calls[0].response
 
 
 def test_rlm_chars_per_token_and_budget_in_repl(hf_worker, count_tokens):

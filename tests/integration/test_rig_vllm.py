@@ -13,7 +13,7 @@ import pytest
 
 from configs import load_config
 from controller import Rig, Trajectory
-from experiments.loaders import load_examples
+from experiments.datasets import load_examples
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[2]

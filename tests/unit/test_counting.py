@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from experiments.counting import (
+from experiments.studies.counting import (
     COUNT_INSTRUCTION,
     CountPairError,
     CountingItem,

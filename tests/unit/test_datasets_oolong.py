@@ -8,22 +8,13 @@ import json
 
 import pytest
 
-from experiments.loaders import (
-    DATA_DIR,
-    Example,
-    ExampleFilter,
-    SchemaError,
-    apply_filter,
-    count_tokens,
-    iter_oolong_synth_rows,
-    load_examples,
-    load_oolong_real,
-    load_oolong_synth,
-    question_type_matches,
-    reservoir_sample,
-)
-from experiments.loaders.synth_sample import build_synth_sample_rows
-from experiments.scoring import score_oolong_real, score_oolong_synth
+from experiments.datasets import DATA_DIR, Example, ExampleFilter, SchemaError, load_examples
+from experiments.datasets.filters import apply_filter, count_tokens, question_type_matches, reservoir_sample
+from experiments.datasets.oolong_real.load import load_oolong_real
+from experiments.datasets.oolong_synth.load import iter_oolong_synth_rows, load_oolong_synth
+from experiments.datasets.oolong_synth.make_sample import build_synth_sample_rows
+from experiments.datasets.oolong_real.score import score_oolong_real
+from experiments.datasets.oolong_synth.score import score_oolong_synth
 
 TOY = DATA_DIR / "oolong-real" / "toy.jsonl"
 MINI = DATA_DIR / "oolong-real" / "dnd-mini.jsonl.gz"

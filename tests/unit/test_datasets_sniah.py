@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from experiments.loaders import ExampleFilter, load_examples
-from experiments.scoring import score_sniah
-from experiments.sniah import NEEDLE_TEMPLATE, build_haystack, filler_sentences, make_sniah_example, sniah_grid
+from experiments.datasets import ExampleFilter, load_examples
+from experiments.datasets.sniah.score import score_sniah
+from experiments.datasets.sniah.load import NEEDLE_TEMPLATE, build_haystack, filler_sentences, make_sniah_example, sniah_grid
 
 
 def test_example_has_needle_question_and_gold():

@@ -10,8 +10,8 @@ import pytest
 
 from controller import prompts
 from controller.records import CapEvent, CellRecord, ControllerTurn, SampleRow, SubCallRecord, Trajectory
-from experiments.failures import FAILURE_PRECEDENCE, FORMAT_ERROR_PREFIX, classify_failure
-from experiments.metrics import (
+from experiments.analysis.failures import FAILURE_PRECEDENCE, FORMAT_ERROR_PREFIX, classify_failure
+from experiments.analysis.metrics import (
     bootstrap_ci,
     covered_chars,
     leaf_utilization,

@@ -20,8 +20,8 @@ from controller.records import (
     Trajectory,
     append_jsonl,
 )
-from experiments.metrics import load_run, summarize_run
-from experiments.report import write_report
+from experiments.analysis.metrics import load_run, summarize_run
+from experiments.analysis.report import write_report
 
 NOW = datetime.now(timezone.utc).isoformat()
 

@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
-from experiments.loaders.example import Example
-from experiments.loaders.filters import ExampleFilter, TokenCounter, apply_filter, count_tokens
+from experiments.datasets.example import Example
+from experiments.datasets.filters import ExampleFilter, TokenCounter, apply_filter, count_tokens
 
 DATASET = "sniah"
 NEEDLE_TEMPLATE = "The special magic number for {key} is {value}."

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from controller.records import SampleRow, SubCallRecord, Trajectory, atomic_write_text
+from controller.runlog import RunFolder
 
 from .counting import CountingItem, count_messages, score_count, validate_counts
 
@@ -73,11 +74,9 @@ def write_counting_run(
     if len(items) != len(answers):
         raise ValueError(f"{len(items)} items but {len(answers)} answers")
     validate_counts(items)
-    run_dir = Path(run_dir)
-    tdir = run_dir / "trajectories"
-    tdir.mkdir(parents=True, exist_ok=True)
-    run_id = run_id or run_dir.name
-    config = {"worker": dict(worker_config), "source": "experiments.counting_run"}
+    folder = RunFolder(run_dir)
+    run_id = run_id or folder.path.name
+    config = {"worker": dict(worker_config), "source": "experiments.studies.counting_run"}
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     samples, gold = [], []
     for it, ans in zip(items, answers):
@@ -94,17 +93,17 @@ def write_counting_run(
             sub_calls=[sub], final_answer=ans.text, stop_reason="final" if ans.error is None else "error",
             error=ans.error,
         )
-        traj.save(tdir / f"{it.id}.json", fsync=False)
+        tpath = traj.save(folder.trajectory_path(it.id), fsync=False)
         sc = score_count(ans.text, it.k)
         samples.append(SampleRow(
             id=it.id, dataset="counting", method="worker", question=it.instruction, question_type=f"n{it.n_lines}",
             context_chars=len(it.passage), gold=str(it.k), answer=ans.text, score=sc["exact"], parsed=sc["pred"],
-            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=f"trajectories/{it.id}.json", error=ans.error,
+            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=str(tpath.relative_to(folder.path)), error=ans.error,
             extra={"k": it.k, "n_lines": it.n_lines, "roll_line_indices": it.roll_line_indices},
-        ).model_dump())
+        ))
         gold.append({"sample": it.id, "sub_call": 0, "gold": it.k})
-    atomic_write_text(run_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples))
-    atomic_write_text(run_dir / GOLD_FILE, "".join(json.dumps(r) + "\n" for r in gold))
+    folder.write_samples(samples)
+    atomic_write_text(folder.path / GOLD_FILE, "".join(json.dumps(r) + "\n" for r in gold))
     if profile_yaml is not None:
-        shutil.copyfile(profile_yaml, run_dir / "config.yaml")
-    return run_dir
+        shutil.copyfile(profile_yaml, folder.path / "config.yaml")
+    return folder.path

@@ -1,7 +1,7 @@
 """Per-sample and per-run figures from a run folder: scores with bootstrap CIs, sub_calls, code
 execution success, runtime, tokens and context utilization.
 
-A run folder is read as written by :class:`experiments.runfolder.RunFolder`; a run still in
+A run folder is read as written by :class:`controller.runlog.RunFolder`; a run still in
 progress (or killed) is fine: the torn last line of ``samples.jsonl`` is dropped and a missing
 trajectory only costs that row its trajectory-derived figures (the row's own counts stand in).
 
@@ -18,7 +18,6 @@ Two readings:
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from controller.records import SampleRow, Trajectory, read_jsonl
-from experiments.failures import classify_failure, count_format_errors, model_sub_calls
-from experiments.strategies import classify_trajectory
+from controller.records import SampleRow, Trajectory
+from controller.runlog import RunFolder
+from experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
+from experiments.analysis.strategies import classify_trajectory
 
 BOOTSTRAP_RESAMPLES = 2000
 DEFAULT_SEED = 0
@@ -85,15 +84,6 @@ def covered_chars(spans: Iterable[tuple[int, int]], length: int) -> int:
     return total
 
 
-def _nested(sc: Any) -> Trajectory | None:
-    if sc.nested_trajectory is None:
-        return None
-    try:
-        return Trajectory.model_validate(sc.nested_trajectory)
-    except ValueError:
-        return None
-
-
 def root_spans(traj: Trajectory) -> list[tuple[int, int]]:
     return [(sc.chunk_start, sc.chunk_end) for sc in traj.sub_calls if sc.chunk_start is not None and sc.chunk_end is not None]
 
@@ -107,12 +97,10 @@ def leaf_spans(traj: Trajectory, offset: int = 0, limit: int | None = None) -> l
         s, e = offset + sc.chunk_start, offset + sc.chunk_end
         if limit is not None:
             s, e = max(s, offset), min(e, limit)
-        child = _nested(sc)
-        if child is None:
-            if sc.nested_trajectory is None:
-                out.append((s, e))
-            continue
-        out.extend(leaf_spans(child, offset=s, limit=e))
+        if sc.nested_trajectory is None:
+            out.append((s, e))
+        else:
+            out.extend(leaf_spans(sc.nested_trajectory, offset=s, limit=e))
     return out
 
 
@@ -126,16 +114,6 @@ def leaf_utilization(traj: Trajectory | None) -> float:
     if traj is None or traj.doc_chars <= 0:
         return math.nan
     return covered_chars(leaf_spans(traj), traj.doc_chars) / traj.doc_chars
-
-
-def all_trajectories(traj: Trajectory) -> list[Trajectory]:
-    """The trajectory and all nested ones, depth first."""
-    out = [traj]
-    for sc in traj.sub_calls:
-        child = _nested(sc)
-        if child is not None:
-            out.extend(all_trajectories(child))
-    return out
 
 
 def cell_ok(cell: Any) -> bool:
@@ -164,54 +142,26 @@ class RunData:
             self.label = f"{self.name} ({self.method}, depth {depth})"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    data = yaml.safe_load(path.read_text())
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data or {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
-    """Read one run folder. Rows keep the first line of each id (as ``RunFolder.rows`` does)."""
+    """Read one run folder through the run log. Rows keep the first line of each id."""
     path = Path(run_dir)
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: not a run folder (no such directory)")
-    samples = path / "samples.jsonl"
-    if not samples.exists() and not (path / "config.yaml").exists():
+    folder = RunFolder(path)
+    if not folder.samples_path.exists() and not (path / "config.yaml").exists():
         raise FileNotFoundError(f"{path} is not a run folder: neither samples.jsonl nor config.yaml is there")
-    config = _read_yaml(path / "config.yaml")
-    results = _read_json(path / "results.json")
-    spec = _read_json(path / "eval.json")
-    rows: list[SampleRow] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(read_jsonl(samples), 1):
-        try:
-            row = SampleRow.model_validate(raw)
-        except ValueError as e:
-            raise ValueError(f"{samples}: row {i} is not a SampleRow: {e}") from None
-        if row.id not in seen:
-            seen.add(row.id)
-            rows.append(row)
+    config = folder.read_config()
+    res = folder.read_results()
+    results = res.model_dump(exclude_unset=True) if res is not None else {}
+    spec = folder.read_spec()
+    rows = folder.sample_rows()
     warnings: list[str] = []
     trajs: dict[str, Trajectory | None] = {}
     for row in rows:
         trajs[row.id] = None
-        if not trajectories or not row.trajectory:
+        tp = folder.trajectory_file(row) if trajectories else None
+        if tp is None:
             continue
-        tp = Path(row.trajectory)
-        tp = tp if tp.is_absolute() else path / tp
         if not tp.exists():
             warnings.append(f"{row.id}: trajectory {row.trajectory} is missing")
             continue
@@ -219,7 +169,8 @@ def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
             trajs[row.id] = Trajectory.load(tp)
         except ValueError as e:
             warnings.append(f"{row.id}: trajectory {row.trajectory} does not load ({str(e).splitlines()[0]})")
-    methods = sorted({r.method for r in rows}) or [spec.get("method") or (config.get("eval") or {}).get("method") or "?"]
+    methods = sorted({r.method for r in rows}) or [
+        (spec.method if spec else None) or (config.get("eval") or {}).get("method") or "?"]
     depth = (config.get("rlm") or {}).get("max_depth")
     return RunData(
         path=path,
@@ -253,7 +204,7 @@ def sample_frame(run: RunData) -> pd.DataFrame:
     recs = []
     for row in run.rows:
         traj = run.trajectories.get(row.id)
-        trajs = all_trajectories(traj) if traj is not None else []
+        trajs = list(traj.walk()) if traj is not None else []
         if traj is not None:
             n_cells = sum(len(t.cells) for t in trajs)
             n_ok = sum(cell_ok(c) for t in trajs for c in t.cells)

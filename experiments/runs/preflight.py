@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,15 @@ class DiskFullError(RuntimeError):
 
 def check_inputs(spec: Any, methods: Any) -> None:
     """Resolve the dataset and read its first example, without loading any model."""
-    from experiments.loaders import SchemaError
-    from experiments.runner import iter_examples, resolve_dataset
+    from experiments.datasets import SchemaError
+    from experiments.runs.evaluate import iter_examples, resolve_dataset
 
     if spec.method not in methods:
         raise RunInputError(f"unknown method {spec.method!r}; expected one of {', '.join(methods)}")
     try:
         resolve_dataset(spec)
         # the token filter needs the worker's tokenizer; the first row's schema does not
-        peek = replace(spec, max_context_tokens=None, limit=1, sample=None, shard=None)
+        peek = spec.model_copy(update=dict(max_context_tokens=None, limit=1, sample=None, shard=None))
         next(iter_examples(peek), None)
     except (SchemaError, FileNotFoundError, IsADirectoryError) as e:
         raise RunInputError(f"--dataset {spec.dataset!r}: {e}") from None

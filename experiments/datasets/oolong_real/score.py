@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from typing import Union
 
-from experiments.scoring.boxed import find_boxes, unwrap_braces, extract_boxed
-from experiments.scoring.result import Confidence, ScoreResult
+from experiments.datasets.boxed import find_boxes, unwrap_braces, extract_boxed
+from experiments.datasets.result import Confidence, ScoreResult
 
 DndAnswer = Union[int, str, list[str]]
 

@@ -1,4 +1,4 @@
-"""Tables and the two-seed heatmap figure for experiments.smollm2_interp (kept apart from the driver).
+"""Tables and the two-seed heatmap figure for experiments.studies.smollm2_interp (kept apart from the driver).
 
 WHY: the driver runs models; this reads its outputs (patching.parquet per seed, probes.parquet,
 samples.jsonl) and turns them into the numbers docs/INTERP_SMOLLM2.md quotes, so the doc can be

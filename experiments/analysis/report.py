@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from experiments.failures import FAILURE_PRECEDENCE
-from experiments.metrics import (
+from experiments.analysis.failures import FAILURE_PRECEDENCE
+from experiments.analysis.metrics import (
     ALL_DEPTH_TOKEN_COLUMNS,
     BOOTSTRAP_RESAMPLES,
     TOKEN_COLUMNS,
@@ -38,7 +38,7 @@ from experiments.metrics import (
     summarize_frame,
     summarize_run,
 )
-from experiments.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
+from experiments.analysis.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
 
 # (key in summarize_frame, row label, format)
 COMPARISON_METRICS: list[tuple[str, str, str]] = [
@@ -430,7 +430,7 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
     ))
 
     out.append(
-        "\n## Strategies\n\nClassified from the AST of the root controller's cells (see experiments/strategies.py). "
+        "\n## Strategies\n\nClassified from the AST of the root controller's cells (see experiments/analysis/strategies.py). "
         "Each example gets every label that applies and one primary label, the first present in: "
         + ", ".join(f"`{s}`" for s in STRATEGY_PRECEDENCE)
         + f". `{NO_CONTROLLER}`: no controller turns (baselines). Cells: primary count / with the label "
@@ -441,7 +441,7 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
 
     out.append(
         "\n## Failure modes (examples with score < 1)\n\nEach failed example gets every label that applies and one "
-        "primary label, the first present in this order (causes before symptoms; see experiments/failures.py): "
+        "primary label, the first present in this order (causes before symptoms; see experiments/analysis/failures.py): "
         + " > ".join(f"`{f}`" for f in FAILURE_PRECEDENCE)
         + ". Cells: primary count / with the label (mean score of the primary group).\n"
     )

@@ -15,11 +15,11 @@ from typing import Any, Iterator
 from configs.schema import RigConfig
 from controller.records import SampleRow, Trajectory
 from controller.rig import Rig
-from experiments.loaders import Example, ExampleFilter, load_examples
-from experiments.methods import METHODS, run_method
-from experiments.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
-from experiments.runfolder import EvalSpec, RunFolder
-from experiments.scoring.files import canonical_dataset, score_output, score_output_lenient
+from experiments.datasets import Example, ExampleFilter, load_examples
+from experiments.runs.methods import METHODS, run_method
+from experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
+from controller.runlog import EvalSpec, RunFolder
+from experiments.datasets.scoring import canonical_dataset, score_output, score_output_lenient
 
 
 def resolve_dataset(spec: EvalSpec) -> tuple[str, str | None]:
@@ -147,7 +147,8 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
         flags = {"worker_url": rig.worker_url, "worker_server": cfg.worker.server.model_dump(mode="json")}
         if resume:
             folder.write_env(cfg, flags)
-            folder.write_results({**_read_results(folder), "status": "running"})
+            prev = folder.read_results()
+            folder.write_results({**(prev.model_dump() if prev else {}), "status": "running"})
         else:
             folder.create(cfg, spec, server_flags=flags)
         todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
@@ -206,19 +207,10 @@ def _drive(todo: list[Example], one: Any, concurrency: int, progress: Progress, 
             live.console.print()
 
 
-def _read_results(folder: RunFolder) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(folder.results_path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def summarize(folder: RunFolder) -> dict[str, Any]:
     rows = folder.rows()
     try:
-        from experiments.report import summarize_run
+        from experiments.analysis.report import summarize_run
 
         return summarize_run(folder.path)
     except ImportError:
@@ -269,12 +261,10 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f.path / row["trajectory"], dest)
             append_jsonl(out.samples_path, row)
-    import json
-
-    spec = json.loads((out.path / "eval.json").read_text())
-    spec["shard"] = None
-    atomic_write_text(out.path / "eval.json", json.dumps(spec, indent=1))
-    statuses = [_read_results(f).get("status") for f in folders]
+    spec = out.read_spec()
+    if spec is not None:
+        atomic_write_text(out.path / "eval.json", spec.model_copy(update={"shard": None}).model_dump_json(indent=1))
+    statuses = [r.status if (r := f.read_results()) else None for f in folders]
     status = "complete" if all(st == "complete" for st in statuses) else "partial"
     summary = summarize(out)
     out.write_results({**summary, "status": status, "merged_from": [str(f.path) for f in folders],

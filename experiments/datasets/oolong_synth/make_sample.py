@@ -3,7 +3,7 @@ for tests and demos, with golds computed from the hidden labels of its own lines
 
 Not OOLONG data: the questions, dates and users are invented here from a seed; only the
 *schema* and the answer/answer_type conventions follow the hub dataset. Regenerate the
-bundled file with ``python -m experiments.loaders.synth_sample [OUT]``; the output is
+bundled file with ``python -m experiments.datasets.oolong_synth.make_sample [OUT]``; the output is
 byte-for-byte deterministic.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from experiments.loaders.bundled import DATA_DIR
+from experiments.datasets.bundled import DATA_DIR
 
 LABELS = ("abbreviation", "entity", "description and abstract concept", "human being", "location", "numeric value")
 _TEMPLATES = {

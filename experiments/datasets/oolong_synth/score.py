@@ -31,8 +31,8 @@ import datetime as _dt
 import re
 from typing import Any
 
-from experiments.scoring.oolong_real import int_partial_credit
-from experiments.scoring.result import Confidence, ScoreResult
+from experiments.datasets.oolong_real.score import int_partial_credit
+from experiments.datasets.result import Confidence, ScoreResult
 
 COMPARISON_PHRASES = ("more common", "less common", "same frequency")
 NUMERIC = "ANSWER_TYPE.NUMERIC"

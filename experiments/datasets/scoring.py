@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.scoring.oolong_real import score_oolong_real, score_oolong_real_lenient
-from experiments.scoring.oolong_synth import score_oolong_synth, score_oolong_synth_lenient
-from experiments.scoring.result import ScoreResult
-from experiments.scoring.sniah import score_sniah
+from experiments.datasets.oolong_real.score import score_oolong_real, score_oolong_real_lenient
+from experiments.datasets.oolong_synth.score import score_oolong_synth, score_oolong_synth_lenient
+from experiments.datasets.result import ScoreResult
+from experiments.datasets.sniah.score import score_sniah
 
 OOLONG_REAL = "oolong-real"
 OOLONG_SYNTH = "oolong-synth"

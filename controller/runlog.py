@@ -1,0 +1,273 @@
+"""The run log: the one reader and writer of a run folder, and its typed, versioned records.
+
+Layout (an eval run; an `ask` run holds just ``trajectory.json`` and ``config.yaml``)::
+
+    RUN/config.yaml        the resolved rig config
+    RUN/eval.json          EvalSpec: what was asked (dataset, filters, method, shard); resume reads it
+    RUN/env.json           RunEnv: git SHA + dirty flag, package versions, GPUs, server flags
+    RUN/samples.jsonl      one SampleRow per finished example (append + fsync)
+    RUN/trajectories/      one Trajectory per example (atomic write)
+    RUN/logs/              model server logs
+    RUN/results.json       RunResults: status + summary (atomic write)
+
+A sample counts as done only once its line is in samples.jsonl, and that line is written after its
+trajectory, so a kill between the two reruns the example and overwrites its trajectory: nothing
+finished is lost and nothing is duplicated.
+
+WHY here, in a leaf of `controller/`: everything that touches a run folder (eval, the counting
+study, interp, reports, the viewer) goes through this class, and interp may import only the record
+schemas, not experiments/. This module imports nothing of the rig beyond `controller.records`.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.records import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
+
+RUNLOG_VERSION = 1
+
+RunStatus = Literal["running", "complete", "interrupted", "failed", "partial"]
+
+
+class EvalSpec(BaseModel):
+    """Everything beyond the config that decides which examples a run holds and how they are run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = RUNLOG_VERSION
+    dataset: str
+    source: str | None = None
+    split: str = "test"
+    method: str = "rlm"
+    question_types: list[str] | None = None
+    min_episodes: int | None = None
+    max_episodes: int | None = None
+    max_context_chars: int | None = None
+    max_context_tokens: int | None = None
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+    shard: tuple[int, int] | None = None
+    controller_replay: str | None = None
+    loader_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunEnv(BaseModel):
+    """Where and with what a run ran: enough to tell two runs' environments apart."""
+
+    schema_version: int = RUNLOG_VERSION
+    git: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    gpus: list[str] = Field(default_factory=list)
+    host: str = ""
+    platform: str = ""
+    cpu_count: int | None = None
+    server_flags: dict[str, Any] = Field(default_factory=dict)
+    config_hash: str | None = None
+
+
+class RunResults(BaseModel):
+    """results.json: the run's status and summary. The summary figures (CIs, metrics per
+    question_type, ...) come from experiments' analysis and ride along as extra fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = RUNLOG_VERSION
+    status: RunStatus = "running"
+    n: int | None = None
+    mean_score: float | None = None
+    method: str | None = None
+    dataset: str | None = None
+
+
+def git_state() -> dict[str, Any]:
+    here = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+            return r.stdout.strip() if r.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def gpu_names() -> list[str]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        pass
+    return []
+
+
+def current_env(cfg: Any, server_flags: dict[str, Any]) -> RunEnv:
+    from controller.rig import package_versions
+
+    return RunEnv(git=git_state(), versions=package_versions(), gpus=gpu_names(), host=socket.gethostname(),
+                  platform=platform.platform(), cpu_count=os.cpu_count(), server_flags=server_flags,
+                  config_hash=cfg.hash())
+
+
+class RunFolder:
+    """One run folder, eval or `ask`: paths, creation, resume repair, and typed reads of every file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    # -- paths ----------------------------------------------------------------------------
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.jsonl"
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def ask_trajectory_path(self) -> Path:
+        """An `rlm-rig ask` folder holds its one run here."""
+        return self.path / "trajectory.json"
+
+    def trajectory_path(self, sample_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+        return self.path / "trajectories" / f"{safe}.json"
+
+    # -- creation / resume ----------------------------------------------------------------
+    def create(self, cfg: Any, spec: EvalSpec, *, server_flags: dict[str, Any] | None = None) -> None:
+        if self.samples_path.exists() and read_jsonl(self.samples_path):
+            raise FileExistsError(f"{self.path} already holds samples: use `rlm-rig eval --resume {self.path}`")
+        (self.path / "trajectories").mkdir(parents=True, exist_ok=True)
+        self.write_config(cfg.model_dump(mode="json"))
+        atomic_write_text(self.path / "eval.json", spec.model_dump_json(indent=1))
+        self.write_env(cfg, server_flags or {})
+        self.write_results(RunResults(status="running"))
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+    def write_env(self, cfg: Any, server_flags: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "env.json", current_env(cfg, server_flags).model_dump_json(indent=1))
+
+    def repair(self) -> None:
+        """Cut a torn last line (a kill mid-append) so later appends start on a fresh line."""
+        p = self.samples_path
+        if not p.exists():
+            return
+        data = p.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(p, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+
+    # -- writing --------------------------------------------------------------------------
+    def append(self, row: SampleRow) -> None:
+        with self._lock:
+            append_jsonl(self.samples_path, row.model_dump(mode="json"))
+
+    def write_samples(self, rows: list[SampleRow]) -> None:
+        """All rows at once (a run made in one go, e.g. the counting study)."""
+        atomic_write_text(self.samples_path, "".join(r.model_dump_json() + "\n" for r in rows))
+
+    def write_results(self, results: RunResults | dict[str, Any]) -> None:
+        if isinstance(results, dict):
+            results = RunResults.model_validate(results)
+        atomic_write_text(self.results_path, results.model_dump_json(indent=1))
+
+    # -- reading --------------------------------------------------------------------------
+    def load_spec(self) -> tuple[dict[str, Any], EvalSpec]:
+        for name in ("config.yaml", "eval.json"):
+            if not (self.path / name).exists():
+                raise FileNotFoundError(f"{self.path} is not a run folder: {name} is missing")
+        return self.read_config(), EvalSpec.model_validate_json((self.path / "eval.json").read_text())
+
+    def read_config(self) -> dict[str, Any]:
+        p = self.path / "config.yaml"
+        if not p.exists():
+            return {}
+        data = yaml.safe_load(p.read_text())
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping, got {type(data).__name__}")
+        return data or {}
+
+    def read_spec(self) -> EvalSpec | None:
+        p = self.path / "eval.json"
+        return EvalSpec.model_validate_json(p.read_text()) if p.exists() else None
+
+    def read_env(self) -> RunEnv | None:
+        p = self.path / "env.json"
+        return RunEnv.model_validate_json(p.read_text()) if p.exists() else None
+
+    def read_results(self) -> RunResults | None:
+        """None when there is none yet, or it is unreadable (a run killed before its first write)."""
+        try:
+            return RunResults.model_validate_json(self.results_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def done_ids(self) -> set[str]:
+        return {r["id"] for r in read_jsonl(self.samples_path)}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Finished rows, first occurrence of each id only."""
+        seen: set[str] = set()
+        out = []
+        for r in read_jsonl(self.samples_path):
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                out.append(r)
+        return out
+
+    def sample_rows(self) -> list[SampleRow]:
+        out = []
+        for i, raw in enumerate(self.rows(), 1):
+            try:
+                out.append(SampleRow.model_validate(raw))
+            except ValueError as e:
+                raise ValueError(f"{self.samples_path}: row {i} is not a SampleRow: {e}") from None
+        return out
+
+    def trajectory_file(self, row: SampleRow | dict[str, Any]) -> Path | None:
+        rel = row.trajectory if isinstance(row, SampleRow) else row.get("trajectory")
+        if not rel:
+            return None
+        p = Path(rel)
+        return p if p.is_absolute() else self.path / p
+
+    def trajectories(self) -> Iterator[tuple[str, Path]]:
+        """(sample id, trajectory file) of every run in the folder: an ask folder's one, or every
+        sample's (rows first; files without a row, e.g. a killed run's, after them)."""
+        if self.ask_trajectory_path.exists():
+            yield "ask", self.ask_trajectory_path
+            return
+        seen: set[Path] = set()
+        for row in self.rows():
+            p = self.trajectory_file(row)
+            if p is not None and p.exists():
+                seen.add(p.resolve())
+                yield str(row["id"]), p
+        tdir = self.path / "trajectories"
+        if tdir.is_dir():
+            for p in sorted(tdir.glob("*.json")):
+                if p.resolve() not in seen:
+                    yield p.stem, p
+
+    def load_trajectory(self, path: Path) -> Trajectory:
+        return Trajectory.load(path)

@@ -1,0 +1,1 @@
+"""The oolong-real dataset: its loader (`load`) and official scorer (`score`)."""

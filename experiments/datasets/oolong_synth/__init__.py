@@ -1,0 +1,1 @@
+"""The oolong-synth dataset: its loader (`load`) and official scorer (`score`)."""

@@ -1,0 +1,1 @@
+"""The sniah dataset: its loader (`load`) and official scorer (`score`)."""
