@@ -28,9 +28,10 @@ The multi-label counts in the report show every co-occurrence.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from controller.answers import as_int, find_int
 
 FAILURE_PRECEDENCE: tuple[str, ...] = (
     "run_error",
@@ -85,8 +86,13 @@ def count_format_errors(traj: Any) -> int:
 def answer_unparsed(dataset: str, answer: str) -> bool:
     """True when the official parser of ``dataset`` finds no answer span in ``answer``."""
     from experiments.datasets.boxed import extract_boxed
-    from experiments.datasets.scoring import OOLONG_REAL, OOLONG_SYNTH, SNIAH, canonical_dataset
     from experiments.datasets.oolong_synth.score import parse_synth_response
+    from experiments.datasets.scoring import (
+        OOLONG_REAL,
+        OOLONG_SYNTH,
+        SNIAH,
+        canonical_dataset,
+    )
 
     try:
         name = canonical_dataset(dataset)
@@ -100,18 +106,6 @@ def answer_unparsed(dataset: str, answer: str) -> bool:
     return False  # S-NIAH compares the whole output
 
 
-_INT = re.compile(r"-?\d+")
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
 
 
 def aggregation_verdict(row: Any, subs: list[Any]) -> str | None:
@@ -120,17 +114,14 @@ def aggregation_verdict(row: Any, subs: list[Any]) -> str | None:
     ``faithful`` / ``unfaithful``, or None when it cannot be checked (gold not an integer, fewer than
     two sub_calls, a reply without an integer, or a final answer that is not an integer).
     """
-    if _as_int(row.gold) is None or len(subs) < 2:
+    if as_int(row.gold) is None or len(subs) < 2:
         return None
-    final = _as_int(row.parsed)
+    final = as_int(row.parsed)
     if final is None:
         return None
-    parts = []
-    for sc in subs:
-        m = _INT.search(sc.response or "")
-        if m is None:
-            return None
-        parts.append(int(m.group()))
+    parts = [find_int(sc.response) for sc in subs]
+    if any(p is None for p in parts):
+        return None
     return "faithful" if sum(parts) == final else "unfaithful"
 
 

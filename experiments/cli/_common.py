@@ -29,7 +29,6 @@ class UserError(Exception):
 
 def _expected() -> tuple[type[BaseException], ...]:
     from configs import ConfigError
-
     from experiments.runs.preflight import DiskFullError, RunInputError
 
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,

@@ -16,6 +16,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from controller.answers import find_int, partial_credit
+
 __all__ = [
     "COUNT_INSTRUCTION",
     "constant_baseline",
@@ -30,7 +32,6 @@ __all__ = [
     "make_count_pair",
     "make_counting_item",
     "make_counting_set",
-    "parse_first_int",
     "roll_line_candidates",
     "roll_mentions",
     "run_counting_eval",
@@ -92,14 +93,6 @@ DISTRACTOR_TEMPLATES = (
 # "rolled a 17", "rolled an 8", "rolled a natural 20"; case-insensitive so "Rolled a 3" counts too.
 _ROLL_RE = re.compile(r"\brolled\s+an?\s+(?:natural\s+)?(\d{1,3})\b", re.IGNORECASE)
 _SPEAKER_RE = re.compile(r"^([^:\n]+):\s")
-_NUMBER_WORDS = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_FIRST_INT_RE = re.compile(r"(?<![\w.])-?\d+|\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 
 
 def _article(n: int) -> str:
@@ -115,25 +108,12 @@ def roll_mentions(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _ROLL_RE.finditer(text)]
 
 
-def parse_first_int(answer: str | None) -> int | None:
-    """The first integer in a model answer: digits, or an English number word up to twenty."""
-    if not answer:
-        return None
-    m = _FIRST_INT_RE.search(answer)
-    if m is None:
-        return None
-    if m.group(1):
-        return _NUMBER_WORDS[m.group(1).lower()]
-    return int(m.group(0))
-
-
 def score_count(answer: str | None, gold: int) -> dict[str, Any]:
     """Exact match and OOLONG's integer partial credit 0.75**|gold - pred| on the first integer."""
-    pred = parse_first_int(answer)
+    pred = find_int(answer, words=True)
     if pred is None:
         return {"pred": None, "exact": 0.0, "oolong": 0.0}
-    d = abs(gold - pred)
-    return {"pred": pred, "exact": float(d == 0), "oolong": 0.0 if d > 3000 else 0.75**d}
+    return {"pred": pred, "exact": float(pred == gold), "oolong": partial_credit(gold, pred)}
 
 
 def count_messages(chunk: str, instruction: str = COUNT_INSTRUCTION) -> list[dict[str, str]]:
@@ -490,7 +470,7 @@ def constant_baseline(golds: Sequence[int]) -> dict[str, Any]:
         raise ValueError("constant_baseline needs at least one gold count")
     best = None
     for c in range(min(golds), max(golds) + 1):
-        oolong = sum(0.75 ** abs(g - c) for g in golds) / len(golds)
+        oolong = sum(partial_credit(g, c) for g in golds) / len(golds)
         exact = sum(g == c for g in golds) / len(golds)
         if best is None or oolong > best["oolong"]:
             best = {"answer": c, "oolong": oolong, "exact": exact}

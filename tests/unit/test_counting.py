@@ -6,17 +6,17 @@ import random
 
 import pytest
 
+from controller.answers import find_int
 from experiments.studies.counting import (
     COUNT_INSTRUCTION,
-    CountPairError,
     CountingItem,
+    CountPairError,
     constant_baseline,
     count_messages,
     distractor_line_candidates,
     make_count_pair,
     make_counting_item,
     make_counting_set,
-    parse_first_int,
     roll_line_candidates,
     roll_mentions,
     score_count,
@@ -110,7 +110,7 @@ def test_bad_arguments_are_named():
      ("1\n\nThe text is 10 dice rolls.", 1), ("none", None), ("", None), (None, None)],
 )  # fmt: skip
 def test_parse_first_int(answer, pred):
-    assert parse_first_int(answer) == pred
+    assert find_int(answer, words=True) == pred
 
 
 def test_score_count():

@@ -26,14 +26,11 @@ from __future__ import annotations
 import re
 from typing import Union
 
-from experiments.datasets.boxed import find_boxes, unwrap_braces, extract_boxed
+from controller.answers import find_int, partial_credit
+from experiments.datasets.boxed import extract_boxed, find_boxes, unwrap_braces
 from experiments.datasets.result import Confidence, ScoreResult
 
 DndAnswer = Union[int, str, list[str]]
-
-# 0.75 ** 3000 is already below the smallest float; beyond it, skip the power
-# (Python raises OverflowError on 0.75 ** (huge int)).
-_MAX_INT_DISTANCE = 3000
 
 
 def parse_dnd_answer(answer: str) -> DndAnswer:
@@ -56,18 +53,11 @@ def parse_dnd_response(output: str) -> tuple[DndAnswer, Confidence]:
     return parse_dnd_answer(span), "high"
 
 
-def int_partial_credit(gold: int, pred: int) -> float:
-    distance = abs(gold - pred)
-    if distance > _MAX_INT_DISTANCE:
-        return 0.0
-    return 0.75**distance
-
-
 def score_dnd_parsed(gold: DndAnswer, pred: DndAnswer) -> float:
     """The official type-directed comparison of two parsed answers."""
     # bool is an int subclass; neither parser produces one, but guard callers.
     if isinstance(gold, int) and isinstance(pred, int) and not isinstance(gold, bool) and not isinstance(pred, bool):
-        return int_partial_credit(gold, pred)
+        return partial_credit(gold, pred)
     if isinstance(gold, str) and isinstance(pred, str):
         return float(gold.strip().lower() == pred.strip().lower())
     if isinstance(gold, list) and isinstance(pred, list):
@@ -110,7 +100,6 @@ _LATEX_WRAPPERS = ("text", "textbf", "textit", "mathrm", "mathbf", "mbox", "emph
 _WRAPPER_RE = re.compile(r"\\(?:%s)\s*\{([^{}]*)\}" % "|".join(_LATEX_WRAPPERS))
 _FINAL_CALL_RE = re.compile(r"FINAL\((.*?)\)\s*$", re.MULTILINE | re.DOTALL)
 _MARKER_RE = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
-_INT_RE = re.compile(r"(?<![\w.])[-+]?\d{1,3}(?:,\d{3})+(?![\d])|(?<![\w.])[-+]?\d+(?![\d])")
 _THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+$")
 
 
@@ -159,11 +148,7 @@ def lenient_int(span: str, *, from_marker: bool) -> int | None:
         return int(text)
     except ValueError:
         pass
-    found = _INT_RE.findall(span)
-    if not found:
-        return None
-    pick = found[0] if from_marker else found[-1]
-    return int(pick.replace(",", ""))
+    return find_int(span, thousands=True, last=not from_marker)
 
 
 def lenient_items(span: str) -> list[str]:
@@ -201,7 +186,7 @@ def score_oolong_real_lenient(output: str | None, gold: object) -> ScoreResult:
     if isinstance(gold_parsed, int):
         parsed = lenient_int(span, from_marker=from_marker)
         if parsed is not None:
-            score = int_partial_credit(gold_parsed, parsed)
+            score = partial_credit(gold_parsed, parsed)
     else:
         gold_items = (
             [g.strip().casefold() for g in gold_parsed] if isinstance(gold_parsed, list) else [gold_parsed.strip().casefold()]

@@ -31,7 +31,7 @@ import datetime as _dt
 import re
 from typing import Any
 
-from experiments.datasets.oolong_real.score import int_partial_credit
+from controller.answers import partial_credit
 from experiments.datasets.result import Confidence, ScoreResult
 
 COMPARISON_PHRASES = ("more common", "less common", "same frequency")
@@ -98,7 +98,7 @@ def _score_candidate(candidate: str, gold: Any, answer_type: str) -> float:
         return float(candidate in str(gold))
     if answer_type == NUMERIC:
         try:
-            return int_partial_credit(int(gold), int(candidate))
+            return partial_credit(int(gold), int(candidate))
         except (ValueError, TypeError):
             return 0.0
     if answer_type == DATE:
@@ -152,7 +152,7 @@ def score_oolong_synth_lenient(output: str | None, gold: str, answer_type: str) 
         match = re.search(r"[-+]?\d+", digits)
         if match is not None:
             try:
-                score = int_partial_credit(int(gold_value), int(match.group()))
+                score = partial_credit(int(gold_value), int(match.group()))
             except (ValueError, TypeError):
                 score = 0.0
     elif answer_type == DATE and isinstance(gold_value, _dt.datetime):
