@@ -43,7 +43,8 @@ def validate_row(row: Any, specs: Sequence[FieldSpec], where: str, dataset: str)
             raise SchemaError(f"{where}: {dataset} field {spec.name!r} should be {names}, got {type(value).__name__}")
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
+    """A text file, gunzipped on the fly when its name ends in .gz."""
     if path.name.endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8")
     return open(path, encoding="utf-8")
@@ -54,7 +55,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -1,7 +1,6 @@
 """Dataset-name dispatch and `score_file`, the engine behind ``rlm-rig score``."""
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Iterator
 from experiments.datasets.oolong_real.score import score_oolong_real, score_oolong_real_lenient
 from experiments.datasets.oolong_synth.score import score_oolong_synth, score_oolong_synth_lenient
 from experiments.datasets.result import ScoreResult
+from experiments.datasets.rows import open_text
 from experiments.datasets.sniah.score import score_sniah
 
 OOLONG_REAL = "oolong-real"
@@ -68,14 +68,10 @@ def score_example(example: Any, output: str | None) -> tuple[ScoreResult, ScoreR
     )
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file to score")
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

