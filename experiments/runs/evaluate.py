@@ -17,44 +17,10 @@ from controller.records import SampleRow, Trajectory
 from controller.rig import Rig
 from experiments.datasets import Example, ExampleFilter, load_examples
 from experiments.runs.methods import METHODS, run_method
+from experiments.runs.examples import iter_examples
 from experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
 from controller.runlog import EvalSpec, RunFolder
 from experiments.datasets.scoring import canonical_dataset, score_output, score_output_lenient
-
-
-def resolve_dataset(spec: EvalSpec) -> tuple[str, str | None]:
-    """``--dataset`` is a dataset name, or a path to a local OOLONG-real-format file."""
-    try:
-        return canonical_dataset(spec.dataset), spec.source
-    except ValueError:
-        p = Path(spec.dataset).expanduser()
-        if p.exists():
-            return "oolong-real", str(p)
-        raise ValueError(
-            f"--dataset {spec.dataset!r} is neither oolong-real, oolong-synth, sniah nor an existing file"
-        ) from None
-
-
-def iter_examples(spec: EvalSpec, count_tokens: Any = None) -> Iterator[Example]:
-    name, source = resolve_dataset(spec)
-    filt = ExampleFilter(
-        question_types=spec.question_types,
-        min_episodes=spec.min_episodes,
-        max_episodes=spec.max_episodes,
-        max_context_chars=spec.max_context_chars,
-        max_context_tokens=spec.max_context_tokens,
-        tokenizer=count_tokens if spec.max_context_tokens is not None else None,
-        sample=spec.sample,
-        seed=spec.seed,
-        limit=spec.limit,
-    )
-    opts = dict(spec.loader_options)
-    if name == "sniah" and count_tokens is not None and opts.get("unit") == "tokens":
-        opts.setdefault("tokenizer", count_tokens)
-    stream = load_examples(name, source, split=spec.split, filters=filt, **opts)
-    for i, ex in enumerate(stream):
-        if spec.shard is None or i % spec.shard[1] == spec.shard[0]:
-            yield ex
 
 
 def sample_row(ex: Example, method: str, traj: Trajectory, traj_rel: str, context_tokens: int | None) -> SampleRow:

@@ -26,7 +26,7 @@ class DiskFullError(RuntimeError):
 def check_inputs(spec: Any, methods: Any) -> None:
     """Resolve the dataset and read its first example, without loading any model."""
     from experiments.datasets import SchemaError
-    from experiments.runs.evaluate import iter_examples, resolve_dataset
+    from experiments.runs.examples import iter_examples, resolve_dataset
 
     if spec.method not in methods:
         raise RunInputError(f"unknown method {spec.method!r}; expected one of {', '.join(methods)}")
