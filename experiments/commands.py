@@ -23,6 +23,10 @@ NOTE_SMALL = ("[bold]The worker is SmolLM2-135M-Instruct[/], a real but very sma
 
 def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callable[..., Any], UserError: type) -> None:
     from experiments.cli import ConfigOpt, SetOpt, _sigterm_as_interrupt, default_run_dir
+    from experiments import cmd_export, cmd_view
+
+    for mod in (cmd_view, cmd_export):  # one module per command group (issue 13)
+        mod.register(app, guarded=guarded, UserError=UserError)
 
     @app.command("eval")
     @guarded
