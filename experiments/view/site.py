@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from controller.records import read_jsonl
 from experiments.metrics import RunData, add_length_buckets, group_scores, length_unit, load_run, sample_frame, summarize_frame
 from experiments.runfolder import RunFolder
 from experiments.view.docmap import build_docmap
@@ -215,6 +216,9 @@ def _run_pages(w: _Writer, run: RunData, base: str, multi: bool) -> tuple[dict[s
     frame = add_length_buckets(frame, unit)
     by_id = {r["id"]: r for r in frame.astype(object).where(frame.notna(), None).to_dict("records")}
     names = _page_names(run)
+    raw_rows: dict[str, dict[str, Any]] = {}
+    for r in read_jsonl(run.path / "samples.jsonl"):  # as written: fields newer than SampleRow are kept
+        raw_rows.setdefault(str(r.get("id")), r)
     interp = load_interp(run.path)
     summary = summarize_frame(frame) if len(frame) else {}
     rv = {
@@ -230,38 +234,53 @@ def _run_pages(w: _Writer, run: RunData, base: str, multi: bool) -> tuple[dict[s
         length = row.context_tokens if row.context_tokens is not None else row.context_chars
         table.append([row.id, f"sample/{names[row.id]}.html", row.question_type, length, row.gold,
                       None if row.answer is None else row.answer[:TABLE_TEXT_MAX], row.score, row.lenient_score,
-                      row.stop_reason, _failure(row, f), row.n_sub_calls, round(row.wall_s, 2),
+                      row.stop_reason, _failure(raw_rows.get(row.id, {}), f), row.n_sub_calls, round(row.wall_s, 2),
                       row.question[:TABLE_TEXT_MAX]])
     classes = sorted({r[9] for r in table if r[9]})
     w.page(f"{base}/samples.html", "samples.html", title=f"samples: {run.label}", run=rv,
            data={"columns": SAMPLE_COLUMNS, "rows": table, "length_unit": unit}, classes=classes)
     for row in run.rows:
         traj = run.trajectories.get(row.id)
-        tdict = traj.model_dump(mode="json") if traj is not None else None
+        tdict = _raw_trajectory(run, row, traj)
         stem = names[row.id]
         view = _traj_view(tdict, [], stem, interp) if tdict else None
         f = by_id.get(row.id, {})
         w.page(f"{base}/sample/{stem}.html", "sample.html", title=f"sample {row.id}", run=rv,
-               row=row.model_dump(mode="json"), derived=f, failure=_failure(row, f),
-               instructions=_instructions(row, tdict), traj=tdict, view=view)
+               row={**row.model_dump(mode="json"), **raw_rows.get(row.id, {})}, derived=f,
+               failure=_failure(raw_rows.get(row.id, {}), f), instructions=_instructions(raw_rows.get(row.id, {}), tdict),
+               traj=tdict, view=view)
     n_interp = 0
     if interp.present:
         n_interp = _interp_pages(w, run, rv, interp, names)
     return rv, len(run.rows), n_interp
 
 
-def _failure(row: Any, derived: dict[str, Any]) -> str | None:
+def _raw_trajectory(run: RunData, row: Any, traj: Any) -> dict[str, Any] | None:
+    """The trajectory as written, validated by load_run already: fields newer than this reader's
+    Trajectory model (token ids, logprobs, ...) are kept, so the page shows them."""
+    if traj is None:
+        return None
+    p = Path(row.trajectory)
+    p = p if p.is_absolute() else run.path / p
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError):
+        raw = None
+    return raw if isinstance(raw, dict) else traj.model_dump(mode="json")
+
+
+def _failure(row: dict[str, Any], derived: dict[str, Any]) -> str | None:
     """A failure class recorded on the row wins over the one the report's taxonomy derives."""
     for key in ("failure_class", "failure"):
-        v = getattr(row, key, None) or (row.extra or {}).get(key)
+        v = row.get(key) or (row.get("extra") or {}).get(key)
         if v:
             return str(v)
     return derived.get("failure") or None
 
 
-def _instructions(row: Any, traj: dict[str, Any] | None) -> str | None:
+def _instructions(row: dict[str, Any], traj: dict[str, Any] | None) -> str | None:
     for key in INSTRUCTION_KEYS:
-        for src in (row.model_dump(), row.extra or {}, traj or {}):
+        for src in (row, row.get("extra") or {}, traj or {}):
             if src.get(key):
                 return str(src[key])
     return None
