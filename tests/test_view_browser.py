@@ -171,6 +171,14 @@ def test_click_through(browser, site, eval_run):
     assert page.locator("#studied tbody tr").count() >= 1
     assert "heatmap" in page.inner_text("main").lower() or page.locator(".plots img").count() >= 1
     _shot(page, "interp_index")
+    # a patched sub_call: its pairs and a layer x position heatmap per pair
+    pair = read_jsonl(eval_run / "interp" / "patch" / "pairs.jsonl")[0]
+    page.click(f"#studied a:text-is('{pair['sample']}:{pair['sub_call']}')")
+    page.wait_for_selector("table.heatmap")
+    assert pair["corruption"] in page.inner_text("main")
+    n_layers = len(json.loads((eval_run / "interp" / "patch" / "patch.json").read_text())["layers"])
+    assert page.locator("table.heatmap").first.locator("thead th").count() == n_layers + 1
+    _shot(page, "interp_patching")
     assert not errors and not dialogs
 
 

@@ -110,7 +110,7 @@ def build_site(run_dirs: list[Path], out_dir: Path, *, report: bool = True) -> S
     run_views = []
     n_samples = n_interp = 0
     for k, run in enumerate(runs):
-        rv, ns, ni = _run_pages(w, run, f"r{k}", len(runs) > 1)
+        rv, ns, ni = _run_pages(w, run, f"r{k}")
         run_views.append(rv)
         n_samples += ns
         n_interp += ni
@@ -169,7 +169,7 @@ def _spec(run: RunData) -> dict[str, Any]:
     wk = cfg.get("worker") or {}
     return {
         "profile": cfg.get("name"),
-        "controller": f"{ctrl.get('backend', '?')}: {ctrl.get('model') or ctrl.get('replay_file') or '?'}",
+        "controller": f"{ctrl.get('backend', '?')}: {ctrl.get('model') or Path(str(ctrl.get('replay_file') or '?')).name}",
         "worker": f"{wk.get('backend', '?')}: {wk.get('model', '?')} ({wk.get('dtype', '?')})",
         "max_depth": (cfg.get("rlm") or {}).get("max_depth"),
         "dataset": spec.get("dataset"),
@@ -210,7 +210,7 @@ def _page_names(run: RunData) -> dict[str, str]:
     return names
 
 
-def _run_pages(w: _Writer, run: RunData, base: str, multi: bool) -> tuple[dict[str, Any], int, int]:
+def _run_pages(w: _Writer, run: RunData, base: str) -> tuple[dict[str, Any], int, int]:
     frame = sample_frame(run)
     unit = length_unit(frame) if len(frame) else "chars"
     frame = add_length_buckets(frame, unit)
