@@ -146,6 +146,7 @@ def test_click_through(browser, site, eval_run):
     assert studied.count() >= 1
     anchor = studied.first.get_attribute("id")
     sc_id = int(anchor.split("-")[-1])
+    page.wait_for_load_state("load")
     page.click(f".docmap a.span[data-anchor='{anchor}']")
     assert page.evaluate("location.hash") == f"#{anchor}"
     sc = page.locator(f"details#{anchor}")
@@ -164,9 +165,9 @@ def test_click_through(browser, site, eval_run):
     assert "Replay faithfulness" in body and rec["instruction"] in body
     _shot(page, "interp")
     page.click("#back-to-sample")
-    page.wait_for_selector(".docmap")
+    page.wait_for_load_state("load")  # sample.js (end of body) has run: it opens the sub_call the hash names
     assert page.evaluate("location.hash") == f"#{anchor}"
-    assert page.locator(f"details#{anchor}").evaluate("el => el.open")
+    page.wait_for_function(f"document.getElementById('{anchor}').open", timeout=5000)
     page.goto((site.parent / "r0" / "interp" / "index.html").as_uri())
     assert page.locator("#studied tbody tr").count() >= 1
     assert "heatmap" in page.inner_text("main").lower() or page.locator(".plots img").count() >= 1
