@@ -55,6 +55,8 @@ class RunContext:
     sub_calls_enabled: bool = True
     doc_index: Callable[[str], Any] | None = None  # text -> DocTokenIndex (cached), for span token counts
     kernels: Any = None  # a KernelPool: kernels spawned ahead of time (None: start each on demand)
+    # progress hook for live displays: called with ("turn" | "cell" | "cell_done" | "done", trajectory), root run only
+    on_event: Callable[[str, Trajectory], None] | None = None
 
 
 class RLM:
@@ -110,6 +112,10 @@ class RLM:
             depth=self.depth,
             started_at=_now(),
         )
+
+        def emit(kind: str) -> None:
+            if self.ctx.on_event is not None and self.depth == 0:
+                self.ctx.on_event(kind, traj)
 
         def save(final: bool = False) -> None:
             traj.wall_s = time.perf_counter() - t0
@@ -206,9 +212,11 @@ class RLM:
                     stop_reason = "cap"
                     break
                 router.turn = len(traj.turns)
+                emit("turn")
                 parsed = turn()
                 if parsed.code is not None:
                     router.cell = len(traj.cells)
+                    emit("cell")
                     res = sandbox.run_cell(parsed.code)
                     cell = CellRecord(
                         index=len(traj.cells),
@@ -230,6 +238,7 @@ class RLM:
                     if len(parsed.code_blocks) > 1:
                         feedback += "\n[rig] Only your first code block ran: write one block per reply."
                     traj.cells.append(cell)
+                    emit("cell_done")
                     if res.timed_out:
                         traj.caps_hit.append(
                             CapEvent(cap="cell_timeout", turn=cell.turn, detail=f"cell {cell.index} > {cfg.rlm.cell_timeout_s:g} s")
@@ -274,6 +283,7 @@ class RLM:
                     sandbox.close()
             traj.finished_at = _now()
             save(final=True)
+            emit("done")
         return traj
 
 

@@ -180,6 +180,9 @@ class Rig:
         )
 
     def ask(
-        self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None, sub_calls: bool = True
+        self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None, sub_calls: bool = True,
+        on_event: Callable[[str, Trajectory], None] | None = None,
     ) -> Trajectory:
-        return RLM(self.context(sub_calls=sub_calls)).run(doc, question, run_id=run_id, save_to=save_to)
+        ctx = self.context(sub_calls=sub_calls)
+        ctx.on_event = on_event
+        return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to)

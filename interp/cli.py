@@ -135,9 +135,11 @@ def patch(
                                              batch_size=batch_size, seed=seed, device=device), run_dir)
     _release(cfg, stop_server, run_dir, profile)
     try:
-        s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
-                      selection=_selection(question_type, correct, sub_call, limit),
-                      progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+        from .progress import PairProgress
+
+        with PairProgress() as progress:
+            s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
+                          selection=_selection(question_type, correct, sub_call, limit), progress=progress)
     except (RunDirError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))

@@ -49,7 +49,7 @@ class PatchSummary:
 def patch_job(
     run_dir: str | Path, out_dir: str | Path, cfg: InterpConfig, spec: WorkerModelSpec, *,
     selection: Selection | None = None, model: ReplayModel | None = None, pairs: list[Pair] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> PatchSummary:
     """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot."""
     out = Path(out_dir)
@@ -72,7 +72,7 @@ def patch_job(
         rows += patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
                            offload_reference=cfg.offload_reference)
         if progress:
-            progress(k + 1, len(pairs))
+            progress(k + 1, len(pairs), len(rows))  # pairs done, pairs, patches done
     df = pd.DataFrame(rows)
     df.to_parquet(out / PATCH_FILE, index=False)
     agg = aggregate(df, method=cfg.ci, level=cfg.ci_level, n_boot=cfg.n_boot, seed=cfg.seed)

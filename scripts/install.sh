@@ -64,6 +64,11 @@ if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
   (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }) \
     || echo "[install] bubblewrap not installed; the sandbox falls back to unshare or a plain process (docs/SANDBOX.md)"
 fi
+# Chromium (system package) runs the viewer's browser tests; Playwright drives it. Optional: the tests skip without it.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) \
+    || echo "[install] chromium not installed; the viewer's browser tests will skip"
+fi
 "$PYTHON" -m venv "$VENV"
 echo "rlm-rig" >"$MARK"
 pip() { "$VENV/bin/python" -m pip "$@"; }
