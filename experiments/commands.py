@@ -28,7 +28,8 @@ def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callabl
     @guarded
     def eval_cmd(
         config: str = ConfigOpt,
-        dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="oolong-real | oolong-synth | sniah | PATH"),
+        dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="oolong-real | oolong-synth | sniah | PATH | "
+                                              "needle-sweep | json-haystack | multi-needle | decoys | absent | multi-hop"),
         source: Optional[str] = typer.Option(None, "--source", help="bundled sample (toy, mini), local file/folder, or hub repo"),
         split: str = typer.Option("test", "--split"),
         method: str = typer.Option("rlm", "--method", "-m", help="rlm | direct | chunk-aggregate | no-subcall | bm25-rag"),
@@ -47,6 +48,13 @@ def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callabl
         out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
         resume: Optional[Path] = typer.Option(None, "--resume", help="continue a killed run folder"),
         report: bool = typer.Option(True, "--report/--no-report", help="write the report when the run ends"),
+        length: Optional[list[str]] = typer.Option(None, "--length", help="generated sets: document length(s), e.g. 4000,16000 (repeatable)"),
+        position: Optional[list[str]] = typer.Option(None, "--position", "--depth", help="generated sets: needle depth(s)/position(s) in [0,1], e.g. 0.1,0.5"),
+        per_cell: Optional[int] = typer.Option(None, "--per-cell", help="generated sets: examples per length x position"),
+        gen_seed: Optional[int] = typer.Option(None, "--gen-seed", help="generated sets: the generator's seed"),
+        unit: Optional[str] = typer.Option(None, "--unit", help="sniah: chars | tokens (of the worker's tokenizer)"),
+        context_len: Optional[int] = typer.Option(None, "--context-len", help="oolong-synth: context_len of the windows"),
+        subset: Optional[str] = typer.Option(None, "--subset", help="oolong-synth: task subset, e.g. trec_coarse"),
         overrides: Optional[list[str]] = SetOpt,
     ) -> None:
         """Evaluate a method on a dataset; results land in one run folder (resumable)."""
@@ -70,6 +78,9 @@ def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callabl
             max_context_tokens=max_context_tokens, limit=limit, sample=sample, seed=seed,
             shard=_user(parse_shard, shard, UserError),
             controller_replay=str(controller_replay.resolve()) if controller_replay else None,
+            loader_options=_user(lambda _: loader_options(dataset, length=length, position=position, per_cell=per_cell,
+                                                          gen_seed=gen_seed, unit=unit, context_len=context_len,
+                                                          subset=subset), None, UserError),
         )
         base = list(overrides or [])
         if worker_url:
@@ -163,6 +174,66 @@ def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callabl
         _show_samples(rd)
         if tiny:
             err.print(NOTE_TINY)
+
+
+def _numbers(values: Optional[list[str]], kind: type, flag: str) -> list[Any]:
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(kind(part.strip()))
+                except ValueError:
+                    raise ValueError(f"{flag} {part.strip()!r} is not a {kind.__name__}") from None
+    return out
+
+
+def loader_options(dataset: str, *, length: Optional[list[str]] = None, position: Optional[list[str]] = None,
+                   per_cell: Optional[int] = None, gen_seed: Optional[int] = None, unit: Optional[str] = None,
+                   context_len: Optional[int] = None, subset: Optional[str] = None) -> dict[str, Any]:
+    """The generator/loader knobs of the eval command as the loader's keyword options; an option the
+    dataset does not take is an error, not silently ignored."""
+    from experiments.datasets.registry import generator
+
+    lengths = _numbers(length, int, "--length")
+    positions = _numbers(position, float, "--position")
+    gen = generator(dataset) is not None
+    try:
+        from experiments.scoring.files import canonical_dataset
+
+        name = canonical_dataset(dataset)
+    except ValueError:
+        name = dataset
+    opts: dict[str, Any] = {}
+    given = {"--length": bool(lengths), "--position": bool(positions), "--per-cell": per_cell is not None,
+             "--gen-seed": gen_seed is not None, "--unit": unit is not None,
+             "--context-len": context_len is not None, "--subset": subset is not None}
+    takes = ({"--length", "--position", "--per-cell", "--gen-seed"} | ({"--unit"} if name == "sniah" else set())
+             if gen or name == "sniah" else {"--context-len", "--subset"} if name == "oolong-synth" else set())
+    bad = [k for k, v in given.items() if v and k not in takes]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} do(es) not apply to --dataset {dataset}")
+    if lengths:
+        opts["lengths"] = lengths
+    if positions:
+        if any(not 0.0 <= p <= 1.0 for p in positions):
+            raise ValueError(f"--position values must lie in [0, 1], got {positions}")
+        opts["depths" if name == "sniah" else "positions"] = positions
+    if per_cell is not None:
+        if per_cell < 1:
+            raise ValueError("--per-cell must be >= 1")
+        opts["per_cell"] = per_cell
+    if gen_seed is not None:
+        opts["seed"] = gen_seed
+    if unit is not None:
+        if unit not in ("chars", "tokens"):
+            raise ValueError(f"--unit must be chars or tokens, got {unit!r}")
+        opts["unit"] = unit
+    if context_len is not None:
+        opts["context_len"] = context_len
+    if subset is not None:
+        opts["subset"] = subset
+    return opts
 
 
 def _user(fn: Callable[..., Any], arg: Any, UserError: type) -> Any:

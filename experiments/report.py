@@ -38,6 +38,8 @@ from experiments.metrics import (
     summarize_frame,
     summarize_run,
 )
+from experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
+from experiments.metrics import worker_failure_summary
 from experiments.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
 
 # (key in summarize_frame, row label, format)
@@ -61,6 +63,7 @@ COMPARISON_METRICS: list[tuple[str, str, str]] = [
     ("mean_utilization", "context utilization (root spans)", ".3f"),
     ("mean_leaf_utilization", "context utilization (worker-read spans)", ".3f"),
     ("n_failed", "examples with score < 1", "d"),
+    ("n_format_only", "of which failed on the answer format alone (lenient score 1)", "d"),
 ]
 __all__ = ["write_report", "summarize_run", "md_table", "COMPARISON_METRICS"]
 
@@ -236,35 +239,6 @@ def _plot_grouped(long: pd.DataFrame, by: str, value: str, labels: list[str], pa
     return _save(fig, path)
 
 
-def _plot_score_vs_length(frames: dict[str, pd.DataFrame], unit: str, path: Path) -> Path:
-    col = "context_tokens" if unit == "tokens" else "context_chars"
-    fig = _figure(8.0, 4.5)
-    ax = fig.add_subplot()
-    any_points = False
-    for i, (label, df) in enumerate(frames.items()):
-        d = df[[col, "score"]].dropna()
-        d = d[d[col] > 0]
-        if d.empty:
-            continue
-        any_points = True
-        color = f"C{i % 10}"
-        ax.scatter(d[col], d["score"], s=12, alpha=0.35, color=color)
-        # Binned means over power-of-two length bins, drawn at the median length of each bin.
-        binned = d.groupby(np.floor(np.log2(d[col].to_numpy(float)))).agg(x=(col, "median"), y=("score", "mean"))
-        ax.plot(binned["x"], binned["y"], marker="o", color=color, label=label)
-    if not any_points:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _save(fig, path)
-    ax.set_xscale("log")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel(f"context length ({unit})")
-    ax.set_ylabel("official score")
-    ax.set_title("Score vs context length (points: examples; lines: binned means)")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
 # ----------------------------------------------------------------------------- the report
 def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Compare the runs in ``run_dirs`` and write report.md, CSV tables and PNG plots into ``out_dir``.
@@ -318,6 +292,12 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
     strategies = _label_counts(frames, "strategy", [*STRATEGY_PRECEDENCE, NO_CONTROLLER], only_failed=False)
     failures = _label_counts(frames, "failure", FAILURE_PRECEDENCE, only_failed=True)
     failures = failures.rename(columns={"share_primary": "share_of_failed"})
+    paired = paired_table(frames, unit=unit, seed=seed)
+    worker = _worker_table(runs)
+    for r in runs:
+        if r.invalid_rows:
+            warnings.append(f"{r.label}: {len(r.invalid_rows)} sample(s) hit by worker failures are not scored; "
+                            f"rlm-rig eval --resume {r.path} redoes them")
 
     tables = {
         "runs": runs_df,
@@ -328,6 +308,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
         "tokens": tokens,
         "strategies": strategies,
         "failures": failures,
+        "paired": paired,
+        "worker_failures": worker,
         "samples": all_rows,
     }
     table_paths = {}
@@ -342,7 +324,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
         "score_by_question_type": _plot_grouped(
             by_qt, "question_type", "mean_score", labels, out_dir / "score_by_question_type.png",
             title="Score by question type (95% bootstrap CI)", ylabel="mean official score", with_ci=True),
-        "score_vs_length": _plot_score_vs_length(frames, unit, out_dir / "score_vs_length.png"),
+        "score_vs_length": plot_score_vs_length(frames, unit, out_dir / "score_vs_length.png", seed=seed),
         "strategies": _plot_grouped(
             strategies[strategies["strategy"] != NO_CONTROLLER], "strategy", "n_primary", labels,
             out_dir / "strategies.png", title="Primary controller strategy", ylabel="examples",
@@ -355,6 +337,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
     # -- markdown -------------------------------------------------------------------------
     md = _markdown(runs, summaries, labels, frames, by_qt, by_ep, by_len, len_order, unit, tokens, strategies,
                    failures, warnings, seed)
+    md = md.replace("\n## Tokens\n", _paired_and_worker_md(paired, worker, unit) + "\n## Tokens\n", 1)
     report = out_dir / "report.md"
     report.write_text(md)
     return {
@@ -451,6 +434,42 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
     if warnings:
         out.append("\n## Warnings\n")
         out.extend(f"- {w}" for w in warnings)
+    return "\n".join(out) + "\n"
+
+
+def _worker_table(runs: list[RunData]) -> pd.DataFrame:
+    """Per run: samples kept out of the scores, failed sub_calls by kind, worker restarts."""
+    recs = []
+    for r in runs:
+        w = worker_failure_summary(r)
+        events = r.results.get("worker_events") or []
+        recs.append({
+            "run": r.label,
+            "samples_not_scored_worker": w["n_worker_invalid"],
+            "failed_sub_calls": w["n_sub_call_failures"],
+            "by_kind": "; ".join(f"{k}: {v}" for k, v in sorted(w["sub_call_failures"].items())) or "–",
+            "worker_restarts": sum(1 for e in events if e.get("event") == "restarted"),
+            "worker_events": "; ".join(f"{e.get('event')}: {e.get('detail')}" for e in events)[:2000],
+        })
+    return pd.DataFrame(recs, columns=["run", "samples_not_scored_worker", "failed_sub_calls", "by_kind",
+                                       "worker_restarts", "worker_events"])
+
+
+def _paired_and_worker_md(paired: pd.DataFrame, worker: pd.DataFrame, unit: str) -> str:
+    out = [
+        "\n## Paired comparisons (shared ids)\n",
+        "Each run against the first one, on the ids both hold: the mean of per-id score differences (run minus "
+        "reference) with a 95% percentile bootstrap CI over ids, and McNemar's exact test on exact accuracy "
+        f"(two-sided binomial test of the discordant pairs). Groups: question_type and context length ({unit}).\n",
+        paired_markdown(paired),
+        "\n## Worker failures\n",
+        "Samples whose sub_calls failed because the worker was down (error=worker) are not scored anywhere in this "
+        "report; `--resume` redoes them. Failed sub_calls count every depth, by kind (worker: server down or timed "
+        "out; context_length / request: the server refused the request; nested: a nested run failed).\n",
+        md_table(["run", "samples not scored (worker)", "failed sub_calls", "by kind", "worker restarts"],
+                 [[w.run, str(w.samples_not_scored_worker), str(w.failed_sub_calls), w.by_kind, str(w.worker_restarts)]
+                  for w in worker.itertuples()]),
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -31,6 +31,22 @@ import yaml
 from controller.records import SampleRow, append_jsonl, atomic_write_text, read_jsonl
 
 
+def is_worker_invalid(row: Any) -> bool:
+    """A row whose sub_calls failed for worker reasons: not a valid answer (worker/watch.py)."""
+    err = row.get("error") if isinstance(row, dict) else getattr(row, "error", None)
+    return err == "worker"
+
+
+def pick_rows(rows: list[Any]) -> list[Any]:
+    """Per id (first-seen order): the first valid row, else the first row. Rows are dicts or SampleRows."""
+    chosen: dict[str, Any] = {}
+    for r in rows:
+        rid = r["id"] if isinstance(r, dict) else r.id
+        if rid not in chosen or (is_worker_invalid(chosen[rid]) and not is_worker_invalid(r)):
+            chosen[rid] = r
+    return list(chosen.values())
+
+
 @dataclass
 class EvalSpec:
     """Everything beyond the config that decides which examples a run holds and how they are run."""
@@ -50,6 +66,8 @@ class EvalSpec:
     shard: tuple[int, int] | None = None
     controller_replay: str | None = None
     loader_options: dict[str, Any] = field(default_factory=dict)
+    # what each model sees (experiments/datasets/views.py), written by the runner at creation
+    model_views: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -167,17 +185,12 @@ class RunFolder:
                 os.fsync(f.fileno())
 
     def done_ids(self) -> set[str]:
-        return {r["id"] for r in read_jsonl(self.samples_path)}
+        """Ids with a valid row: a row marked ``error="worker"`` is not done, so ``--resume`` redoes it."""
+        return {r["id"] for r in read_jsonl(self.samples_path) if not is_worker_invalid(r)}
 
     def rows(self) -> list[dict[str, Any]]:
-        """Finished rows, first occurrence of each id only."""
-        seen: set[str] = set()
-        out = []
-        for r in read_jsonl(self.samples_path):
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                out.append(r)
-        return out
+        """One row per id: the first valid one, else (only worker-invalid rows) the first."""
+        return pick_rows(read_jsonl(self.samples_path))
 
     # -- writing --------------------------------------------------------------------------
     def append(self, row: SampleRow) -> None:

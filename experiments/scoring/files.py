@@ -34,8 +34,18 @@ def canonical_dataset(name: str) -> str:
     return _ALIASES[key]
 
 
+def _generated(dataset: str) -> Any:
+    from experiments.datasets.registry import generator
+
+    return generator(dataset)
+
+
 def score_output(dataset: str, output: str | None, gold: Any, *, answer_type: str | None = None) -> ScoreResult:
-    """The official score of one output for any dataset (``answer_type`` is needed for synth)."""
+    """The official score of one output for any dataset (``answer_type`` is needed for synth); a
+    generated dataset (experiments/datasets/registry.py) scores by its own rule."""
+    gen = _generated(dataset)
+    if gen is not None:
+        return gen.score(output, gold)
     name = canonical_dataset(dataset)
     if name == OOLONG_REAL:
         return score_oolong_real(output, gold)
@@ -47,7 +57,10 @@ def score_output(dataset: str, output: str | None, gold: Any, *, answer_type: st
 
 
 def score_output_lenient(dataset: str, output: str | None, gold: Any, *, answer_type: str | None = None) -> ScoreResult:
-    """The lenient score (>= the official one); S-NIAH's metric is already lenient."""
+    """The lenient score (>= the official one); S-NIAH's and the generators' metrics are already lenient."""
+    gen = _generated(dataset)
+    if gen is not None:
+        return gen.score(output, gold)
     name = canonical_dataset(dataset)
     if name == OOLONG_REAL:
         return score_oolong_real_lenient(output, gold)
