@@ -206,6 +206,7 @@ class RLM:
                 return False, prompts.final_var_missing(parsed.final.value)
 
             stop_reason: str | None = None
+            unsent = ""  # feedback not yet shown when a cap broke the loop
             force_reason = f"You have used all {cfg.rlm.max_iterations} replies."
             for _ in range(cfg.rlm.max_iterations):
                 capped = caps.wall_clock(len(traj.turns))
@@ -259,8 +260,8 @@ class RLM:
                             break
                         feedback += "\n" + (msg or "")
                     capped = caps.after_cell(not cell_failed(res), cell.turn)
-                    if capped:
-                        force_reason, stop_reason = capped, "cap"
+                    if capped:  # the last cell's output still reaches the forced answer turn
+                        force_reason, stop_reason, unsent = capped, "cap", feedback + "\n"
                         break
                     messages.append({"role": "user", "content": feedback})
                 elif parsed.final is not None:
@@ -281,7 +282,7 @@ class RLM:
                 if res is not None and res.final_answer is not None:
                     traj.final_answer = res.final_answer
                 else:
-                    messages.append({"role": "user", "content": prompts.FORCE_FINAL.format(reason=force_reason)})
+                    messages.append({"role": "user", "content": unsent + prompts.FORCE_FINAL.format(reason=force_reason)})
                     parsed = turn(forced=True)
                     if parsed.final is not None:
                         resolve_final(parsed)

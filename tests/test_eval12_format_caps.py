@@ -97,6 +97,15 @@ def test_consecutive_cell_errors_cap_uses_the_last_final_var_candidate(toy):
     assert not any(t.forced_final for t in traj.turns)  # the candidate answered; no forced turn needed
 
 
+def test_cell_error_cap_without_candidate_forces_one_turn_that_sees_the_last_output(toy):
+    ex = toy[0]
+    responses = ["```repl\n1/0\n```", "```repl\nraise ValueError('second')\n```", "FINAL(\\boxed{3})"]
+    traj = RLM(_ctx(responses, "rlm.max_consecutive_cell_errors=2")).run(ex.context, ex.question)
+    assert traj.stop_reason == "cap" and traj.turns[-1].forced_final and traj.final_answer == "\\boxed{3}"
+    last = traj.turns[-1].messages_in[-1]["content"]
+    assert "second" in last and "2 code cells in a row failed" in last
+
+
 def test_cell_error_cap_resets_on_a_good_cell(toy):
     ex = toy[0]
     responses = ["```repl\n1/0\n```", "```repl\nprint(1)\n```", "```repl\n1/0\n```", "FINAL(\\boxed{1})"]
