@@ -146,9 +146,11 @@ def run_direct(rig: Rig, doc: str, question: str, run_id: str, instructions: str
     ans = _Answerer(rig, traj)
     traj.models["answerer"] = ans.name
     t0 = time.perf_counter()
-    q_tokens = rig.count_tokens(question) + 8
     rule = rig.cfg.eval.direct_truncation
     head = instructions if instructions and doc.startswith(instructions) else ""
+    if instructions and not head:  # a generated set: its instructions are not in the document
+        question = f"{instructions}\n{question}"
+    q_tokens = rig.count_tokens(question) + 8
     if head:
         q_tokens += rig.count_tokens(head)
     text, start, end = truncate_to_tokens(doc[len(head):], ans.window_tokens() - q_tokens, rig.count_tokens, rule)

@@ -49,7 +49,7 @@ METHOD_VIEWS: dict[str, dict[str, str]] = {
     "direct": {
         "answerer": "one user message: context + \"\\n\" + question (the official input); when it does not fit, "
                     "the part after the task instructions is truncated by eval.direct_truncation and the "
-                    "instructions are kept",
+                    "instructions are kept; generated sets: context + instructions + question",
     },
     "chunk-aggregate": {
         "worker": "per chunk of the context: the chunk + the question + 'answer only from this excerpt'",
