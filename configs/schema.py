@@ -64,6 +64,15 @@ class ServerConfig(Strict):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class WorkerWatchConfig(Strict):
+    """What the rig does when its worker stops answering (see worker/watch.py)."""
+
+    max_restarts: int = Field(2, ge=0, description="restarts of a server the rig started itself, per eval")
+    backoff_s: float = Field(2.0, ge=0, description="wait before restart k: backoff_s * 2**(k-1)")
+    attached_wait_s: float = Field(30.0, ge=0, description="how long to wait for an attached server to come back")
+    retries: int = Field(2, ge=0, description="re-sends of a sub_call that failed for worker reasons")
+
+
 class WorkerConfig(Strict):
     backend: Literal["vllm", "transformers"] = "vllm"
     model: str
@@ -77,6 +86,7 @@ class WorkerConfig(Strict):
     temperature: float = Field(0.0, ge=0.0)
     system_prompt: str | None = None
     replica_urls: list[str] = Field(default_factory=list, description="extra vLLM replicas, round-robin")
+    watch: WorkerWatchConfig = Field(default_factory=WorkerWatchConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator("model")
@@ -124,6 +134,12 @@ class RLMConfig(Strict):
         None, ge=16, description="max worker tokens per chunk; default derived from worker max_model_len"
     )
     instruction_reserve_tokens: int = Field(256, ge=0)
+    max_example_wall_s: float | None = Field(
+        None, gt=0, description="per-example wall-clock cap; the run then ends with its best answer so far"
+    )
+    max_consecutive_cell_errors: int | None = Field(
+        None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
+    )
 
 
 class SandboxConfig(Strict):

@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 from configs.schema import RigConfig
 from controller import prompts
+from controller.caps import RunCaps, cell_failed
 from controller.backends import ControllerLM, ReplayLM
 from controller.parsing import parse_turn
 from controller.records import CapEvent, CellRecord, ControllerTurn, Trajectory
 from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
 from repl import Sandbox, SandboxLimits
+from worker.watch import WorkerDeadError, failure_kind
 
 
 def _now() -> str:
@@ -97,12 +99,16 @@ class RLM:
         )
 
     # -- the loop -------------------------------------------------------------------------
-    def run(self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None) -> Trajectory:
+    def run(self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None,
+            instructions: str | None = None) -> Trajectory:
+        """``instructions``: the dataset's task instructions (answer format etc.), told to the controller
+        next to the question; ``doc`` (the REPL's ``prompt``) stays unchanged."""
         cfg = self.cfg
         t0 = time.perf_counter()
         traj = Trajectory(
             run_id=run_id or uuid.uuid4().hex[:12],
             question=question,
+            task_instructions=instructions,
             doc_chars=len(doc),
             doc_sha256=hashlib.sha256(doc.encode("utf-8", "surrogatepass")).hexdigest(),
             config=cfg.model_dump(mode="json"),
@@ -152,7 +158,7 @@ class RLM:
         )
         messages: list[dict[str, str]] = [
             {"role": "system", "content": system},
-            {"role": "user", "content": prompts.first_user_message(question)},
+            {"role": "user", "content": prompts.first_user_message(question, instructions)},
         ]
         sent = 0  # messages already shown in a recorded turn
         limits = SandboxLimits(
@@ -162,6 +168,7 @@ class RLM:
             network=cfg.sandbox.network,
         )
         tokens_used = 0
+        caps = RunCaps(cfg.rlm, traj, t0)
 
         def turn(forced: bool = False) -> Any:
             nonlocal sent, tokens_used
@@ -201,11 +208,17 @@ class RLM:
                 if res.final_answer is not None:
                     traj.final_answer = res.final_answer
                     return True, None
+                caps.note_final_var(parsed.final.value)
                 return False, prompts.final_var_missing(parsed.final.value)
 
             stop_reason: str | None = None
+            unsent = ""  # feedback not yet shown when a cap broke the loop
             force_reason = f"You have used all {cfg.rlm.max_iterations} replies."
             for _ in range(cfg.rlm.max_iterations):
+                capped = caps.wall_clock(len(traj.turns))
+                if capped:
+                    force_reason, stop_reason = capped, "cap"
+                    break
                 if tokens_used >= cfg.rlm.max_controller_tokens:
                     force_reason = f"The controller token budget ({cfg.rlm.max_controller_tokens:,}) is used up."
                     traj.caps_hit.append(CapEvent(cap="controller_tokens", turn=len(traj.turns), detail=force_reason))
@@ -239,6 +252,8 @@ class RLM:
                         feedback += "\n[rig] Only your first code block ran: write one block per reply."
                     traj.cells.append(cell)
                     emit("cell_done")
+                    if getattr(self.ctx.worker, "dead", None):  # worker/watch.py gave up: no answer from errors
+                        raise WorkerDeadError(f"worker is dead: {self.ctx.worker.dead}")  # type: ignore[union-attr]
                     if res.timed_out:
                         traj.caps_hit.append(
                             CapEvent(cap="cell_timeout", turn=cell.turn, detail=f"cell {cell.index} > {cfg.rlm.cell_timeout_s:g} s")
@@ -253,6 +268,10 @@ class RLM:
                             stop_reason = "final"
                             break
                         feedback += "\n" + (msg or "")
+                    capped = caps.after_cell(not cell_failed(res), cell.turn)
+                    if capped:  # the last cell's output still reaches the forced answer turn
+                        force_reason, stop_reason, unsent = capped, "cap", feedback + "\n"
+                        break
                     messages.append({"role": "user", "content": feedback})
                 elif parsed.final is not None:
                     done, msg = resolve_final(parsed)
@@ -267,14 +286,20 @@ class RLM:
                 if stop_reason is None:
                     traj.caps_hit.append(CapEvent(cap="max_iterations", turn=len(traj.turns), detail=force_reason))
                     stop_reason = "max_iterations"
-                messages.append({"role": "user", "content": prompts.FORCE_FINAL.format(reason=force_reason)})
-                parsed = turn(forced=True)
-                if parsed.final is not None:
-                    resolve_final(parsed)
+                # the best answer so far: the last FINAL_VAR candidate, else one forced answer turn
+                res = sandbox.run_cell(f"FINAL_VAR({caps.candidate!r})") if caps.candidate else None
+                if res is not None and res.final_answer is not None:
+                    traj.final_answer = res.final_answer
+                else:
+                    messages.append({"role": "user", "content": unsent + prompts.FORCE_FINAL.format(reason=force_reason)})
+                    parsed = turn(forced=True)
+                    if parsed.final is not None:
+                        resolve_final(parsed)
             traj.stop_reason = stop_reason  # type: ignore[assignment]
         except Exception as e:  # the run ends, the record survives
             traj.stop_reason = "error"
             traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
+            traj.error_kind = failure_kind(e)
         finally:
             if sandbox is not None:
                 if self.ctx.kernels is not None:

@@ -70,9 +70,16 @@ If the question asks for a particular answer format (for example \\boxed{{}}), p
 """
 
 
-def first_user_message(question: str) -> str:
+def first_user_message(question: str, instructions: str | None = None) -> str:
+    """The question, and the dataset's task instructions when it has them: they sit at the top of
+    `prompt` in OOLONG and carry the answer format, which a controller must not have to discover."""
+    task = (
+        "Task instructions (they also stand at the top of `prompt`; follow them, in particular the answer "
+        f"format, in your FINAL answer):\n<<<\n{instructions.strip()}\n>>>\n\n"
+        if instructions and instructions.strip() else ""
+    )
     return (
-        f"Question: {question}\n\n"
+        f"{task}Question: {question}\n\n"
         "You have not looked at `prompt` yet. Start by exploring its structure with a ```repl block."
     )
 

@@ -70,6 +70,10 @@ class SubCallRecord(BaseModel):
     instruction: str
     response: str | None = None
     error: str | None = None
+    error_kind: str | None = Field(
+        None, description="why it failed: worker (server down, timeout) | context_length | request | nested | other"
+    )
+    worker_retries: int = Field(0, description="times re-sent after a worker failure (worker/watch.py)")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -82,7 +86,8 @@ class SubCallRecord(BaseModel):
 class CapEvent(BaseModel):
     """A configured cap that was hit, as told to the model."""
 
-    cap: Literal["sub_calls", "chunk_tokens", "cell_timeout", "controller_tokens", "max_iterations", "depth"]
+    cap: Literal["sub_calls", "chunk_tokens", "cell_timeout", "controller_tokens", "max_iterations", "depth",
+                 "wall_clock", "cell_errors"]
     turn: int
     detail: str
 
@@ -91,6 +96,7 @@ class Trajectory(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
     question: str
+    task_instructions: str | None = Field(None, description="the dataset's task instructions, shown to the controller")
     doc_chars: int
     doc_sha256: str
     config: dict[str, Any]
@@ -109,6 +115,7 @@ class Trajectory(BaseModel):
     final_answer: str | None = None
     stop_reason: StopReason | None = None
     error: str | None = None
+    error_kind: str | None = Field(None, description="why the run errored, as SubCallRecord.error_kind (worker: not valid)")
 
     # -- nested runs and derived figures used by sample rows and reports ------------------
     def walk(self) -> Iterator["Trajectory"]:
@@ -173,7 +180,9 @@ class SampleRow(BaseModel):
     wall_s: float = 0.0
     model_s: float = 0.0
     trajectory: str | None = None
-    error: str | None = None
+    error: str | None = Field(None, description='"worker" marks a sample hit by worker failures: not a valid answer')
+    n_sub_call_failures: int = Field(0, description="failed sub_calls, all depths")
+    sub_call_failures: dict[str, int] = Field(default_factory=dict, description="failed sub_calls by error_kind")
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

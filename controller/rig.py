@@ -45,6 +45,7 @@ class Rig:
         self.doc_index: Any = None
         self.kernels = KernelPool()
         self.worker_url: str | None = None
+        self._worker_server: Any = None  # the VLLMServer we started for the worker (restartable), if any
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> "Rig":
@@ -85,8 +86,9 @@ class Rig:
         srv = VLLMServer(spec, log_dir=self.run_dir / "logs", name=name)
         self._servers.append(srv)
         srv.start()
-        if name == "worker":  # lets `rlm-rig interp --stop-server` / interp.stop_server find and free its GPU
-            atomic_write_text(self.run_dir / "worker-server.pid", json.dumps({"pid": srv.pid, "url": srv.url}))
+        if name == "worker":
+            self._worker_server = srv
+            self._write_pid(srv)
         return [srv.url]
 
     def start_worker(self) -> None:
@@ -112,8 +114,39 @@ class Rig:
                 temperature=w.temperature,
                 max_tokens=w.max_tokens,
             )
-        self.worker = SyncWorker(backend)
+        self.worker = self._watched(SyncWorker(backend))
         self._clients.append(self.worker)
+
+    def _write_pid(self, srv: Any) -> None:
+        """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
+        atomic_write_text(self.run_dir / "worker-server.pid", json.dumps({"pid": srv.pid, "url": srv.url}))
+
+    def _watched(self, sync: Any) -> Any:
+        """The worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
+        and its failed sub_calls re-sent; every event goes to ``RUN/logs/rig.log``."""
+        from worker.watch import WorkerWatch
+
+        w = self.cfg.worker
+        health = None
+        if w.backend == "vllm" and self.worker_url:
+            health = self.worker_url[: -len("/v1")] if self.worker_url.endswith("/v1") else self.worker_url
+        return WorkerWatch(
+            sync, server=self._worker_server, health_url=health, log=self.log,
+            max_restarts=w.watch.max_restarts, backoff_s=w.watch.backoff_s,
+            attached_wait_s=w.watch.attached_wait_s, retries=w.watch.retries, on_restart=self._write_pid,
+        )
+
+    def log(self, line: str) -> None:
+        """One line into the run log (``RUN/logs/rig.log``), appended and flushed at once."""
+        path = self.run_dir / "logs" / "rig.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+
+    @property
+    def worker_dead(self) -> str | None:
+        """Why the worker is gone for good (None while it is alive or being restarted)."""
+        return getattr(self.worker, "dead", None)
 
     def start_controller(self) -> None:
         c = self.cfg.controller
@@ -181,8 +214,8 @@ class Rig:
 
     def ask(
         self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None, sub_calls: bool = True,
-        on_event: Callable[[str, Trajectory], None] | None = None,
+        on_event: Callable[[str, Trajectory], None] | None = None, instructions: str | None = None,
     ) -> Trajectory:
         ctx = self.context(sub_calls=sub_calls)
         ctx.on_event = on_event
-        return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to)
+        return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to, instructions=instructions)

@@ -37,7 +37,7 @@ from controller.records import SampleRow, Trajectory, append_jsonl, atomic_write
 
 RUNLOG_VERSION = 1
 
-RunStatus = Literal["running", "complete", "interrupted", "failed", "partial"]
+RunStatus = Literal["running", "complete", "interrupted", "failed", "partial", "worker_dead"]
 
 
 class EvalSpec(BaseModel):
@@ -61,6 +61,8 @@ class EvalSpec(BaseModel):
     shard: tuple[int, int] | None = None
     controller_replay: str | None = None
     loader_options: dict[str, Any] = Field(default_factory=dict)
+    # what each model sees (experiments/datasets/views.py), written by the runner at creation
+    model_views: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunEnv(BaseModel):
@@ -140,6 +142,22 @@ def current_env(cfg: Any, server_flags: dict[str, Any]) -> RunEnv:
     return RunEnv(git=git_state(), versions=package_versions(), gpus=gpu_names(), host=socket.gethostname(),
                   platform=platform.platform(), cpu_count=os.cpu_count(), server_flags=server_flags,
                   config_hash=cfg.hash())
+
+
+def is_worker_invalid(row: SampleRow | dict[str, Any]) -> bool:
+    """A row whose sub_calls failed for worker reasons: not a valid answer (worker/watch.py)."""
+    err = row.get("error") if isinstance(row, dict) else row.error
+    return err == "worker"
+
+
+def pick_rows(rows: list[Any]) -> list[Any]:
+    """One row per id, in first-seen order: the first valid row, else the first. Rows are dicts or SampleRows."""
+    chosen: dict[str, Any] = {}
+    for r in rows:
+        rid = r["id"] if isinstance(r, dict) else r.id
+        if rid not in chosen or (is_worker_invalid(chosen[rid]) and not is_worker_invalid(r)):
+            chosen[rid] = r
+    return list(chosen.values())
 
 
 class RunFolder:
@@ -242,17 +260,12 @@ class RunFolder:
             return None
 
     def done_ids(self) -> set[str]:
-        return {r["id"] for r in read_jsonl(self.samples_path)}
+        """Ids with a valid row: a row marked ``error="worker"`` is not done, so ``--resume`` redoes it."""
+        return {r["id"] for r in read_jsonl(self.samples_path) if not is_worker_invalid(r)}
 
     def rows(self) -> list[dict[str, Any]]:
-        """Finished rows, first occurrence of each id only."""
-        seen: set[str] = set()
-        out = []
-        for r in read_jsonl(self.samples_path):
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                out.append(r)
-        return out
+        """One row per id: the first valid one, else (only worker-invalid rows) the first."""
+        return pick_rows(read_jsonl(self.samples_path))
 
     def sample_rows(self) -> list[SampleRow]:
         out = []

@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 
 from controller.prompts import worker_messages
 from controller.records import CapEvent, SubCallRecord, Trajectory
+from worker.watch import failure_kind
 from repl import SubCallReply, SubCallRequest
 
 
@@ -148,12 +149,14 @@ class SubCallRouter:
             rec.messages = msgs
             if isinstance(res, BaseException):
                 rec.error = f"{type(res).__name__}: {res}"
+                rec.error_kind = failure_kind(res)
                 replies.append(SubCallReply(error=f"worker call failed: {rec.error}"))
                 continue
             rec.response = res.text
             rec.prompt_tokens = res.prompt_tokens
             rec.completion_tokens = res.completion_tokens
             rec.latency_s = res.latency_s
+            rec.worker_retries = int(getattr(res, "extra", {}).get("worker_retries", 0))
             replies.append(SubCallReply(text=res.text))
         return replies
 
@@ -166,6 +169,7 @@ class SubCallRouter:
                 answer, sub_traj = self.nested(req.chunk, req.instruction, self.depth + 1)  # type: ignore[misc]
             except Exception as e:  # a nested run must not take the parent down
                 rec.error = f"nested run failed: {type(e).__name__}: {e}"
+                rec.error_kind = "nested"
                 return SubCallReply(error=rec.error)
             rec.nested_trajectory = sub_traj
             rec.response = answer

@@ -12,6 +12,7 @@ from worker.smollm2 import SmolLM2Error, ensure_smollm2
 from worker.sync import AsyncChatWorker, SyncWorker
 from worker.tiny import build_tiny_model, ensure_tiny_model
 from worker.tokens import count_chat_tokens, count_tokens, load_tokenizer
+from worker.watch import WorkerDeadError, WorkerWatch, failure_kind
 
 
 def __getattr__(name: str):
@@ -24,6 +25,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "WorkerDeadError",
+    "WorkerWatch",
+    "failure_kind",
     "AsyncChatWorker",
     "Completion",
     "ContextLengthError",

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from controller.records import SampleRow, Trajectory
-from controller.runlog import RunFolder
+from controller.runlog import RunFolder, is_worker_invalid
 from experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
 from experiments.analysis.strategies import classify_trajectory
 
@@ -135,6 +135,8 @@ class RunData:
     trajectories: dict[str, Trajectory | None]
     warnings: list[str] = field(default_factory=list)
     label: str = ""
+    # rows hit by worker failures (error="worker"): not valid answers, kept out of every score
+    invalid_rows: list[SampleRow] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -154,7 +156,9 @@ def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
     res = folder.read_results()
     results = res.model_dump(exclude_unset=True) if res is not None else {}
     spec = folder.read_spec()
-    rows = folder.sample_rows()
+    picked = folder.sample_rows()
+    rows = [r for r in picked if not is_worker_invalid(r)]
+    invalid = [r for r in picked if is_worker_invalid(r)]
     warnings: list[str] = []
     trajs: dict[str, Trajectory | None] = {}
     for row in rows:
@@ -183,6 +187,7 @@ def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
         rows=rows,
         trajectories=trajs,
         warnings=warnings,
+        invalid_rows=invalid,
     )
 
 
@@ -286,6 +291,8 @@ def summarize_frame(df: pd.DataFrame, *, seed: int = DEFAULT_SEED) -> dict[str, 
         "mean_utilization": _mean(df["utilization"]),
         "mean_leaf_utilization": _mean(df["leaf_utilization"]),
         "n_failed": int((df["score"] < 1.0).sum()),
+        # failed under the official parse, full marks under the lenient one: the answer format alone
+        "n_format_only": int(((df["score"] < 1.0) & (df["lenient_score"] >= 1.0)).sum()),
     }
 
 
@@ -397,4 +404,18 @@ def summarize_run(run_dir: str | Path, *, trajectories: bool = True, seed: int =
     code success then comes from the rows' cell counts, utilization is null and the strategy is
     "no-controller")."""
     run = load_run(run_dir, trajectories=trajectories)
-    return summarize_frame_json(sample_frame(run), seed=seed)
+    return {**summarize_frame_json(sample_frame(run), seed=seed), **worker_failure_summary(run)}
+
+
+def worker_failure_summary(run: RunData) -> dict[str, Any]:
+    """Samples kept out of the scores for worker failures, and failed sub_calls by kind over all rows."""
+    kinds: dict[str, int] = {}
+    for r in [*run.rows, *run.invalid_rows]:
+        for k, v in r.sub_call_failures.items():
+            kinds[k] = kinds.get(k, 0) + int(v)
+    return {
+        "n_worker_invalid": len(run.invalid_rows),
+        "worker_invalid_ids": [r.id for r in run.invalid_rows],
+        "n_sub_call_failures": sum(kinds.values()),
+        "sub_call_failures": kinds,
+    }

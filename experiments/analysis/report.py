@@ -38,6 +38,8 @@ from experiments.analysis.metrics import (
     summarize_frame,
     summarize_run,
 )
+from experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
+from experiments.analysis.metrics import worker_failure_summary
 from experiments.analysis.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
 
 # (key in summarize_frame, row label, format)
@@ -61,6 +63,7 @@ COMPARISON_METRICS: list[tuple[str, str, str]] = [
     ("mean_utilization", "context utilization (root spans)", ".3f"),
     ("mean_leaf_utilization", "context utilization (worker-read spans)", ".3f"),
     ("n_failed", "examples with score < 1", "d"),
+    ("n_format_only", "of which failed on the answer format alone (lenient score 1)", "d"),
 ]
 __all__ = ["write_report", "summarize_run", "md_table", "COMPARISON_METRICS"]
 
@@ -236,35 +239,6 @@ def _plot_grouped(long: pd.DataFrame, by: str, value: str, labels: list[str], pa
     return _save(fig, path)
 
 
-def _plot_score_vs_length(frames: dict[str, pd.DataFrame], unit: str, path: Path) -> Path:
-    col = "context_tokens" if unit == "tokens" else "context_chars"
-    fig = _figure(8.0, 4.5)
-    ax = fig.add_subplot()
-    any_points = False
-    for i, (label, df) in enumerate(frames.items()):
-        d = df[[col, "score"]].dropna()
-        d = d[d[col] > 0]
-        if d.empty:
-            continue
-        any_points = True
-        color = f"C{i % 10}"
-        ax.scatter(d[col], d["score"], s=12, alpha=0.35, color=color)
-        # Binned means over power-of-two length bins, drawn at the median length of each bin.
-        binned = d.groupby(np.floor(np.log2(d[col].to_numpy(float)))).agg(x=(col, "median"), y=("score", "mean"))
-        ax.plot(binned["x"], binned["y"], marker="o", color=color, label=label)
-    if not any_points:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _save(fig, path)
-    ax.set_xscale("log")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel(f"context length ({unit})")
-    ax.set_ylabel("official score")
-    ax.set_title("Score vs context length (points: examples; lines: binned means)")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
 # ----------------------------------------------------------------------------- the report
 def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Compare the runs in ``run_dirs`` and write report.md, CSV tables and PNG plots into ``out_dir``.
@@ -279,82 +253,23 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [r.label for r in runs]
-
     frames = {r.label: sample_frame(r) for r in runs}
-    all_rows = pd.concat(frames.values(), ignore_index=True)
-    unit = length_unit(all_rows)
+    unit = length_unit(pd.concat(frames.values(), ignore_index=True))
     frames = {k: add_length_buckets(v, unit) for k, v in frames.items()}
-    all_rows = pd.concat(frames.values(), ignore_index=True)
-    warnings = [f"{r.label}: {w}" for r in runs for w in r.warnings]
-    for r in runs:
-        if not r.rows:
-            warnings.append(f"{r.label}: no finished samples in {r.path / 'samples.jsonl'}")
-        if r.status not in ("complete", "unknown"):
-            warnings.append(f"{r.label}: results.json says status={r.status!r}; figures cover the finished samples only")
-
-    # -- tables ---------------------------------------------------------------------------
-    summaries = []
-    for r in runs:
-        s = summarize_frame(frames[r.label], seed=seed)
-        summaries.append({"run": r.label, "path": str(r.path), "method": r.method, "max_depth": r.max_depth,
-                          "status": r.status, **s})
-    runs_df = pd.DataFrame(summaries)
-    comparison = pd.DataFrame(
-        [[title, *[summaries[i][key] for i in range(len(runs))]] for key, title, _ in COMPARISON_METRICS],
-        columns=["metric", *labels],
-    )
-    by_qt = _grouped(frames, "question_type")
-    by_ep = _grouped(frames, "n_episodes")
-    len_order = length_bucket_order(unit)
-    by_len = _grouped(frames, "length_bucket", order=len_order)
-    tokens = pd.DataFrame(
-        [
-            {"run": lab, "n": len(df),
-             **{f"mean_{c}": float(df[c].mean()) if len(df) else math.nan for c in TOKEN_COLUMNS + ALL_DEPTH_TOKEN_COLUMNS},
-             **{f"total_{c}": int(df[c].sum()) for c in TOKEN_COLUMNS + ALL_DEPTH_TOKEN_COLUMNS}}
-            for lab, df in frames.items()
-        ]
-    )
-    strategies = _label_counts(frames, "strategy", [*STRATEGY_PRECEDENCE, NO_CONTROLLER], only_failed=False)
-    failures = _label_counts(frames, "failure", FAILURE_PRECEDENCE, only_failed=True)
-    failures = failures.rename(columns={"share_primary": "share_of_failed"})
-
-    tables = {
-        "runs": runs_df,
-        "comparison": comparison,
-        "by_question_type": by_qt,
-        "by_episodes": by_ep,
-        "by_length": by_len,
-        "tokens": tokens,
-        "strategies": strategies,
-        "failures": failures,
-        "samples": all_rows,
-    }
+    summaries = [{"run": r.label, "path": str(r.path), "method": r.method, "max_depth": r.max_depth,
+                  "status": r.status, **summarize_frame(frames[r.label], seed=seed)} for r in runs]
+    tables = _tables(runs, frames, summaries, unit, seed)
     table_paths = {}
     for name, df in tables.items():
-        p = out_dir / f"{name}.csv"
-        df.to_csv(p, index=False)
-        table_paths[name] = p
-
-    # -- plots ----------------------------------------------------------------------------
-    plots = {
-        "score_by_run": _plot_score_by_run(runs_df, out_dir / "score_by_run.png"),
-        "score_by_question_type": _plot_grouped(
-            by_qt, "question_type", "mean_score", labels, out_dir / "score_by_question_type.png",
-            title="Score by question type (95% bootstrap CI)", ylabel="mean official score", with_ci=True),
-        "score_vs_length": _plot_score_vs_length(frames, unit, out_dir / "score_vs_length.png"),
-        "strategies": _plot_grouped(
-            strategies[strategies["strategy"] != NO_CONTROLLER], "strategy", "n_primary", labels,
-            out_dir / "strategies.png", title="Primary controller strategy", ylabel="examples",
-            order=STRATEGY_PRECEDENCE),
-        "failures": _plot_grouped(
-            failures, "failure", "n_primary", labels, out_dir / "failures.png",
-            title="Primary failure mode (examples with score < 1)", ylabel="examples", order=FAILURE_PRECEDENCE),
-    }
-
-    # -- markdown -------------------------------------------------------------------------
-    md = _markdown(runs, summaries, labels, frames, by_qt, by_ep, by_len, len_order, unit, tokens, strategies,
-                   failures, warnings, seed)
+        table_paths[name] = out_dir / f"{name}.csv"
+        df.to_csv(table_paths[name], index=False)
+    plots = _plots(tables, frames, labels, unit, out_dir, seed)
+    warnings = _warnings(runs)
+    md = _markdown(runs, summaries, labels, frames, tables["by_question_type"], tables["by_episodes"],
+                   tables["by_length"], length_bucket_order(unit), unit, tables["tokens"], tables["strategies"],
+                   tables["failures"], warnings, seed)
+    md = md.replace("\n## Tokens\n", _paired_and_worker_md(tables["paired"], tables["worker_failures"], unit)
+                    + "\n## Tokens\n", 1)
     report = out_dir / "report.md"
     report.write_text(md)
     return {
@@ -367,6 +282,72 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
             for s in summaries
         ],
         "warnings": warnings,
+    }
+
+
+def _warnings(runs: list[RunData]) -> list[str]:
+    """What a reader of the figures must know: missing trajectories, unfinished runs, unscored samples."""
+    warnings = [f"{r.label}: {w}" for r in runs for w in r.warnings]
+    for r in runs:
+        if not r.rows:
+            warnings.append(f"{r.label}: no finished samples in {r.path / 'samples.jsonl'}")
+        if r.status not in ("complete", "unknown"):
+            warnings.append(f"{r.label}: results.json says status={r.status!r}; figures cover the finished samples only")
+        if r.invalid_rows:
+            warnings.append(f"{r.label}: {len(r.invalid_rows)} sample(s) hit by worker failures are not scored; "
+                            f"rlm-rig eval --resume {r.path} redoes them")
+    return warnings
+
+
+def _tables(runs: list[RunData], frames: dict[str, pd.DataFrame], summaries: list[dict[str, Any]], unit: str,
+            seed: int) -> dict[str, pd.DataFrame]:
+    """Every table of the report, by CSV name."""
+    labels = [r.label for r in runs]
+    comparison = pd.DataFrame(
+        [[title, *[summaries[i][key] for i in range(len(runs))]] for key, title, _ in COMPARISON_METRICS],
+        columns=["metric", *labels],
+    )
+    token_cols = TOKEN_COLUMNS + ALL_DEPTH_TOKEN_COLUMNS
+    tokens = pd.DataFrame(
+        [
+            {"run": lab, "n": len(df),
+             **{f"mean_{c}": float(df[c].mean()) if len(df) else math.nan for c in token_cols},
+             **{f"total_{c}": int(df[c].sum()) for c in token_cols}}
+            for lab, df in frames.items()
+        ]
+    )
+    failures = _label_counts(frames, "failure", FAILURE_PRECEDENCE, only_failed=True)
+    return {
+        "runs": pd.DataFrame(summaries),
+        "comparison": comparison,
+        "by_question_type": _grouped(frames, "question_type"),
+        "by_episodes": _grouped(frames, "n_episodes"),
+        "by_length": _grouped(frames, "length_bucket", order=length_bucket_order(unit)),
+        "tokens": tokens,
+        "strategies": _label_counts(frames, "strategy", [*STRATEGY_PRECEDENCE, NO_CONTROLLER], only_failed=False),
+        "failures": failures.rename(columns={"share_primary": "share_of_failed"}),
+        "paired": paired_table(frames, unit=unit, seed=seed),
+        "worker_failures": _worker_table(runs),
+        "samples": pd.concat(frames.values(), ignore_index=True),
+    }
+
+
+def _plots(tables: dict[str, pd.DataFrame], frames: dict[str, pd.DataFrame], labels: list[str], unit: str,
+           out_dir: Path, seed: int) -> dict[str, Path]:
+    strategies, failures = tables["strategies"], tables["failures"]
+    return {
+        "score_by_run": _plot_score_by_run(tables["runs"], out_dir / "score_by_run.png"),
+        "score_by_question_type": _plot_grouped(
+            tables["by_question_type"], "question_type", "mean_score", labels, out_dir / "score_by_question_type.png",
+            title="Score by question type (95% bootstrap CI)", ylabel="mean official score", with_ci=True),
+        "score_vs_length": plot_score_vs_length(frames, unit, out_dir / "score_vs_length.png", seed=seed),
+        "strategies": _plot_grouped(
+            strategies[strategies["strategy"] != NO_CONTROLLER], "strategy", "n_primary", labels,
+            out_dir / "strategies.png", title="Primary controller strategy", ylabel="examples",
+            order=STRATEGY_PRECEDENCE),
+        "failures": _plot_grouped(
+            failures, "failure", "n_primary", labels, out_dir / "failures.png",
+            title="Primary failure mode (examples with score < 1)", ylabel="examples", order=FAILURE_PRECEDENCE),
     }
 
 
@@ -451,6 +432,42 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
     if warnings:
         out.append("\n## Warnings\n")
         out.extend(f"- {w}" for w in warnings)
+    return "\n".join(out) + "\n"
+
+
+def _worker_table(runs: list[RunData]) -> pd.DataFrame:
+    """Per run: samples kept out of the scores, failed sub_calls by kind, worker restarts."""
+    recs = []
+    for r in runs:
+        w = worker_failure_summary(r)
+        events = r.results.get("worker_events") or []
+        recs.append({
+            "run": r.label,
+            "samples_not_scored_worker": w["n_worker_invalid"],
+            "failed_sub_calls": w["n_sub_call_failures"],
+            "by_kind": "; ".join(f"{k}: {v}" for k, v in sorted(w["sub_call_failures"].items())) or "–",
+            "worker_restarts": sum(1 for e in events if e.get("event") == "restarted"),
+            "worker_events": "; ".join(f"{e.get('event')}: {e.get('detail')}" for e in events)[:2000],
+        })
+    return pd.DataFrame(recs, columns=["run", "samples_not_scored_worker", "failed_sub_calls", "by_kind",
+                                       "worker_restarts", "worker_events"])
+
+
+def _paired_and_worker_md(paired: pd.DataFrame, worker: pd.DataFrame, unit: str) -> str:
+    out = [
+        "\n## Paired comparisons (shared ids)\n",
+        "Each run against the first one, on the ids both hold: the mean of per-id score differences (run minus "
+        "reference) with a 95% percentile bootstrap CI over ids, and McNemar's exact test on exact accuracy "
+        f"(two-sided binomial test of the discordant pairs). Groups: question_type and context length ({unit}).\n",
+        paired_markdown(paired),
+        "\n## Worker failures\n",
+        "Samples whose sub_calls failed because the worker was down (error=worker) are not scored anywhere in this "
+        "report; `--resume` redoes them. Failed sub_calls count every depth, by kind (worker: server down or timed "
+        "out; context_length / request: the server refused the request; nested: a nested run failed).\n",
+        md_table(["run", "samples not scored (worker)", "failed sub_calls", "by kind", "worker restarts"],
+                 [[w.run, str(w.samples_not_scored_worker), str(w.failed_sub_calls), w.by_kind, str(w.worker_restarts)]
+                  for w in worker.itertuples()]),
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
 
 def eval_cmd(
     config: str = ConfigOpt,
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="oolong-real | oolong-synth | sniah | PATH"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="oolong-real | oolong-synth | sniah | PATH | "
+                                          "needle-sweep | json-haystack | multi-needle | decoys | absent | multi-hop"),
     source: Optional[str] = typer.Option(None, "--source", help="bundled sample (toy, mini), local file/folder, or hub repo"),
     split: str = typer.Option("test", "--split"),
     method: str = typer.Option("rlm", "--method", "-m", help="rlm | direct | chunk-aggregate | no-subcall | bm25-rag"),
@@ -58,6 +59,13 @@ def eval_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue a killed run folder"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report when the run ends"),
+    length: Optional[list[str]] = typer.Option(None, "--length", help="generated sets: document length(s), e.g. 4000,16000 (repeatable)"),
+    position: Optional[list[str]] = typer.Option(None, "--position", "--depth", help="generated sets: needle depth(s)/position(s) in [0,1], e.g. 0.1,0.5"),
+    per_cell: Optional[int] = typer.Option(None, "--per-cell", help="generated sets: examples per length x position"),
+    gen_seed: Optional[int] = typer.Option(None, "--gen-seed", help="generated sets: the generator's seed"),
+    unit: Optional[str] = typer.Option(None, "--unit", help="sniah: chars | tokens (of the worker's tokenizer)"),
+    context_len: Optional[int] = typer.Option(None, "--context-len", help="oolong-synth: context_len of the windows"),
+    subset: Optional[str] = typer.Option(None, "--subset", help="oolong-synth: task subset, e.g. trec_coarse"),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate a method on a dataset; results land in one run folder (resumable)."""
@@ -81,6 +89,9 @@ def eval_cmd(
         max_context_tokens=max_context_tokens, limit=limit, sample=sample, seed=seed,
         shard=_user(parse_shard, shard),
         controller_replay=str(controller_replay.resolve()) if controller_replay else None,
+        loader_options=_user(lambda _: loader_options(dataset, length=length, position=position, per_cell=per_cell,
+                                                      gen_seed=gen_seed, unit=unit, context_len=context_len,
+                                                      subset=subset), None),
     )
     base = list(overrides or [])
     if worker_url:
@@ -152,6 +163,44 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {text!r}: need 0 <= i < n")
     return (i, n)
+
+
+def _numbers(values: Optional[list[str]], kind: type, flag: str) -> list[Any]:
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(kind(part.strip()))
+                except ValueError:
+                    raise ValueError(f"{flag} {part.strip()!r} is not a {kind.__name__}") from None
+    return out
+
+
+def loader_options(dataset: str, *, length: Optional[list[str]] = None, position: Optional[list[str]] = None,
+                   per_cell: Optional[int] = None, gen_seed: Optional[int] = None, unit: Optional[str] = None,
+                   context_len: Optional[int] = None, subset: Optional[str] = None) -> dict[str, Any]:
+    """The eval command's generator/loader knobs as the dataset's loader options. An option the dataset
+    does not take (its registry entry lists what it takes) is an error, not silently ignored."""
+    from experiments.datasets.registry import lookup
+
+    ds = lookup(dataset)
+    takes = set(ds.options) if ds else set()
+    lengths, positions = _numbers(length, int, "--length"), _numbers(position, float, "--position")
+    if any(not 0.0 <= p <= 1.0 for p in positions):
+        raise ValueError(f"--position values must lie in [0, 1], got {positions}")
+    if per_cell is not None and per_cell < 1:
+        raise ValueError("--per-cell must be >= 1")
+    if unit is not None and unit not in ("chars", "tokens"):
+        raise ValueError(f"--unit must be chars or tokens, got {unit!r}")
+    pos_key = "depths" if "depths" in takes else "positions"
+    given = {("--length", "lengths"): lengths or None, ("--position", pos_key): positions or None,
+             ("--per-cell", "per_cell"): per_cell, ("--gen-seed", "seed"): gen_seed, ("--unit", "unit"): unit,
+             ("--context-len", "context_len"): context_len, ("--subset", "subset"): subset}
+    bad = [flag for (flag, key), v in given.items() if v is not None and key not in takes]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} do(es) not apply to --dataset {dataset}")
+    return {key: v for (_, key), v in given.items() if v is not None}
 
 
 def _user(fn: Callable[..., Any], arg: Any) -> Any:

@@ -24,6 +24,9 @@ class Example:
     episodes: list[int] | None = None
     answer_type: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # The dataset's task instructions (answer format ...), a prefix of ``context`` for OOLONG; see
+    # experiments/datasets/views.py. Set by the eval runner when the loader did not.
+    instructions: str | None = None
 
     @property
     def prompt(self) -> str:

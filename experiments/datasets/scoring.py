@@ -1,4 +1,4 @@
-"""Dataset-name dispatch and `score_file`, the engine behind ``rlm-rig score``."""
+"""Scoring by dataset name (through the registry) and `score_file`, the engine behind ``rlm-rig score``."""
 from __future__ import annotations
 
 import json
@@ -6,56 +6,29 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.datasets.oolong_real.score import score_oolong_real, score_oolong_real_lenient
-from experiments.datasets.oolong_synth.score import score_oolong_synth, score_oolong_synth_lenient
+from experiments.datasets import registry
 from experiments.datasets.result import ScoreResult
 from experiments.datasets.rows import open_text
-from experiments.datasets.sniah.score import score_sniah
 
 OOLONG_REAL = "oolong-real"
 OOLONG_SYNTH = "oolong-synth"
 SNIAH = "sniah"
-DATASET_NAMES = (OOLONG_REAL, OOLONG_SYNTH, SNIAH)
-
-_ALIASES = {
-    "oolong-real": OOLONG_REAL, "oolong_real": OOLONG_REAL, "real": OOLONG_REAL, "dnd": OOLONG_REAL,
-    "oolongbench/oolong-real": OOLONG_REAL,
-    "oolong-synth": OOLONG_SYNTH, "oolong_synth": OOLONG_SYNTH, "synth": OOLONG_SYNTH,
-    "oolongbench/oolong-synth": OOLONG_SYNTH,
-    "sniah": SNIAH, "s-niah": SNIAH, "s_niah": SNIAH, "niah": SNIAH,
-}
+DATASET_NAMES = (OOLONG_REAL, OOLONG_SYNTH, SNIAH)  # the benchmark datasets; `registry.names()` lists all
 
 
 def canonical_dataset(name: str) -> str:
-    """``oolong-real`` | ``oolong-synth`` | ``sniah`` for any accepted spelling."""
-    key = str(name).strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)} (or real/dnd, synth, s-niah)")
-    return _ALIASES[key]
+    """The registered name for any accepted spelling (``real``/``dnd``, ``synth``, ``s-niah``, ...)."""
+    return registry.get(name).name
 
 
 def score_output(dataset: str, output: str | None, gold: Any, *, answer_type: str | None = None) -> ScoreResult:
-    """The official score of one output for any dataset (``answer_type`` is needed for synth)."""
-    name = canonical_dataset(dataset)
-    if name == OOLONG_REAL:
-        return score_oolong_real(output, gold)
-    if name == OOLONG_SYNTH:
-        if not answer_type:
-            raise ValueError("oolong-synth scoring needs the row's answer_type (e.g. 'ANSWER_TYPE.NUMERIC')")
-        return score_oolong_synth(output, str(gold), answer_type)
-    return score_sniah(output, gold)
+    """The official score of one output for any registered dataset (``answer_type`` is needed for synth)."""
+    return registry.get(dataset).score(output, gold, answer_type=answer_type)
 
 
 def score_output_lenient(dataset: str, output: str | None, gold: Any, *, answer_type: str | None = None) -> ScoreResult:
-    """The lenient score (>= the official one); S-NIAH's metric is already lenient."""
-    name = canonical_dataset(dataset)
-    if name == OOLONG_REAL:
-        return score_oolong_real_lenient(output, gold)
-    if name == OOLONG_SYNTH:
-        if not answer_type:
-            raise ValueError("oolong-synth scoring needs the row's answer_type (e.g. 'ANSWER_TYPE.NUMERIC')")
-        return score_oolong_synth_lenient(output, str(gold), answer_type)
-    return score_sniah(output, gold)
+    """The lenient score (>= the official one); S-NIAH's and the generators' metrics are already lenient."""
+    return registry.get(dataset).score_lenient(output, gold, answer_type=answer_type)
 
 
 def score_example(example: Any, output: str | None) -> tuple[ScoreResult, ScoreResult]:

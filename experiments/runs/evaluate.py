@@ -15,17 +15,37 @@ from typing import Any, Iterator
 from configs.schema import RigConfig
 from controller.records import SampleRow, Trajectory
 from controller.rig import Rig
-from experiments.datasets import Example, ExampleFilter, load_examples
-from experiments.runs.methods import METHODS, run_method
-from experiments.runs.examples import iter_examples
-from experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
 from controller.runlog import EvalSpec, RunFolder
-from experiments.datasets.scoring import canonical_dataset, score_output, score_output_lenient
+from experiments.datasets import Example
+from experiments.datasets.scoring import score_output, score_output_lenient
+from experiments.runs.examples import iter_examples, resolve_dataset
+from experiments.runs.methods import METHODS, run_method
+from experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
+from worker.watch import WORKER_FAILURE, WorkerDeadError
+
+
+def sub_call_failures(traj: Trajectory) -> dict[str, int]:
+    """Failed sub_calls at every depth, by ``error_kind`` (a run that errored for a worker reason
+    outside any sub_call counts as one ``worker`` failure)."""
+    out: dict[str, int] = {}
+    for t in traj.walk():
+        for sc in t.sub_calls:
+            if sc.error:
+                k = sc.error_kind or "other"
+                out[k] = out.get(k, 0) + 1
+    if traj.error_kind == WORKER_FAILURE and not out.get(WORKER_FAILURE):
+        out[WORKER_FAILURE] = 1
+    return out
 
 
 def sample_row(ex: Example, method: str, traj: Trajectory, traj_rel: str, context_tokens: int | None) -> SampleRow:
+    """One scored row. A sample hit by a worker failure (a sub_call failed because the worker was down,
+    at any depth) gets ``error="worker"``: it is not a valid answer, reports keep it out of the scores
+    and ``--resume`` runs it again."""
     off = score_output(ex.dataset, traj.final_answer, ex.gold, answer_type=ex.answer_type)
     len_ = score_output_lenient(ex.dataset, traj.final_answer, ex.gold, answer_type=ex.answer_type)
+    fails = sub_call_failures(traj)
+    error = WORKER_FAILURE if fails.get(WORKER_FAILURE) else (traj.error.splitlines()[0] if traj.error else None)
     c_in, c_out = traj.controller_tokens()
     w_in, w_out = traj.worker_tokens()
     return SampleRow(
@@ -54,8 +74,11 @@ def sample_row(ex: Example, method: str, traj: Trajectory, traj_rel: str, contex
         wall_s=traj.wall_s,
         model_s=traj.model_wall_s,
         trajectory=traj_rel,
-        error=traj.error.splitlines()[0] if traj.error else None,
-        extra={"answer_type": ex.answer_type} if ex.answer_type else {},
+        error=error,
+        n_sub_call_failures=sum(fails.values()),
+        sub_call_failures=fails,
+        extra={**({"answer_type": ex.answer_type} if ex.answer_type else {}),
+               **({"run_error": traj.error.splitlines()[0]} if error == WORKER_FAILURE and traj.error else {})},
     )
 
 
@@ -72,6 +95,8 @@ class Progress:
         self.lock = threading.Lock()
 
     def add(self, row: SampleRow) -> None:
+        if row.error == WORKER_FAILURE:  # not a valid answer: neither done nor scored
+            return
         with self.lock:
             self.done += 1
             self.score_sum += row.score
@@ -115,19 +140,28 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             folder.write_env(cfg, flags)
             prev = folder.read_results()
             folder.write_results({**(prev.model_dump() if prev else {}), "status": "running"})
-        else:
-            folder.create(cfg, spec, server_flags=flags)
         todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
+        if not resume:
+            from experiments.datasets.views import model_views
+
+            spec.model_views = model_views(resolve_dataset(spec)[0], spec.method,
+                                           todo[0].instructions if todo else None)
+            folder.create(cfg, spec, server_flags=flags)
         progress = Progress(len(todo) + len(done), rig)
         progress.done = len(done)
 
         def one(ex: Example) -> SampleRow:
             tpath = folder.trajectory_path(ex.id)
-            traj = run_method(spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath)
+            if rig.worker_dead:  # do not start examples on a dead worker
+                raise WorkerDeadError(_dead_line(rig, folder))
+            traj = run_method(spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath,
+                              instructions=ex.instructions)
             n_tokens = rig.doc_index(ex.context).n_tokens if rig.doc_index is not None else rig.count_tokens(ex.context)
             row = sample_row(ex, spec.method, traj, str(tpath.relative_to(folder.path)), n_tokens)
             folder.append(row)
             progress.add(row)
+            if rig.worker_dead:
+                raise WorkerDeadError(_dead_line(rig, folder))
             return row
 
         try:
@@ -136,10 +170,22 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except WorkerDeadError:
+            status = "worker_dead"
+            raise
         finally:
             summary = summarize(folder)
-            folder.write_results({**summary, "status": status, "method": spec.method, "dataset": spec.dataset})
+            events = list(getattr(rig.worker, "events", []))
+            before = folder.read_results() if resume else None
+            prev = list(getattr(before, "worker_events", None) or [])
+            folder.write_results({**summary, "status": status, "method": spec.method, "dataset": spec.dataset,
+                                  "worker_events": prev + events})
     return {**summary, "status": status, "run_dir": str(folder.path)}
+
+
+def _dead_line(rig: Rig, folder: RunFolder) -> str:
+    return (f"the worker cannot be brought back ({rig.worker_dead}); samples it failed are marked "
+            f"error=worker and not scored; continue with: rlm-rig eval --resume {folder.path}")
 
 
 def _drive(todo: list[Example], one: Any, concurrency: int, progress: Progress, show: bool) -> None:

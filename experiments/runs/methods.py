@@ -18,15 +18,18 @@ from controller.loop import _now
 from controller.records import SubCallRecord, Trajectory
 from controller.backends import ReplayLM
 from controller.rig import Rig
+from worker.watch import failure_kind
 
 METHODS = ("rlm", "direct", "chunk-aggregate", "no-subcall", "bm25-rag")
 
 
-def _base_traj(rig: Rig, doc: str, question: str, run_id: str, answerer: str) -> Trajectory:
+def _base_traj(rig: Rig, doc: str, question: str, run_id: str, answerer: str,
+               instructions: str | None = None) -> Trajectory:
     ctx = rig.context()
     return Trajectory(
         run_id=run_id,
         question=question,
+        task_instructions=instructions,
         doc_chars=len(doc),
         doc_sha256=hashlib.sha256(doc.encode("utf-8", "surrogatepass")).hexdigest(),
         config=rig.cfg.model_dump(mode="json"),
@@ -74,6 +77,7 @@ class _Answerer:
                 rec.response, rec.prompt_tokens, rec.completion_tokens = g.text, g.prompt_tokens, g.completion_tokens
         except Exception as e:
             rec.error = f"{type(e).__name__}: {e}"
+            rec.error_kind = failure_kind(e)
             raise
         finally:
             rec.latency_s = time.perf_counter() - t0
@@ -135,15 +139,26 @@ def _chunk_chars(rig: Rig, doc: str) -> int:
     return max(200, int(rig.cfg.chunk_budget() * estimate_chars_per_token(doc, rig.count_tokens) * 0.9))
 
 
-def run_direct(rig: Rig, doc: str, question: str, run_id: str) -> Trajectory:
-    traj = _base_traj(rig, doc, question, run_id, "")
+def run_direct(rig: Rig, doc: str, question: str, run_id: str, instructions: str | None = None) -> Trajectory:
+    """The official single-call input (document, newline, question). When the document does not fit,
+    only the part after the task instructions is cut, so the model always keeps the answer format."""
+    traj = _base_traj(rig, doc, question, run_id, "", instructions)
     ans = _Answerer(rig, traj)
     traj.models["answerer"] = ans.name
     t0 = time.perf_counter()
-    q_tokens = rig.count_tokens(question) + 8
     rule = rig.cfg.eval.direct_truncation
-    text, start, end = truncate_to_tokens(doc, ans.window_tokens() - q_tokens, rig.count_tokens, rule)
-    truncated = (start, end) != (0, len(doc))
+    head = instructions if instructions and doc.startswith(instructions) else ""
+    if instructions and not head:  # a generated set: its instructions are not in the document
+        question = f"{instructions}\n{question}"
+    q_tokens = rig.count_tokens(question) + 8
+    if head:
+        q_tokens += rig.count_tokens(head)
+    text, start, end = truncate_to_tokens(doc[len(head):], ans.window_tokens() - q_tokens, rig.count_tokens, rule)
+    start, end = start + len(head), end + len(head)
+    truncated = (start, end) != (len(head), len(doc))
+    if head:
+        text = head + text
+        start = 0 if start == len(head) else start
     if truncated:
         from controller.records import CapEvent
 
@@ -159,9 +174,10 @@ def _first_line_answer(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def run_chunk_aggregate(rig: Rig, doc: str, question: str, run_id: str) -> Trajectory:
-    """A fixed map over all chunks by the worker, then one reduce call over the per-chunk answers."""
-    traj = _base_traj(rig, doc, question, run_id, "")
+def run_chunk_aggregate(rig: Rig, doc: str, question: str, run_id: str, instructions: str | None = None) -> Trajectory:
+    """A fixed map over all chunks by the worker (chunk + question), then one reduce call over the
+    per-chunk answers that also carries the task instructions (they hold the answer format)."""
+    traj = _base_traj(rig, doc, question, run_id, "", instructions)
     t0 = time.perf_counter()
     spans = split_chunks(doc, _chunk_chars(rig, doc))
     from controller.prompts import worker_messages
@@ -180,6 +196,7 @@ def run_chunk_aggregate(rig: Rig, doc: str, question: str, run_id: str) -> Traje
                             chunk_chars=e - s, instruction=instruction, messages=msgs)
         if isinstance(res, BaseException):
             rec.error = f"{type(res).__name__}: {res}"
+            rec.error_kind = failure_kind(res)
         else:
             rec.response, rec.prompt_tokens, rec.completion_tokens, rec.latency_s = (
                 res.text, res.prompt_tokens, res.completion_tokens, res.latency_s)
@@ -188,11 +205,12 @@ def run_chunk_aggregate(rig: Rig, doc: str, question: str, run_id: str) -> Traje
     ans = _Answerer(rig, traj)
     traj.models["answerer"] = ans.name
     listing = "\n".join(f"Part {i + 1}: {_first_line_answer(p)}" for i, p in enumerate(partials))
+    task = f"Task instructions:\n{instructions}\n\n" if instructions else ""
     reduce_prompt = (
-        f"A long document was split into {len(spans)} parts, and a reader answered the question below for each "
+        f"{task}A long document was split into {len(spans)} parts, and a reader answered the question below for each "
         f"part separately.\n\nQuestion: {question}\n\nPer-part answers:\n{listing}\n\n"
         "Combine the per-part answers into one answer to the question (add up counts where the question asks "
-        "for a total). Return the final answer in \\boxed{}."
+        "for a total)." + (" Give the final answer in the format the task instructions ask for." if instructions else "")
     )
     traj.final_answer = ans.ask(reduce_prompt, span=(None, None), chunk_chars=0)
     traj.stop_reason = "final"
@@ -204,11 +222,12 @@ def run_chunk_aggregate(rig: Rig, doc: str, question: str, run_id: str) -> Traje
 _TOKEN = re.compile(r"\w+")
 
 
-def run_bm25_rag(rig: Rig, doc: str, question: str, run_id: str) -> Trajectory:
-    """Retrieve the top-k chunks for the question with BM25 (bm25s), then answer from them."""
+def run_bm25_rag(rig: Rig, doc: str, question: str, run_id: str, instructions: str | None = None) -> Trajectory:
+    """Retrieve the top-k chunks for the question with BM25 (bm25s), then answer from them, with the
+    task instructions on top (a retrieved excerpt rarely holds them)."""
     import bm25s
 
-    traj = _base_traj(rig, doc, question, run_id, "")
+    traj = _base_traj(rig, doc, question, run_id, "", instructions)
     t0 = time.perf_counter()
     spans = split_chunks(doc, _chunk_chars(rig, doc))
     corpus = [doc[s:e] for s, e in spans]
@@ -219,7 +238,7 @@ def run_bm25_rag(rig: Rig, doc: str, question: str, run_id: str) -> Trajectory:
     chosen = sorted(int(i) for i in idx[0])
     ans = _Answerer(rig, traj)
     traj.models["answerer"] = ans.name
-    budget = ans.window_tokens() - rig.count_tokens(question) - 64
+    budget = ans.window_tokens() - rig.count_tokens(question) - 64 - (rig.count_tokens(instructions) if instructions else 0)
     parts: list[str] = []
     used = 0
     for i in chosen:  # in document order, until the window is full
@@ -229,8 +248,9 @@ def run_bm25_rag(rig: Rig, doc: str, question: str, run_id: str) -> Trajectory:
         parts.append(corpus[i])
         used += t
     context = "\n...\n".join(parts)
+    task = f"{instructions}\n\n" if instructions else ""
     traj.final_answer = ans.ask(
-        f"Excerpts retrieved from a long document:\n{context}\n\n{question}", span=(None, None), chunk_chars=len(context)
+        f"{task}Excerpts retrieved from a long document:\n{context}\n\n{question}", span=(None, None), chunk_chars=len(context)
     )
     # the spans the answer was read from, as zero-cost records (for context utilization)
     for i in chosen[: len(parts)]:
@@ -244,21 +264,24 @@ def run_bm25_rag(rig: Rig, doc: str, question: str, run_id: str) -> Trajectory:
 
 
 def run_method(method: str, rig: Rig, doc: str, question: str, *, run_id: str | None = None,
-               save_to: Any = None) -> Trajectory:
+               save_to: Any = None, instructions: str | None = None) -> Trajectory:
+    """``instructions``: the dataset's task instructions (see experiments/datasets/views.py for what
+    each method shows to which model)."""
     run_id = run_id or uuid.uuid4().hex[:12]
     if method == "rlm":
-        return rig.ask(doc, question, run_id=run_id, save_to=save_to)
+        return rig.ask(doc, question, run_id=run_id, save_to=save_to, instructions=instructions)
     if method == "no-subcall":
-        return rig.ask(doc, question, run_id=run_id, save_to=save_to, sub_calls=False)
+        return rig.ask(doc, question, run_id=run_id, save_to=save_to, sub_calls=False, instructions=instructions)
     fn = {"direct": run_direct, "chunk-aggregate": run_chunk_aggregate, "bm25-rag": run_bm25_rag}.get(method)
     if fn is None:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     try:
-        traj = fn(rig, doc, question, run_id)
+        traj = fn(rig, doc, question, run_id, instructions)
     except Exception as e:
-        traj = _base_traj(rig, doc, question, run_id, "")
+        traj = _base_traj(rig, doc, question, run_id, "", instructions)
         traj.stop_reason = "error"
         traj.error = f"{type(e).__name__}: {e}"
+        traj.error_kind = failure_kind(e)
         traj.finished_at = _now()
     if save_to is not None:
         traj.save(save_to)
