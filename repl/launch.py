@@ -209,7 +209,8 @@ def _try(plan: Plan, network: bool) -> str | None:
             fd = seccomp.filter_fd() if plan.seccomp else None
             # the same interpreter and environment must start, not just any Python
             check = (f"import os,sys; os.chdir({str(scratch)!r}); open('w','w').write('x'); "
-                     f"sys.exit(0 if open('w').read() == 'x' and sys.prefix == {sys.prefix!r} else 5)")
+                     f"sys.exit(0 if open('w').read() == 'x' and (sys.prefix, sys.base_prefix, sys.version) == "
+                     f"{(sys.prefix, sys.base_prefix, sys.version)!r} else 5)")
             argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=fd) + [
                 sys.executable, "-I", "-c", check]
             res = subprocess.run(argv, cwd="/", env=kernel_env(scratch), stdin=subprocess.DEVNULL,
@@ -240,9 +241,13 @@ def _candidates(launcher: str) -> list[Plan]:
     return [Plan("none", d, False, False) for d in drops]
 
 
+def plan_key(launcher: str, network: bool) -> tuple:
+    return (launcher, network, is_root(), sys.executable)
+
+
 def plan_for(launcher: str, *, network: bool) -> Plan | None:
     """The strongest working plan for this launcher (cached); None if it cannot run here."""
-    key = (launcher, network, is_root())
+    key = plan_key(launcher, network)
     with _probe_lock:
         if key in _plan_cache:
             return _plan_cache[key]
@@ -260,7 +265,7 @@ def plan_for(launcher: str, *, network: bool) -> Plan | None:
 
 
 def plan_error(launcher: str, *, network: bool) -> str:
-    return _plan_errors.get((launcher, network, is_root()), "")
+    return _plan_errors.get(plan_key(launcher, network), "")
 
 
 def probe(launcher: str, *, network: bool) -> bool:
