@@ -62,7 +62,7 @@ def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchM
     jail = CgroupJail.create(lim.max_tasks, lim.memory_mb * 2**20 + CGROUP_MEMORY_HEADROOM) if lim.cgroup else None
     try:
         return KernelProcess(plan=plan, scratch=scratch, network=lim.network, max_frame=max_frame,
-                             max_json=JSON_FRAME_BASE + 64 * lim.max_batch, max_blobs=2 * lim.max_batch + 8,
+                             max_json=JSON_FRAME_BASE + 256 * lim.max_batch, max_blobs=8 * lim.max_batch + 8192,
                              max_message_bytes=max_message, raw_cap=lim.max_output_chars, jail=jail,
                              holder=holder if plan.scratch_tmpfs else None)
     except OSError as exc:
@@ -255,7 +255,7 @@ class Sandbox:
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
                "nproc": nproc_limit(kernel.plan), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
-               "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
+               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
                "probe_paths": _probe_paths(self.scratch)}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:

@@ -106,7 +106,7 @@ def remove_tree(path: Path) -> bool:
     path = Path(path)
     if not os.path.lexists(path):
         return True
-    shutil.rmtree(path, ignore_errors=True)
+    _rmtree_quiet(path)
     if not os.path.lexists(path):
         return True
     # shutil recurses in Python (RecursionError on deep trees) and cannot enter a mode-000
@@ -121,5 +121,12 @@ def remove_tree(path: Path) -> bool:
         if not os.path.lexists(path):
             return True
         time.sleep(0.05)
-        shutil.rmtree(path, ignore_errors=True)
+        _rmtree_quiet(path)
     return not os.path.lexists(path)
+
+
+def _rmtree_quiet(path: Path) -> None:
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:  # ignore_errors covers OSError only
+        pass

@@ -28,10 +28,11 @@ class SubCallError(RuntimeError):
 class KernelLink:
     """The kernel end of the protocol pipes; one lock guards every exchange."""
 
-    def __init__(self, fd_in: int, fd_out: int, max_request_chars: int) -> None:
+    def __init__(self, fd_in: int, fd_out: int, max_request_chars: int, max_batch: int = 1024) -> None:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.max_request_chars = max_request_chars
+        self.max_batch = max_batch
         self.lock = threading.RLock()
         self._next_id = 0
         self.sub_calls = 0
@@ -52,7 +53,10 @@ class KernelLink:
                     return decode_json(payload)
 
     def request(self, reqs: list[dict]) -> list[dict]:
-        # The parent counts again on what it receives; this early refusal only saves a round trip.
+        # The parent counts again on what it receives; these early refusals only save a round trip.
+        if len(reqs) > self.max_batch:
+            raise SubCallError(f"sub_call_batch of {len(reqs)} requests exceeds the sandbox cap of "
+                               f"{self.max_batch} per batch; split it into smaller batches")
         total = sum(str.__len__(r["chunk"]) + str.__len__(r["instruction"]) for r in reqs)
         if total > self.max_request_chars:
             raise SubCallError(

@@ -239,7 +239,7 @@ def main(fd_in: int, fd_out: int) -> None:
     # glibc sizes new threads' stacks from RLIMIT_STACK (raised above for the main thread);
     # keep model threads modest so a thread pool fits in the address-space cap.
     threading.stack_size(THREAD_STACK_BYTES)
-    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]))
+    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024))
     kernel = Kernel(link, prompt, cfg)
     facts = _facts(cfg["scratch"], list(cfg.get("probe_paths") or []))
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
