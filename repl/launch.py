@@ -135,11 +135,16 @@ def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | 
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
             *[a for p in above for a in ("--perms", "0755", "--dir", p)],
             "--bind", str(scratch), str(scratch),
-            "--remount-ro", "/proc", "--remount-ro", "/dev", "--remount-ro", "/tmp", "--remount-ro", "/",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session"]  # no --chdir: scratch may be closed to bwrap itself; the kernel enters it
     if not network:
         argv.append("--unshare-net")
+    else:  # name resolution and certificates, only when the profile allows the network
+        for etc in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):
+            if os.path.exists(etc):
+                argv += ["--ro-bind", etc, etc]
+    # after every mount operation: bwrap applies them in order
+    argv += ["--remount-ro", "/proc", "--remount-ro", "/dev", "--remount-ro", "/tmp", "--remount-ro", "/"]
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if plan.drop_uid:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import hashlib
 import io
 import linecache
 import os
@@ -212,7 +211,8 @@ BLOB_KEYS = ("stdout", "stderr", "error", "final")
 
 def send_done(link: KernelLink, reply: dict) -> None:
     """Large strings go as attached byte frames (see wire.py); the JSON part stays small."""
-    keys = [k for k in BLOB_KEYS if isinstance(reply.get(k), str)]
+    # empty output is the parent's default; an empty final answer is still an answer
+    keys = [k for k in BLOB_KEYS if isinstance(reply.get(k), str) and (reply[k] or k in ("error", "final"))]
     head = {k: v for k, v in reply.items() if k not in BLOB_KEYS}
     head["blob_keys"] = keys
     link.send_blobs(head, [reply[k] for k in keys])
@@ -253,7 +253,7 @@ def main(fd_in: int, fd_out: int) -> None:
     # it, and by length and hash against the parent's document when they differ.
     canonical = prompt
     del prompt
-    sha256 = hashlib.sha256
+    from _sha256 import sha256  # the C module itself (cheaper than hashlib), bound before model code runs
     str_encode, str_len, _type, _str = str.encode, str.__len__, type, str
     ask_parent, read_any = link.send, read_frame  # bound now: later patches of the class or module do not reach them
     while True:
