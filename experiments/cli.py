@@ -33,7 +33,10 @@ class UserError(Exception):
 def _expected() -> tuple[type[BaseException], ...]:
     from configs import ConfigError
 
-    kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError]
+    from repl import SandboxError
+
+    kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
+                                        SandboxError]
     try:
         from worker import ServerStartError, WorkerError
 

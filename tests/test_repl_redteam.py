@@ -428,3 +428,22 @@ def test_glob_of_dynload_found():
     assert glob.glob(str(LIB_DYNLOAD / "_posixsubprocess*.so")) or "_posixsubprocess" in sys.builtin_module_names
     assert glob.glob(str(LIB_DYNLOAD / "_json*.so"))
     assert GOLD.exists()
+
+
+def test_rig_refuses_before_starting_anything_when_no_allowed_launcher_works(monkeypatch, tmp_path):
+    """The CLI path: as root without bubblewrap, Rig.start fails first with what to install (exit 2 in the CLI)."""
+    import repl.launch as launch
+    from configs import load_config
+    from controller.rig import Rig
+    from repl import SandboxError
+
+    monkeypatch.setattr(launch, "is_root", lambda: True)
+    for name in ("bwrap", "unshare"):
+        monkeypatch.setitem(launch._plan_cache, launch.plan_key(name, False), None)
+        monkeypatch.setitem(launch._plan_errors, launch.plan_key(name, False), "disabled by the test")
+    cfg = load_config("cpu-tiny")
+    rig = Rig(cfg, run_dir=tmp_path / "run")
+    with pytest.raises(SandboxError, match="apt-get install bubblewrap.*allow_weak_launchers"):
+        rig.check_sandbox()
+    allowed = load_config("cpu-tiny", overrides=["sandbox.allow_weak_launchers=true"])
+    Rig(allowed, run_dir=tmp_path / "run2").check_sandbox()  # asked for explicitly: accepted
