@@ -1,12 +1,14 @@
 """REPL overheads, measured once per launcher: kernel start, start with a 5M-char prompt,
 round-trip of a trivial cell, and of a cell making one sub_call (trivial handler).
 
-Run: python bench/bench_repl.py [--cells 300] [--starts 5]
+Run: python bench/bench_repl.py [--cells 300] [--starts 5] [--launchers bwrap,none] [--json]
 Prints figures from this one run; ratios are relative to the plain-process launcher ("none").
+`--json` prints one JSON object instead (used by bench_repl_versions.py to compare two trees).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -52,10 +54,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cells", type=int, default=300)
     ap.add_argument("--starts", type=int, default=5)
+    ap.add_argument("--launchers", default="", help="comma-separated subset (default: every working one)")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     launchers = [name for name in ("bwrap", "unshare") if probe(name, network=False)] + ["none"]
+    if args.launchers:
+        launchers = [n for n in args.launchers.split(",") if n in launchers]
     results = {name: measure(name, args.cells, args.starts) for name in launchers}
-    base = results["none"]
+    if args.json:
+        print(json.dumps(results))
+        return
+    base = results.get("none", next(iter(results.values())))
     print(f"REPL bench: {args.cells} cells, {args.starts} kernel starts per launcher")
     print(f"{'launcher':9} {'start ms':>9} {'start 5M ms':>12} {'cell rt ms':>11} {'sub_call cell ms':>17}"
           f" {'start x':>8} {'cell x':>7}")

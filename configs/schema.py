@@ -146,6 +146,12 @@ class SandboxConfig(Strict):
     memory_mb: int = Field(4096, ge=256)
     max_output_chars: int = Field(1_000_000, ge=1000)
     network: bool = False
+    launcher: Literal["auto", "bwrap", "unshare", "none"] = Field(
+        "auto", description="auto: bubblewrap, else (only where allowed) unshare, else a plain process")
+    allow_weak_launchers: bool = Field(
+        False, description="as root, let 'auto' fall back below bubblewrap (the kernel is then root on the host; "
+                           "see docs/SANDBOX.md)")
+    max_scratch_mb: int = Field(1024, ge=1, description="total size of the kernel's scratch folder (bubblewrap)")
 
 
 class EvalConfig(Strict):

@@ -166,6 +166,9 @@ class RLM:
             memory_mb=cfg.sandbox.memory_mb,
             max_output_chars=cfg.sandbox.max_output_chars,
             network=cfg.sandbox.network,
+            launcher=cfg.sandbox.launcher,
+            allow_weak_launchers=cfg.sandbox.allow_weak_launchers,
+            max_scratch_mb=cfg.sandbox.max_scratch_mb,
         )
         tokens_used = 0
         caps = RunCaps(cfg.rlm, traj, t0)
@@ -198,6 +201,8 @@ class RLM:
                 sandbox = self.ctx.kernels.sandbox(doc, handler=router, limits=limits, extra_globals=names)
             else:
                 sandbox = Sandbox(doc, handler=router, limits=limits, extra_globals=names)
+            if sandbox.isolation is not None:
+                traj.isolation = sandbox.isolation.as_dict()
 
             def resolve_final(parsed: Any) -> tuple[bool, str | None]:
                 """(done, message to the model if not done)."""
@@ -246,7 +251,10 @@ class RLM:
                         final_answer=res.final_answer,
                         output_truncated=res.output_truncated,
                         sub_calls=res.sub_calls,
+                        prompt_restored=res.prompt_restored,
                     )
+                    if res.restarted and sandbox.isolation is not None:
+                        traj.isolation = sandbox.isolation.as_dict()
                     feedback = self._feedback(cell, res)
                     if len(parsed.code_blocks) > 1:
                         feedback += "\n[rig] Only your first code block ran: write one block per reply."

@@ -14,6 +14,8 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from repl.text import clean_text
+
 SCHEMA_VERSION = 1
 
 StopReason = Literal["final", "max_iterations", "cap", "error"]
@@ -51,6 +53,7 @@ class CellRecord(BaseModel):
     output_truncated: bool = Field(False, description="the sandbox's hard output cap was hit")
     sub_calls: int = 0
     final_answer: str | None = None
+    prompt_restored: bool = Field(False, description="the kernel's `prompt` had been altered and was restored")
 
 
 class SubCallRecord(BaseModel):
@@ -116,6 +119,8 @@ class Trajectory(BaseModel):
     stop_reason: StopReason | None = None
     error: str | None = None
     error_kind: str | None = Field(None, description="why the run errored, as SubCallRecord.error_kind (worker: not valid)")
+    isolation: dict[str, Any] | None = Field(
+        None, description="the sandbox's IsolationReport for this run's kernel, as the kernel observed it")
 
     # -- nested runs and derived figures used by sample rows and reports ------------------
     def walk(self) -> Iterator["Trajectory"]:
@@ -141,7 +146,12 @@ class Trajectory(BaseModel):
         return sum(s.prompt_tokens for s in leaves), sum(s.completion_tokens for s in leaves)
 
     def save(self, path: str | Path, *, fsync: bool = True) -> Path:
-        return atomic_write_text(path, self.model_dump_json(indent=1), fsync=fsync)
+        """Never fails on content: a string that is not valid UTF-8 (a lone surrogate) is repaired."""
+        try:
+            text = self.model_dump_json(indent=1)
+        except (ValueError, UnicodeError):  # pydantic refuses lone surrogates
+            text = json.dumps(_clean(self.model_dump(mode="json")), indent=1, ensure_ascii=False)
+        return atomic_write_text(path, text, fsync=fsync)
 
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
@@ -186,6 +196,16 @@ class SampleRow(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:
     """Write via a temp file + rename, so a SIGKILL never leaves a half-written record.
 
@@ -195,7 +215,7 @@ def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             if fsync:
@@ -211,8 +231,8 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     """Append one JSON line and fsync it: a killed run keeps every line it finished."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    with open(path, "a") as f:
+    line = json.dumps(_clean(record), ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())

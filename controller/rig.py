@@ -170,8 +170,20 @@ class Rig:
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.check_sandbox()
         self.start_controller()  # cheap failures (a bad replay file) before an expensive server start
         self.start_worker()
+
+    def check_sandbox(self) -> None:
+        """Refuse now, with what to install, if no launcher the profile allows works here (SandboxError)."""
+        from repl import SandboxError
+        from repl.launch import LauncherRefused, choose_plans
+
+        sb = self.cfg.sandbox
+        try:
+            choose_plans(sb.launcher, network=sb.network, allow_weak=sb.allow_weak_launchers)
+        except LauncherRefused as exc:
+            raise SandboxError(f"the REPL sandbox cannot start: {exc}") from None
 
     def close(self) -> None:
         self.kernels.close()

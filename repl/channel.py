@@ -14,9 +14,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ._kernel.wire import KIND_JSON, FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
+from . import seccomp
+from ._kernel.wire import KIND_BYTES, KIND_JSON, FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
 from .cgroup import CgroupJail
-from .launch import kernel_env, python_command, wrapper_prefix
+from .launch import Plan, kernel_env, python_command, wrapper_prefix
+from .scratch import ScratchMount
 
 RAW_TAIL_BYTES = 16_384
 
@@ -62,29 +64,36 @@ class KernelGone(Exception):
 class KernelProcess:
     """Starts one kernel and moves frames to and from it."""
 
-    def __init__(self, *, launcher: str, scratch: Path, network: bool, max_frame: int,
-                 raw_cap: int, jail: CgroupJail | None = None) -> None:
-        self.launcher = launcher
+    def __init__(self, *, plan: Plan, scratch: Path, network: bool, max_frame: int, max_json: int,
+                 max_blobs: int, max_message_bytes: int, raw_cap: int, jail: CgroupJail | None = None,
+                 holder: ScratchMount | None = None) -> None:
+        self.launcher = plan.launcher
+        self.plan = plan
         self.jail = jail
         self.killed_by_us = False
+        self.max_blobs = max_blobs
+        self.max_message_bytes = max_message_bytes
         to_kernel_r, self._to_kernel_w = os.pipe()
         self._from_kernel_r, from_kernel_w = os.pipe()
-        argv = wrapper_prefix(launcher, scratch, network=network) + python_command(to_kernel_r, from_kernel_w)
+        filter_fd = seccomp.filter_fd() if plan.seccomp else None
+        argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=filter_fd) + python_command(
+            to_kernel_r, from_kernel_w)
         if jail is not None:
             argv = jail.wrap(argv)
+        keep = (to_kernel_r, from_kernel_w) + ((filter_fd,) if filter_fd is not None else ())
         try:
             self.proc = subprocess.Popen(
-                argv, cwd=scratch, env=kernel_env(scratch), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(to_kernel_r, from_kernel_w),
+                argv, cwd="/", env=kernel_env(scratch), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=keep,
                 start_new_session=True, close_fds=True)
         except OSError:
-            for fd in (to_kernel_r, from_kernel_w, self._to_kernel_w, self._from_kernel_r):
+            for fd in (*keep, self._to_kernel_w, self._from_kernel_r):
                 os.close(fd)
             if jail is not None:
                 jail.remove()
             raise
-        os.close(to_kernel_r)
-        os.close(from_kernel_w)
+        for fd in keep:
+            os.close(fd)
         assert self.proc.stdout is not None
         self._raw_r = self.proc.stdout.fileno()
         for fd in (self._to_kernel_w, self._from_kernel_r, self._raw_r):
@@ -94,8 +103,10 @@ class KernelProcess:
         self._sel.register(self._raw_r, selectors.EVENT_READ, "raw")
         self._out = bytearray()
         self._write_registered = False
-        self._decoder = FrameDecoder(max_frame)
+        self._decoder = FrameDecoder(max_frame, max_json)
         self._frames: deque[dict] = deque()
+        self._pending: dict | None = None  # a J frame still waiting for its attached B frames
+        self._pending_bytes = 0
         self._eof = False
         self._raw_eof = False
         self.raw_cap = raw_cap
@@ -152,9 +163,33 @@ class KernelProcess:
                 if frame is None:
                     break
                 kind, payload = frame
-                if kind != KIND_JSON:
-                    raise ProtocolError("the kernel may only send JSON frames")
-                self._frames.append(decode_json(payload))
+                self._take_frame(kind, payload)
+
+    def _take_frame(self, kind: bytes, payload: bytes) -> None:
+        """Assemble messages: a J frame plus the B frames it announces (kept raw in "_blobs")."""
+        if self._pending is not None:
+            if kind != KIND_BYTES:
+                raise ProtocolError("expected an attached byte frame")
+            self._pending_bytes += len(payload)
+            if self._pending_bytes > self.max_message_bytes:
+                raise ProtocolError(f"message attachments exceed {self.max_message_bytes} bytes")
+            self._pending["_blobs"].append(payload)
+            if len(self._pending["_blobs"]) == self._pending["n_blobs"]:
+                self._frames.append(self._pending)
+                self._pending = None
+            return
+        if kind != KIND_JSON:
+            raise ProtocolError("a byte frame without a message announcing it")
+        msg = decode_json(payload)
+        n = msg.get("n_blobs", 0)
+        if type(n) is not int or not 0 <= n <= self.max_blobs:
+            raise ProtocolError(f"bad attachment count {str(n)[:50]}")
+        msg["_blobs"] = []
+        if n == 0:
+            self._frames.append(msg)
+        else:
+            msg["n_blobs"] = n
+            self._pending, self._pending_bytes = msg, 0
 
     def _read_raw(self) -> None:
         while not self._raw_eof:

@@ -1,9 +1,21 @@
 """How the kernel process is started: the OS confinement wrapper and the scrubbed environment.
 
-Order of preference (`launcher="auto"`): bubblewrap (read-only root, private /tmp, new PID, IPC,
-UTS and network namespaces, all capabilities dropped), then util-linux `unshare` (PID and
-network namespaces), then a plain child process (in-kernel layers only). Each wrapper is probed
-once per parent process, because availability depends on the host (user namespaces, AppArmor).
+Order of preference (`launcher="auto"`): bubblewrap, then util-linux `unshare`, then a plain child
+process. Under bubblewrap the kernel gets least privilege:
+
+- an unprivileged uid: as root, bwrap drops to uid 65534 on the *host* (`setpriv`), so DAC keeps
+  it off root-owned files and sysctls even where a mount were writable; as a normal user it runs
+  as uid 65534 inside a user namespace;
+- a minimal read-only view: the system folders, the interpreter, the site-packages it imports
+  and the kernel's own code; no home folder, no project, no datasets, no run folders;
+- `/proc` and `/dev` read-only, `/tmp` an empty read-only tmpfs, scratch the only writable place
+  (a capped `noexec` tmpfs, see `repl/scratch.py`);
+- new PID, IPC, UTS, cgroup and network namespaces, no capabilities, and a seccomp filter
+  (`repl/seccomp.py`).
+
+As root, the weaker launchers are refused unless asked for (`allow_weak_launchers`, or naming
+the launcher): they leave the kernel root on the host. Each wrapper is probed once per parent
+process, because what works depends on the host (user namespaces, AppArmor, paths' modes).
 """
 from __future__ import annotations
 
@@ -13,9 +25,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import seccomp
+from .scratch import ScratchMount
+
 KERNEL_DIR = Path(__file__).resolve().parent / "_kernel"
+UNPRIVILEGED_UID = 65534  # "nobody" on Debian-like systems
+SCRATCH_INODES = 200_000
 
 # Loads the kernel package under a private name without touching sys.path, so model code does
 # not see the parent-side modules and `import repl` in the kernel does not resolve to us.
@@ -28,7 +46,23 @@ BOOT = (
     "k.main(int(sys.argv[1]),int(sys.argv[2]))\n"
 )
 
-_probe_cache: dict[tuple, bool] = {}
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install "
+                "bubblewrap`) and allow user namespaces (sysctl kernel.unprivileged_userns_clone=1, or "
+                "an AppArmor profile for bwrap on Ubuntu >= 23.10)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one launcher runs here, as found by probing."""
+
+    launcher: str
+    drop_uid: bool  # the kernel runs as UNPRIVILEGED_UID on the host (root parents only)
+    scratch_tmpfs: bool  # scratch is a capped noexec tmpfs in a holder's mount namespace
+    seccomp: bool
+
+
+_plan_cache: dict[tuple, Plan | None] = {}
+_plan_errors: dict[tuple, str] = {}
 _probe_lock = threading.Lock()
 
 
@@ -58,74 +92,219 @@ def python_command(fd_in: int, fd_out: int) -> list[str]:
     return [sys.executable, "-I", "-B", "-c", BOOT, str(fd_in), str(fd_out), str(KERNEL_DIR)]
 
 
-def _paths_needed() -> list[Path]:
-    """Paths the kernel must read even if they live under /tmp (hidden by the private tmpfs)."""
-    paths = {KERNEL_DIR, Path(sys.executable).resolve().parent, Path(sys.prefix).resolve(),
-             Path(sys.base_prefix).resolve(), Path(sys.executable).parent}
+def interpreter_paths() -> list[Path]:
+    """The interpreter's own folders: its prefixes (stdlib, lib-dynload, the venv's site-packages)."""
+    paths = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.exec_prefix).resolve(),
+             Path(sys.base_exec_prefix).resolve(), Path(sys.executable).resolve().parent}
     return sorted(p for p in paths if p.exists())
 
 
-def bwrap_prefix(scratch: Path, *, network: bool) -> list[str]:
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for path in _paths_needed():
-        if str(path).startswith("/tmp/"):
-            argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--bind", str(scratch), str(scratch),
-             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-             "--die-with-parent", "--new-session", "--chdir", str(scratch)]
+def _read_only_binds() -> list[str]:
+    """--ro-bind/--symlink arguments for what the kernel must read, and nothing else."""
+    argv: list[str] = []
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for etc in ("/etc/ld.so.cache", "/etc/localtime"):
+        if os.path.exists(etc):
+            argv += ["--ro-bind", etc, etc]
+    roots: list[Path] = []
+    for path in [*interpreter_paths(), KERNEL_DIR, Path(sys.executable).parent]:
+        if str(path).startswith("/usr/") or not path.exists():
+            continue
+        if any(path == r or r in path.parents for r in roots):
+            continue
+        roots = [r for r in roots if path not in r.parents] + [path]
+    made: set[Path] = set()
+    for path in sorted(roots):
+        # bwrap would create the folders above a bind mode 0700 (root's): an unprivileged kernel
+        # could not reach the interpreter. Make them 0755 (they are empty but for the binds).
+        for parent in reversed(path.parents[:-1]):
+            if parent not in made:
+                made.add(parent)
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--ro-bind", str(path), str(path)]
+    return argv
+
+
+def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | None) -> list[str]:
+    above = [str(p) for p in reversed(scratch.parents[:-1]) if str(p) != "/tmp"]
+    argv = ["bwrap", *_read_only_binds(),
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            *[a for p in above for a in ("--perms", "0755", "--dir", p)],
+            "--bind", str(scratch), str(scratch),
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session"]  # no --chdir: scratch may be closed to bwrap itself; the kernel enters it
     if not network:
         argv.append("--unshare-net")
-    if is_root():
-        argv += ["--cap-drop", "ALL"]
+    else:  # name resolution and certificates, only when the profile allows the network
+        for etc in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):
+            if os.path.exists(etc):
+                argv += ["--ro-bind", etc, etc]
+    # after every mount operation: bwrap applies them in order
+    argv += ["--remount-ro", "/proc", "--remount-ro", "/dev", "--remount-ro", "/tmp", "--remount-ro", "/"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    if plan.drop_uid:
+        # bwrap as real root builds the mounts, then setpriv becomes nobody on the host before Python.
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
+                 "setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups"]
+    else:
+        argv += ["--unshare-user", "--uid", str(UNPRIVILEGED_UID), "--gid", str(UNPRIVILEGED_UID)]
+        if is_root():
+            argv += ["--cap-drop", "ALL"]
     return argv + ["--"]
 
 
-def unshare_prefix(scratch: Path, *, network: bool) -> list[str]:
+def unshare_prefix(scratch: Path, *, network: bool, plan: Plan) -> list[str]:
     # A user namespace even as root: the kernel's capabilities then only act inside it.
     argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
     if not network:
         argv.append("--net")
-    return argv + ["--"]
+    argv.append("--")
+    if plan.drop_uid:
+        argv = _setpriv() + argv
+    return argv
 
 
-def wrapper_prefix(launcher: str, scratch: Path, *, network: bool) -> list[str]:
+def _setpriv() -> list[str]:
+    return ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups", "--"]
+
+
+def wrapper_prefix(plan: Plan, scratch: Path, *, network: bool, holder: ScratchMount | None = None,
+                   seccomp_fd: int | None = None) -> list[str]:
+    enter = holder.enter_prefix() if holder is not None else []
+    if plan.launcher == "bwrap":
+        return enter + bwrap_prefix(scratch, network=network, plan=plan, seccomp_fd=seccomp_fd)
+    if plan.launcher == "unshare":
+        return enter + unshare_prefix(scratch, network=network, plan=plan)
+    if plan.launcher == "none":
+        return enter + (_setpriv() if plan.drop_uid else [])
+    raise ValueError(f"unknown launcher {plan.launcher!r}")
+
+
+def prepare_scratch(path: Path, plan: Plan, *, size_mb: int) -> ScratchMount | None:
+    """Make `path` usable by the kernel: owned by its uid, and a capped tmpfs where the plan says so."""
+    if plan.drop_uid:
+        os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+    if not plan.scratch_tmpfs:
+        return None
+    return ScratchMount.create(path, size_mb=size_mb, inodes=SCRATCH_INODES,
+                               owner_uid=UNPRIVILEGED_UID if plan.drop_uid else None)
+
+
+def _try(plan: Plan, network: bool) -> str | None:
+    """None if a kernel-like Python starts under this plan; else why not."""
+    if plan.launcher != "none" and not shutil.which(plan.launcher):
+        return f"`{plan.launcher}` is not installed"
+    if plan.drop_uid and not shutil.which("setpriv"):
+        return "`setpriv` (util-linux) is not installed"
+    with tempfile.TemporaryDirectory(prefix="rlm-repl-probe-") as tmp:
+        os.chmod(tmp, 0o711)
+        scratch = Path(tmp) / "s"
+        scratch.mkdir()
+        holder = None
+        fd = None
+        try:
+            holder = prepare_scratch(scratch, plan, size_mb=8)
+            if plan.scratch_tmpfs and holder is None:
+                return "cannot mount a private tmpfs for scratch (unshare --mount)"
+            fd = seccomp.filter_fd() if plan.seccomp else None
+            # the same interpreter and environment must start, not just any Python
+            check = (f"import os,sys; os.chdir({str(scratch)!r}); open('w','w').write('x'); "
+                     f"sys.exit(0 if open('w').read() == 'x' and (sys.prefix, sys.base_prefix, sys.version) == "
+                     f"{(sys.prefix, sys.base_prefix, sys.version)!r} else 5)")
+            argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=fd) + [
+                sys.executable, "-I", "-c", check]
+            res = subprocess.run(argv, cwd="/", env=kernel_env(scratch), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=20,
+                                 pass_fds=(fd,) if fd is not None else ())
+            if res.returncode != 0:
+                tail = res.stderr.decode("utf-8", "replace").strip().splitlines()
+                return f"exit status {res.returncode}: {tail[-1][:300] if tail else 'no message'}"
+            return None
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            if fd is not None:
+                os.close(fd)
+            if holder is not None:
+                holder.close()
+
+
+def _candidates(launcher: str) -> list[Plan]:
+    """Plans for one launcher, strongest first."""
+    root = is_root()
+    sc = seccomp.supported()
+    drops = [True, False] if root else [False]
     if launcher == "bwrap":
-        return bwrap_prefix(scratch, network=network)
+        return [Plan("bwrap", d, t, sc) for d in drops for t in (True, False)]
     if launcher == "unshare":
-        return unshare_prefix(scratch, network=network)
-    if launcher == "none":
-        return []
-    raise ValueError(f"unknown launcher {launcher!r}")
+        return [Plan("unshare", d, False, False) for d in drops]
+    return [Plan("none", d, False, False) for d in drops]
+
+
+def plan_key(launcher: str, network: bool) -> tuple:
+    return (launcher, network, is_root(), sys.executable)
+
+
+def plan_for(launcher: str, *, network: bool) -> Plan | None:
+    """The strongest working plan for this launcher (cached); None if it cannot run here."""
+    key = plan_key(launcher, network)
+    with _probe_lock:
+        if key in _plan_cache:
+            return _plan_cache[key]
+        found, errors = None, []
+        for plan in _candidates(launcher):
+            err = _try(plan, network)
+            if err is None:
+                found = plan
+                break
+            errors.append(err)
+        if found is None:
+            _plan_errors[key] = errors[-1] if errors else "unknown"
+        _plan_cache[key] = found
+        return found
+
+
+def plan_error(launcher: str, *, network: bool) -> str:
+    return _plan_errors.get(plan_key(launcher, network), "")
 
 
 def probe(launcher: str, *, network: bool) -> bool:
     """Can this wrapper start Python here? Cached per (launcher, network) for the process."""
-    if launcher == "none":
-        return True
-    key = (launcher, network, is_root())
-    with _probe_lock:
-        if key in _probe_cache:
-            return _probe_cache[key]
-        ok = False
-        if shutil.which(launcher):
-            with tempfile.TemporaryDirectory(prefix="rlm-repl-probe-") as tmp:
-                argv = wrapper_prefix(launcher, Path(tmp), network=network) + [
-                    sys.executable, "-I", "-c", "import sys; sys.exit(0)"]
-                try:
-                    res = subprocess.run(argv, cwd=tmp, env=kernel_env(Path(tmp)), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20)
-                    ok = res.returncode == 0
-                except (OSError, subprocess.SubprocessError):
-                    ok = False
-        _probe_cache[key] = ok
-        return ok
+    return plan_for(launcher, network=network) is not None
 
 
-def choose_launcher(requested: str, *, network: bool) -> list[str]:
-    """Launchers to try, best first. An explicit choice is tried alone (so a failure is loud)."""
+class LauncherRefused(RuntimeError):
+    """No launcher that the settings allow works here (the message says what to install)."""
+
+
+def choose_plans(requested: str, *, network: bool, allow_weak: bool) -> tuple[list[Plan], list[str]]:
+    """Plans to try, best first, and notes for the isolation report.
+
+    An explicit launcher is tried alone (a failure is loud). "auto" as root refuses to fall back
+    below bubblewrap unless `allow_weak`; as a normal user it falls back and says so.
+    """
     if requested != "auto":
-        return [requested]
-    return [name for name in ("bwrap", "unshare") if probe(name, network=network)] + ["none"]
+        plan = plan_for(requested, network=network)
+        if plan is None:
+            raise LauncherRefused(f"launcher {requested!r} does not work here "
+                                  f"({plan_error(requested, network=network)}); " + INSTALL_HINT)
+        notes = [] if requested == "bwrap" else [f"launcher {requested!r} was requested explicitly"]
+        return [plan], notes
+    bw = plan_for("bwrap", network=network)
+    if bw is not None:
+        return [bw], []
+    why = f"bubblewrap is not usable here ({plan_error('bwrap', network=network)})"
+    if is_root() and not allow_weak:
+        raise LauncherRefused(f"{why}; running as root, the rig refuses the weaker launchers (the kernel would "
+                              "be root on the host): " + INSTALL_HINT + ", or set sandbox.allow_weak_launchers: "
+                              "true to accept unshare / a plain process (see docs/SANDBOX.md)")
+    weak = [p for p in (plan_for("unshare", network=network), plan_for("none", network=network)) if p]
+    return weak, [f"{why}; weaker launcher used: " + INSTALL_HINT]
 
 
 def count_user_tasks(uid: int) -> int:
@@ -142,8 +321,10 @@ def count_user_tasks(uid: int) -> int:
     return total
 
 
-def nproc_limit() -> int | None:
-    """RLIMIT_NPROC for the kernel; None as root, where Linux never enforces it."""
+def nproc_limit(plan: Plan | None = None) -> int | None:
+    """RLIMIT_NPROC for the kernel; None where the kernel is root (Linux never enforces it then)."""
+    if plan is not None and plan.drop_uid:
+        return count_user_tasks(UNPRIVILEGED_UID) + 256
     if is_root():
         return None
     return count_user_tasks(os.getuid()) + 256

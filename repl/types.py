@@ -37,6 +37,13 @@ class SandboxLimits:
     cgroup: bool = True
     max_tasks: int = 128  # pids.max of that cgroup (threads count)
     launcher: Launcher = "auto"  # "auto": bwrap if it works, else unshare, else a plain process
+    # As root, "auto" refuses to fall back below bubblewrap (the kernel would be root on the host)
+    # unless this is set. Naming a launcher explicitly is also accepted as asking for it.
+    allow_weak_launchers: bool = False
+    max_scratch_mb: int = 1024  # total size of the scratch tmpfs (bwrap; all files together)
+    max_batch: int = 1024  # requests in one sub_call_batch, enforced by the parent
+    max_error_chars: int = 20_000  # traceback text kept per cell, enforced by the parent
+    max_notices: int = 20  # notices kept per cell (each cut to 2000 chars), enforced by the parent
     # The timeout clock pauses while the parent runs the sub_call handler: a cell that waits on a
     # slow worker is not "hung". Set True to count handler time too.
     timeout_includes_subcalls: bool = False
@@ -52,6 +59,9 @@ class SandboxLimits:
             raise ValueError(f"SandboxLimits.recursion_limit must be >= 50, got {self.recursion_limit!r}")
         if self.max_tasks < 8:
             raise ValueError(f"SandboxLimits.max_tasks must be >= 8, got {self.max_tasks!r}")
+        if self.max_scratch_mb < 1 or self.max_batch < 1 or self.max_error_chars < 100 or self.max_notices < 1:
+            raise ValueError("SandboxLimits: max_scratch_mb and max_batch must be >= 1, max_error_chars >= 100, "
+                             "max_notices >= 1")
         if self.launcher not in ("auto", "bwrap", "unshare", "none"):
             raise ValueError(f"SandboxLimits.launcher must be auto|bwrap|unshare|none, got {self.launcher!r}")
 
@@ -86,6 +96,7 @@ class CellResult:
     notices: list[str] = field(default_factory=list)
     final_answer: str | None = None  # set when code called FINAL(x) or FINAL_VAR("name")
     output_truncated: bool = False  # hard cap hit
+    prompt_restored: bool = False  # the kernel's copy of `prompt` had changed and was restored before the cell
     sub_calls: int = 0  # requests sent to the handler during this cell (batch items counted)
 
 
@@ -105,15 +116,29 @@ class IsolationReport:
     kernel_uid: int
     cgroup: str | None = None  # e.g. "cgroup v1: pids.max=128, memory=2304 MiB", None when unavailable
     notes: list[str] = field(default_factory=list)
+    # --- least privilege, as observed by the kernel ---
+    host_uid: int | None = None  # the kernel's uid on the host (0 = root there), from /proc/self/uid_map
+    seccomp: bool = False  # a seccomp filter is active (/proc/self/status "Seccomp: 2")
+    no_new_privs: bool = False
+    proc_readonly: bool = False  # /proc/sys cannot be written (read-only mount or no permission)
+    scratch_quota_mb: int | None = None  # size cap of the scratch tmpfs; None: plain host folder
+    scratch_noexec: bool = False
+    hidden_paths: bool = False  # none of the parent's home, project and data folders is visible
+    visible_paths: list[str] = field(default_factory=list)  # those of them that the kernel can see
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
 
     def summary(self) -> str:
-        on = [name for name in ("pid_namespace", "network_namespace", "readonly_root", "capabilities_dropped",
-                                "user_namespace", "audit_hook", "env_scrubbed") if getattr(self, name)]
-        off = [name for name in ("pid_namespace", "network_namespace", "readonly_root",
-                                 "capabilities_dropped") if not getattr(self, name)]
-        text = f"launcher={self.launcher}; on: {', '.join(on) or 'none'}"
+        flags = ("pid_namespace", "network_namespace", "readonly_root", "capabilities_dropped", "seccomp",
+                 "no_new_privs", "proc_readonly", "scratch_noexec", "hidden_paths")
+        on = [n for n in (*flags, "user_namespace", "audit_hook", "env_scrubbed") if getattr(self, n)]
+        off = [n for n in flags if not getattr(self, n)]
+        text = f"launcher={self.launcher}; host uid {self.host_uid}; on: {', '.join(on) or 'none'}"
         if off:
             text += f"; off: {', '.join(off)}"
         text += f"; {self.cgroup or 'no cgroup'}"
+        text += f"; scratch quota {self.scratch_quota_mb} MiB" if self.scratch_quota_mb else "; no scratch quota"
         text += "; rlimits: " + ", ".join(f"{k}={v}" for k, v in sorted(self.rlimits.items()))
         return text

@@ -31,8 +31,10 @@ def _expected() -> tuple[type[BaseException], ...]:
     from configs import ConfigError
     from experiments.runs.preflight import DiskFullError, RunInputError
 
+    from repl import SandboxError
+
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
-                                        RunInputError, DiskFullError]
+                                        RunInputError, DiskFullError, SandboxError]
     try:
         from worker import ServerStartError, WorkerError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from .wire import KIND_JSON, decode_json, encode_json, read_frame, write_all
+from .wire import KIND_JSON, decode_json, encode_json, encode_with_blobs, read_frame, write_all
 
 
 class SubCallError(RuntimeError):
@@ -28,10 +28,11 @@ class SubCallError(RuntimeError):
 class KernelLink:
     """The kernel end of the protocol pipes; one lock guards every exchange."""
 
-    def __init__(self, fd_in: int, fd_out: int, max_request_chars: int) -> None:
+    def __init__(self, fd_in: int, fd_out: int, max_request_chars: int, max_batch: int = 1024) -> None:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.max_request_chars = max_request_chars
+        self.max_batch = max_batch
         self.lock = threading.RLock()
         self._next_id = 0
         self.sub_calls = 0
@@ -39,6 +40,10 @@ class KernelLink:
     def send(self, obj: dict) -> None:
         with self.lock:
             write_all(self.fd_out, encode_json(obj))
+
+    def send_blobs(self, obj: dict, blobs: list[str]) -> None:
+        with self.lock:
+            write_all(self.fd_out, encode_with_blobs(obj, blobs))
 
     def receive(self) -> dict:
         with self.lock:
@@ -48,7 +53,11 @@ class KernelLink:
                     return decode_json(payload)
 
     def request(self, reqs: list[dict]) -> list[dict]:
-        total = sum(len(r["chunk"]) + len(r["instruction"]) for r in reqs)
+        # The parent counts again on what it receives; these early refusals only save a round trip.
+        if len(reqs) > self.max_batch:
+            raise SubCallError(f"sub_call_batch of {len(reqs)} requests exceeds the sandbox cap of "
+                               f"{self.max_batch} per batch; split it into smaller batches")
+        total = sum(str.__len__(r["chunk"]) + str.__len__(r["instruction"]) for r in reqs)
         if total > self.max_request_chars:
             raise SubCallError(
                 f"sub_call payload of {total} chars exceeds the sandbox cap of {self.max_request_chars}; "
@@ -56,7 +65,10 @@ class KernelLink:
         with self.lock:
             self._next_id += 1
             call_id = self._next_id
-            self.send({"t": "sub", "id": call_id, "reqs": reqs})
+            blobs = []
+            for r in reqs:
+                blobs += [r["chunk"], r["instruction"]]
+            self.send_blobs({"t": "sub", "id": call_id, "reqs": [{"index": r["index"]} for r in reqs]}, blobs)
             while True:
                 msg = self.receive()
                 if msg.get("t") == "subr" and msg.get("id") == call_id:

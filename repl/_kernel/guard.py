@@ -16,10 +16,17 @@ import sys
 WRITE_FLAGS = posix.O_WRONLY | posix.O_RDWR | posix.O_CREAT | posix.O_TRUNC | posix.O_APPEND
 AT_FDCWD_VALUES = (None, -1, -100)  # the audit events report the default dir_fd as -1
 
+# Matched against EVERY dotted component of the name, so a second copy of an extension loaded
+# under another name ("x._posixsubprocess", whose init function is found by the last component)
+# is refused too. "posix" and "_signal" are loaded at start-up: an import event for them can
+# only be a re-import that would bring back the functions stubbed below.
 BLOCKED_IMPORTS = frozenset({
     "ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "_xxsubinterpreters",
-    "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase",
+    "_xxinterpchannels", "_testcapi", "_testinternalcapi", "_testbuffer", "_testmultiphase",
+    "_testclinic", "_testimportmultiple", "_testsinglephase", "_posixshmem", "posix", "_signal",
+    "_xxtestfuzz", "xxsubtype", "xxlimited", "xxlimited_35",
 })
+EXTENSION_SUFFIXES = (".so", ".pyd", ".dylib")
 PROCESS_EVENTS = frozenset({
     "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.system", "subprocess.Popen",
     "pty.spawn", "os.startfile",
@@ -35,6 +42,9 @@ ALWAYS_BLOCKED = frozenset({
     "sqlite3.enable_load_extension", "sqlite3.load_extension",
     "syslog.openlog", "syslog.syslog",
     "code.__new__",  # hand-built bytecode can corrupt memory and sidestep this hook
+    # a trace function writes frame.f_locals back into fast locals: the kernel keeps its
+    # canonical `prompt` in one
+    "sys.settrace", "sys.setprofile",
 })
 # event -> indices of (path, dir_fd) arguments that must stay inside scratch
 PATH_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
@@ -50,6 +60,8 @@ PATH_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
     "os.rename": ((0, 2), (1, 3)),
     "os.link": ((0, 2), (1, 3)),
     "os.symlink": ((1, 2),),
+    "os.chflags": ((0, None),),
+    "os.lchflags": ((0, None),),
     "dbm.open": ((0, None),),
 }
 
@@ -106,7 +118,7 @@ def _make_resolver(getcwd, lstat, readlink, s_islnk):
 
 
 def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[int],
-                       allow_ctypes: bool = False) -> None:
+                       allow_ctypes: bool = False, library_roots: tuple[str, ...] = ()) -> None:
     """Install the hook. All state lives in this closure, none in patchable module globals."""
     import stat as _stat
 
@@ -124,6 +136,12 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
     write_flags, at_fdcwd = WRITE_FLAGS, AT_FDCWD_VALUES
     _str, _bytes, _int, _isinstance = str, bytes, int, isinstance
     _PermissionError, _ImportError = PermissionError, ImportError
+    ext_suffixes = EXTENSION_SUFFIXES
+    lib_prefixes = tuple(resolve(r).rstrip("/") + "/" for r in library_roots)
+
+    def trusted_library(path: str) -> bool:
+        real = resolve(path)
+        return any(real.startswith(p) for p in lib_prefixes)
 
     def as_text(path) -> str | None:
         if _isinstance(path, _int):
@@ -133,7 +151,25 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
             path = path.decode("utf-8", fsdecode_err)
         return path
 
+    symlinks_made = [False]  # set once model code creates a symbolic link in scratch
+    getcwd = posix.getcwd
+
     def inside(path: str) -> bool:
+        if not symlinks_made[0]:
+            # Fast path: scratch starts empty and holds no symlink until os.symlink (audited) makes
+            # one, so a path that is lexically inside is really inside. Resolving component by
+            # component costs O(depth^2) per call, which a deep tree turns into minutes.
+            full = path if path.startswith("/") else getcwd() + "/" + path
+            out: list[str] = []
+            for part in full.split("/"):
+                if part == "..":
+                    if out:
+                        out.pop()
+                elif part and part != ".":
+                    out.append(part)
+            norm = "/" + "/".join(out)
+            if norm == scratch_real or norm.startswith(prefix):
+                return True
         real = resolve(path)
         return real == scratch_real or real.startswith(prefix) or real in allowed_files
 
@@ -141,6 +177,13 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
         if _isinstance(path, _int):
             if path in protected_fds:
                 raise _PermissionError(f"sandbox: {event} on the kernel's protocol pipe is not allowed")
+            # fchmod/fchown/futimes/ftruncate/fsetxattr/fchdir: judge the file the fd points at
+            try:
+                target = readlink(f"/proc/self/fd/{path}")
+            except OSError:
+                raise _PermissionError(f"sandbox: {event} on an unresolvable file descriptor is not allowed") from None
+            if not target.startswith("/") or not inside(target):
+                raise _PermissionError(f"sandbox: {event} on a file outside the scratch folder is not allowed")
             return
         text = as_text(path)
         if dir_fd not in at_fdcwd and not text.startswith("/"):
@@ -169,6 +212,10 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
                 writes = True
             text = as_text(path)
             if writes:
+                if not text.startswith("/") and ".." in text.split("/"):
+                    # the "open" event does not carry dir_fd: a relative ".." could climb out of any folder
+                    raise _PermissionError("sandbox: relative paths with '..' cannot be opened for writing; "
+                                           "use a path inside the scratch folder")
                 if not inside(text):
                     raise _PermissionError(
                         f"sandbox: writing outside the scratch folder is not allowed: {text!r} "
@@ -193,6 +240,19 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
                 raise _PermissionError("sandbox: sqlite3 URI filenames are not allowed; pass a plain path")
             check_path(event, db, None)
             return
+        if event == "os.symlink":
+            src, dst = args[0], args[1]
+            target = as_text(src) if not _isinstance(src, _int) else ""
+            if target.startswith("/"):
+                ok = inside(target)
+            else:
+                ok = ".." not in target.split("/")
+            if not ok:
+                raise _PermissionError("sandbox: symbolic links must point inside the scratch folder "
+                                       "(absolute, or relative without '..')")
+            symlinks_made[0] = True
+        if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
+            raise _PermissionError("sandbox: replacing a function's __code__ is not allowed")
         if event in path_events:
             for path_i, fd_i in path_events[event]:
                 if path_i < len(args):
@@ -201,8 +261,18 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
             return
         if event == "import":
             name = args[0]
-            if _isinstance(name, _str) and name.split(".")[0] in blocked_imports:
-                raise _ImportError(f"sandbox: importing {name!r} is not allowed", name=name)
+            if _isinstance(name, _str):
+                for part in name.split("."):
+                    if part in blocked_imports:
+                        raise _ImportError(f"sandbox: importing {name!r} is not allowed", name=name)
+            filename = args[1] if len(args) > 1 else None
+            if _isinstance(filename, (_str, _bytes)):
+                text = as_text(filename)
+                base = text.rsplit("/", 1)[-1]
+                if ".so" in base or base.endswith(ext_suffixes):
+                    if not trusted_library(text):
+                        raise _ImportError(f"sandbox: extension module {name!r} from {text!r} is outside the "
+                                           "interpreter's own folders; refused", name=name)
             return
         if event in process_events:
             raise _PermissionError(f"sandbox: starting processes is not allowed ({event})")
@@ -225,6 +295,27 @@ def disarm_posixsubprocess() -> None:
         raise PermissionError("sandbox: starting processes is not allowed (_posixsubprocess.fork_exec)")
 
     _posixsubprocess.fork_exec = fork_exec
+
+
+def disarm_unaudited() -> None:
+    """Stub calls that raise no audit event: device nodes and FIFOs, pidfds. The modules they
+    live in cannot be re-imported afterwards (see BLOCKED_IMPORTS); under bubblewrap the
+    seccomp filter refuses the system calls themselves."""
+    import os
+    import signal as _signal_mod
+
+    def refuse(name: str):
+        def stub(*_args, **_kwargs):
+            raise PermissionError(f"sandbox: {name} is not allowed")
+        stub.__name__ = name
+        return stub
+
+    for name in ("mkfifo", "mknod", "pidfd_open", "memfd_create"):
+        if hasattr(posix, name):
+            setattr(posix, name, refuse(f"os.{name}"))
+            setattr(os, name, getattr(posix, name))
+    if hasattr(_signal_mod, "pidfd_send_signal"):
+        _signal_mod.pidfd_send_signal = refuse("signal.pidfd_send_signal")
 
 
 def stub_ctypes() -> None:

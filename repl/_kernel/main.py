@@ -50,7 +50,7 @@ def _read_ns(kind: str) -> str | None:
         return None
 
 
-def _facts() -> dict:
+def _facts(scratch: str, probe_paths: list) -> dict:
     """What the kernel can observe about its own confinement (the parent compares)."""
     cap_eff = None
     try:
@@ -75,6 +75,33 @@ def _facts() -> dict:
             ifaces = [ln.split(":")[0].strip() for ln in fh.readlines()[2:]]
     except OSError:
         pass
+    status = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                status[key] = value.strip()
+    except OSError:
+        pass
+    scratch_mount = None
+    try:  # the mount holding scratch: the last one whose mount point is a prefix of it
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                f, r = left.split(), right.split()
+                point = f[4].replace("\\040", " ") if len(f) > 5 else ""
+                if point and (scratch == point or scratch.startswith(point.rstrip("/") + "/")):
+                    scratch_mount = {"point": point, "opts": f[5].split(","), "fstype": r[0] if r else "",
+                                     "super": r[2].split(",") if len(r) > 2 else []}
+    except OSError:
+        pass
+    visible = []
+    for path in probe_paths:
+        try:
+            os.stat(path)
+            visible.append(path)
+        except OSError:
+            pass
     limits = {}
     for name in ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK"):
         soft, _hard = resource.getrlimit(getattr(resource, name))
@@ -82,7 +109,10 @@ def _facts() -> dict:
     return {"pid": os.getpid(), "uid": os.getuid(), "pid_ns": _read_ns("pid"), "net_ns": _read_ns("net"),
             "user_ns": _read_ns("user"),
             "cap_eff": cap_eff, "root_ro": root_ro, "ifaces": ifaces, "rlimits": limits,
-            "env_keys": sorted(os.environ), "recursion_limit": sys.getrecursionlimit()}
+            "env_keys": sorted(os.environ), "recursion_limit": sys.getrecursionlimit(),
+            "seccomp": status.get("Seccomp"), "no_new_privs": status.get("NoNewPrivs"),
+            "proc_sys_writable": os.access("/proc/sys/kernel/core_pattern", os.W_OK),
+            "scratch_mount": scratch_mount, "visible": visible}
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -176,6 +206,18 @@ class Kernel:
                 "notices": notices, "sub_calls": self.link.sub_calls - subs_before}
 
 
+BLOB_KEYS = ("stdout", "stderr", "error", "final")
+
+
+def send_done(link: KernelLink, reply: dict) -> None:
+    """Large strings go as attached byte frames (see wire.py); the JSON part stays small."""
+    # empty output is the parent's default; an empty final answer is still an answer
+    keys = [k for k in BLOB_KEYS if isinstance(reply.get(k), str) and (reply[k] or k in ("error", "final"))]
+    head = {k: v for k, v in reply.items() if k not in BLOB_KEYS}
+    head["blob_keys"] = keys
+    link.send_blobs(head, [reply[k] for k in keys])
+
+
 def main(fd_in: int, fd_out: int) -> None:
     _ensure_big_stack()
     kind, payload = read_frame(fd_in)
@@ -191,18 +233,29 @@ def main(fd_in: int, fd_out: int) -> None:
     guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
     guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
     guard.disarm_posixsubprocess()
+    guard.disarm_unaudited()
     if not cfg.get("allow_ctypes"):
         guard.stub_ctypes()
     # glibc sizes new threads' stacks from RLIMIT_STACK (raised above for the main thread);
     # keep model threads modest so a thread pool fits in the address-space cap.
     threading.stack_size(THREAD_STACK_BYTES)
-    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]))
+    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024))
     kernel = Kernel(link, prompt, cfg)
-    facts = _facts()
+    facts = _facts(cfg["scratch"], list(cfg.get("probe_paths") or []))
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
-                             protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")))
+                             protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")),
+                             library_roots=tuple(sorted({sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                         sys.base_exec_prefix})))
     link.send({"t": "ready", "facts": facts, "prompt_chars": len(prompt)})
+    # `canonical` is a fast local of this frame: model code can read it through the frame stack
+    # but cannot rebind it (frame.f_locals is a snapshot; sys.settrace, which would write it
+    # back, is refused by the hook). Before each cell the kernel's `prompt` is checked against
+    # it, and by length and hash against the parent's document when they differ.
+    canonical = prompt
     del prompt
+    from _sha256 import sha256  # the C module itself (cheaper than hashlib), bound before model code runs
+    str_encode, str_len, _type, _str = str.encode, str.__len__, type, str
+    ask_parent, read_any = link.send, read_frame  # bound now: later patches of the class or module do not reach them
     while True:
         try:
             msg = link.receive()
@@ -212,15 +265,35 @@ def main(fd_in: int, fd_out: int) -> None:
             os._exit(0)
         if msg.get("t") != "run" or not isinstance(msg.get("code"), str):
             continue
+        restored = False
+        current = kernel.protected.get("prompt")
+        if current is not canonical:
+            if _type(current) is _str:
+                plen, psha = str_len(current), sha256(str_encode(current, "utf-8", "surrogatepass")).hexdigest()
+            else:
+                plen, psha = -1, ""
+            ask_parent({"t": "pcheck", "plen": plen, "psha": psha})
+            with link.lock:
+                kind, payload = read_any(fd_in)
+            if kind == KIND_BYTES:  # it differed: this is the parent's document
+                canonical = payload.decode("utf-8", "surrogatepass")
+                restored = True
+            del payload
+            kernel.protected["prompt"] = canonical
+            kernel.ns["prompt"] = canonical
         reply = kernel.run(msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
+        if restored:
+            reply["prompt_restored"] = True
+            reply["notices"].insert(0, "`prompt` had been altered inside the kernel; the original document was "
+                                       "restored from the controller before this cell.")
         try:
-            link.send(reply)
+            send_done(link, reply)
         except MemoryError:
             try:
-                link.send({"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
-                           "error": "MemoryError: the cell's output could not be sent (memory cap)\n",
-                           "final": None, "truncated": True, "dropped": 0, "notices": [], "sub_calls": 0})
+                send_done(link, {"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
+                                 "error": "MemoryError: the cell's output could not be sent (memory cap)\n",
+                                 "final": None, "truncated": True, "dropped": 0, "notices": [], "sub_calls": 0})
             except BaseException:
                 os._exit(70)
         except (EOFError, OSError):

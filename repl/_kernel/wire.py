@@ -1,8 +1,14 @@
 """Frame format on the dedicated protocol pipes (shared by parent and kernel; stdlib only).
 
 A frame is 1 kind byte + 4-byte big-endian length + payload. Kind b"J" carries UTF-8 JSON
-(the only kind the parent accepts from the kernel: never unpickle what untrusted code wrote),
-kind b"B" carries raw bytes (the prompt, sent once, without JSON escaping cost).
+(never unpickle what untrusted code wrote), kind b"B" carries raw bytes (the prompt, sent once,
+without JSON escaping cost).
+
+From the kernel, every large string (output, error, final answer, sub_call chunks and
+instructions) travels as a B frame *attached* to the J frame before it ("n_blobs": k), and the J
+frame itself must stay small. Why: decoding JSON can cost ~20 bytes of parent memory per byte
+(`[[],[],...]`), while decoding a string costs about one; so the parent's memory and decode time
+stay proportional to bounded byte counts whatever the kernel forges.
 """
 from __future__ import annotations
 
@@ -29,6 +35,15 @@ def encode_bytes(data: bytes) -> bytes:
     return HEADER.pack(KIND_BYTES, len(data)) + data
 
 
+def encode_with_blobs(obj: dict, blobs: list[str]) -> bytes:
+    """One J frame announcing len(blobs) B frames, then the strings as UTF-8 (lone surrogates kept)."""
+    obj = dict(obj, n_blobs=len(blobs))
+    parts = [encode_json(obj)]
+    for text in blobs:
+        parts.append(encode_bytes(str.encode(text, "utf-8", "surrogatepass")))  # a str subclass cannot lie here
+    return b"".join(parts)
+
+
 def decode_json(payload: bytes) -> dict:
     try:
         obj = json.loads(payload.decode("utf-8", "surrogatepass"))
@@ -42,8 +57,9 @@ def decode_json(payload: bytes) -> dict:
 class FrameDecoder:
     """Incremental decoder for a non-blocking reader; refuses frames above `max_frame` bytes."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, max_json: int | None = None) -> None:
         self.max_frame = max_frame
+        self.max_json = max_frame if max_json is None else max_json
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> None:
@@ -57,6 +73,8 @@ class FrameDecoder:
             raise ProtocolError(f"unknown frame kind {kind!r}")
         if length > self.max_frame:
             raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame}-byte cap")
+        if kind == KIND_JSON and length > self.max_json:
+            raise ProtocolError(f"JSON frame of {length} bytes exceeds the {self.max_json}-byte cap")
         end = HEADER.size + length
         if len(self._buf) < end:
             return None

@@ -44,17 +44,35 @@ def test_unstartable_kernel_raises_sandbox_error(monkeypatch):
         Sandbox("p", handler=lambda reqs: [], limits=SandboxLimits(startup_timeout_s=5, launcher="none"))
 
 
-def test_auto_launcher_falls_back_and_reports(monkeypatch):
-    """An unusable wrapper is skipped; the report says which launcher really runs."""
+def _no_bwrap(monkeypatch):
     import repl.launch as launch
 
-    monkeypatch.setitem(launch._probe_cache, ("bwrap", False, launch.is_root()), False)
-    monkeypatch.setitem(launch._probe_cache, ("unshare", False, launch.is_root()), False)
-    with Sandbox("p", handler=lambda reqs: [], limits=SandboxLimits(cell_timeout_s=5)) as box:
+    for name in ("bwrap", "unshare"):
+        monkeypatch.setitem(launch._plan_cache, launch.plan_key(name, False), None)
+        monkeypatch.setitem(launch._plan_errors, launch.plan_key(name, False), "disabled by the test")
+
+
+def test_auto_launcher_falls_back_when_allowed_and_reports(monkeypatch):
+    """An unusable wrapper is skipped when weaker launchers are allowed; the report says which runs."""
+    _no_bwrap(monkeypatch)
+    limits = SandboxLimits(cell_timeout_s=5, allow_weak_launchers=True)
+    with Sandbox("p", handler=lambda reqs: [], limits=limits) as box:
         assert box.isolation.launcher == "none"
         assert not box.isolation.pid_namespace
+        assert any("bubblewrap is not usable" in n and "apt-get install bubblewrap" in n for n in box.isolation.notes)
         r = box.run_cell("import os\nos.fork()")
     assert "sandbox: starting processes is not allowed" in r.error
+
+
+def test_auto_launcher_as_root_refuses_weaker_launchers(monkeypatch):
+    """As root, "auto" does not silently fall back below bubblewrap: the error says what to install."""
+    import repl.launch as launch
+
+    monkeypatch.setattr(launch, "is_root", lambda: True)
+    _no_bwrap(monkeypatch)
+    with pytest.raises(SandboxError, match=r"refuses the weaker launchers.*apt-get install bubblewrap.*"
+                                           r"allow_weak_launchers"):
+        Sandbox("p", handler=lambda reqs: [], limits=SandboxLimits(cell_timeout_s=5))
 
 
 def test_closed_sandbox_refuses_cells():
