@@ -14,8 +14,6 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from repl.text import clean_text
-
 SCHEMA_VERSION = 1
 
 StopReason = Literal["final", "max_iterations", "cap", "error"]
@@ -197,8 +195,10 @@ class SampleRow(BaseModel):
 
 
 def _clean(value: Any) -> Any:
+    """A record with every lone surrogate (a cell may print one; UTF-8 cannot hold it) made U+FFFD.
+    Done with the codec, not repl's cleaner, so this leaf imports nothing of the rig."""
     if isinstance(value, str):
-        return clean_text(value)
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, dict):
         return {_clean(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list):

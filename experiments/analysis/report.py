@@ -38,6 +38,7 @@ from experiments.analysis.metrics import (
     summarize_frame,
     summarize_run,
 )
+from experiments.analysis.render import fmt as _fmt, figure as _figure, md_table, save as _save, yerr as _yerr
 from experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
 from experiments.analysis.metrics import worker_failure_summary
 from experiments.analysis.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
@@ -65,30 +66,8 @@ COMPARISON_METRICS: list[tuple[str, str, str]] = [
     ("n_failed", "examples with score < 1", "d"),
     ("n_format_only", "of which failed on the answer format alone (lenient score 1)", "d"),
 ]
-__all__ = ["write_report", "summarize_run", "md_table", "COMPARISON_METRICS"]
+__all__ = ["write_report", "summarize_run", "COMPARISON_METRICS"]
 
-
-
-# ----------------------------------------------------------------------------- formatting
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
-        return "–"
-    if spec == "d":
-        return str(int(v))
-    if isinstance(v, (int, float, np.integer, np.floating)):
-        return format(float(v), spec)
-    return str(v)
-
-
-def _md_escape(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub Markdown table (cells already formatted as strings)."""
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _score_cell(mean: float, lo: float, hi: float, n: int) -> str:
@@ -165,26 +144,6 @@ def _label_counts(frames: dict[str, pd.DataFrame], col: str, order: Sequence[str
 
 
 # ----------------------------------------------------------------------------- plots
-def _figure(width: float = 8.0, height: float = 4.5) -> Any:
-    # Figure + Agg canvas directly: no pyplot global state, no backend switching.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def _yerr(means: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return np.vstack([np.nan_to_num(means - lo), np.nan_to_num(hi - means)]).clip(min=0)
-
-
 def _plot_score_by_run(runs_df: pd.DataFrame, path: Path) -> Path:
     fig = _figure(max(5.0, 1.3 * len(runs_df) + 2), 4.5)
     ax = fig.add_subplot()

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from experiments.analysis.render import md_table
+
 from interp.structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
 
 FOCUS = ("edit", "last")
@@ -103,10 +105,7 @@ def _cell(v: Any, floatfmt: str, col: str) -> str:
 
 def _md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_cell(v, floatfmt, c) for c, v in zip(cols, r)) + " |")
-    return "\n".join(lines)
+    return md_table(cols, [[_cell(v, floatfmt, c) for c, v in zip(cols, r)] for _, r in df.iterrows()])
 
 
 def write_summary_md(out: Path, summary: dict) -> Path:

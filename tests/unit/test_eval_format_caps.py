@@ -122,4 +122,4 @@ def test_model_views_are_kept_in_the_spec(toy, tmp_path):
     RunFolder(tmp_path).create(load_config("cpu-tiny"), spec)
     back = json.loads((Path(tmp_path) / "eval.json").read_text())["model_views"]
     assert "official input" in back["models"]["answerer"] and "\\boxed" in back["instructions_example"]
-    assert EvalSpec.from_json(json.loads((Path(tmp_path) / "eval.json").read_text())).model_views == back
+    assert RunFolder(tmp_path).read_spec().model_views == back
