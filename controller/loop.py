@@ -17,6 +17,7 @@ from typing import Any, Callable
 from configs.schema import RigConfig
 from controller import prompts
 from controller.backends import ControllerLM, ReplayLM
+from controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
 from controller.parsing import parse_turn
 from controller.records import CapEvent, CellRecord, ControllerTurn, Trajectory
 from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
@@ -55,6 +56,7 @@ class RunContext:
     sub_calls_enabled: bool = True
     doc_index: Callable[[str], Any] | None = None  # text -> DocTokenIndex (cached), for span token counts
     kernels: Any = None  # a KernelPool: kernels spawned ahead of time (None: start each on demand)
+    context_window: int | None = None  # the controller's window in tokens: None leaves turns unguarded
 
 
 class RLM:
@@ -156,11 +158,17 @@ class RLM:
             network=cfg.sandbox.network,
         )
         tokens_used = 0
+        window = self.ctx.context_window
+        guard = ContextGuard(window, count=getattr(self.ctx.lm, "count_tokens", None) or estimate_tokens) if window else None
 
         def turn(forced: bool = False) -> Any:
             nonlocal sent, tokens_used
             remaining = cfg.rlm.max_controller_tokens - tokens_used
-            gen = self.ctx.lm.generate(messages, max_new_tokens=max(1, min(cfg.controller.max_new_tokens, remaining)))
+            n_trimmed = len(guard.trimmed) if guard else 0
+            gen = guarded_generate(self.ctx.lm, messages, max(1, min(cfg.controller.max_new_tokens, remaining)), guard)
+            if guard and len(guard.trimmed) > n_trimmed:
+                traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=(
+                    f"removed {len(guard.trimmed) - n_trimmed} old cell output(s) to fit the {window:,}-token window")))
             tokens_used += gen.prompt_tokens + gen.completion_tokens
             traj.model_wall_s += gen.latency_s
             traj.turns.append(
@@ -206,7 +214,12 @@ class RLM:
                     stop_reason = "cap"
                     break
                 router.turn = len(traj.turns)
-                parsed = turn()
+                try:
+                    parsed = turn()
+                except ContextFull as full:
+                    traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=str(full)))
+                    force_reason, stop_reason = "Your context window is full.", "context"
+                    break
                 if parsed.code is not None:
                     router.cell = len(traj.cells)
                     res = sandbox.run_cell(parsed.code)
@@ -259,9 +272,14 @@ class RLM:
                     traj.caps_hit.append(CapEvent(cap="max_iterations", turn=len(traj.turns), detail=force_reason))
                     stop_reason = "max_iterations"
                 messages.append({"role": "user", "content": prompts.FORCE_FINAL.format(reason=force_reason)})
-                parsed = turn(forced=True)
-                if parsed.final is not None:
-                    resolve_final(parsed)
+                try:
+                    parsed = turn(forced=True)
+                except ContextFull as full:  # not even a final answer fits: end with what we have
+                    traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=str(full)))
+                    stop_reason = "context"
+                else:
+                    if parsed.final is not None:
+                        resolve_final(parsed)
             traj.stop_reason = stop_reason  # type: ignore[assignment]
         except Exception as e:  # the run ends, the record survives
             traj.stop_reason = "error"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
 
-StopReason = Literal["final", "max_iterations", "cap", "error"]
+StopReason = Literal["final", "max_iterations", "cap", "context", "error"]
 
 
 class ControllerTurn(BaseModel):
@@ -78,7 +78,7 @@ class SubCallRecord(BaseModel):
 class CapEvent(BaseModel):
     """A configured cap that was hit, as told to the model."""
 
-    cap: Literal["sub_calls", "chunk_tokens", "cell_timeout", "controller_tokens", "max_iterations", "depth"]
+    cap: Literal["sub_calls", "chunk_tokens", "cell_timeout", "controller_tokens", "max_iterations", "depth", "context"]
     turn: int
     detail: str
 
