@@ -23,6 +23,10 @@ NOTE_SMALL = ("[bold]The worker is SmolLM2-135M-Instruct[/], a real but very sma
 
 def register(app: typer.Typer, *, guarded: Callable[..., Any], load_cfg: Callable[..., Any], UserError: type) -> None:
     from experiments.cli import ConfigOpt, SetOpt, _sigterm_as_interrupt, default_run_dir
+    from experiments import cmd_doctor, cmd_plan
+
+    cmd_plan.register(app)
+    cmd_doctor.register(app)
 
     @app.command("eval")
     @guarded
