@@ -15,6 +15,8 @@ oneDNN allocates outside torch's allocator; RSS sees everything the process hold
 
     python bench/bench_plan_interp.py                  # the recorded shapes (docs/BENCHMARKS.md)
     python bench/bench_plan_interp.py --one '{"layers": 1, "tokens": 1024, "job": "patch"}'
+    python bench/bench_plan_interp.py --gpu cuda:0 --out docs/gpu-bench.jsonl   # on a GPU: the real 28 layers,
+        # fp16, an 8K-token chunk, the process capped at 20 GB; the peak is torch.cuda.max_memory_allocated
 """
 from __future__ import annotations
 
@@ -53,7 +55,13 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _build(layers: int, dtype: str):
+GPU_SHAPES = [  # the a4500x2 interp settings on the real Qwen2.5-7B shape (issue 9, part 4)
+    {"layers": 28, "tokens": 8272, "job": "capture", "batch_size": 1, "dtype": "float16"},
+    {"layers": 28, "tokens": 8272, "job": "patch", "batch_size": 2, "dtype": "float16", "offload": True},
+]
+
+
+def _build(layers: int, dtype: str, device: str = "cpu"):
     """A random Qwen2 at the real width, allocated without an init pass (see the module docstring)."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -62,14 +70,14 @@ def _build(layers: int, dtype: str):
     cfg._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device=device)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=g)
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
-    model.model.rotary_emb = Qwen2RotaryEmbedding(config=cfg)  # to_empty left its buffers uninitialised
+    model.model.rotary_emb = Qwen2RotaryEmbedding(config=cfg, device=device)  # to_empty left its buffers uninitialised
     return model.eval()
 
 
@@ -91,7 +99,7 @@ def _replay_model(hf: Any):
     import torch
 
     m = ReplayModel.__new__(ReplayModel)
-    m.name, m.path, m.device, m.tokenizer = "random-qwen2.5-7b-width", "", torch.device("cpu"), None
+    m.name, m.path, m.device, m.tokenizer = "random-qwen2.5-7b-width", "", next(hf.parameters()).device, None
     m.hf, m.dtype, m.pad_id = hf, next(hf.parameters()).dtype, 0
     m.nn = nnsight.TransformersModel(hf, tokenizer=_id_tokenizer())
     return m
@@ -103,9 +111,19 @@ def run_one(shape: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     dtype = shape.get("dtype", "bfloat16")
-    hf = _build(shape["layers"], dtype)
+    device = shape.get("device", "cpu")
+    cuda = device.startswith("cuda")
+    if cuda:  # the A4500's 20 GB, whatever card this runs on
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, 20e9 / total), device)
+    hf = _build(shape["layers"], dtype, device)
     model = _replay_model(hf)
-    base = _rss_bytes()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_bytes()
     T, n = shape["tokens"], shape.get("batch_size", 2)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(100, 150000, (T,), generator=g).tolist()
@@ -126,7 +144,8 @@ def run_one(shape: dict[str, Any]) -> dict[str, Any]:
         _, _, acts = reference_run(model, pair, sites, offload=bool(shape.get("offload", False)))
         specs = [PatchSpec("resid", layers[k % len(layers)], ("edit", "last")[k % 2]) for k in range(n)]
         patched_logits(model, corrupt, specs, acts, 0, pair)
-    return {**shape, "dtype": dtype, "weights_rss_gib": base / 2**30, "peak_delta_gib": (_peak_bytes() - base) / 2**30}
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _peak_bytes()
+    return {**shape, "dtype": dtype, "weights_rss_gib": base / 2**30, "peak_delta_gib": (peak - base) / 2**30}
 
 
 def measure(shape: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
@@ -157,12 +176,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", help="a JSON shape: run it in this process and print one JSON line")
     ap.add_argument("--out", default=None, help="append the result lines to this JSONL file")
+    ap.add_argument("--gpu", default=None, help="a CUDA device: run the real-size GPU_SHAPES there instead")
     a = ap.parse_args(argv)
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return []
     rows = []
-    for shape in SHAPES:
+    for shape in ([{**s, "device": a.gpu} for s in GPU_SHAPES] if a.gpu else SHAPES):
         m = measure(shape)
         p = predicted(shape)
         m.update(predicted_gib=round(p, 3), ratio=round(p / m["peak_delta_gib"], 3),
