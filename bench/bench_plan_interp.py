@@ -77,7 +77,7 @@ def _build(layers: int, dtype: str, device: str = "cpu"):
             p.normal_(0.0, 0.02, generator=g)
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 
-    model.model.rotary_emb = Qwen2RotaryEmbedding(config=cfg, device=device)  # to_empty left its buffers uninitialised
+    model.model.rotary_emb = Qwen2RotaryEmbedding(config=cfg).to(device)  # to_empty left its buffers uninitialised
     return model.eval()
 
 
