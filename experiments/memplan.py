@@ -51,13 +51,15 @@ def weight_bytes(a: Arch, dtype: str | None, quant: str | None) -> float:
     return a.params() * b
 
 
-def forward_bytes(a: Arch, b: int, batch: int, tokens: int, *, mask: bool = False) -> float:
+def forward_bytes(a: Arch, b: int, batch: int, tokens: int, *, mask: bool = True) -> float:
     """Peak transient of one no-grad transformers forward over [batch, tokens], LM head at the last
-    position only. The peak sits in the MLP: the residual and its normed copy (2 x hidden) plus
-    act(gate), up and their product (3 x intermediate) per token; attention's (q, rotary temporaries,
-    GQA-repeated k/v, output) stays under it for Qwen2 shapes but is taken when larger. `mask`: a
-    padded batch materialises a [batch, 1, T, T] boolean mask."""
-    per_token = 2 * a.hidden + max(3 * a.intermediate, 6 * a.hidden + 4 * a.kv_dim)
+    position only, read off the Qwen2/Llama code: the peak sits in a layer's MLP, where act(gate), up
+    and their product (3 x intermediate per token) coexist with three residual-width tensors (the
+    layer's input, still held by the model's layer loop, the post-attention residual and its normed
+    copy) and, past the first layer, the embedding output (a local of the model's forward).
+    Attention's temporaries (q, rotary copies, GQA-repeated k/v, output) stay under the MLP's for Qwen2
+    shapes but are taken when larger. `mask`: the [batch, 1, T, T] boolean attention mask."""
+    per_token = 3 * a.hidden + (a.hidden if a.layers > 1 else 0) + max(3 * a.intermediate, 6 * a.hidden + 4 * a.kv_dim)
     out = batch * tokens * per_token * b + batch * a.vocab * 4
     if mask:
         out += batch * tokens * tokens
@@ -66,7 +68,7 @@ def forward_bytes(a: Arch, b: int, batch: int, tokens: int, *, mask: bool = Fals
 
 def interp_capture_bytes(a: Arch, b: int, *, batch: int, tokens: int, n_sites: int, positions: int = 1) -> float:
     """One capture forward: the transient plus the captured rows (positions x sites x hidden)."""
-    return forward_bytes(a, b, batch, tokens, mask=batch > 1) + batch * positions * n_sites * a.hidden * b
+    return forward_bytes(a, b, batch, tokens) + batch * positions * n_sites * a.hidden * b
 
 
 def interp_patch_bytes(a: Arch, b: int, *, batch_size: int, tokens: int, n_sites: int, offload: bool) -> float:
