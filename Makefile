@@ -36,10 +36,13 @@ bench: install
 	$(BIN)/python bench/bench_interp.py
 	$(BIN)/python bench/bench_counting.py
 	$(BIN)/python bench/bench_harness.py --profile cpu-small
+	$(BIN)/python bench/bench_served_controller.py
+	$(BIN)/python bench/bench_plan_interp.py
 
 bench-gpu: install-gpu   # on the GPU box: real-size random-weight shapes, NF4 controller and FP16 worker
 	$(BIN)/python bench/bench_gpu.py --arch qwen2.5-coder-14b --quant nf4 --device cuda:0 --out docs/gpu-bench.jsonl
 	$(BIN)/python bench/bench_gpu.py --arch qwen2.5-7b --quant none --dtype float16 --device cuda:0 --out docs/gpu-bench.jsonl
+	$(BIN)/python bench/bench_plan_interp.py --gpu cuda:0 --out docs/gpu-bench.jsonl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -59,6 +59,9 @@ class ServerConfig(Strict):
     quantization: str | None = None
     max_num_seqs: int | None = Field(None, ge=1)
     enforce_eager: bool = Field(False, description="skip graph capture/compile: faster start, slower decode")
+    enable_prefix_caching: bool | None = Field(
+        None, description="reuse the KV cache of a shared prompt prefix (a controller's growing conversation); None: vLLM's default"
+    )
     startup_timeout_s: float = Field(600.0, gt=0)
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -106,6 +109,10 @@ class ControllerConfig(Strict):
     replay_file: str | None = None
     served_name: str | None = None
     server: ServerConfig | None = None
+    context_tokens: int | None = Field(
+        None, ge=256, description="the controller's window for the context guard; default: the server's max_model_len, "
+        "else the model's max_position_embeddings (transformers), else unguarded (replay)"
+    )
 
     @field_validator("model")
     @classmethod

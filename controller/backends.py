@@ -116,7 +116,13 @@ class TransformersLM:
             self.model.to(device)
         self.model.eval()
         self.quantization = quantization
+        self.context_window = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self._lock = threading.Lock()  # one generate at a time: eval threads share this model
+
+    def count_tokens(self, messages: Messages) -> int:
+        """Exact prompt length for the context guard (the same template generate() renders)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def generate(self, messages: Messages, *, max_new_tokens: int) -> Generation:
         import torch
@@ -152,13 +158,53 @@ class TransformersLM:
 
 
 class OpenAILM:
-    """A controller behind an OpenAI-compatible server, through the worker's own client."""
+    """A controller behind an OpenAI-compatible server, through the worker's own client.
+
+    The client's concurrency is the number of examples that run at once (``eval.concurrency``), so
+    their turns reach the server together and batch there; prefix caching on the server reuses each
+    conversation's KV cache from the previous turn.
+    """
 
     STOP = ["\n```\n"]
 
-    def __init__(self, sync_client: Any, name: str):
+    def __init__(self, sync_client: Any, name: str, *, base_url: str | None = None, served_name: str | None = None):
         self.client = sync_client
         self.name = name
+        self.served_name = served_name
+        self.context_window: int | None = None
+        self._http: Any = None
+        if base_url is not None:
+            import httpx
+
+            n = max(1, int(getattr(getattr(sync_client, "worker", None), "concurrency", 1)))
+            self._root = base_url.rstrip("/").removesuffix("/v1")
+            self._http = httpx.Client(trust_env=False, timeout=60.0,
+                                      limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
+            self.context_window = self._served_window()
+
+    def _served_window(self) -> int | None:
+        """The server's max_model_len, as vLLM reports it in /v1/models (None when it does not)."""
+        try:
+            data = self._http.get(self._root + "/v1/models").json().get("data", [])
+        except Exception:  # noqa: BLE001 - an unknown window only means the config's value is used
+            return None
+        for m in data:
+            if m.get("id") == self.served_name and m.get("max_model_len"):
+                return int(m["max_model_len"])
+        return None
+
+    def count_tokens(self, messages: Messages) -> int:
+        """Exact prompt tokens from the server's own chat template (vLLM's /tokenize); a high estimate
+        when the server has no such endpoint."""
+        from controller.context import estimate_tokens
+
+        if self._http is None:
+            return estimate_tokens(messages)
+        r = self._http.post(self._root + "/tokenize", json={"model": self.served_name, "messages": messages,
+                                                            "add_generation_prompt": True})
+        if r.status_code != 200:
+            return estimate_tokens(messages)
+        return int(r.json()["count"])
 
     def generate(self, messages: Messages, *, max_new_tokens: int) -> Generation:
         c = self.client.chat(messages, max_tokens=max_new_tokens, stop=self.STOP)
@@ -169,4 +215,6 @@ class OpenAILM:
         return Generation(truncate_cell(text), c.prompt_tokens, c.completion_tokens, c.latency_s)
 
     def close(self) -> None:
-        pass
+        if self._http is not None:
+            self._http.close()
+            self._http = None

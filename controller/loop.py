@@ -18,6 +18,7 @@ from configs.schema import RigConfig
 from controller import prompts
 from controller.caps import RunCaps, cell_failed
 from controller.backends import ControllerLM, ReplayLM
+from controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
 from controller.parsing import parse_turn
 from controller.records import CapEvent, CellRecord, ControllerTurn, Trajectory
 from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
@@ -59,6 +60,7 @@ class RunContext:
     kernels: Any = None  # a KernelPool: kernels spawned ahead of time (None: start each on demand)
     # progress hook for live displays: called with ("turn" | "cell" | "cell_done" | "done", trajectory), root run only
     on_event: Callable[[str, Trajectory], None] | None = None
+    context_window: int | None = None  # the controller's window in tokens: None leaves turns unguarded
 
 
 class RLM:
@@ -172,11 +174,17 @@ class RLM:
         )
         tokens_used = 0
         caps = RunCaps(cfg.rlm, traj, t0)
+        window = self.ctx.context_window
+        guard = ContextGuard(window, count=getattr(self.ctx.lm, "count_tokens", None) or estimate_tokens) if window else None
 
         def turn(forced: bool = False) -> Any:
             nonlocal sent, tokens_used
             remaining = cfg.rlm.max_controller_tokens - tokens_used
-            gen = self.ctx.lm.generate(messages, max_new_tokens=max(1, min(cfg.controller.max_new_tokens, remaining)))
+            n_trimmed = len(guard.trimmed) if guard else 0
+            gen = guarded_generate(self.ctx.lm, messages, max(1, min(cfg.controller.max_new_tokens, remaining)), guard)
+            if guard and len(guard.trimmed) > n_trimmed:
+                traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=(
+                    f"removed {len(guard.trimmed) - n_trimmed} old cell output(s) to fit the {window:,}-token window")))
             tokens_used += gen.prompt_tokens + gen.completion_tokens
             traj.model_wall_s += gen.latency_s
             traj.turns.append(
@@ -231,7 +239,12 @@ class RLM:
                     break
                 router.turn = len(traj.turns)
                 emit("turn")
-                parsed = turn()
+                try:
+                    parsed = turn()
+                except ContextFull as full:
+                    traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=str(full)))
+                    force_reason, stop_reason = "Your context window is full.", "context"
+                    break
                 if parsed.code is not None:
                     router.cell = len(traj.cells)
                     emit("cell")
@@ -300,9 +313,14 @@ class RLM:
                     traj.final_answer = res.final_answer
                 else:
                     messages.append({"role": "user", "content": unsent + prompts.FORCE_FINAL.format(reason=force_reason)})
-                    parsed = turn(forced=True)
-                    if parsed.final is not None:
-                        resolve_final(parsed)
+                    try:
+                        parsed = turn(forced=True)
+                    except ContextFull as full:  # not even a final answer fits: end with what we have
+                        traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=str(full)))
+                        stop_reason = "context"
+                    else:
+                        if parsed.final is not None:
+                            resolve_final(parsed)
             traj.stop_reason = stop_reason  # type: ignore[assignment]
         except Exception as e:  # the run ends, the record survives
             traj.stop_reason = "error"

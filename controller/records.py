@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
-StopReason = Literal["final", "max_iterations", "cap", "error"]
+StopReason = Literal["final", "max_iterations", "cap", "context", "error"]
 
 
 class ControllerTurn(BaseModel):
@@ -88,7 +88,7 @@ class CapEvent(BaseModel):
     """A configured cap that was hit, as told to the model."""
 
     cap: Literal["sub_calls", "chunk_tokens", "cell_timeout", "controller_tokens", "max_iterations", "depth",
-                 "wall_clock", "cell_errors"]
+                 "wall_clock", "cell_errors", "context"]
     turn: int
     detail: str
 

@@ -78,6 +78,7 @@ class Rig:
             quantization=server.quantization,
             max_num_seqs=server.max_num_seqs,
             enforce_eager=server.enforce_eager,
+            enable_prefix_caching=server.enable_prefix_caching,
             offline=Path(model).exists(),
             extra_args=list(server.extra_args),
             env=dict(server.env),
@@ -164,9 +165,26 @@ class Rig:
             assert c.server is not None and c.model is not None
             served = c.served_name or "controller"
             urls = self._server(c.server, resolve_model(c.model), served, c.dtype, "controller")
-            client = SyncWorker(WorkerClient(urls, served, concurrency=1, timeout_s=900, temperature=c.temperature))
+            # one slot per concurrent example, so their turns batch on the server
+            client = SyncWorker(WorkerClient(urls, served, concurrency=self.cfg.eval.concurrency, timeout_s=900,
+                                             temperature=c.temperature, max_tokens=c.max_new_tokens),
+                                name="controller-loop")
             self._clients.append(client)
-            self.lm = OpenAILM(client, name=c.model)
+            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served)
+
+    def context_window(self) -> int | None:
+        """The controller's window for the context guard: the config's, else what the backend knows
+        (the server's max_model_len, the model's max_position_embeddings), else the configured
+        server's max_model_len; None (unguarded) for a replay without a configured window."""
+        c = self.cfg.controller
+        if c.context_tokens:
+            return c.context_tokens
+        known = getattr(self.lm, "context_window", None)
+        if known:
+            return int(known)
+        if c.backend == "openai" and c.server is not None and self.controller_replay is None:
+            return c.server.max_model_len
+        return None
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +240,7 @@ class Rig:
             sub_calls_enabled=sub_calls,
             doc_index=self.doc_index,
             kernels=self.kernels,
+            context_window=self.context_window(),
         )
 
     def ask(

@@ -106,7 +106,7 @@ def capture_batch(
     ti = torch.tensor([t for p in batch for (_, t, _) in p.positions], device=model.device)
     sites = ordered_sites(layers, components)
     env = model.layers_env()
-    with model.nn.trace(inputs):
+    with model.nn.trace(inputs, logits_to_keep=1):  # logits are not read: skip the LM head at every position
         saved = nnsight.save([component_output(env[li], c)[bi, ti] for li, c in sites])
     return {(c, li): t for (li, c), t in zip(sites, saved)}
 
@@ -114,7 +114,7 @@ def capture_batch(
 @torch.no_grad()
 def plain_forward(model: ReplayModel, batch: list[Prepared]) -> None:
     """The same forward without nnsight, the baseline for capture overhead (bench)."""
-    model.hf(**model.batch([p.seq for p in batch]))
+    model.hf(**model.batch([p.seq for p in batch]), logits_to_keep=1)
 
 
 def _index_rows(p: Prepared, model: ReplayModel, component: str, layer: int) -> list[dict[str, Any]]:

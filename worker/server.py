@@ -50,6 +50,7 @@ class ServerSpec:
     quantization: str | None = None
     enforce_eager: bool = False  # skip torch.compile / graphs: faster start, slower decode
     max_num_seqs: int | None = None
+    enable_prefix_caching: bool | None = None  # None: vLLM's own default
     cpu_kvcache_space_gb: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU
     # "vllm" ignores the model's generation_config.json, so requests get exactly the sampling the
     # client asks for (Qwen2.5 ships repetition_penalty=1.05, which would silently skew "greedy").
@@ -325,6 +326,8 @@ class VLLMServer:
             cmd.append("--enforce-eager")
         if s.max_num_seqs:
             cmd += ["--max-num-seqs", str(s.max_num_seqs)]
+        if s.enable_prefix_caching is not None:
+            cmd.append("--enable-prefix-caching" if s.enable_prefix_caching else "--no-enable-prefix-caching")
         if not s.access_log:
             cmd.append("--disable-uvicorn-access-log")
         return cmd + [str(a) for a in s.extra_args]
@@ -360,7 +363,7 @@ class VLLMServer:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             cmd = self.command()
             self._log_fh = open(self.log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
-            self._log_fh.write(f"# rlm-rig worker: {shlex.join(cmd)}\n")
+            self._log_fh.write(f"# rlm-rig {self.name}: {shlex.join(cmd)}\n")
             self._log_fh.flush()
             full = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.grace_s)] + cmd[1:]
             t0 = time.monotonic()

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import typer
 
-from experiments.cli import ask, config, evaluate, export, report, serve, view
+from experiments.cli import ask, config, doctor, evaluate, export, plan, report, serve, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlm-rig: a research rig for Recursive Language Models")
-for _group in (ask, evaluate, report, view, export, serve, config):
+for _group in (ask, evaluate, report, view, export, plan, doctor, serve, config):
     _group.register(app)
 
 

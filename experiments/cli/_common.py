@@ -85,6 +85,14 @@ def load_cfg(config: str, overrides: Optional[list[str]]) -> Any:
     return cfg
 
 
+def interp_section(cfg: Any) -> Any:
+    """The profile's validated ``interp:`` section (interp owns that schema), for plan and doctor."""
+    from interp.config import parse_interp_config
+
+    icfg, _ = parse_interp_config(cfg.model_dump(mode="json"))
+    return icfg
+
+
 def default_run_dir(cfg: Any, kind: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(cfg.runs_dir) / f"{stamp}-{kind}-{cfg.name}"

@@ -21,6 +21,8 @@ from worker import (
     find_free_port,
 )
 
+from gauges import running, running_on_server
+
 pytestmark = pytest.mark.vllm
 
 
@@ -59,31 +61,11 @@ def test_stop_sequences_cut_the_answer(worker_client: SyncWorker) -> None:
     assert cut.completion_tokens < full.completion_tokens
 
 
-def _running(c: httpx.Client, root: str) -> float:
-    """vLLM's gauge of requests being decoded right now."""
-    for line in c.get(root + "/metrics").text.splitlines():
-        if line.startswith("vllm:num_requests_running{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("the server's /metrics has no vllm:num_requests_running gauge")
-
-
-def _running_on_server(root: str, ready: threading.Event, stop: threading.Event, seen: list[float]) -> None:
-    """Poll the gauge. `ready` fires after the first reading, so the caller can start its load under
-    observation (a slow start of this thread once let a fast load finish unobserved); one last reading
-    follows `stop`."""
-    with httpx.Client(trust_env=False, timeout=30) as c:
-        seen.append(_running(c, root))
-        ready.set()
-        while not stop.is_set():
-            seen.append(_running(c, root))
-        seen.append(_running(c, root))
-
-
 def test_concurrency_cap_holds_on_client_and_server(vllm_server: str, vllm_served_name: str) -> None:
     cap, n = 3, 10
     seen: list[float] = []
     ready, stop = threading.Event(), threading.Event()
-    sampler = threading.Thread(target=_running_on_server, args=(vllm_server[: -len("/v1")], ready, stop, seen))
+    sampler = threading.Thread(target=running_on_server, args=(vllm_server[: -len("/v1")], ready, stop, seen))
     sampler.start()
     assert ready.wait(60) and seen, "the /metrics sampler did not start"
     client = WorkerClient(vllm_server, vllm_served_name, concurrency=cap, max_tokens=64)
@@ -194,11 +176,11 @@ def test_batch_timeout_aborts_the_requests_on_the_server(vllm_server: str, vllm_
         with pytest.raises(TimeoutError, match="cancelled"):
             sync.chat_many([_msgs(f"tell me everything {i}") for i in range(4)], timeout=0.3, ignore_eos=True)
         for _ in range(60):  # the disconnect reaches vLLM, which aborts the running requests
-            if client.in_flight == 0 and _running(c, root) == 0:
+            if client.in_flight == 0 and running(c, root) == 0:
                 break
             threading.Event().wait(0.05)
         assert client.in_flight == 0 and client.calls == 0
-        assert _running(c, root) == 0, "the server is still decoding requests the client gave up on"
+        assert running(c, root) == 0, "the server is still decoding requests the client gave up on"
 
 
 def test_client_rejects_bad_settings() -> None:

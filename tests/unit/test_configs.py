@@ -5,7 +5,7 @@ import pytest
 
 from configs import ConfigError, load_config, resolve_profile
 
-PROFILES = ["a4500x2", "single-gpu", "cpu-tiny"]
+PROFILES = ["a4500x2", "a4500x2-hf", "single-gpu", "cpu-tiny"]
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -17,10 +17,37 @@ def test_shipped_profiles_validate(name):
 
 def test_a4500_profile_facts():
     cfg = load_config("a4500x2")
-    assert cfg.controller.model == "Qwen/Qwen2.5-Coder-14B-Instruct"
-    assert cfg.controller.quantization == "nf4" and cfg.controller.device == "cuda:0"
+    c = cfg.controller
+    # the controller is a vLLM server on GPU 0, 4-bit bitsandbytes, a 32K window, prefix caching,
+    # and as many server slots as examples run at once
+    assert c.backend == "openai" and c.model == "Qwen/Qwen2.5-Coder-14B-Instruct" and c.server is not None
+    assert c.server.device == "cuda" and c.server.cuda_visible_devices == "0" and c.server.quantization == "bitsandbytes"
+    assert c.server.max_model_len >= 32768 and c.server.enable_prefix_caching is True
+    assert c.server.max_num_seqs == cfg.eval.concurrency == 4
+    assert c.server.port != cfg.worker.server.port
     assert cfg.worker.model == "Qwen/Qwen2.5-7B-Instruct" and cfg.worker.dtype == "float16"
     assert cfg.worker.server.cuda_visible_devices == "1" and cfg.worker.backend == "vllm"
+    hf = load_config("a4500x2-hf")
+    assert hf.controller.backend == "transformers" and hf.controller.quantization == "nf4"
+    assert hf.controller.device == "cuda:0" and hf.worker == cfg.worker
+
+
+def test_served_controller_command_has_the_verified_flags():
+    """The exact vLLM command line the a4500x2 controller starts with (vLLM 0.32.0 + vllm-bnb-plugin:
+    --quantization bitsandbytes alone; the plugin sets the load format)."""
+    from worker import ServerSpec, VLLMServer
+
+    s = load_config("a4500x2").controller.server
+    spec = ServerSpec(model="Qwen/Qwen2.5-Coder-14B-Instruct", served_name="controller", port=s.port, device=s.device,
+                      cuda_visible_devices=s.cuda_visible_devices, max_model_len=s.max_model_len,
+                      gpu_memory_utilization=s.gpu_memory_utilization, quantization=s.quantization,
+                      max_num_seqs=s.max_num_seqs, enable_prefix_caching=s.enable_prefix_caching)
+    srv = VLLMServer(spec, log_dir="/nonexistent", name="controller")
+    cmd = srv.command()
+    flag = lambda f: cmd[cmd.index(f) + 1]  # noqa: E731
+    assert flag("--quantization") == "bitsandbytes" and "--load-format" not in cmd
+    assert flag("--max-model-len") == "32768" and flag("--max-num-seqs") == "4" and "--enable-prefix-caching" in cmd
+    assert srv.environment()["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 def _write(tmp_path: Path, text: str) -> Path:
