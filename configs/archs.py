@@ -11,6 +11,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -91,35 +92,18 @@ def from_config_json(path: str | Path) -> Arch:
     )
 
 
-def _builtin_folder(name: str, arg: str) -> Path | None:
-    """The cached folder of a builtin model, if built; never builds or downloads."""
-    try:
-        from worker.cache import models_root
-    except ImportError:
-        return None
-    if name == "tiny":
-        from worker.tiny import TINY_MODEL_DIRNAME
-
-        folder = models_root() / TINY_MODEL_DIRNAME.format(seed=int(arg or 0))
-    elif name == "smollm2":
-        from worker.smollm2 import smollm2_dir
-
-        folder = smollm2_dir()
-    else:
-        return None
-    return folder if (folder / "config.json").is_file() else None
-
-
-def arch_for(model: str) -> Arch:
-    """The shape of `model`: a local folder's config.json, a built builtin's, else the shipped facts."""
+def arch_for(model: str, locate: Callable[[str], Path | None] | None = None) -> Arch:
+    """The shape of `model`: a local folder's config.json, a built builtin's (``locate`` maps a builtin
+    name such as ``tiny:0`` to its cached folder; configs imports nothing of the rig, so the caller
+    passes `worker.builtins.built_model_folder`), else the shipped facts."""
     ref = model.strip()
     p = Path(ref).expanduser()
     if p.exists():
         if (p / "config.json").is_file() or p.name == "config.json":
             return from_config_json(p)
         raise UnknownArchitecture(f"model folder {ref!r} has no config.json")
-    name, _, arg = ref.partition(":")
-    folder = _builtin_folder(name, arg)
+    name = ref.partition(":")[0]
+    folder = locate(ref) if locate is not None else None
     if folder is not None:
         return from_config_json(folder)
     facts = shipped_facts().get(ref) or shipped_facts().get(name)

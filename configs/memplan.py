@@ -205,7 +205,8 @@ def _interp_lines(cfg: RigConfig, icfg: Any, a: Arch, dtype: str, phase: Phase) 
                               "interp.offload_reference: true moves them to CPU memory")
 
 
-def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any = None) -> Plan:
+def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any = None,
+              locate: Any = None) -> Plan:
     """The budget of every GPU the profile uses. `gpu_gib`: the card's memory (default: the card the
     profile was written for, PROFILE_GPU_GIB, else 24 GiB)."""
     card = gpu_gib or PROFILE_GPU_GIB.get(cfg.name, DEFAULT_GPU_GIB)
@@ -225,9 +226,9 @@ def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any =
     # -- eval phase: the controller and the worker -------------------------------------------------------
     if c.backend == "openai" and c.server is not None and c.server.url is None and c.server.device == "cuda":
         gpu = _physical(None, c.server.cuda_visible_devices) or "GPU 0"
-        vllm_phase_lines("controller", arch_for(c.model or ""), c.server, c.dtype, card, phase(gpu, "eval"))
+        vllm_phase_lines("controller", arch_for(c.model or "", locate), c.server, c.dtype, card, phase(gpu, "eval"))
     elif c.backend == "transformers" and (gpu := _physical(c.device, None)):
-        a = arch_for(c.model or "")
+        a = arch_for(c.model or "", locate)
         b = dtype_bytes(c.dtype)
         ctx = c.context_tokens or a.max_positions
         p = phase(gpu, "eval")
@@ -245,9 +246,9 @@ def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any =
         notes.append(f"controller: {c.backend} backend, no GPU memory")
     if w.backend == "vllm" and w.server.url is None and w.server.device == "cuda":
         gpu = _physical(None, w.server.cuda_visible_devices) or "GPU 0"
-        vllm_phase_lines("worker", arch_for(w.model), w.server, w.dtype, card, phase(gpu, "eval"))
+        vllm_phase_lines("worker", arch_for(w.model, locate), w.server, w.dtype, card, phase(gpu, "eval"))
     elif w.backend == "transformers" and (gpu := _physical(w.device, None)):
-        phase(gpu, "eval").lines.append(Line(f"worker: weights, {w.dtype}", weight_bytes(arch_for(w.model), w.dtype, None) / GiB))
+        phase(gpu, "eval").lines.append(Line(f"worker: weights, {w.dtype}", weight_bytes(arch_for(w.model, locate), w.dtype, None) / GiB))
     elif w.server.device == "cpu" or w.backend == "transformers":
         notes.append("worker: on the CPU, no GPU memory")
     # -- interp phase: on the worker's GPU once its server is stopped ------------------------------------
@@ -256,7 +257,7 @@ def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any =
         gpu = worker_gpu if interp_cfg.stop_server and worker_gpu else (_physical(interp_cfg.device, None) or "GPU 0")
         p = phase(gpu, "interp")
         spec_model = interp_cfg.model or w.model
-        _interp_lines(cfg, interp_cfg, arch_for(spec_model), interp_cfg.dtype or w.dtype, p)
+        _interp_lines(cfg, interp_cfg, arch_for(spec_model, locate), interp_cfg.dtype or w.dtype, p)
         if not interp_cfg.stop_server:
             # a worker server left running (serve-worker) shares the card; the controller is not loaded
             for other in gpus[gpu].phases:

@@ -15,11 +15,12 @@ def register(app: typer.Typer) -> None:
 def doctor_cmd(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOpt) -> None:
     """Check GPUs against the plan, torch's CUDA build, vllm/bitsandbytes/nnsight, bubblewrap, ports, models, disk."""
     from configs.memplan import make_plan
+    from worker.builtins import built_model_folder
     from experiments.runs.doctor import FAIL, diagnose, why_not_here
 
     cfg = load_cfg(config, overrides)
     icfg = interp_section(cfg)
-    plan = make_plan(cfg, interp_cfg=icfg)
+    plan = make_plan(cfg, interp_cfg=icfg, locate=built_model_folder)
     checks = diagnose(cfg, plan, icfg)
     print(f"doctor for profile {cfg.name}")
     for c in checks:

@@ -21,12 +21,13 @@ def plan_cmd(
     """Will this profile fit its GPUs? Weights, vLLM KV cache, controller context, interp peak; then a verdict."""
     from configs.archs import UnknownArchitecture
     from configs.memplan import make_plan, render
+    from worker.builtins import built_model_folder
 
     cfg = load_cfg(config, overrides)
     if gpu_gib is not None and gpu_gib <= 0:
         raise UserError(f"--gpu-gib must be positive, got {gpu_gib}")
     try:
-        plan = make_plan(cfg, gpu_gib=gpu_gib, interp_cfg=interp_section(cfg))
+        plan = make_plan(cfg, gpu_gib=gpu_gib, interp_cfg=interp_section(cfg), locate=built_model_folder)
     except UnknownArchitecture as e:
         raise UserError(str(e)) from None
     for line in render(plan):

