@@ -105,64 +105,91 @@ class RLM:
             instructions: str | None = None) -> Trajectory:
         """``instructions``: the dataset's task instructions (answer format etc.), told to the controller
         next to the question; ``doc`` (the REPL's ``prompt``) stays unchanged."""
+        return _Run(self, doc, question, run_id=run_id, save_to=save_to, instructions=instructions).execute()
+
+
+class _Run:
+    """One run of the loop: its trajectory, conversation, sandbox and caps, and the steps that move it.
+
+    WHY a class: the steps (a controller turn, a cell, a final answer, the forced last turn) share a
+    dozen pieces of state; as methods of one object each step is short and named, where they used to
+    be closures inside one 230-line function.
+    """
+
+    def __init__(self, rlm: RLM, doc: str, question: str, *, run_id: str | None, save_to: str | Path | None,
+                 instructions: str | None):
+        self.rlm, self.ctx, self.cfg = rlm, rlm.ctx, rlm.cfg
+        self.doc, self.question, self.save_to = doc, question, save_to
+        self.t0 = time.perf_counter()
+        self.traj = self._new_trajectory(run_id, instructions)
+        index = self.ctx.doc_index(doc) if self.ctx.doc_index is not None else None
+        cpt = (index.chars_per_token if index is not None and index.n_tokens
+               else estimate_chars_per_token(doc, self.ctx.count_tokens))
+        budget_tokens = self.cfg.chunk_budget()
+        self.budget_chars = int(budget_tokens * cpt * 0.9)
+        nested = rlm._nested_runner()
+        self.router = self._router(budget_tokens, nested, index)
+        system = prompts.system_prompt(
+            prompts.describe_shape(doc, cpt),
+            chunk_budget_tokens=budget_tokens,
+            chunk_budget_chars=self.budget_chars,
+            max_iterations=self.cfg.rlm.max_iterations,
+            max_sub_calls=self.cfg.rlm.max_sub_calls,
+            can_nest=nested is not None,
+            sub_calls_enabled=self.ctx.sub_calls_enabled,
+        )
+        self.messages: list[dict[str, str]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompts.first_user_message(question, instructions)},
+        ]
+        self.sent = 0  # messages already shown in a recorded turn
+        self.tokens_used = 0
+        self.caps = RunCaps(self.cfg.rlm, self.traj, self.t0)
+        window = self.ctx.context_window
+        self.window = window
+        count = getattr(self.ctx.lm, "count_tokens", None) or estimate_tokens
+        self.guard = ContextGuard(window, count=count) if window else None
+        self.sandbox: Sandbox | None = None
+        self.stop_reason: str | None = None
+        self.force_reason = f"You have used all {self.cfg.rlm.max_iterations} replies."
+        self.unsent = ""  # feedback not yet shown when a cap broke the loop
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _new_trajectory(self, run_id: str | None, instructions: str | None) -> Trajectory:
         cfg = self.cfg
-        t0 = time.perf_counter()
-        traj = Trajectory(
+        return Trajectory(
             run_id=run_id or uuid.uuid4().hex[:12],
-            question=question,
+            question=self.question,
             task_instructions=instructions,
-            doc_chars=len(doc),
-            doc_sha256=hashlib.sha256(doc.encode("utf-8", "surrogatepass")).hexdigest(),
+            doc_chars=len(self.doc),
+            doc_sha256=hashlib.sha256(self.doc.encode("utf-8", "surrogatepass")).hexdigest(),
             config=cfg.model_dump(mode="json"),
             config_hash=cfg.hash(),
             models=self.ctx.models,
             versions=self.ctx.versions,
-            depth=self.depth,
+            depth=self.rlm.depth,
             started_at=_now(),
         )
 
-        def emit(kind: str) -> None:
-            if self.ctx.on_event is not None and self.depth == 0:
-                self.ctx.on_event(kind, traj)
-
-        def save(final: bool = False) -> None:
-            traj.wall_s = time.perf_counter() - t0
-            if save_to is not None:
-                traj.save(save_to, fsync=final)
-
-        index = self.ctx.doc_index(doc) if self.ctx.doc_index is not None else None
-        cpt = index.chars_per_token if index is not None and index.n_tokens else estimate_chars_per_token(doc, self.ctx.count_tokens)
-        budget_tokens = cfg.chunk_budget()
-        budget_chars = int(budget_tokens * cpt * 0.9)
-        nested = self._nested_runner()
-        router = SubCallRouter(
-            doc=doc,
-            traj=traj,
+    def _router(self, budget_tokens: int, nested: Any, index: Any) -> SubCallRouter:
+        cfg = self.cfg
+        return SubCallRouter(
+            doc=self.doc,
+            traj=self.traj,
             worker=self.ctx.worker if self.ctx.sub_calls_enabled else None,
             count_tokens=self.ctx.count_tokens,
             budget_tokens=budget_tokens,
-            budget=self.budget,
-            depth=self.depth,
+            budget=self.rlm.budget,
+            depth=self.rlm.depth,
             worker_max_tokens=cfg.worker.max_tokens,
             worker_system=cfg.worker.system_prompt,
             nested=nested,
             concurrency=cfg.worker.concurrency,
             doc_index=index,
         )
-        system = prompts.system_prompt(
-            prompts.describe_shape(doc, cpt),
-            chunk_budget_tokens=budget_tokens,
-            chunk_budget_chars=budget_chars,
-            max_iterations=cfg.rlm.max_iterations,
-            max_sub_calls=cfg.rlm.max_sub_calls,
-            can_nest=nested is not None,
-            sub_calls_enabled=self.ctx.sub_calls_enabled,
-        )
-        messages: list[dict[str, str]] = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": prompts.first_user_message(question, instructions)},
-        ]
-        sent = 0  # messages already shown in a recorded turn
+
+    def _open_sandbox(self) -> Sandbox:
+        cfg = self.cfg
         limits = SandboxLimits(
             cell_timeout_s=cfg.rlm.cell_timeout_s,
             memory_mb=cfg.sandbox.memory_mb,
@@ -172,169 +199,186 @@ class RLM:
             allow_weak_launchers=cfg.sandbox.allow_weak_launchers,
             max_scratch_mb=cfg.sandbox.max_scratch_mb,
         )
-        tokens_used = 0
-        caps = RunCaps(cfg.rlm, traj, t0)
-        window = self.ctx.context_window
-        guard = ContextGuard(window, count=getattr(self.ctx.lm, "count_tokens", None) or estimate_tokens) if window else None
+        names = {"CHUNK_BUDGET_CHARS": self.budget_chars, "question": self.question}
+        if self.ctx.kernels is not None:
+            sandbox = self.ctx.kernels.sandbox(self.doc, handler=self.router, limits=limits, extra_globals=names)
+        else:
+            sandbox = Sandbox(self.doc, handler=self.router, limits=limits, extra_globals=names)
+        if sandbox.isolation is not None:
+            self.traj.isolation = sandbox.isolation.as_dict()
+        return sandbox
 
-        def turn(forced: bool = False) -> Any:
-            nonlocal sent, tokens_used
-            remaining = cfg.rlm.max_controller_tokens - tokens_used
-            n_trimmed = len(guard.trimmed) if guard else 0
-            gen = guarded_generate(self.ctx.lm, messages, max(1, min(cfg.controller.max_new_tokens, remaining)), guard)
-            if guard and len(guard.trimmed) > n_trimmed:
-                traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=(
-                    f"removed {len(guard.trimmed) - n_trimmed} old cell output(s) to fit the {window:,}-token window")))
-            tokens_used += gen.prompt_tokens + gen.completion_tokens
-            traj.model_wall_s += gen.latency_s
-            traj.turns.append(
-                ControllerTurn(
-                    index=len(traj.turns),
-                    messages_in=messages[sent:],
-                    response=gen.text,
-                    prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens,
-                    latency_s=gen.latency_s,
-                    forced_final=forced,
-                )
-            )
-            messages.append({"role": "assistant", "content": gen.text})
-            sent = len(messages)
-            return parse_turn(gen.text)
+    # -- small steps ----------------------------------------------------------------------
+    def emit(self, kind: str) -> None:
+        if self.ctx.on_event is not None and self.rlm.depth == 0:
+            self.ctx.on_event(kind, self.traj)
 
-        sandbox: Sandbox | None = None
-        try:
-            names = {"CHUNK_BUDGET_CHARS": budget_chars, "question": question}
-            if self.ctx.kernels is not None:
-                sandbox = self.ctx.kernels.sandbox(doc, handler=router, limits=limits, extra_globals=names)
+    def save(self, final: bool = False) -> None:
+        self.traj.wall_s = time.perf_counter() - self.t0
+        if self.save_to is not None:
+            self.traj.save(self.save_to, fsync=final)
+
+    def cap(self, cap: str, detail: str) -> None:
+        self.traj.caps_hit.append(CapEvent(cap=cap, turn=len(self.traj.turns), detail=detail))  # type: ignore[arg-type]
+
+    def say(self, content: str) -> None:
+        self.messages.append({"role": "user", "content": content})
+
+    def turn(self, forced: bool = False) -> Any:
+        """One controller generation, guarded against the context window; recorded; parsed."""
+        cfg, traj, guard = self.cfg, self.traj, self.guard
+        remaining = cfg.rlm.max_controller_tokens - self.tokens_used
+        n_trimmed = len(guard.trimmed) if guard else 0
+        gen = guarded_generate(self.ctx.lm, self.messages, max(1, min(cfg.controller.max_new_tokens, remaining)), guard)
+        if guard and len(guard.trimmed) > n_trimmed:
+            self.cap("context", f"removed {len(guard.trimmed) - n_trimmed} old cell output(s) to fit the "
+                                f"{self.window:,}-token window")
+        self.tokens_used += gen.prompt_tokens + gen.completion_tokens
+        traj.model_wall_s += gen.latency_s
+        traj.turns.append(ControllerTurn(
+            index=len(traj.turns), messages_in=self.messages[self.sent:], response=gen.text,
+            prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, latency_s=gen.latency_s,
+            forced_final=forced,
+        ))
+        self.messages.append({"role": "assistant", "content": gen.text})
+        self.sent = len(self.messages)
+        return parse_turn(gen.text)
+
+    def resolve_final(self, parsed: Any) -> tuple[bool, str | None]:
+        """(done, message to the model if not done)."""
+        if parsed.final.kind == "FINAL":
+            self.traj.final_answer = parsed.final.value
+            return True, None
+        res = self.sandbox.run_cell(f"FINAL_VAR({parsed.final.value!r})")  # type: ignore[union-attr]
+        if res.final_answer is not None:
+            self.traj.final_answer = res.final_answer
+            return True, None
+        self.caps.note_final_var(parsed.final.value)
+        return False, prompts.final_var_missing(parsed.final.value)
+
+    def run_cell(self, parsed: Any) -> bool:
+        """Run the turn's code cell and answer the model; True when the run ended (final answer or cap)."""
+        traj, sandbox = self.traj, self.sandbox
+        assert sandbox is not None
+        self.router.cell = len(traj.cells)
+        self.emit("cell")
+        res = sandbox.run_cell(parsed.code)
+        cell = CellRecord(
+            index=len(traj.cells), turn=len(traj.turns) - 1, code=parsed.code, stdout=res.stdout,
+            stderr=res.stderr, error=res.error, duration_s=res.duration_s, timed_out=res.timed_out,
+            restarted=res.restarted, kill_reason=res.kill_reason, notices=list(res.notices),
+            final_answer=res.final_answer, output_truncated=res.output_truncated, sub_calls=res.sub_calls,
+            prompt_restored=res.prompt_restored,
+        )
+        if res.restarted and sandbox.isolation is not None:
+            traj.isolation = sandbox.isolation.as_dict()
+        feedback = self.rlm._feedback(cell, res)
+        if len(parsed.code_blocks) > 1:
+            feedback += "\n[rig] Only your first code block ran: write one block per reply."
+        traj.cells.append(cell)
+        self.emit("cell_done")
+        if getattr(self.ctx.worker, "dead", None):  # worker/watch.py gave up: no answer from errors
+            raise WorkerDeadError(f"worker is dead: {self.ctx.worker.dead}")  # type: ignore[union-attr]
+        if res.timed_out:
+            traj.caps_hit.append(CapEvent(cap="cell_timeout", turn=cell.turn,
+                                          detail=f"cell {cell.index} > {self.cfg.rlm.cell_timeout_s:g} s"))
+        if res.final_answer is not None:
+            traj.final_answer = res.final_answer
+            self.stop_reason = "final"
+            return True
+        if parsed.final is not None:
+            done, msg = self.resolve_final(parsed)
+            if done:
+                self.stop_reason = "final"
+                return True
+            feedback += "\n" + (msg or "")
+        capped = self.caps.after_cell(not cell_failed(res), cell.turn)
+        if capped:  # the last cell's output still reaches the forced answer turn
+            self.force_reason, self.stop_reason, self.unsent = capped, "cap", feedback + "\n"
+            return True
+        self.say(feedback)
+        return False
+
+    def budget_spent(self) -> bool:
+        """A run cap (wall clock, controller tokens) ends the loop before the next turn."""
+        capped = self.caps.wall_clock(len(self.traj.turns))
+        if capped:
+            self.force_reason, self.stop_reason = capped, "cap"
+            return True
+        limit = self.cfg.rlm.max_controller_tokens
+        if self.tokens_used >= limit:
+            self.force_reason = f"The controller token budget ({limit:,}) is used up."
+            self.cap("controller_tokens", self.force_reason)
+            self.stop_reason = "cap"
+            return True
+        return False
+
+    # -- the loop and its end -------------------------------------------------------------
+    def iterate(self) -> None:
+        for _ in range(self.cfg.rlm.max_iterations):
+            if self.budget_spent():
+                return
+            self.router.turn = len(self.traj.turns)
+            self.emit("turn")
+            try:
+                parsed = self.turn()
+            except ContextFull as full:
+                self.cap("context", str(full))
+                self.force_reason, self.stop_reason = "Your context window is full.", "context"
+                return
+            if parsed.code is not None:
+                if self.run_cell(parsed):
+                    return
+            elif parsed.final is not None:
+                done, msg = self.resolve_final(parsed)
+                if done:
+                    self.stop_reason = "final"
+                    return
+                self.say(msg or "")
             else:
-                sandbox = Sandbox(doc, handler=router, limits=limits, extra_globals=names)
-            if sandbox.isolation is not None:
-                traj.isolation = sandbox.isolation.as_dict()
+                self.say(prompts.FORMAT_ERROR)
+            self.save()  # a snapshot per turn: a killed run still leaves its record up to here
 
-            def resolve_final(parsed: Any) -> tuple[bool, str | None]:
-                """(done, message to the model if not done)."""
-                if parsed.final.kind == "FINAL":
-                    traj.final_answer = parsed.final.value
-                    return True, None
-                res = sandbox.run_cell(f"FINAL_VAR({parsed.final.value!r})")  # type: ignore[union-attr]
-                if res.final_answer is not None:
-                    traj.final_answer = res.final_answer
-                    return True, None
-                caps.note_final_var(parsed.final.value)
-                return False, prompts.final_var_missing(parsed.final.value)
+    def best_answer(self) -> None:
+        """A run that did not finish answers anyway: the last FINAL_VAR candidate, else one forced turn."""
+        if self.stop_reason is None:
+            self.cap("max_iterations", self.force_reason)
+            self.stop_reason = "max_iterations"
+        res = self.sandbox.run_cell(f"FINAL_VAR({self.caps.candidate!r})") if self.caps.candidate else None  # type: ignore[union-attr]
+        if res is not None and res.final_answer is not None:
+            self.traj.final_answer = res.final_answer
+            return
+        self.say(self.unsent + prompts.FORCE_FINAL.format(reason=self.force_reason))
+        try:
+            parsed = self.turn(forced=True)
+        except ContextFull as full:  # not even a final answer fits: end with what we have
+            self.cap("context", str(full))
+            self.stop_reason = "context"
+            return
+        if parsed.final is not None:
+            self.resolve_final(parsed)
 
-            stop_reason: str | None = None
-            unsent = ""  # feedback not yet shown when a cap broke the loop
-            force_reason = f"You have used all {cfg.rlm.max_iterations} replies."
-            for _ in range(cfg.rlm.max_iterations):
-                capped = caps.wall_clock(len(traj.turns))
-                if capped:
-                    force_reason, stop_reason = capped, "cap"
-                    break
-                if tokens_used >= cfg.rlm.max_controller_tokens:
-                    force_reason = f"The controller token budget ({cfg.rlm.max_controller_tokens:,}) is used up."
-                    traj.caps_hit.append(CapEvent(cap="controller_tokens", turn=len(traj.turns), detail=force_reason))
-                    stop_reason = "cap"
-                    break
-                router.turn = len(traj.turns)
-                emit("turn")
-                try:
-                    parsed = turn()
-                except ContextFull as full:
-                    traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=str(full)))
-                    force_reason, stop_reason = "Your context window is full.", "context"
-                    break
-                if parsed.code is not None:
-                    router.cell = len(traj.cells)
-                    emit("cell")
-                    res = sandbox.run_cell(parsed.code)
-                    cell = CellRecord(
-                        index=len(traj.cells),
-                        turn=len(traj.turns) - 1,
-                        code=parsed.code,
-                        stdout=res.stdout,
-                        stderr=res.stderr,
-                        error=res.error,
-                        duration_s=res.duration_s,
-                        timed_out=res.timed_out,
-                        restarted=res.restarted,
-                        kill_reason=res.kill_reason,
-                        notices=list(res.notices),
-                        final_answer=res.final_answer,
-                        output_truncated=res.output_truncated,
-                        sub_calls=res.sub_calls,
-                        prompt_restored=res.prompt_restored,
-                    )
-                    if res.restarted and sandbox.isolation is not None:
-                        traj.isolation = sandbox.isolation.as_dict()
-                    feedback = self._feedback(cell, res)
-                    if len(parsed.code_blocks) > 1:
-                        feedback += "\n[rig] Only your first code block ran: write one block per reply."
-                    traj.cells.append(cell)
-                    emit("cell_done")
-                    if getattr(self.ctx.worker, "dead", None):  # worker/watch.py gave up: no answer from errors
-                        raise WorkerDeadError(f"worker is dead: {self.ctx.worker.dead}")  # type: ignore[union-attr]
-                    if res.timed_out:
-                        traj.caps_hit.append(
-                            CapEvent(cap="cell_timeout", turn=cell.turn, detail=f"cell {cell.index} > {cfg.rlm.cell_timeout_s:g} s")
-                        )
-                    if res.final_answer is not None:
-                        traj.final_answer = res.final_answer
-                        stop_reason = "final"
-                        break
-                    if parsed.final is not None:
-                        done, msg = resolve_final(parsed)
-                        if done:
-                            stop_reason = "final"
-                            break
-                        feedback += "\n" + (msg or "")
-                    capped = caps.after_cell(not cell_failed(res), cell.turn)
-                    if capped:  # the last cell's output still reaches the forced answer turn
-                        force_reason, stop_reason, unsent = capped, "cap", feedback + "\n"
-                        break
-                    messages.append({"role": "user", "content": feedback})
-                elif parsed.final is not None:
-                    done, msg = resolve_final(parsed)
-                    if done:
-                        stop_reason = "final"
-                        break
-                    messages.append({"role": "user", "content": msg or ""})
-                else:
-                    messages.append({"role": "user", "content": prompts.FORMAT_ERROR})
-                save()  # a snapshot per turn: a killed run still leaves its record up to here
-            if stop_reason != "final":
-                if stop_reason is None:
-                    traj.caps_hit.append(CapEvent(cap="max_iterations", turn=len(traj.turns), detail=force_reason))
-                    stop_reason = "max_iterations"
-                # the best answer so far: the last FINAL_VAR candidate, else one forced answer turn
-                res = sandbox.run_cell(f"FINAL_VAR({caps.candidate!r})") if caps.candidate else None
-                if res is not None and res.final_answer is not None:
-                    traj.final_answer = res.final_answer
-                else:
-                    messages.append({"role": "user", "content": unsent + prompts.FORCE_FINAL.format(reason=force_reason)})
-                    try:
-                        parsed = turn(forced=True)
-                    except ContextFull as full:  # not even a final answer fits: end with what we have
-                        traj.caps_hit.append(CapEvent(cap="context", turn=len(traj.turns), detail=str(full)))
-                        stop_reason = "context"
-                    else:
-                        if parsed.final is not None:
-                            resolve_final(parsed)
-            traj.stop_reason = stop_reason  # type: ignore[assignment]
+    def execute(self) -> Trajectory:
+        traj = self.traj
+        try:
+            self.sandbox = self._open_sandbox()
+            self.iterate()
+            if self.stop_reason != "final":
+                self.best_answer()
+            traj.stop_reason = self.stop_reason  # type: ignore[assignment]
         except Exception as e:  # the run ends, the record survives
             traj.stop_reason = "error"
             traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
             traj.error_kind = failure_kind(e)
         finally:
-            if sandbox is not None:
+            if self.sandbox is not None:
                 if self.ctx.kernels is not None:
-                    self.ctx.kernels.retire(sandbox)
+                    self.ctx.kernels.retire(self.sandbox)
                 else:
-                    sandbox.close()
+                    self.sandbox.close()
             traj.finished_at = _now()
-            save(final=True)
-            emit("done")
+            self.save(final=True)
+            self.emit("done")
         return traj
 
 
