@@ -224,9 +224,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
         df.to_csv(table_paths[name], index=False)
     plots = _plots(tables, frames, labels, unit, out_dir, seed)
     warnings = _warnings(runs)
-    md = _markdown(runs, summaries, labels, frames, tables["by_question_type"], tables["by_episodes"],
-                   tables["by_length"], length_bucket_order(unit), unit, tables["tokens"], tables["strategies"],
-                   tables["failures"], warnings, seed)
+    md = _markdown(runs, summaries, labels, frames, tables, unit, warnings, seed)
     md = md.replace("\n## Tokens\n", _paired_and_worker_md(tables["paired"], tables["worker_failures"], unit)
                     + "\n## Tokens\n", 1)
     report = out_dir / "report.md"
@@ -311,9 +309,8 @@ def _plots(tables: dict[str, pd.DataFrame], frames: dict[str, pd.DataFrame], lab
 
 
 def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list[str], frames: dict[str, pd.DataFrame],
-              by_qt: pd.DataFrame, by_ep: pd.DataFrame, by_len: pd.DataFrame, len_order: list[str], unit: str,
-              tokens: pd.DataFrame, strategies: pd.DataFrame, failures: pd.DataFrame, warnings: list[str],
-              seed: int) -> str:
+              tables: dict[str, pd.DataFrame], unit: str, warnings: list[str], seed: int) -> str:
+    """report.md: one section per kind of figure, each with the words a reader needs to trust it."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out: list[str] = [f"# rlm-rig report\n\nGenerated {now} from {len(runs)} run(s).\n"]
     out.append(md_table(
@@ -321,7 +318,20 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
         [[r.label, str(r.path), r.method, _fmt(r.max_depth, "d") if r.max_depth is not None else "?", r.status,
           str(len(r.rows))] for r in runs],
     ))
+    out += _md_comparison(summaries, labels, seed)
+    out += _md_breakdowns(tables, labels, unit)
+    out += _md_tokens(tables["tokens"])
+    out += _md_utilization(summaries, labels, frames)
+    out += _md_strategies(tables["strategies"], labels)
+    out += _md_failures(tables["failures"], labels)
+    if warnings:
+        out.append("\n## Warnings\n")
+        out.extend(f"- {w}" for w in warnings)
+    return "\n".join(out) + "\n"
 
+
+def _md_comparison(summaries: list[dict[str, Any]], labels: list[str], seed: int) -> list[str]:
+    out: list[str] = []
     out.append("\n## Comparison\n")
     out.append(
         f"Accuracy is the mean official score; the 95% CI is a percentile bootstrap of the mean "
@@ -333,10 +343,15 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
                         [[title, *[_fmt(s[key], spec) for s in summaries]] for key, title, spec in COMPARISON_METRICS]))
     out.append("\n![score by run](score_by_run.png)\n")
 
+    return out
+
+
+def _md_breakdowns(tables: dict[str, pd.DataFrame], labels: list[str], unit: str) -> list[str]:
+    out: list[str] = []
     for title, long, by, order, img in [
-        ("Score by question type", by_qt, "question_type", None, "score_by_question_type.png"),
-        ("Score by episode count (len(episodes))", by_ep, "n_episodes", None, None),
-        (f"Score by context length ({unit})", by_len, "length_bucket", len_order, "score_vs_length.png"),
+        ("Score by question type", tables["by_question_type"], "question_type", None, "score_by_question_type.png"),
+        ("Score by episode count (len(episodes))", tables["by_episodes"], "n_episodes", None, None),
+        (f"Score by context length ({unit})", tables["by_length"], "length_bucket", length_bucket_order(unit), "score_vs_length.png"),
     ]:
         out.append(f"\n### {title}\n")
         out.append("Cells: mean [95% CI] (n).\n")
@@ -345,6 +360,11 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
         if img:
             out.append(f"\n![{title}]({img})\n")
 
+    return out
+
+
+def _md_tokens(tokens: pd.DataFrame) -> list[str]:
+    out: list[str] = []
     out.append(
         "\n## Tokens\n\nMeans per example (totals in tokens.csv). *Row*: the sample rows' counts (the root "
         "trajectory). *All depths*: summed over nested trajectories too (the row's figure where there is no "
@@ -357,6 +377,11 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
          for r in tokens.itertuples()],
     ))
 
+    return out
+
+
+def _md_utilization(summaries: list[dict[str, Any]], labels: list[str], frames: dict[str, pd.DataFrame]) -> list[str]:
+    out: list[str] = []
     out.append(
         "\n## Context utilization\n\nFraction of the document's characters inside at least one sub_call chunk "
         "(union of `[chunk_start, chunk_end)` over `doc_chars`; chunks not found verbatim in the document have no "
@@ -369,6 +394,11 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
          for lab, s in zip(labels, summaries)],
     ))
 
+    return out
+
+
+def _md_strategies(strategies: pd.DataFrame, labels: list[str]) -> list[str]:
+    out: list[str] = []
     out.append(
         "\n## Strategies\n\nClassified from the AST of the root controller's cells (see experiments/analysis/strategies.py). "
         "Each example gets every label that applies and one primary label, the first present in: "
@@ -379,6 +409,11 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
     out.append(_count_table(strategies, "strategy", [*STRATEGY_PRECEDENCE, NO_CONTROLLER], labels))
     out.append("\n![strategies](strategies.png)\n")
 
+    return out
+
+
+def _md_failures(failures: pd.DataFrame, labels: list[str]) -> list[str]:
+    out: list[str] = []
     out.append(
         "\n## Failure modes (examples with score < 1)\n\nEach failed example gets every label that applies and one "
         "primary label, the first present in this order (causes before symptoms; see experiments/analysis/failures.py): "
@@ -388,10 +423,7 @@ def _markdown(runs: list[RunData], summaries: list[dict[str, Any]], labels: list
     out.append(_count_table(failures, "failure", list(FAILURE_PRECEDENCE), labels))
     out.append("\n![failure modes](failures.png)\n")
 
-    if warnings:
-        out.append("\n## Warnings\n")
-        out.extend(f"- {w}" for w in warnings)
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _worker_table(runs: list[RunData]) -> pd.DataFrame:
