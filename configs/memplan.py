@@ -205,6 +205,7 @@ def _interp_lines(cfg: RigConfig, icfg: Any, a: Arch, dtype: str, phase: Phase) 
                               "interp.offload_reference: true moves them to CPU memory")
 
 
+# long: one block per GPU and phase of the profile, in the order `plan` prints them
 def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any = None,
               locate: Any = None) -> Plan:
     """The budget of every GPU the profile uses. `gpu_gib`: the card's memory (default: the card the

@@ -93,6 +93,7 @@ class SubCallRouter:
                 return n
         return self.count_tokens(chunk)
 
+    # long: the parent-side caps checked in order (count, batch, chunk size, depth) before any request leaves
     def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
         if self.worker is None and self.nested is None:
             return [SubCallReply(error="sub_call is disabled in this run (no-subcall method)") for _ in reqs]

@@ -275,6 +275,7 @@ def _train_tokenizer(vocab_size: int, model_max_length: int):
 # --------------------------------------------------------------------------------------------------
 
 
+# long: tokenizer, config, weights and save of the tiny model, each step a few lines, in build order
 def build_tiny_model(
     out_dir: str | Path,
     *,

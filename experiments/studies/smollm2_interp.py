@@ -66,6 +66,7 @@ def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, m
     return info
 
 
+# long: the study's stages in order (run, capture, probe, patch, structure), each skipped when done
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/smollm2-interp")

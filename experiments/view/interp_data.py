@@ -130,6 +130,7 @@ def load_interp(run_dir: str | Path) -> InterpData:
     return data
 
 
+# long: one reader per interp output file, tolerant of the ones a run does not have
 def _read_folder(folder: Path, names: dict[str, str], data: InterpData) -> None:
     rep = folder / names["replay"]
     if rep.exists() and (df := _read_table(rep)) is not None and not df.empty:

@@ -86,6 +86,7 @@ def _check_text(value: object, what: str, fn: str) -> str:
     return value
 
 
+# long: the REPL's API as closures over private references (sub_call, FINAL_VAR), so model code cannot rebind them
 def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str], None]) -> dict:
     """Build the functions bound to this kernel's link and namespace."""
 

@@ -117,6 +117,7 @@ def _make_resolver(getcwd, lstat, readlink, s_islnk):
     return resolve
 
 
+# long: the whole audit policy in one closure, so the hook holds private references that model code cannot patch
 def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[int],
                        allow_ctypes: bool = False, library_roots: tuple[str, ...] = ()) -> None:
     """Install the hook. All state lives in this closure, none in patchable module globals."""
@@ -198,6 +199,7 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
                 f"sandbox: {event} outside the scratch folder is not allowed: {text!r} "
                 f"(write only under {scratch_real})")
 
+    # long: one event table read top to bottom; split into module helpers, model code could replace them
     def hook(event: str, args: tuple) -> None:
         if event == "open":
             path, mode, flags = args

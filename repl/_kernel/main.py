@@ -50,6 +50,7 @@ def _read_ns(kind: str) -> str | None:
         return None
 
 
+# long: one probe per isolation fact, each a few lines; together they are the isolation report
 def _facts(scratch: str, probe_paths: list) -> dict:
     """What the kernel can observe about its own confinement (the parent compares)."""
     cap_eff = None
@@ -218,6 +219,7 @@ def send_done(link: KernelLink, reply: dict) -> None:
     link.send_blobs(head, [reply[k] for k in keys])
 
 
+# long: the kernel's request loop; every branch is one message kind of the protocol, read top to bottom
 def main(fd_in: int, fd_out: int) -> None:
     _ensure_big_stack()
     kind, payload = read_frame(fd_in)
