@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from experiments.datasets import registry
 from experiments.datasets.result import ScoreResult
-from experiments.datasets.rows import open_text
+from experiments.datasets.rows import iter_jsonl
 
 OOLONG_REAL = "oolong-real"
 OOLONG_SYNTH = "oolong-synth"
@@ -42,19 +42,12 @@ def score_example(example: Any, output: str | None) -> tuple[ScoreResult, ScoreR
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file to score")
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+    """(line number, row) of a JSONL file to score; each row must be a JSON object."""
+    for where, row in iter_jsonl(path):
+        lineno = int(where.rsplit(":", 1)[1])
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
 
 
 def _row_output(row: dict[str, Any]) -> tuple[bool, Any]:
