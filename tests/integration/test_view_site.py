@@ -82,10 +82,40 @@ def test_optional_fields_show_when_present(tmp_path):
 def test_view_cli_bad_input(tmp_path):
     from typer.testing import CliRunner
 
-    from experiments.cli import _mount_optional, app
+    from experiments.cli import app
 
-    _mount_optional()
     r = CliRunner().invoke(app, ["view", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "is not a folder" in r.output
     r = CliRunner().invoke(app, ["export", str(tmp_path), "--format", "csv"])
     assert r.exit_code == 2 and "--format 'csv' is not known" in r.output
+
+
+def test_serve_is_loopback_only_and_serves_the_site(tmp_path):
+    """`rlm-rig view --serve`: a real server on 127.0.0.1 that serves the written site."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    rd = make_demo_run(tmp_path / "run", n_samples=2)
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.Popen([sys.executable, "-m", "experiments.cli", "view", str(rd), "--no-report", "--serve"],
+                         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        url = None
+        deadline = time.time() + 120
+        while time.time() < deadline and url is None:
+            line = p.stdout.readline()
+            assert line or p.poll() is None, p.stderr.read()[-2000:]
+            if line.startswith("serving: "):
+                url = line.split()[1]
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert httpx.get(url.replace("index.html", "r0/samples.html"), timeout=10).status_code == 200
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        p.wait(timeout=30)
