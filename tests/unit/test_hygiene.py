@@ -174,3 +174,23 @@ def test_setup_command_detector(tmp_path: Path) -> None:
     assert cmds == ["make demo", "make test", "bash scripts/go.sh", "bash scripts/gone.sh", "pip install x"]
     assert missing_commands(cmds, tmp_path) == ["make target 'test'", "script 'scripts/gone.sh'",
                                                 "'pip install x' is neither a make target nor a script of the repository"]
+
+
+def ignored_sources(root: Path) -> list[str]:
+    """Python files of the rig that .gitignore hides: they exist here and are missing from every clone."""
+    out = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "*.py"],
+                         cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    packages = ("repl/", "worker/", "configs/", "controller/", "interp/", "experiments/", "tests/", "bench/")
+    return [p for p in out if p.startswith(packages)]
+
+
+def test_no_rig_source_is_ignored() -> None:
+    assert ignored_sources(ROOT) == []
+
+
+def test_ignored_source_detector(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    (tmp_path / "experiments" / "runs").mkdir(parents=True)
+    (tmp_path / "experiments" / "runs" / "evaluate.py").write_text("")
+    assert ignored_sources(tmp_path) == ["experiments/runs/evaluate.py"]
