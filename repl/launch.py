@@ -131,8 +131,9 @@ def _read_only_binds() -> list[str]:
 
 def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | None) -> list[str]:
     above = [str(p) for p in reversed(scratch.parents[:-1]) if str(p) != "/tmp"]
-    argv = ["bwrap", *_read_only_binds(),
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+    # /tmp first: the read-only binds that follow may live under /tmp (a clone and its venv in /tmp/...),
+    # and a tmpfs mounted after them would hide them
+    argv = ["bwrap", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *_read_only_binds(),
             *[a for p in above for a in ("--perms", "0755", "--dir", p)],
             "--bind", str(scratch), str(scratch),
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
