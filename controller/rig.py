@@ -132,6 +132,7 @@ class Rig:
                 max_retries=w.max_retries,
                 temperature=w.temperature,
                 max_tokens=w.max_tokens,
+                token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
             )
         self.worker = SyncWorker(backend)
         self._clients.append(self.worker)

@@ -154,6 +154,9 @@ class SubCallRouter:
             rec.prompt_tokens = res.prompt_tokens
             rec.completion_tokens = res.completion_tokens
             rec.latency_s = res.latency_s
+            extra = getattr(res, "extra", None) or {}
+            rec.token_ids = extra.get("token_ids")  # what interp teacher-forces (schema 2)
+            rec.token_logprobs = extra.get("token_logprobs")
             replies.append(SubCallReply(text=res.text))
         return replies
 
