@@ -79,3 +79,30 @@ def test_a_wrong_recorded_token_is_caught(recorded_run, tiny_model_path):
     it.token_ids[k] = (it.token_ids[k] + 1) % model.hf.config.vocab_size
     (r,) = check_many(model, [it], max_dlogprob=1.0)
     assert r.first_argmax_divergence == k and not r.faithful and r.max_abs_dlogprob > 1e-3
+
+
+def test_ask_run_records_ids_and_interp_captures_it(vllm_server, tmp_path):
+    """The issue's user story: `ask` against the real worker, then `interp capture` on the ask folder."""
+    from typer.testing import CliRunner
+
+    from configs import load_config
+    from controller import Rig
+    from experiments.loaders import load_examples
+    from interp.cli import interp_app
+
+    toy = next(iter(load_examples("oolong-real", "toy")))
+    cfg = load_config("cpu-tiny", [f"worker.server.url={vllm_server}", "worker.served_name=tiny"])
+    run = tmp_path / "ask"
+    with Rig(cfg, run_dir=run) as rig:
+        t = rig.ask(toy.context, toy.question, save_to=run / "trajectory.json")
+    assert t.schema_version == 2 and t.sub_calls
+    for s in t.sub_calls:
+        assert s.token_ids and len(s.token_ids) == len(s.token_logprobs) == s.completion_tokens
+    out = tmp_path / "cap"
+    res = CliRunner().invoke(interp_app, ["capture", str(run), "--config", "cpu-tiny", "--out", str(out),
+                                          "--positions", "last,number"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "capture.json").read_text())
+    f = meta["faithfulness"]
+    print("ask run faithfulness:", f)
+    assert f["n"] == len(t.sub_calls) and f["recorded"] == f["n"]
