@@ -36,16 +36,18 @@ def _last_logits(model: ReplayModel, seqs: list[list[int]]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def head_sources(model: ReplayModel, pair: Pair, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Forward [clean, corrupt]: (clean logits, corrupt logits at the last position, {layer: [2, T, H*hd]}
-    o_proj inputs)."""
+def head_sources(model: ReplayModel, pair: Pair, layers: list[int], positions: list[int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Forward [clean, corrupt]: (clean logits, corrupt logits at the last position, {layer: [2, P, H*hd]}
+    o_proj inputs at `positions` (all T when None); only the rows a patch reads are kept)."""
     check_equal_length(pair)
     saved: dict[int, torch.Tensor] = {}
     hooks = []
     all_layers = _layers(model)
     for li in layers:
         def pre(_m, args, li=li):
-            saved[li] = args[0].detach().clone()
+            x = args[0].detach()
+            saved[li] = (x if positions is None else x[:, torch.tensor(positions, device=x.device)]).clone()
         hooks.append(all_layers[li].self_attn.o_proj.register_forward_pre_hook(pre))
     try:
         logits = _last_logits(model, [pair.clean_ids, pair.corrupt_ids])
@@ -60,8 +62,10 @@ def patch_heads(model: ReplayModel, pair: Pair, layers: list[int], positions: li
                 directions: list[str] = ("denoise",), batch_size: int = 16, min_denominator: float = 0.0) -> list[dict]:
     """Rows (layer, head, position group, direction) with the patch metrics of `patching`."""
     n_heads, hd = _geometry(model)
-    clean_l, corrupt_l, src = head_sources(model, pair, layers)
     sites = [(li, h, lab) for lab in positions if pair.positions.get(lab) for li in layers for h in range(n_heads)]
+    needed = sorted({t for lab in positions for t in pair.positions.get(lab, [])})
+    row_of = {t: i for i, t in enumerate(needed)}
+    clean_l, corrupt_l, src = head_sources(model, pair, layers, needed)
     all_layers = _layers(model)
     rows = []
     for direction in directions:
@@ -79,7 +83,8 @@ def patch_heads(model: ReplayModel, pair: Pair, layers: list[int], positions: li
                     x = args[0].clone()
                     for i, h, pos in todo:
                         t = torch.tensor(pos, device=x.device)
-                        x[i, t, h * hd:(h + 1) * hd] = src[li][row, t, h * hd:(h + 1) * hd].to(x.dtype)
+                        r = torch.tensor([row_of[p] for p in pos], device=x.device)
+                        x[i, t, h * hd:(h + 1) * hd] = src[li][row, r, h * hd:(h + 1) * hd].to(x.dtype)
                     return (x, *args[1:])
                 hooks.append(all_layers[li].self_attn.o_proj.register_forward_pre_hook(pre))
             try:
