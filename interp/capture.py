@@ -214,7 +214,7 @@ def run_capture(
                 tally["too_long"] += 1
                 continue
             if item.response is not None:
-                f = check_one(model, item, max_dlogprob=cfg.faithful_max_dlogprob, prompt_ids=p.prompt_ids)
+                f = check_one(model, item, max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax, prompt_ids=p.prompt_ids)
                 faith.append(f)
                 if cfg.faithful_only and not f.faithful:
                     n_skip += 1

@@ -58,8 +58,10 @@ class InterpConfig(BaseModel):
     offload_reference: bool = Field(False, description="keep patching source activations in CPU memory")
     # -- faithfulness (teacher-forced replay of the recorded tokens) ---------------------------------
     faithful_max_dlogprob: float = Field(
-        1.0, gt=0, description="a sub_call is faithful when the replay's argmax is every recorded token and its "
-        "logprobs differ from the recorded ones by at most this (nats)")
+        0.5, gt=0, description="a sub_call is faithful when every recorded token's replayed logprob is within this "
+        "many nats of vLLM's (docs/INTERP.md: measured 5e-6 in float32, <= 0.21 in bfloat16)")
+    faithful_require_argmax: bool = Field(False, description="also require the replay's argmax to be every recorded "
+                                          "token (bf16 near-ties flip it; see docs/INTERP.md)")
     faithful_only: bool = Field(False, description="drop unfaithful sub_calls from every analysis (else: flag them)")
     # -- attribution patching, heads, logit lens -------------------------------------------------------
     attr_components: list[Component] = Field(default_factory=lambda: ["resid", "attn", "mlp"])

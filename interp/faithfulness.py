@@ -16,7 +16,6 @@ columns are NaN, and the argmax check is against that re-tokenization.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -41,6 +40,7 @@ class Faithfulness:
     mean_abs_dlogprob: float
     first_argmax_divergence: int | None
     faithful: bool
+    divergence_margin: float = float("nan")  # at the first divergence: replay's top logprob - recorded token's
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -65,14 +65,17 @@ def answer_logits(model: ReplayModel, prompt_ids: list[int], ans_ids: list[int],
     return model.hf.get_output_embeddings()(hidden[0, torch.tensor(pos, device=model.device)]).float()
 
 
-def check_one(model: ReplayModel, item: SubCallItem, *, max_dlogprob: float, prompt_ids: list[int] | None = None
-              ) -> Faithfulness:
+def check_one(model: ReplayModel, item: SubCallItem, *, max_dlogprob: float, prompt_ids: list[int] | None = None,
+              require_argmax: bool = False) -> Faithfulness:
+    """Faithful: interp's prompt has vLLM's token count, and every recorded token's replayed logprob is within
+    `max_dlogprob` nats of the recorded one (`require_argmax`: also no argmax flip). Schema-1 records (no
+    logprobs) are faithful only when the replay's argmax is the re-tokenized answer everywhere."""
     prompt_ids = prompt_ids if prompt_ids is not None else model.render(item.messages).ids
     ans, source = answer_ids(model, item)
     rec_lp = item.token_logprobs if source == "recorded" else None
     n = len(ans)
     first = None
-    dmax = dmean = float("nan")
+    dmax = dmean = margin = float("nan")
     if n:
         logits = answer_logits(model, prompt_ids, ans)
         lp = torch.log_softmax(logits, -1)
@@ -80,19 +83,27 @@ def check_one(model: ReplayModel, item: SubCallItem, *, max_dlogprob: float, pro
         mine = lp[torch.arange(n, device=lp.device), target]
         wrong = (logits.argmax(-1) != target).nonzero()
         first = int(wrong[0, 0]) if len(wrong) else None
+        if first is not None:
+            margin = float(lp[first].max() - mine[first])
         if rec_lp is not None and len(rec_lp) == n:
             d = (mine.double().cpu() - torch.tensor(rec_lp, dtype=torch.float64)).abs()
             dmax, dmean = float(d.max()), float(d.mean())
     rec_pt = int(item.prompt_tokens or 0)
     pmatch = None if not rec_pt else rec_pt == len(prompt_ids)
-    faithful = (first is None and pmatch is not False
-                and (math.isnan(dmax) or dmax <= max_dlogprob))
+    if source == "recorded":
+        # the recorded tokens are what is studied, so closeness of the two distributions decides; an argmax
+        # flip is reported (a near-tie: `divergence_margin`) and can be made disqualifying
+        faithful = pmatch is not False and dmax <= max_dlogprob and (first is None or not require_argmax)
+    else:  # no recorded logprobs: only a replay whose greedy choice is the re-tokenized answer everywhere
+        faithful = pmatch is not False and first is None
     return Faithfulness(item.sample, item.sub_call, source, n, len(prompt_ids), rec_pt, pmatch, dmax, dmean, first,
-                        faithful)
+                        faithful, margin)
 
 
-def check_many(model: ReplayModel, items: Iterable[SubCallItem], *, max_dlogprob: float) -> list[Faithfulness]:
-    return [check_one(model, it, max_dlogprob=max_dlogprob) for it in items if it.response is not None]
+def check_many(model: ReplayModel, items: Iterable[SubCallItem], *, max_dlogprob: float,
+               require_argmax: bool = False) -> list[Faithfulness]:
+    return [check_one(model, it, max_dlogprob=max_dlogprob, require_argmax=require_argmax)
+            for it in items if it.response is not None]
 
 
 def summary(rows: list[Faithfulness] | list[dict]) -> dict:
@@ -115,4 +126,6 @@ def summary(rows: list[Faithfulness] | list[dict]) -> dict:
         "worst_max_abs_dlogprob": mx[-1] if mx else None,
         "mean_mean_abs_dlogprob": sum(mean) / len(mean) if mean else None,
         "median_first_argmax_divergence": sorted(divs)[len(divs) // 2] if divs else None,
+        "worst_divergence_margin": max((r["divergence_margin"] for r in rs if r.get("divergence_margin") is not None
+                                        and r["divergence_margin"] == r["divergence_margin"]), default=None),
     }

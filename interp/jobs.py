@@ -65,7 +65,7 @@ def study_items(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selec
     if cfg.faithful_only:
         kept = []
         for it in items:
-            f = check_one(model, it, max_dlogprob=cfg.faithful_max_dlogprob)
+            f = check_one(model, it, max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax)
             faith[(it.sample, it.sub_call)] = f
             if f.faithful:
                 kept.append(it)
@@ -80,7 +80,7 @@ def study_items(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selec
 def _faith_for(model, cfg, items_by_ref, faith, refs) -> dict[tuple[str, int], Faithfulness]:
     for ref in refs:
         if ref not in faith and ref in items_by_ref:
-            faith[ref] = check_one(model, items_by_ref[ref], max_dlogprob=cfg.faithful_max_dlogprob)
+            faith[ref] = check_one(model, items_by_ref[ref], max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax)
     return faith
 
 

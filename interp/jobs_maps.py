@@ -151,7 +151,7 @@ def lens_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sele
     rows = []
     for it in items:
         attach_gold(it, gold_map)
-        f = faith.get((it.sample, it.sub_call)) or check_one(model, it, max_dlogprob=cfg.faithful_max_dlogprob)
+        f = faith.get((it.sample, it.sub_call)) or check_one(model, it, max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax)
         got = lens_one(model, it, faithful=f.faithful)
         if not got:
             tally["no_number"] += 1
