@@ -57,9 +57,10 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
             res = attribute_pair(model, pair, components=cfg.attr_components, direction=direction,
                                  offload=cfg.offload_reference)
             small = abs(res.denominator) < cfg.min_denominator
-            for r in res.rows():
-                r.update(faithful=None if f is None else f.faithful, small_denominator=small)
-                rows.append(r)
+            fr = res.frame()
+            fr["faithful"] = None if f is None else f.faithful
+            fr["small_denominator"] = small
+            rows.append(fr)
             sites = top_k_sites(res, cfg.attr_top_k)
             exact = exact_sites(model, pair, sites, direction=direction, batch_size=cfg.batch_size)
             for (c, li, t), e in exact.items():
@@ -77,7 +78,7 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
                 figs_data.append((n, direction, res))
         if progress:
             progress(n + 1, len(pairs))
-    df, tk, cm = pd.DataFrame(rows), pd.DataFrame(topk), pd.DataFrame(cmp)
+    df, tk, cm = pd.concat(rows, ignore_index=True), pd.DataFrame(topk), pd.DataFrame(cmp)
     summ = _cmp_summary(cm)
     with staged_dir(out_dir) as out:
         df.to_parquet(out / ATTR_FILE, index=False)
