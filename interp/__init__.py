@@ -32,6 +32,12 @@ _EXPORTS = {
     "capture_job": "jobs", "patch_job": "jobs", "probe_job": "jobs", "aggregation_job": "jobs",
     "build_report": "report", "make_demo_run": "demo",
     "interp_app": "cli",
+    "NothingToStudyError": "runs", "collect_sub_calls": "runs", "REASONS": "runs",
+    "Faithfulness": "faithfulness", "check_one": "faithfulness",
+    "UnequalLengthError": "pairs", "aggregate_ratio": "stats", "staged_dir": "outputs",
+    "attribute_pair": "attribution", "exact_sites": "attribution", "AttributionResult": "attribution",
+    "patch_heads": "heads", "lens_one": "lens", "model_checksum": "provenance",
+    "attribute_job": "jobs_maps", "heads_job": "jobs_maps", "lens_job": "jobs_maps",
 }
 
 __all__ = sorted(_EXPORTS)
