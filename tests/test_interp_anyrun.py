@@ -168,3 +168,22 @@ def test_patch_refuses_a_run_without_countable_instructions(tmp_path):
     r = runner.invoke(interp_app, ["patch", str(run), "--config", "cpu-tiny", "--out", str(out)])
     assert r.exit_code == 2 and "not_a_roll_count=2" in r.output, r.output
     assert not out.exists()
+
+
+def test_faithful_only_filters_and_an_all_unfaithful_run_is_refused(tmp_path):
+    """The demo run's answers were not written by the tiny random model, so teacher-forcing them shows
+    argmax flips at once: flagged by default, dropped (and the run refused, with the count) under
+    faithful_only."""
+    run = make_demo_run(tmp_path / "r", n_samples=1, chunks_per_sample=2, lines_per_chunk=4)
+    out = tmp_path / "cap"
+    r = runner.invoke(interp_app, ["capture", str(run), "--config", "cpu-tiny", "--out", str(out), "--no-replay"])
+    assert r.exit_code == 0, r.output
+    f = pd.read_parquet(out / "faithfulness.parquet")
+    assert len(f) == 2 and (f["source"] == "retokenized").all() and not f["faithful"].any()
+    assert (f["first_argmax_divergence"] == 0).all() and f["max_abs_dlogprob"].isna().all()
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("worker:\n  model: tiny\n  dtype: float32\ninterp:\n  faithful_only: true\n")
+    out2 = tmp_path / "cap2"
+    r = runner.invoke(interp_app, ["capture", str(run), "--config", str(cfg), "--out", str(out2)])
+    assert r.exit_code == 2 and "unfaithful=2" in r.output, r.output
+    assert not out2.exists()
