@@ -90,11 +90,11 @@ def check_one(model: ReplayModel, item: SubCallItem, *, max_dlogprob: float, pro
             dmax, dmean = float(d.max()), float(d.mean())
     rec_pt = int(item.prompt_tokens or 0)
     pmatch = None if not rec_pt else rec_pt == len(prompt_ids)
-    if source == "recorded":
-        # the recorded tokens are what is studied, so closeness of the two distributions decides; an argmax
-        # flip is reported (a near-tie: `divergence_margin`) and can be made disqualifying
+    if dmax == dmax:  # recorded logprobs: closeness of the two distributions decides; an argmax flip is
+        # reported (a near-tie: `divergence_margin`) and disqualifies only with `require_argmax`
         faithful = pmatch is not False and dmax <= max_dlogprob and (first is None or not require_argmax)
-    else:  # no recorded logprobs: only a replay whose greedy choice is the re-tokenized answer everywhere
+    else:  # no logprobs (schema 1, or a backend that records ids only): the replay's greedy choice must be
+        # the answer everywhere
         faithful = pmatch is not False and first is None
     return Faithfulness(item.sample, item.sub_call, source, n, len(prompt_ids), rec_pt, pmatch, dmax, dmean, first,
                         faithful, margin)
