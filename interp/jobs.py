@@ -154,14 +154,13 @@ def patch_job(
 
 
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     table = run_probes(capture_dir, component=cfg.probe_component, position=cfg.probe_position,
                        test_size=cfg.probe_test_size, c=cfg.probe_c, seed=cfg.seed,
                        n_splits=cfg.probe_splits)
-    table.to_parquet(out / PROBE_FILE, index=False)
-    table.to_csv(out / "probes.csv", index=False)
-    probe_plot(table, out / "probe_accuracy.png")
+    with staged_dir(out_dir) as out:
+        table.to_parquet(out / PROBE_FILE, index=False)
+        table.to_csv(out / "probes.csv", index=False)
+        probe_plot(table, out / "probe_accuracy.png")
     return table
 
 
