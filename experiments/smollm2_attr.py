@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs, skipped = build_counting_pairs(model, subs, n_pairs=a.pairs, corruptions=["line_remove", "line_add"],
                                           seed=a.seed)
     layers = [int(x) for x in a.layers.split(",")]
-    cmp_rows, timing = [], []
+    cmp_rows, timing, summ = [], [], {}
     for n, pair in enumerate(pairs):
         t = time.time()
         res = attribute_pair(model, pair, direction="denoise")
@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
         if n == 0:
             for c in res.attr:
                 attribution_map(res, c, out / f"attr_smollm2_{c}.png")
+        summ = _write(out, cmp_rows, pairs[: n + 1], skipped, layers, timing, t0)  # after every pair: a partial
+        print(f"pair {n + 1}/{len(pairs)} done", json.dumps(summ["by_component"]), flush=True)  # run still counts
+    return summ
+
+
+def _write(out: Path, cmp_rows: list, pairs: list, skipped: dict, layers: list, timing: list, t0: float) -> dict:
     cm = pd.DataFrame(cmp_rows)
     cm.to_csv(out / "attr_vs_exact.csv", index=False)
     summ = {
@@ -85,7 +91,6 @@ def main(argv: list[str] | None = None) -> dict:
             ["spearman_after_edit", "sign_agreement_top_k"]].mean().reset_index().to_dict("records"),
     }
     (out / "summary.json").write_text(json.dumps(summ, indent=1))
-    print(json.dumps(summ, indent=1))
     return summ
 
 
