@@ -96,7 +96,6 @@ def _replay_model(hf: Any):
     from interp._nnsight import nnsight
     from interp.model import ReplayModel
 
-    import torch
 
     m = ReplayModel.__new__(ReplayModel)
     m.name, m.path, m.device, m.tokenizer = "random-qwen2.5-7b-width", "", next(hf.parameters()).device, None

@@ -14,7 +14,10 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this code reads. 2 added SubCallRecord.token_ids / token_logprobs (optional, so a version-1
+# file validates unchanged and keeps its own schema_version).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 StopReason = Literal["final", "max_iterations", "cap", "context", "error"]
 
@@ -82,6 +85,10 @@ class SubCallRecord(BaseModel):
         None, description="at max_depth >= 2: the nested RLM run this sub_call was (walk them with Trajectory.walk)")
     # The exact chat messages sent to the worker, so interp can replay the same prompt.
     messages: list[dict[str, str]] | None = None
+    # schema 2: what the worker generated, as the served model saw it (vLLM's ids, not a re-tokenization
+    # of `response`), and each token's logprob under it. interp teacher-forces these ids and compares.
+    token_ids: list[int] | None = None
+    token_logprobs: list[float] | None = None
 
 
 class CapEvent(BaseModel):
@@ -153,7 +160,13 @@ class Trajectory(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> "Trajectory":
-        return cls.model_validate_json(Path(path).read_text())
+        """Read any readable schema version (1 has no token ids/logprobs: those fields stay None)."""
+        data = json.loads(Path(path).read_text())
+        version = data.get("schema_version", 1) if isinstance(data, dict) else None
+        if version not in READABLE_SCHEMA_VERSIONS:
+            raise ValueError(f"{path}: trajectory schema_version {version!r} is not one this rig reads "
+                             f"{list(READABLE_SCHEMA_VERSIONS)}")
+        return cls.model_validate(data)
 
 
 SubCallRecord.model_rebuild()

@@ -114,6 +114,7 @@ class Rig:
                 max_retries=w.max_retries,
                 temperature=w.temperature,
                 max_tokens=w.max_tokens,
+                token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
             )
         self.worker = self._watched(SyncWorker(backend))
         self._clients.append(self.worker)

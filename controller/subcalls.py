@@ -157,7 +157,10 @@ class SubCallRouter:
             rec.prompt_tokens = res.prompt_tokens
             rec.completion_tokens = res.completion_tokens
             rec.latency_s = res.latency_s
-            rec.worker_retries = int(getattr(res, "extra", {}).get("worker_retries", 0))
+            extra = getattr(res, "extra", None) or {}
+            rec.worker_retries = int(extra.get("worker_retries", 0))
+            rec.token_ids = extra.get("token_ids")  # what interp teacher-forces (schema 2)
+            rec.token_logprobs = extra.get("token_logprobs")
             replies.append(SubCallReply(text=res.text))
         return replies
 

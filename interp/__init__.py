@@ -1,7 +1,8 @@
 """interp: replay recorded worker sub_calls in transformers+nnsight to find where a count was lost.
 
-capture (activations + replay agreement), patch (clean/corrupt activation patching), probe
-(linear probes per layer), report. Imports `worker` only; reads trajectories as JSON.
+capture (activations + teacher-forced faithfulness to what vLLM generated), patch (exact activation
+patching), attribute (attribution patching), heads (per-head patching), lens (logit lens), probe
+(linear probes per layer), report. Imports `worker`, `configs` and the controller's record leaves.
 Heavy dependencies (torch, nnsight, sklearn) load lazily on first use of a name that needs them.
 """
 from __future__ import annotations
@@ -9,29 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# What a user calls: one job per study (each writes its folder and returns a summary), the config,
+# the selection of sub_calls, the extension points for new corruptions, and the errors to catch.
+# Everything else is reachable through its module (interp.patching, interp.stats, ...).
 _EXPORTS = {
-    "InterpConfig": "config", "InterpConfigError": "config", "WorkerModelSpec": "config",
-    "load_interp_config": "config", "parse_interp_config": "config",
-    "Selection": "runs", "SubCallItem": "runs", "SubCallRef": "runs", "ChunkLocation": "runs", "RunDirError": "runs",
-    "iter_sub_calls": "runs", "locate_chunk": "runs", "load_gold_file": "runs",
-    "ROLL_MENTION": "rolls", "find_mentions": "rolls", "count_roll_lines": "rolls", "chunk_gold": "rolls",
-    "parse_count": "rolls", "corrupt_remove": "rolls", "corrupt_add": "rolls", "corrupt_alter": "rolls",
-    "CORRUPTIONS": "rolls", "ChunkEdit": "rolls", "corrupt_line_remove": "rolls", "corrupt_line_add": "rolls",
-    "ReplayModel": "model",
-    "ReplayResult": "replay", "replay_one": "replay", "first_divergence": "replay", "agreement_summary": "replay",
-    "run_capture": "capture", "attach_gold": "capture", "capture_batch": "capture", "CaptureSummary": "capture",
-    "ShardWriter": "shards", "read_index": "shards", "load_rows": "shards",
-    "Pair": "pairs", "build_pair": "pairs", "build_token_pair": "pairs", "build_counting_pairs": "pairs",
-    "pairs_from_chunk_corruption": "pairs", "ChunkCorruption": "pairs", "TokenCorruption": "pairs",
-    "PatchSpec": "patching", "patch_pair": "patching", "sweep_specs": "patching", "patched_logits": "patching",
-    "reference_run": "patching",
-    "patch_metrics": "metrics", "mean_ci": "stats", "aggregate": "stats",
-    "probe_layer": "probes", "run_probes": "probes", "ProbeResult": "probes",
-    "diagnose_aggregation": "aggregation",
-    "release_worker_gpu": "gpu", "ReleaseError": "gpu",
+    "InterpConfig": "config", "load_interp_config": "config", "InterpConfigError": "config",
+    "Selection": "runs", "SubCallRef": "runs", "RunDirError": "runs", "NothingToStudyError": "runs",
     "capture_job": "jobs", "patch_job": "jobs", "probe_job": "jobs", "aggregation_job": "jobs",
-    "build_report": "report", "make_demo_run": "demo",
-    "interp_app": "cli",
+    "attribute_job": "jobs_maps", "heads_job": "jobs_maps", "lens_job": "jobs_maps",
+    "build_report": "report",
+    "ReplayModel": "model",
+    "ChunkCorruption": "pairs", "TokenCorruption": "pairs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ Positions: ``last`` = the last prompt token (where the answer is about to be pro
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,7 +23,8 @@ from .hooks import component_output, ordered_sites
 from .model import ReplayModel
 from .replay import ReplayResult, agreement_summary, replay_one
 from .rolls import chunk_gold, first_number_span, parse_count
-from .runs import SubCallItem
+from .faithfulness import FAITHFULNESS_FILE, Faithfulness, check_one, summary as faith_summary
+from .runs import NothingToStudyError, SubCallItem
 from .shards import ShardWriter
 
 REPLAY_FILE = "replay.parquet"
@@ -48,6 +50,21 @@ def attach_gold(item: SubCallItem, gold_map: dict[tuple[str, int], int] | None =
     return item
 
 
+def answer_tokens(model: ReplayModel, item: SubCallItem) -> tuple[list[int], str, list[tuple[int, int]]]:
+    """(ids, text, char offsets) of the worker's answer: vLLM's recorded ids when the run has them
+    (teacher forcing the very tokens that fed the controller), else the response re-tokenized."""
+    if item.token_ids:
+        ids = list(item.token_ids)
+        offsets, prev = [], ""
+        for k in range(len(ids)):
+            cur = model.tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+            offsets.append((len(prev), len(cur)))
+            prev = cur
+        return ids, prev, offsets
+    enc = model.tokenizer(item.response or "", add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), item.response or "", [tuple(o) for o in enc["offset_mapping"]]
+
+
 def prepare(model: ReplayModel, item: SubCallItem, cfg: InterpConfig) -> Prepared | None:
     """Token ids and positions to read for one sub_call; None when it is over the length cap."""
     prompt = model.render(item.messages)
@@ -59,13 +76,12 @@ def prepare(model: ReplayModel, item: SubCallItem, cfg: InterpConfig) -> Prepare
         positions.append(("last", len(seq) - 1, -1))
     need_answer = any(p in cfg.capture_positions for p in ("answer", "number"))
     if need_answer and item.response:
-        enc = model.tokenizer(item.response, add_special_tokens=False, return_offsets_mapping=True)
-        ans_ids = list(enc["input_ids"])
+        ans_ids, answer_text, offsets = answer_tokens(model, item)
         keep = cfg.max_answer_tokens
         num_tok: int | None = None
-        span = first_number_span(item.response)
+        span = first_number_span(answer_text)
         if span is not None and "number" in cfg.capture_positions:
-            hits = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < span[1] and e > span[0]]
+            hits = [i for i, (s, e) in enumerate(offsets) if s < span[1] and e > span[0]]
             num_tok = hits[0] if hits else None
             if num_tok is not None:
                 keep = max(keep, num_tok + 1)
@@ -154,6 +170,8 @@ def run_capture(
     *,
     gold_map: dict[tuple[str, int], int] | None = None,
     replay: bool | None = None,
+    tally: Counter | None = None,
+    run_dir: str | Path | None = None,
 ) -> CaptureSummary:
     """Capture every item, streaming: at most `capture_batch_size` sub_calls are in memory at once
     beyond the current shard buffer."""
@@ -164,6 +182,8 @@ def run_capture(
     save_dtype = getattr(torch, cfg.save_dtype)
     do_replay = cfg.replay if replay is None else replay
     replays: list[ReplayResult] = []
+    faith: list[Faithfulness] = []
+    tally = Counter() if tally is None else tally
     n_done = n_skip = 0
     pending: list[Prepared] = []
 
@@ -175,8 +195,8 @@ def run_capture(
                 rows = [r for p in batch for r in _index_rows(p, model, c, li)]
                 writer.add(f"{c}.{li}", t, rows)
             if do_replay:
-                for p in batch:
-                    if p.item.response is not None:
+                for p in batch:  # the greedy text check only where no recorded ids allow teacher forcing
+                    if p.item.response is not None and not p.item.token_ids:
                         replays.append(
                             replay_one(model, p.item.sample, p.item.sub_call, p.prompt_ids, p.item.response,
                                        cfg.max_new_tokens, truncated=p.item.truncated,
@@ -191,12 +211,24 @@ def run_capture(
             p = prepare(model, item, cfg)
             if p is None:
                 n_skip += 1
+                tally["too_long"] += 1
                 continue
+            if item.response is not None:
+                f = check_one(model, item, max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax, prompt_ids=p.prompt_ids)
+                faith.append(f)
+                if cfg.faithful_only and not f.faithful:
+                    n_skip += 1
+                    tally["unfaithful"] += 1
+                    continue
             pending.append(p)
             if len(pending) >= cfg.capture_batch_size * 4:  # a little look-ahead for length bucketing
                 run_pending(writer)
         run_pending(writer)
+    if n_done == 0:
+        raise NothingToStudyError("sub_calls to capture", run_dir or "the run", tally)
     shards, n_rows = writer.shards, writer.n_rows
+    pq.write_table(pa.Table.from_pylist([f.as_row() for f in faith]) if faith else pa.table({}),
+                   str(out / FAITHFULNESS_FILE))
     summary = agreement_summary(replays) if do_replay else {}
     if do_replay:
         pq.write_table(pa.Table.from_pylist([r.as_row() for r in replays]) if replays else pa.table({}),
@@ -204,7 +236,7 @@ def run_capture(
     meta = {
         "model": model.name, "dtype": str(model.dtype), "layers": layers, "components": components,
         "positions": cfg.capture_positions, "n_sub_calls": n_done, "n_skipped": n_skip, "n_rows": n_rows,
-        "shards": shards, "replay": summary,
+        "shards": shards, "replay": summary, "faithfulness": faith_summary(faith), "left_out": dict(tally),
     }
     (out / "capture.json").write_text(json.dumps(meta, indent=1))
     return CaptureSummary(out, n_done, n_skip, n_rows, shards, summary)

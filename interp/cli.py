@@ -34,6 +34,12 @@ def _csv_ints(text: str | None) -> list[int] | None:
         raise typer.BadParameter(f"--layers wants comma-separated integers, got {text!r}") from None
 
 
+def summary_dict(obj) -> dict:
+    from .jobs import summary_dict as sd
+
+    return sd(obj)
+
+
 def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
@@ -70,7 +76,8 @@ def _out(out: Optional[Path], run_dir: Path, name: str) -> Path:
     return out if out is not None else run_dir / "interp" / name
 
 
-RunArg = typer.Argument(..., exists=True, file_okay=False, help="run folder with trajectories/*.json")
+RunArg = typer.Argument(..., exists=True, file_okay=False,
+                        help="an eval run folder (trajectories/*.json) or an ask folder (trajectory.json)")
 ConfigOpt = typer.Option(None, "--config", "-c",
                          help="profile YAML or a profile name in configs/ (default: RUN_DIR/config.yaml)")
 OutOpt = typer.Option(None, "--out", "-o", help="output folder (default RUN_DIR/interp/<command>)")
@@ -145,6 +152,112 @@ def patch(
     typer.echo(json.dumps(summary_dict(s), indent=1))
 
 
+def _pair_cmd_overrides(n_pairs, corruptions, layers, components, directions, batch_size, seed, device) -> dict:
+    return dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers), directions=_csv(directions),
+                batch_size=batch_size, seed=seed, device=device, **components)
+
+
+@interp_app.command()
+def attribute(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    question_type: list[str] = typer.Option([], "--question-type"),
+    correct: Correctness = typer.Option(Correctness.all),
+    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
+    limit: Optional[int] = typer.Option(None, help="consider at most this many sub_calls"),
+    n_pairs: Optional[int] = typer.Option(None),
+    corruptions: Optional[str] = typer.Option(None),
+    components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
+    directions: Optional[str] = typer.Option(None, help="denoise,noise"),
+    top_k: Optional[int] = typer.Option(None, help="sites per layer re-checked by exact patching"),
+    validate_max_tokens: Optional[int] = typer.Option(None, help="exact-patch EVERY site of pairs up to this length"),
+    batch_size: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
+) -> None:
+    """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
+    of the top-k sites, and the rank correlation / sign agreement of the two."""
+    from .jobs_maps import attribute_job
+
+    cfg, spec, profile = _setup(config, _pair_cmd_overrides(n_pairs, corruptions, None, {}, directions, batch_size,
+                                                            seed, device) | dict(
+        attr_components=_csv(components), attr_top_k=top_k, attr_validate_max_tokens=validate_max_tokens), run_dir)
+    _release(cfg, stop_server, run_dir, profile)
+    try:
+        s = attribute_job(run_dir, _out(out, run_dir, "attribute"), cfg, spec,
+                          selection=_selection(question_type, correct, sub_call, limit),
+                          progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+    except (RunDirError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary_dict(s), indent=1))
+
+
+@interp_app.command()
+def heads(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    question_type: list[str] = typer.Option([], "--question-type"),
+    correct: Correctness = typer.Option(Correctness.all),
+    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
+    limit: Optional[int] = typer.Option(None),
+    n_pairs: Optional[int] = typer.Option(None),
+    corruptions: Optional[str] = typer.Option(None),
+    layers: Optional[str] = typer.Option(None),
+    positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
+    directions: Optional[str] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    stop_server: Optional[str] = typer.Option(None),
+) -> None:
+    """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
+    from .jobs_maps import heads_job
+
+    cfg, spec, profile = _setup(config, _pair_cmd_overrides(n_pairs, corruptions, layers, {}, directions, batch_size,
+                                                            seed, device) | dict(head_positions=_csv(positions)),
+                                run_dir)
+    _release(cfg, stop_server, run_dir, profile)
+    try:
+        s = heads_job(run_dir, _out(out, run_dir, "heads"), cfg, spec,
+                      selection=_selection(question_type, correct, sub_call, limit),
+                      progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+    except (RunDirError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary_dict(s), indent=1))
+
+
+@interp_app.command()
+def lens(
+    run_dir: Path = RunArg,
+    config: Optional[str] = ConfigOpt,
+    out: Optional[Path] = OutOpt,
+    question_type: list[str] = typer.Option([], "--question-type"),
+    correct: Correctness = typer.Option(Correctness.all),
+    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
+    limit: Optional[int] = typer.Option(None),
+    gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
+    device: Optional[str] = typer.Option(None),
+    stop_server: Optional[str] = typer.Option(None),
+) -> None:
+    """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
+    token, per layer."""
+    from .jobs_maps import lens_job
+    from .runs import load_gold_file
+
+    cfg, spec, profile = _setup(config, dict(device=device), run_dir)
+    _release(cfg, stop_server, run_dir, profile)
+    try:
+        s = lens_job(run_dir, _out(out, run_dir, "lens"), cfg, spec,
+                     selection=_selection(question_type, correct, sub_call, limit),
+                     gold_map=load_gold_file(gold) if gold else None)
+    except (RunDirError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary_dict(s), indent=1))
+
+
 @interp_app.command()
 def probe(
     run_dir: Path = RunArg,
@@ -181,8 +294,13 @@ def report(
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
-    path = build_report(run_dir, _out(out, run_dir, "report"), capture_dir=capture_dir or base / "capture",
-                        patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe", gold_file=gold)
+    try:
+        path = build_report(run_dir, _out(out, run_dir, "report"), capture_dir=capture_dir or base / "capture",
+                            patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe",
+                            gold_file=gold, attribute_dir=base / "attribute", heads_dir=base / "heads",
+                            lens_dir=base / "lens")
+    except RunDirError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     typer.echo(str(path))
 
 

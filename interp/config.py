@@ -56,7 +56,24 @@ class InterpConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="patched copies per forward")
     max_pair_tokens: int | None = Field(None, ge=8, description="skip pairs whose prompt is longer")
     offload_reference: bool = Field(False, description="keep patching source activations in CPU memory")
+    # -- faithfulness (teacher-forced replay of the recorded tokens) ---------------------------------
+    faithful_max_dlogprob: float = Field(
+        0.5, gt=0, description="a sub_call is faithful when every recorded token's replayed logprob is within this "
+        "many nats of vLLM's (docs/INTERP.md: measured 5e-6 in float32, <= 0.21 in bfloat16)")
+    faithful_require_argmax: bool = Field(False, description="also require the replay's argmax to be every recorded "
+                                          "token (bf16 near-ties flip it; see docs/INTERP.md)")
+    faithful_only: bool = Field(False, description="drop unfaithful sub_calls from every analysis (else: flag them)")
+    # -- attribution patching, heads, logit lens -------------------------------------------------------
+    attr_components: list[Component] = Field(default_factory=lambda: ["resid", "attn", "mlp"])
+    attr_top_k: int = Field(10, ge=1, description="sites per layer checked by exact patching after attribution")
+    attr_validate_max_tokens: int = Field(
+        0, ge=0, description="also run exact patching at EVERY token x layer for pairs up to this length "
+        "(the attribution-vs-exact validation; 0 = off)")
+    head_positions: list[str] = Field(default_factory=lambda: ["last", "edit"])
     # -- statistics and probes -------------------------------------------------------------------
+    min_denominator: float = Field(
+        0.1, ge=0, description="pairs whose |LD_clean - LD_corrupt| is below this (logits) are left out of the "
+        "normalized metric and reported; see docs/INTERP.md")
     seed: int = 0
     ci: Literal["bootstrap", "t"] = "bootstrap"
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)

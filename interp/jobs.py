@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,8 +17,12 @@ from .pairs import Pair, build_counting_pairs
 from .patching import patch_pair, sweep_specs
 from .plots import heatmaps, probe_plot
 from .probes import run_probes
-from .runs import Selection, iter_sub_calls, load_gold_file
-from .stats import aggregate
+from .outputs import staged_dir
+from .runs import Selection, collect_sub_calls, load_gold_file
+from .faithfulness import Faithfulness, check_one
+from .provenance import model_provenance
+from .runs import NothingToStudyError
+from .stats import aggregate_ratio, small_denominator_pairs
 
 PATCH_FILE = "patching.parquet"
 AGG_FILE = "patching_agg.parquet"
@@ -32,9 +37,13 @@ def capture_job(
     run_dir: str | Path, out_dir: str | Path, cfg: InterpConfig, spec: WorkerModelSpec, *,
     selection: Selection | None = None, gold_file: str | Path | None = None, model: ReplayModel | None = None,
 ) -> CaptureSummary:
-    model = model or load_model(cfg, spec)
+    items, tally = collect_sub_calls(run_dir, selection)  # refuses an empty run before loading a model
     gold = load_gold_file(gold_file) if gold_file else None
-    return run_capture(model, iter_sub_calls(run_dir, selection), out_dir, cfg, gold_map=gold)
+    model = model or load_model(cfg, spec)
+    with staged_dir(out_dir) as tmp:
+        s = run_capture(model, items, tmp, cfg, gold_map=gold, tally=tally, run_dir=run_dir)
+    s.out_dir = Path(out_dir)
+    return s
 
 
 @dataclass
@@ -46,59 +55,112 @@ class PatchSummary:
     heatmaps: list[str]
 
 
+def study_items(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selection | None, *, what: str
+                ) -> tuple[list, Counter, dict[tuple[str, int], Faithfulness]]:
+    """The run's replayable sub_calls with gold attached and, under `faithful_only`, only the faithful
+    ones. Raises NothingToStudyError (reasons with counts) when none is left."""
+    items, tally = collect_sub_calls(run_dir, selection, what=what)
+    items = [attach_gold(i) for i in items]
+    faith: dict[tuple[str, int], Faithfulness] = {}
+    if cfg.faithful_only:
+        kept = []
+        for it in items:
+            f = check_one(model, it, max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax)
+            faith[(it.sample, it.sub_call)] = f
+            if f.faithful:
+                kept.append(it)
+            else:
+                tally["unfaithful"] += 1
+        if not kept:
+            raise NothingToStudyError(what, run_dir, tally)
+        items = kept
+    return items, tally, faith
+
+
+def _faith_for(model, cfg, items_by_ref, faith, refs) -> dict[tuple[str, int], Faithfulness]:
+    for ref in refs:
+        if ref not in faith and ref in items_by_ref:
+            faith[ref] = check_one(model, items_by_ref[ref], max_dlogprob=cfg.faithful_max_dlogprob, require_argmax=cfg.faithful_require_argmax)
+    return faith
+
+
+def study_pairs(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selection | None,
+                pairs: list[Pair] | None = None) -> tuple[list[Pair], dict[str, int], dict[tuple[str, int], Faithfulness]]:
+    """The default counting pairs of a run (or the given ones), the builder's skip tally and the
+    faithfulness of every sub_call a pair came from. NothingToStudyError names why there are none."""
+    skipped: dict[str, int] = {}
+    faith: dict[tuple[str, int], Faithfulness] = {}
+    items_by_ref: dict = {}
+    if pairs is None:
+        items, tally, faith = study_items(run_dir, cfg, model, selection, what="sub_calls to pair")
+        items_by_ref = {(i.sample, i.sub_call): i for i in items}
+        pairs, skipped = build_counting_pairs(model, items, n_pairs=cfg.n_pairs, corruptions=cfg.corruptions,
+                                              seed=cfg.seed, max_tokens=cfg.max_pair_tokens)
+        if not pairs:
+            raise NothingToStudyError("clean/corrupt pairs (patching needs sub_calls whose instruction counts rolls "
+                                      "and a chunk edit that keeps the token length)", run_dir, tally + Counter(skipped))
+    if not pairs:
+        raise ValueError("no pairs given")
+    faith = _faith_for(model, cfg, items_by_ref, faith, {(p.sample, p.sub_call) for p in pairs})
+    return pairs, skipped, faith
+
+
 def patch_job(
     run_dir: str | Path, out_dir: str | Path, cfg: InterpConfig, spec: WorkerModelSpec, *,
     selection: Selection | None = None, model: ReplayModel | None = None, pairs: list[Pair] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> PatchSummary:
-    """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot.
+
+    Output appears only when finished (staged folder). Each row carries its pair's chunk and the
+    faithfulness of the sub_call it came from; pairs below `min_denominator` are reported and left out."""
     model = model or load_model(cfg, spec)
-    skipped: dict[str, int] = {}
-    if pairs is None:
-        items = [attach_gold(i) for i in iter_sub_calls(run_dir, selection)]
-        pairs, skipped = build_counting_pairs(model, items, n_pairs=cfg.n_pairs, corruptions=cfg.corruptions,
-                                              seed=cfg.seed, max_tokens=cfg.max_pair_tokens)
-    if not pairs:
-        raise ValueError(
-            f"no clean/corrupt pairs could be built from {run_dir} (skipped: {skipped}); patching needs sub_calls "
-            "whose instruction counts rolls and whose chunk has an equal-token-length edit"
-        )
+    pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
     rows: list[dict] = []
     for k, pair in enumerate(pairs):
         specs = sweep_specs(pair, layers, cfg.components, cfg.patch_positions, cfg.attn_mlp_positions)
-        rows += patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
-                           offload_reference=cfg.offload_reference)
+        f = faith.get((pair.sample, pair.sub_call))
+        for r in patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
+                            offload_reference=cfg.offload_reference):
+            r.update(chunk=pair.chunk, faithful=None if f is None else f.faithful,
+                     max_abs_dlogprob=None if f is None else f.max_abs_dlogprob)
+            rows.append(r)
         if progress:
             progress(k + 1, len(pairs), len(rows))  # pairs done, pairs, patches done
     df = pd.DataFrame(rows)
-    df.to_parquet(out / PATCH_FILE, index=False)
-    agg = aggregate(df, method=cfg.ci, level=cfg.ci_level, n_boot=cfg.n_boot, seed=cfg.seed)
-    agg.to_parquet(out / AGG_FILE, index=False)
-    pngs = [str(p) for p in heatmaps(agg, out)]
-    with open(out / "pairs.jsonl", "w") as f:
-        for p in pairs:
-            f.write(json.dumps(dict(pair=p.pair_id, sample=p.sample, sub_call=p.sub_call, corruption=p.corruption,
-                                    description=p.description, clean_target=p.clean_target,
-                                    corrupt_target=p.corrupt_target, seq_len=p.seq_len,
-                                    edit=p.positions.get("edit"))) + "\n")
-    (out / "patch.json").write_text(json.dumps(dict(model=model.name, dtype=str(model.dtype), n_pairs=len(pairs),
-                                                    n_rows=len(df), skipped=skipped, layers=layers,
-                                                    config=cfg.model_dump(mode="json")), indent=1))
-    return PatchSummary(out, len(pairs), len(df), skipped, pngs)
+    df["denominator"] = df["logit_diff_clean"] - df["logit_diff_corrupt"]
+    df["small_denominator"] = df["denominator"].abs() < cfg.min_denominator
+    df.loc[df["small_denominator"], "normalized"] = float("nan")  # reported, never averaged
+    excluded = small_denominator_pairs(df, cfg.min_denominator)
+    agg = aggregate_ratio(df, min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level,
+                          n_boot=cfg.n_boot, seed=cfg.seed)
+    prov = model_provenance(model)
+    with staged_dir(out_dir) as out:
+        df.to_parquet(out / PATCH_FILE, index=False)
+        agg.to_parquet(out / AGG_FILE, index=False)
+        pngs = [Path(out_dir) / p.name for p in heatmaps(agg, out)]
+        with open(out / "pairs.jsonl", "w") as fh:
+            for p in pairs:
+                f = faith.get((p.sample, p.sub_call))
+                fh.write(json.dumps(dict(p.record(), **prov, faithful=None if f is None else f.faithful)) + "\n")
+        (out / "patch.json").write_text(json.dumps(dict(
+            **prov, n_pairs=len(pairs), n_chunks=len({p.chunk for p in pairs}), n_rows=len(df), skipped=skipped,
+            layers=layers, min_denominator=cfg.min_denominator,
+            excluded_small_denominator=excluded.to_dict("records"),
+            unfaithful_pairs=[p.pair_id for p in pairs if (f := faith.get((p.sample, p.sub_call))) and not f.faithful],
+            config=cfg.model_dump(mode="json")), indent=1))
+    return PatchSummary(Path(out_dir), len(pairs), len(df), skipped, [str(p) for p in pngs])
 
 
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     table = run_probes(capture_dir, component=cfg.probe_component, position=cfg.probe_position,
                        test_size=cfg.probe_test_size, c=cfg.probe_c, seed=cfg.seed,
                        n_splits=cfg.probe_splits)
-    table.to_parquet(out / PROBE_FILE, index=False)
-    table.to_csv(out / "probes.csv", index=False)
-    probe_plot(table, out / "probe_accuracy.png")
+    with staged_dir(out_dir) as out:
+        table.to_parquet(out / PROBE_FILE, index=False)
+        table.to_csv(out / "probes.csv", index=False)
+        probe_plot(table, out / "probe_accuracy.png")
     return table
 
 

@@ -40,10 +40,38 @@ class Pair:
     corrupt_token: int  # ... and its corrupt counterpart, at the last position
     prompt_len: int
     positions: dict[str, list[int]] = field(default_factory=dict)
+    chunk: str = ""  # the chunk this pair came from (pairs of one chunk are not independent)
+    edit_chars: tuple[int, int] | None = None  # char span of the edit in the clean chunk, when known
+    answer_prefix_ids: list[int] = field(default_factory=list)  # the teacher-forced answer tokens
+
+    def __post_init__(self) -> None:
+        check_equal_length(self)
 
     @property
     def seq_len(self) -> int:
         return len(self.clean_ids)
+
+    def record(self) -> dict:
+        """Everything needed to rebuild the pair without the tokenizer or a text search."""
+        return dict(pair=self.pair_id, run=self.run, sample=self.sample, sub_call=self.sub_call, chunk=self.chunk,
+                    corruption=self.corruption, description=self.description, clean_target=self.clean_target,
+                    corrupt_target=self.corrupt_target, clean_token=self.clean_token, corrupt_token=self.corrupt_token,
+                    seq_len=self.seq_len, prompt_len=self.prompt_len, clean_ids=self.clean_ids,
+                    corrupt_ids=self.corrupt_ids, answer_prefix_ids=self.answer_prefix_ids,
+                    edit_chars=list(self.edit_chars) if self.edit_chars else None,
+                    edit_tokens=self.positions.get("edit"),
+                    positions={k: v for k, v in self.positions.items() if k not in ("all", "none")})
+
+
+class UnequalLengthError(ValueError):
+    """Clean and corrupt token sequences of different lengths: position i would not be the same token slot."""
+
+
+def check_equal_length(pair: "Pair") -> None:
+    if len(pair.clean_ids) != len(pair.corrupt_ids):
+        raise UnequalLengthError(
+            f"pair {pair.pair_id}: clean has {len(pair.clean_ids)} tokens and corrupt {len(pair.corrupt_ids)}; "
+            "patching needs equal lengths (a padded position would be read). Use an edit that keeps the token count")
 
 
 def message_text(item: SubCallItem) -> str:
@@ -102,6 +130,13 @@ def _chunk_token_span(prompt: Prompt, item: SubCallItem) -> list[int]:
     return prompt.token_span(base + loc.start, base + loc.end)
 
 
+def chunk_key(item: SubCallItem) -> str:
+    """The chunk a sub_call read: its document span when recorded, else the sub_call itself."""
+    if item.chunk_start is not None and item.chunk_end is not None:
+        return f"{item.sample}@{item.chunk_start}-{item.chunk_end}"
+    return f"{item.sample}:{item.sub_call}"
+
+
 def build_pair(
     model: ReplayModel,
     item: SubCallItem,
@@ -113,6 +148,7 @@ def build_pair(
     description: str = "",
     prefix: str | None = None,
     pair_id: str | None = None,
+    edit_chars: tuple[int, int] | None = None,
 ) -> Pair | None:
     """Pair from a chunk-level edit. None when token lengths differ or the targets do not differ."""
     if item.chunk_loc is None:
@@ -127,7 +163,11 @@ def build_pair(
     p_corr = model.render(msgs)
     if len(p_clean.ids) != len(p_corr.ids) or p_clean.ids == p_corr.ids:
         return None
-    return _finish(model, item, p_clean, p_corr.ids, clean_target, corrupt_target, corruption, description, prefix, pair_id)
+    pair = _finish(model, item, p_clean, p_corr.ids, clean_target, corrupt_target, corruption, description, prefix,
+                   pair_id)
+    if pair is not None:
+        pair.edit_chars = edit_chars
+    return pair
 
 
 def build_token_pair(
@@ -168,6 +208,7 @@ def _finish(model, item, p_clean, corrupt_prompt_ids, clean_target, corrupt_targ
         run=item.run, sample=item.sample, sub_call=item.sub_call, corruption=corruption, description=description,
         clean_ids=clean_ids, corrupt_ids=corrupt_ids, clean_target=clean_target, corrupt_target=corrupt_target,
         clean_token=ct, corrupt_token=xt, prompt_len=len(p_clean.ids), positions=positions,
+        chunk=chunk_key(item), answer_prefix_ids=list(forced),
     )
 
 
@@ -190,8 +231,9 @@ def pairs_from_chunk_corruption(
         if n >= max_tries:
             break
         text, desc = (cand.text, cand.description) if isinstance(cand, ChunkEdit) else (cand, "")
+        span = tuple(cand.span) if isinstance(cand, ChunkEdit) else None
         pair = build_pair(model, item, text, clean_target=clean_target, corrupt_target=target_fn(text),
-                          corruption=corruption, description=desc)
+                          corruption=corruption, description=desc, edit_chars=span)
         if pair is not None:
             return pair
     return None
@@ -206,15 +248,21 @@ def build_counting_pairs(
     seed: int = 0,
     max_tokens: int | None = None,
 ) -> tuple[list[Pair], dict[str, int]]:
-    """Default pairs for roll-counting sub_calls: one pair per (sub_call, corruption), round-robin,
-    until `n_pairs`. Returns the pairs and a tally of why candidates were skipped."""
+    """Default pairs for roll-counting sub_calls, spread across chunks: each round gives every usable
+    chunk (in a seeded order) at most one more pair, its corruption rotating, until `n_pairs`. Pairs of
+    one chunk share its text and are not independent (the CIs resample by chunk), so breadth comes first.
+    Returns the pairs and a tally of why candidates were skipped (keys of `interp.runs.REASONS`)."""
+    for name in corruptions:
+        if name not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
     rng = random.Random(seed)
-    items = [it for it in items if it.chunk_text is not None]
-    rng.shuffle(items)
-    skipped = {"not_a_roll_count": 0, "filter_not_checkable": 0, "too_long": 0, "no_equal_length_edit": 0,
-               "alter_without_value_filter": 0}
-    pairs: list[Pair] = []
+    skipped = {"no_chunk_span": 0, "not_a_roll_count": 0, "filter_not_checkable": 0, "too_long": 0,
+               "no_equal_length_edit": 0, "alter_without_value_filter": 0}
+    usable = []
     for it in items:
+        if it.chunk_text is None:
+            skipped["no_chunk_span"] += 1
+            continue
         if not is_roll_count_instruction(it.instruction):
             skipped["not_a_roll_count"] += 1
             continue
@@ -225,21 +273,33 @@ def build_counting_pairs(
         if max_tokens is not None and len(model.render(it.messages).ids) > max_tokens:
             skipped["too_long"] += 1
             continue
-        for name in corruptions:
-            if name not in CORRUPTIONS:
-                raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")
-            if name == "alter" and query.value is None:
-                skipped["alter_without_value_filter"] += 1
+        usable.append((it, query))
+    rng.shuffle(usable)
+    pairs: list[Pair] = []
+    todo = {id(it): [c for c in corruptions] for it, _ in usable}
+    for it, _ in usable:  # each chunk starts at a different corruption, so all kinds appear early
+        k = rng.randrange(len(corruptions)) if corruptions else 0
+        todo[id(it)] = corruptions[k:] + corruptions[:k]
+    while len(pairs) < n_pairs and any(todo.values()):
+        this_round: set[str] = set()  # one pair per chunk per round (two sub_calls may read one chunk)
+        for it, query in usable:
+            key = chunk_key(it)
+            if len(pairs) >= n_pairs or key in this_round:
                 continue
-            fn = CORRUPTIONS[name]
-            pair = pairs_from_chunk_corruption(
-                model, it, lambda ch, r, fn=fn: fn(ch, r, query),
-                lambda ch: str(count_roll_lines(ch, query)), rng=rng, corruption=name,
-            )
-            if pair is None:
-                skipped["no_equal_length_edit"] += 1
-                continue
-            pairs.append(pair)
-            if len(pairs) >= n_pairs:
-                return pairs, skipped
+            while todo[id(it)]:
+                name = todo[id(it)].pop(0)
+                if name == "alter" and query.value is None:
+                    skipped["alter_without_value_filter"] += 1
+                    continue
+                fn = CORRUPTIONS[name]
+                pair = pairs_from_chunk_corruption(
+                    model, it, lambda ch, r, fn=fn: fn(ch, r, query),
+                    lambda ch: str(count_roll_lines(ch, query)), rng=rng, corruption=name,
+                )
+                if pair is None:
+                    skipped["no_equal_length_edit"] += 1
+                    continue
+                pairs.append(pair)
+                this_round.add(key)
+                break
     return pairs, skipped

@@ -17,7 +17,7 @@ import torch
 from .hooks import COMPONENT_ORDER, component_output
 from .metrics import patch_metrics
 from .model import ReplayModel
-from .pairs import Pair
+from .pairs import Pair, check_equal_length
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ def reference_run(model: ReplayModel, pair: Pair, sites: list[tuple[str, int]], 
 
     `offload` keeps the source activations in CPU memory (long prompts on a full GPU); patches then
     copy only the positions they need to the device."""
+    check_equal_length(pair)  # a shorter one would be right-padded and a padded position read
     inputs = model.batch([pair.clean_ids, pair.corrupt_ids])
     env = model.layers_env()
     ordered = sorted(set(sites), key=lambda s: (s[1], COMPONENT_ORDER[s[0]]))
@@ -95,6 +96,7 @@ def patch_pair(
     offload_reference: bool = False,
 ) -> list[dict]:
     """Every spec in every direction for one pair -> long-format rows (one per patch)."""
+    check_equal_length(pair)
     if not specs:
         return []
     clean_l, corrupt_l, acts = reference_run(model, pair, [(s.component, s.layer) for s in specs],

@@ -48,7 +48,7 @@ def heatmaps(agg: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     out = []
     for (comp, direction), grp in agg.groupby(["component", "direction"]):
         out.append(heatmap(grp, Path(out_dir) / f"heatmap_{comp}_{direction}.png",
-                           title=f"{comp} patching, {direction} (mean over pairs)"))
+                           title=f"{comp} patching, {direction} (ratio of sums over pairs)"))
     return out
 
 

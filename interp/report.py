@@ -15,7 +15,9 @@ from .capture import REPLAY_FILE
 from .jobs import AGG_FILE, PROBE_FILE
 from .plots import heatmaps, probe_plot
 from .replay import ReplayResult, agreement_summary
-from .runs import load_gold_file
+from .outputs import staged_dir
+from .report_maps import faithfulness_section, maps_sections
+from .runs import load_gold_file, trajectory_paths
 
 
 def _md(df: pd.DataFrame, max_rows: int = 40) -> str:
@@ -32,11 +34,18 @@ def _md(df: pd.DataFrame, max_rows: int = 40) -> str:
 def build_report(
     run_dir: str | Path, out_dir: str | Path, *, capture_dir: str | Path | None = None,
     patch_dir: str | Path | None = None, probe_dir: str | Path | None = None, gold_file: str | Path | None = None,
+    attribute_dir: str | Path | None = None, heads_dir: str | Path | None = None, lens_dir: str | Path | None = None,
 ) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    trajectory_paths(run_dir)  # refuses a folder that is not a run before anything is written
+    with staged_dir(out_dir) as tmp:
+        _build(run_dir, tmp, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir)
+    return Path(out_dir)
+
+
+def _build(run_dir, out: Path, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir) -> None:
     md = [f"# interp report: {Path(run_dir).name}\n"]
     sections: dict[str, str] = {}
+    md += faithfulness_section(capture_dir, out, sections)
 
     if capture_dir and (Path(capture_dir) / REPLAY_FILE).exists():
         rep = pd.read_parquet(Path(capture_dir) / REPLAY_FILE)
@@ -56,9 +65,15 @@ def build_report(
         agg = pd.read_parquet(Path(patch_dir) / AGG_FILE)
         agg.to_csv(out / "patching_agg.csv", index=False)
         pngs = heatmaps(agg, out)
-        md += ["## Activation patching (normalized: 0 = corrupt, 1 = clean; mean and CI over pairs)\n"]
+        md += ["## Activation patching (normalized: 0 = corrupt, 1 = clean)\n",
+               "`mean` is a ratio of sums over pairs, sum(LD - LD_corrupt) / sum(LD_clean - LD_corrupt); `den_sum` and "
+               "`den_mean` are its denominator; CIs resample chunks; `n_excluded` pairs had |denominator| under the "
+               "floor and are left out.\n"]
+        md += _patch_provenance(Path(patch_dir))
         md += [f"![{p.stem}]({p.name})\n" for p in pngs]
-        md += [_md(agg.sort_values("mean", ascending=False)), ""]
+        cols = [c for c in ("component", "layer", "position", "direction", "n", "n_chunks", "n_excluded", "mean",
+                            "ci_low", "ci_high", "den_sum", "den_mean") if c in agg.columns]
+        md += [_md(agg.sort_values("mean", ascending=False)[cols]), ""]
         sections["patching"] = "patching_agg.csv"
 
     if probe_dir and (Path(probe_dir) / PROBE_FILE).exists():
@@ -69,6 +84,8 @@ def build_report(
                "rnv_rate = probe right while the worker's answer is wrong (represented, not verbalized).\n",
                f"![probes]({png.name})\n", _md(pt), ""]
         sections["probes"] = "probes.csv"
+
+    md += maps_sections(attribute_dir, heads_dir, lens_dir, out, sections)
 
     try:
         per_sample, per_sub = diagnose_aggregation(run_dir, load_gold_file(gold_file) if gold_file else None)
@@ -84,4 +101,20 @@ def build_report(
 
     (out / "README.md").write_text("\n".join(md))
     (out / "report.json").write_text(json.dumps({"sections": sections}, indent=1))
-    return out
+
+
+def _patch_provenance(patch_dir: Path) -> list[str]:
+    meta_path = patch_dir / "patch.json"
+    if not meta_path.exists():
+        return []
+    meta = json.loads(meta_path.read_text())
+    ex = meta.get("excluded_small_denominator") or []
+    lines = [f"model `{meta.get('model_path', meta.get('model'))}` (sha256 {str(meta.get('model_checksum'))[:16]}…), "
+             f"{meta.get('n_pairs')} pairs from {meta.get('n_chunks', '?')} chunks; denominator floor "
+             f"{meta.get('min_denominator')} logits.\n"]
+    if ex:
+        lines.append("Pairs left out for a small denominator: " + ", ".join(
+            f"{e['pair']} ({e['denominator']:.2e})" for e in ex) + "\n")
+    if meta.get("unfaithful_pairs"):
+        lines.append(f"Pairs from sub_calls whose replay is NOT faithful (flagged, kept): {meta['unfaithful_pairs']}\n")
+    return lines

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,6 +17,35 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 class RunDirError(ValueError):
     """A run folder or a selection that cannot be used."""
+
+
+# Why a recorded sub_call is not studied; the keys of a tally (see NothingToStudyError).
+REASONS = {
+    "no_sub_calls": "trajectories without any sub_call",
+    "sub_call_error": "sub_calls that failed (no response recorded)",
+    "no_worker_messages": "sub_calls without worker messages (nested RLM calls are walked separately)",
+    "not_selected": "sub_calls left out by the selection (question type, correctness, ids, depth, limit)",
+    "no_chunk_span": "sub_calls whose chunk could not be located in their messages",
+    "too_long": "sub_calls over the configured token cap",
+    "not_a_roll_count": "instructions the pair builder does not understand (not a count of rolls)",
+    "filter_not_checkable": "roll-count instructions whose filter the pair builder cannot check",
+    "no_equal_length_edit": "sub_calls where no corruption kept the token length",
+    "alter_without_value_filter": "'alter' corruptions of instructions that do not filter on a value",
+    "unfaithful": "sub_calls whose replay is not faithful to the recorded tokens (interp.faithful_only)",
+    "no_gold": "sub_calls without a chunk gold count",
+    "no_number": "answers without a number to read",
+}
+
+
+class NothingToStudyError(RunDirError):
+    """A run (or selection) that yields nothing to study. The message names every reason with its count,
+    so a user sees at once whether the run, the selection or the pair builder is at fault."""
+
+    def __init__(self, what: str, run_dir: str | Path, tally: dict[str, int]):
+        self.tally = {k: int(v) for k, v in tally.items() if v}
+        parts = [f"{k}={v} ({REASONS.get(k, k)})" for k, v in sorted(self.tally.items(), key=lambda kv: -kv[1])]
+        super().__init__(f"nothing to study in {run_dir}: no {what}. Reasons: " + ("; ".join(parts) or
+                                                                                   "the run recorded nothing"))
 
 
 class _SubCall(BaseModel):
@@ -29,8 +59,11 @@ class _SubCall(BaseModel):
     response: str | None = None
     error: str | None = None
     completion_tokens: int = 0
+    prompt_tokens: int = 0
     messages: list[dict[str, Any]] | None = None
     nested_trajectory: dict[str, Any] | None = None
+    token_ids: list[int] | None = None  # schema >= 2: the ids vLLM generated
+    token_logprobs: list[float] | None = None  # ... and their logprobs under the served model
 
 
 class _Trajectory(BaseModel):
@@ -84,6 +117,9 @@ class SubCallItem:
     gold_source: str | None = None
     completion_tokens: int = 0
     max_tokens: int | None = None  # the worker's max_tokens in the run: a reply this long was cut off
+    prompt_tokens: int = 0  # vLLM's prompt token count (0: not recorded)
+    token_ids: list[int] | None = None  # the worker's generated ids as recorded (None in schema-1 runs)
+    token_logprobs: list[float] | None = None  # their logprobs under the served model
 
     @property
     def truncated(self) -> bool | None:
@@ -173,14 +209,21 @@ def load_samples(run_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+ASK_TRAJECTORY = "trajectory.json"
+
+
 def trajectory_paths(run_dir: str | Path) -> list[Path]:
+    """An eval run folder's ``trajectories/*.json``, or an ``ask`` folder's single ``trajectory.json``
+    (its sample key is then ``trajectory``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run folder {run_dir} does not exist")
     tdir = run_dir / "trajectories"
     paths = sorted(tdir.glob("*.json")) if tdir.is_dir() else []
+    if not paths and (run_dir / ASK_TRAJECTORY).is_file():
+        paths = [run_dir / ASK_TRAJECTORY]
     if not paths:
-        raise RunDirError(f"{run_dir} has no trajectories/*.json")
+        raise RunDirError(f"{run_dir} has neither trajectories/*.json (an eval run) nor {ASK_TRAJECTORY} (an ask run)")
     return paths
 
 
@@ -203,9 +246,13 @@ class Selection:
     limit: int | None = None
 
 
-def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> Iterator[SubCallItem]:
-    """Yield the selected sub_calls of a run, one trajectory file in memory at a time."""
+def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None,
+                   tally: Counter | None = None) -> Iterator[SubCallItem]:
+    """Yield the selected sub_calls of a run, one trajectory file in memory at a time.
+
+    `tally` (a Counter) receives one count per sub_call left out, keyed by a reason of `REASONS`."""
     run_dir = Path(run_dir)
+    tally = Counter() if tally is None else tally
     sel = selection or Selection()
     samples = load_samples(run_dir)
     if (sel.question_types or sel.correct is not None) and not samples:
@@ -227,25 +274,29 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> I
         row = samples.get(key, {})
         qtype = row.get("question_type")
         score = row.get("score")
-        if sel.question_types and qtype not in sel.question_types:
-            continue
+        sample_out = bool(sel.question_types and qtype not in sel.question_types)
         if sel.correct is not None:
-            if score is None:
-                continue
-            if sel.correct != (float(score) >= 1.0):
-                continue
+            sample_out = sample_out or score is None or sel.correct != (float(score) >= 1.0)
         traj = load_trajectory(path)
+        if not traj.sub_calls:
+            tally["no_sub_calls"] += 1
+            continue
+        if sample_out:
+            tally["not_selected"] += sum(1 for _ in _walk(key, traj.sub_calls))
+            continue
         worker_cfg = traj.config.get("worker") if isinstance(traj.config.get("worker"), dict) else {}
         max_tokens = worker_cfg.get("max_tokens")
         for skey, sc in _walk(key, traj.sub_calls):
-            if wanted and (skey, sc.id) not in wanted:
-                continue
-            if sel.depth is not None and sc.depth != sel.depth:
+            if (wanted and (skey, sc.id) not in wanted) or (sel.depth is not None and sc.depth != sel.depth):
+                tally["not_selected"] += 1
                 continue
             if not sc.messages:
+                tally["sub_call_error" if sc.error and not sc.nested_trajectory else "no_worker_messages"] += 1
                 continue
             if sel.require_response and sc.response is None:
+                tally["sub_call_error"] += 1
                 continue
+
             yield SubCallItem(
                 run=traj.run_id or run_dir.name,
                 sample=skey,
@@ -263,10 +314,29 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None) -> I
                 depth=sc.depth,
                 completion_tokens=sc.completion_tokens,
                 max_tokens=int(max_tokens) if isinstance(max_tokens, int) else None,
+                prompt_tokens=sc.prompt_tokens,
+                token_ids=sc.token_ids,
+                token_logprobs=sc.token_logprobs,
             )
             n += 1
             if sel.limit is not None and n >= sel.limit:
-                return
+                return  # a limit means at least one item: no tally is needed past it
+
+
+def collect_sub_calls(run_dir: str | Path, selection: Selection | None = None, *, what: str = "sub_calls to replay",
+                      need_chunk: bool = False) -> tuple[list[SubCallItem], Counter]:
+    """All selected sub_calls (and the tally of the rest). Raises NothingToStudyError, naming each reason
+    with its count, when none is left."""
+    tally: Counter = Counter()
+    items = []
+    for it in iter_sub_calls(run_dir, selection, tally):
+        if need_chunk and it.chunk_text is None:
+            tally["no_chunk_span"] += 1
+            continue
+        items.append(it)
+    if not items:
+        raise NothingToStudyError(what, run_dir, tally)
+    return items, tally
 
 
 def _walk(key: str, sub_calls: list[_SubCall]) -> Iterator[tuple[str, _SubCall]]:

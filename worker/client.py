@@ -80,6 +80,27 @@ def _error_message(resp: httpx.Response) -> str:
     return resp.text[:2000]
 
 
+def _token_logprobs(choice: dict) -> dict[str, Any]:
+    """{"token_ids": [...], "token_logprobs": [...]} from an OpenAI chat choice's `logprobs.content`, whose
+    tokens are "token_id:N" (vLLM's `return_tokens_as_token_ids`). Empty when the server sent none or
+    sent plain token strings (then the ids are unknown and nothing is recorded rather than a guess)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not isinstance(content, list):
+        return {}
+    ids: list[int] = []
+    lps: list[float] = []
+    for entry in content:
+        tok = str(entry.get("token", ""))
+        if not tok.startswith("token_id:"):
+            return {}
+        try:
+            ids.append(int(tok[len("token_id:"):]))
+            lps.append(float(entry.get("logprob")))
+        except (TypeError, ValueError):
+            return {}
+    return {"token_ids": ids, "token_logprobs": lps}
+
+
 class WorkerClient:
     """Chat with one model over one or more replicas, at most `concurrency` requests at a time.
 
@@ -103,6 +124,7 @@ class WorkerClient:
         extra_body: dict[str, Any] | None = None,
         trust_env: bool = False,
         replica_cooldown_s: float = 10.0,
+        token_logprobs: bool = False,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls or [])
         if not urls:
@@ -127,6 +149,10 @@ class WorkerClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
+        # Ask the server for the generated token ids and their logprobs (vLLM: `logprobs` plus
+        # `return_tokens_as_token_ids`, so a token comes back as "token_id:N", exact even for byte tokens).
+        # They land in Completion.extra["token_ids"] / ["token_logprobs"]; interp teacher-forces them.
+        self.token_logprobs = token_logprobs
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._trust_env = trust_env
         self._rr = itertools.cycle(range(len(self.base_urls)))
@@ -184,6 +210,9 @@ class WorkerClient:
         }
         if stop:
             payload["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        if self.token_logprobs:
+            payload["logprobs"] = True
+            payload["return_tokens_as_token_ids"] = True
         payload.update(self.extra_body)
         payload.update(extra)
         return payload
@@ -272,6 +301,9 @@ class WorkerClient:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise WorkerError(f"{url} returned an unreadable completion: {resp.text[:500]}", url=url) from exc
         usage = body.get("usage") or {}
+        extra: dict[str, Any] = {}
+        if self.token_logprobs:
+            extra = _token_logprobs(choice)
         return Completion(
             text=(choice.get("message") or {}).get("content") or "",
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -281,6 +313,7 @@ class WorkerClient:
             attempts=attempts,
             url=url,
             model=body.get("model"),
+            extra=extra,
         )
 
     async def aclose(self) -> None:

@@ -235,7 +235,7 @@ def check_disk(cfg: RigConfig, need_gib: float) -> Check:
     free = shutil.disk_usage(probe_at).free / 2**30
     detail = f"{free:.1f} GiB free at {probe_at} for {cfg.runs_dir}/ (want >= {need_gib:.0f} GiB)"
     if free < need_gib:
-        return Check("disk", FAIL, detail, f"free space there, or --set runs_dir=<a bigger disk>")
+        return Check("disk", FAIL, detail, "free space there, or --set runs_dir=<a bigger disk>")
     return Check("disk", OK, detail)
 
 

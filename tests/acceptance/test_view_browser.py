@@ -22,7 +22,7 @@ from controller.runlog import EvalSpec
 from experiments.runs.evaluate import run_eval
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

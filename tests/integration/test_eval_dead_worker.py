@@ -22,7 +22,7 @@ from controller import read_jsonl
 from controller.records import Trajectory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _eval_and_kill(rd: Path, *more: str) -> subprocess.CompletedProcess:

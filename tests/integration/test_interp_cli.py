@@ -66,7 +66,7 @@ def test_cli_end_to_end(setup):
     _ok(r.invoke(interp_app, ["report", str(run), "--config", str(cfg)]))
     rdir = run / "interp" / "report"
     text = (rdir / "README.md").read_text()
-    for section in ("Replay agreement", "Activation patching", "Probes", "Controller aggregation"):
+    for section in ("Faithfulness", "Replay agreement", "Activation patching", "Probes", "Controller aggregation"):
         assert section in text
     for f in ("replay_agreement.csv", "patching_agg.csv", "probes.csv", "probe_accuracy.png",
               "aggregation_by_sample.csv", "heatmap_resid_denoise.png"):

@@ -16,7 +16,7 @@ from controller.runlog import EvalSpec
 from experiments.runs.examples import iter_examples
 from experiments.datasets import score_output
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ["needle-sweep", "json-haystack", "multi-needle", "decoys", "absent", "multi-hop"]
 
 

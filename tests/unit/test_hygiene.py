@@ -194,3 +194,13 @@ def test_ignored_source_detector(tmp_path: Path) -> None:
     (tmp_path / "experiments" / "runs").mkdir(parents=True)
     (tmp_path / "experiments" / "runs" / "evaluate.py").write_text("")
     assert ignored_sources(tmp_path) == ["experiments/runs/evaluate.py"]
+
+
+def test_tests_find_the_repository_root() -> None:
+    """Test files sit one folder below tests/: `Path(__file__).parent.parent` is tests/, not the repo."""
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        text = path.read_text()
+        if re.search(r"Path\(__file__\)\.resolve\(\)\.(parent\.parent|parents\[1\])(?![\w.\[])", text):
+            bad.append(str(path.relative_to(ROOT)))
+    assert bad == []
