@@ -18,17 +18,7 @@ from .replay import ReplayResult, agreement_summary
 from .outputs import staged_dir
 from .report_maps import faithfulness_section, maps_sections
 from .runs import load_gold_file, trajectory_paths
-
-
-def _md(df: pd.DataFrame, max_rows: int = 40) -> str:
-    if df.empty:
-        return "_(empty)_\n"
-    d = df.head(max_rows)
-    cols = [str(c) for c in d.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in d.iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.tolist()) + " |")
-    return "\n".join(lines) + "\n"
+from .tables import md_table as _md
 
 
 def build_report(

@@ -8,12 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .faithfulness import FAITHFULNESS_FILE, summary
-
-
-def _md(df: pd.DataFrame, max_rows: int = 40) -> str:
-    from .report import _md as md
-
-    return md(df, max_rows)
+from .tables import md_table as _md
 
 
 def _copy_pngs(src: Path, out: Path) -> list[str]:

@@ -13,23 +13,20 @@ from __future__ import annotations
 import functools
 import random
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
 
 from controller.answers import find_int, partial_credit
 
 __all__ = [
     "COUNT_INSTRUCTION",
     "constant_baseline",
-    "CountPair",
-    "CountPairError",
     "CountingItem",
     "DISTRACTOR_TEMPLATES",
     "PLAYERS",
     "ROLL_TEMPLATES",
     "count_messages",
     "distractor_line_candidates",
-    "make_count_pair",
     "make_counting_item",
     "make_counting_set",
     "roll_line_candidates",
@@ -92,7 +89,6 @@ DISTRACTOR_TEMPLATES = (
 
 # "rolled a 17", "rolled an 8", "rolled a natural 20"; case-insensitive so "Rolled a 3" counts too.
 _ROLL_RE = re.compile(r"\brolled\s+an?\s+(?:natural\s+)?(\d{1,3})\b", re.IGNORECASE)
-_SPEAKER_RE = re.compile(r"^([^:\n]+):\s")
 
 
 def _article(n: int) -> str:
@@ -272,139 +268,6 @@ def make_counting_set(
                 rng = random.Random(f"rlm-rig-counting/{seed}/{n}/{k}/{j}")
                 items.append(make_counting_item(k, n, rng, item_id=f"count-s{seed}-n{n}-k{k}-{j}", instruction=instruction))
     return items
-
-
-# --------------------------------------------------------------------------------------------------
-# clean / corrupt pairs
-# --------------------------------------------------------------------------------------------------
-
-
-class CountPairError(ValueError):
-    """No equal-token-length k±1 counterpart exists for this item under this tokenizer."""
-
-
-@dataclass
-class CountPair:
-    """Clean passage (count k) and corrupt passage (k+direction), differing in one line and equal in
-    token length. Token positions before `first_diff_token` are identical in both."""
-
-    item_id: str
-    clean: str
-    corrupt: str
-    k_clean: int
-    k_corrupt: int
-    line_index: int
-    clean_line: str
-    corrupt_line: str
-    n_tokens: int
-    first_diff_token: int
-    diff_token_positions: list[int] = field(default_factory=list)
-    tried: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    if callable(getattr(tokenizer, "encode", None)):
-        try:
-            return list(tokenizer.encode(text, add_special_tokens=False))
-        except TypeError:  # a tokenizers.Tokenizer or a plain callable-ish object
-            enc = tokenizer.encode(text)
-            return list(getattr(enc, "ids", enc))
-    if callable(tokenizer):
-        return list(tokenizer(text))
-    raise TypeError(f"tokenizer must have .encode(text) or be callable, got {type(tokenizer).__name__}")
-
-
-def _speaker(line: str) -> str | None:
-    m = _SPEAKER_RE.match(line)
-    return m.group(1) if m else None
-
-
-def make_count_pair(
-    item: CountingItem,
-    tokenizer: Any,
-    direction: int = -1,
-    rng: random.Random | None = None,
-    *,
-    line_index: int | None = None,
-    wrap: Callable[[str], str] | None = None,
-    max_tries: int = 5000,
-) -> CountPair:
-    """Swap one line of `item` so the count moves by `direction` (+1: a distractor becomes a roll
-    line; -1: a roll line becomes a distractor) while the token length stays the same.
-
-    Candidates are tried in RNG order, the original speaker's lines first (the smallest edit); a
-    candidate is accepted when the whole text (`wrap(passage)` if given, e.g. the full user message)
-    has the same token count. `line_index` pins the line to swap; otherwise eligible lines are tried
-    in RNG order. Raises CountPairError when no candidate fits.
-    """
-    if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
-    rng = rng if rng is not None else random.Random(f"pair/{item.id}/{direction}")
-    wrap = wrap or (lambda s: s)
-    lines = item.lines
-    rolls = set(item.roll_line_indices)
-    eligible = sorted(rolls) if direction == -1 else [i for i in range(len(lines)) if i not in rolls]
-    if line_index is not None:
-        if line_index not in eligible:
-            kind = "a roll line" if direction == -1 else "a distractor line"
-            raise ValueError(f"line {line_index} of {item.id!r} is not {kind}; direction={direction} needs one")
-        eligible = [line_index]
-    if not eligible:
-        raise CountPairError(
-            f"{item.id!r} (k={item.k}, n_lines={item.n_lines}) has no line to swap for direction {direction:+d}"
-        )
-    order = list(eligible)
-    rng.shuffle(order)
-    clean_ids = _encode(tokenizer, wrap(item.passage))
-    tried = 0
-    for idx in order:
-        old = lines[idx]
-        who = _speaker(old)
-        pool = roll_line_candidates() if direction == 1 else distractor_line_candidates()
-        rng.shuffle(pool)
-        pool.sort(key=lambda c: _speaker(c) != who)  # stable: same speaker first, RNG order within
-        target_line_len = len(_encode(tokenizer, old))
-        for cand in pool:
-            if cand == old:
-                continue
-            # Cheap pre-filter on the line alone; the whole-text check below is the real test.
-            if len(_encode(tokenizer, cand)) != target_line_len:
-                continue
-            tried += 1
-            new_lines = lines[:idx] + [cand] + lines[idx + 1 :]
-            corrupt = "\n".join(new_lines)
-            ids = _encode(tokenizer, wrap(corrupt))
-            if len(ids) == len(clean_ids):
-                diff = [i for i, (a, b) in enumerate(zip(clean_ids, ids)) if a != b]
-                k_new = len(roll_mentions(corrupt))
-                if k_new != item.k + direction:  # guaranteed by the templates; loud if not
-                    raise AssertionError(f"swap gave {k_new} roll mentions, expected {item.k + direction}")
-                return CountPair(
-                    item_id=item.id,
-                    clean=item.passage,
-                    corrupt=corrupt,
-                    k_clean=item.k,
-                    k_corrupt=k_new,
-                    line_index=idx,
-                    clean_line=old,
-                    corrupt_line=cand,
-                    n_tokens=len(ids),
-                    first_diff_token=diff[0] if diff else len(ids),
-                    diff_token_positions=diff,
-                    tried=tried,
-                )
-            if tried >= max_tries:
-                break
-        if tried >= max_tries:
-            break
-    raise CountPairError(
-        f"no equal-token-length swap for {item.id!r} (k={item.k} -> {item.k + direction}, "
-        f"lines tried {order[:10]}{'...' if len(order) > 10 else ''}, {tried} same-length candidates tested): "
-        f"equality is impossible with these templates under this tokenizer"
-    )
 
 
 # --------------------------------------------------------------------------------------------------

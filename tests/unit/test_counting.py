@@ -10,11 +10,9 @@ from controller.answers import find_int
 from experiments.studies.counting import (
     COUNT_INSTRUCTION,
     CountingItem,
-    CountPairError,
     constant_baseline,
     count_messages,
     distractor_line_candidates,
-    make_count_pair,
     make_counting_item,
     make_counting_set,
     roll_line_candidates,
@@ -27,15 +25,6 @@ from experiments.studies.counting import (
 @pytest.fixture(scope="module")
 def items() -> list[CountingItem]:
     return make_counting_set(0, per_cell=2)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    from transformers import AutoTokenizer
-
-    from worker.tiny import ensure_tiny_model
-
-    return AutoTokenizer.from_pretrained(ensure_tiny_model())
 
 
 def test_set_is_deterministic_and_seeded(items):
@@ -130,59 +119,6 @@ def test_count_messages_match_the_rig_format():
         {"role": "system", "content": "You are a careful reader. Answer the instruction using only the given text. Be brief."},
         {"role": "user", "content": "Text:\nA: b\n\nInstruction: Count."},
     ]  # fmt: skip
-
-
-@pytest.mark.parametrize("direction", [1, -1])
-def test_pairs_have_equal_token_length(items, tiny_tokenizer, direction):
-    made = 0
-    for it in items[::3]:
-        if direction == -1 and it.k == 0:
-            continue
-        pair = make_count_pair(it, tiny_tokenizer, direction, random.Random(7))
-        clean = tiny_tokenizer.encode(pair.clean, add_special_tokens=False)
-        corrupt = tiny_tokenizer.encode(pair.corrupt, add_special_tokens=False)
-        assert len(clean) == len(corrupt) == pair.n_tokens
-        assert clean[: pair.first_diff_token] == corrupt[: pair.first_diff_token]
-        assert pair.diff_token_positions and pair.first_diff_token == pair.diff_token_positions[0]
-        assert pair.k_corrupt == it.k + direction == len(roll_mentions(pair.corrupt))
-        a, b = pair.clean.split("\n"), pair.corrupt.split("\n")
-        assert [i for i in range(len(a)) if a[i] != b[i]] == [pair.line_index]
-        assert (pair.line_index in it.roll_line_indices) == (direction == -1)
-        made += 1
-    assert made >= 8
-
-
-def test_pair_is_deterministic_and_respects_wrap_and_line(items, tiny_tokenizer):
-    it = next(i for i in items if i.k == 4 and i.n_lines == 20)
-    p1 = make_count_pair(it, tiny_tokenizer, -1, random.Random(3))
-    p2 = make_count_pair(it, tiny_tokenizer, -1, random.Random(3))
-    assert p1 == p2
-    first_distractor = next(i for i in range(it.n_lines) if i not in it.roll_line_indices)
-
-    def wrap(passage: str) -> str:
-        return count_messages(passage)[1]["content"]
-
-    p3 = make_count_pair(it, tiny_tokenizer, +1, random.Random(3), wrap=wrap, line_index=first_distractor)
-    assert p3.line_index == first_distractor
-    assert len(tiny_tokenizer.encode(wrap(p3.clean))) == len(tiny_tokenizer.encode(wrap(p3.corrupt)))
-    with pytest.raises(ValueError, match="is not a roll line"):
-        make_count_pair(it, tiny_tokenizer, -1, line_index=first_distractor)
-    with pytest.raises(ValueError, match="direction"):
-        make_count_pair(it, tiny_tokenizer, 2)
-
-
-def test_pair_reports_impossible_equality(items, tiny_tokenizer):
-    zero = next(i for i in items if i.k == 0)
-    with pytest.raises(CountPairError, match="no line to swap"):
-        make_count_pair(zero, tiny_tokenizer, -1)
-
-    def roll_heavy(text: str) -> list[int]:
-        """A tokenizer under which a roll line is always longer than any distractor."""
-        return [0] * (len(text.split()) + 100 * len(roll_mentions(text)))
-
-    it = next(i for i in items if i.k == 3)
-    with pytest.raises(CountPairError, match="equality is impossible"):
-        make_count_pair(it, roll_heavy, -1, random.Random(0))
 
 
 def test_constant_baseline():
