@@ -24,6 +24,7 @@ from .runs import SubCallItem, load_samples, load_trajectory, locate_chunk, traj
 from .capture import attach_gold
 
 
+# long: per sample, the three verdicts (worker miscount, aggregation, both) computed side by side from the same items
 def diagnose_aggregation(
     run_dir: str | Path,
     chunk_gold: dict[tuple[str, int], int] | Callable[[SubCallItem], int | None] | None = None,

@@ -162,6 +162,7 @@ class CaptureSummary:
     replay: dict[str, Any]
 
 
+# long: the capture loop in one pass per sub_call (render, teacher-forced forward, faithfulness, saved sites), streaming to shards
 def run_capture(
     model: ReplayModel,
     items: Iterable[SubCallItem],

@@ -239,6 +239,7 @@ def pairs_from_chunk_corruption(
     return None
 
 
+# long: the whole pair-sampling policy (filters with reasons, then round-robin across chunks) in one place
 def build_counting_pairs(
     model: ReplayModel,
     items: Iterable[SubCallItem],

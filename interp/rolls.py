@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from controller.answers import find_int, int_spans
+
 ROLL_MENTION = re.compile(
     r"(?P<verb>\broll(?:s|ed|ing)?\b(?:\s+(?:a|an)\s+(?:natural\s+)?(?P<vval>\d{1,3})\b)?)"
     r"|(?P<nat>\bnat(?:ural)?\s?(?P<nval>\d{1,2})s?\b)"
@@ -291,24 +293,12 @@ CORRUPTIONS = {"remove": corrupt_remove, "add": corrupt_add, "alter": corrupt_al
                "line_remove": corrupt_line_remove, "line_add": corrupt_line_add}
 
 
-_BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
-_INT = re.compile(r"(?<![\w.])-?\d+(?![\w.]\d)")
-
-
 def parse_count(answer: str | None) -> int | None:
     """The integer a worker answered: ``\\boxed{N}`` if present, else the first integer in the text."""
-    if not answer:
-        return None
-    m = _BOXED.search(answer) or _INT.search(answer)
-    return int(m.group(1) if m.re is _BOXED else m.group(0)) if m else None
+    return find_int(answer, prefer_boxed=True)
 
 
 def first_number_span(answer: str | None) -> tuple[int, int] | None:
     """Char span of the number `parse_count` reads, so capture can find its token."""
-    if not answer:
-        return None
-    m = _BOXED.search(answer)
-    if m:
-        return m.start(1), m.end(1)
-    m = _INT.search(answer)
-    return (m.start(), m.end()) if m else None
+    spans = int_spans(answer, prefer_boxed=True)
+    return (spans[0][0], spans[0][1]) if spans else None

@@ -246,6 +246,7 @@ class Selection:
     limit: int | None = None
 
 
+# long: one walk over ask and eval folders, nested runs included, applying every selection filter in order
 def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None,
                    tally: Counter | None = None) -> Iterator[SubCallItem]:
     """Yield the selected sub_calls of a run, one trajectory file in memory at a time.

@@ -7,6 +7,19 @@ import numpy as np
 import pandas as pd
 
 
+def bootstrap_means(x: np.ndarray, *, n_boot: int, seed: int, max_cells: int = 2_000_000) -> np.ndarray:
+    """The percentile bootstrap's draws: `n_boot` means of `x` resampled with replacement, drawn in
+    batches so the index matrix stays under `max_cells` (~16 MB). The one resampler of the rig: run
+    reports (experiments.analysis) and interp's CIs both use it."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, max_cells // max(1, x.size))
+    for i in range(0, n_boot, step):
+        k = min(step, n_boot - i)
+        means[i : i + k] = x[rng.integers(0, x.size, size=(k, x.size))].mean(axis=1)
+    return means
+
+
 def mean_ci(values, *, method: str = "bootstrap", level: float = 0.95, n_boot: int = 2000, seed: int = 0):
     """(mean, low, high) of the finite values; NaNs (undefined metrics) are dropped first."""
     x = np.asarray(values, dtype=float)
@@ -25,8 +38,7 @@ def mean_ci(values, *, method: str = "bootstrap", level: float = 0.95, n_boot: i
         return m, m - half, m + half
     if method != "bootstrap":
         raise ValueError(f"unknown CI method {method!r}; choose bootstrap or t")
-    rng = np.random.default_rng(seed)
-    boots = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    boots = bootstrap_means(x, n_boot=n_boot, seed=seed)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return m, float(lo), float(hi)
 
@@ -77,6 +89,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> float:
     return float(num.sum() / d) if d != 0 else float("nan")
 
 
+# long: ratio of sums per group with its chunk-level bootstrap and the small-denominator exclusions, together
 def aggregate_ratio(
     df: pd.DataFrame,
     *,

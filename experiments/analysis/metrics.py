@@ -28,6 +28,7 @@ import pandas as pd
 
 from controller.records import SampleRow, Trajectory
 from controller.runlog import RunFolder, is_worker_invalid
+from interp.stats import bootstrap_means
 from experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
 from experiments.analysis.strategies import classify_trajectory
 
@@ -55,12 +56,7 @@ def bootstrap_ci(
         return (math.nan, math.nan)
     if x.size == 1 or np.all(x == x[0]):
         return (float(x[0]), float(x[0]))
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    step = max(1, 2_000_000 // x.size)  # bound the index matrix at ~16 MB
-    for i in range(0, n_resamples, step):
-        k = min(step, n_resamples - i)
-        means[i : i + k] = x[rng.integers(0, x.size, size=(k, x.size))].mean(axis=1)
+    means = bootstrap_means(x, n_boot=n_resamples, seed=seed)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return (float(lo), float(hi))
