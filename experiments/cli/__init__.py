@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import typer
 
-from experiments.cli import ask, config, doctor, evaluate, export, plan, report, serve, view
+from experiments.cli import ask, config, doctor, evaluate, export, interp, plan, report, serve, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlm-rig: a research rig for Recursive Language Models")
-for _group in (ask, evaluate, report, view, export, plan, doctor, serve, config):
+for _group in (ask, evaluate, report, view, export, interp, plan, doctor, serve, config):
     _group.register(app)
-
-
-def _mount_interp() -> None:
-    from interp.cli import interp_app
-
-    app.add_typer(interp_app, name="interp")
-
-
-_mount_interp()
 
 
 def main() -> None:

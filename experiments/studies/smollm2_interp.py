@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         pdir = out / f"patch-seed{seed}"
         if todo("patch", pdir / "patch.json"):
             # the CLI itself, exactly as a user runs it: `rlm-rig interp patch RUN --config cpu-small ...`
-            cmd = [sys.executable, "-m", "interp.cli", "patch", str(run), "--config", PROFILE, "--out", str(pdir),
+            cmd = [sys.executable, "-m", "experiments.cli", "interp", "patch", str(run), "--config", PROFILE, "--out", str(pdir),
                    "--seed", str(seed)] + (["--n-pairs", str(args.n_pairs)] if args.n_pairs else [])
             print("[patch] " + " ".join(cmd), flush=True)
             t0 = time.perf_counter()

@@ -174,7 +174,7 @@ def test_interp_on_a_real_rig_run(rlm_run):
     """interp capture -> patch -> probe -> report on the trajectories of a real eval (tiny vLLM worker)."""
     from typer.testing import CliRunner
 
-    from interp.cli import interp_app
+    from experiments.cli.interp import interp_app
 
     rd, _ = rlm_run
     r = CliRunner()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from interp.cli import interp_app
+from experiments.cli.interp import interp_app
 from interp.demo import make_demo_run
 from interp.outputs import staged_dir
 from interp.runs import NothingToStudyError, collect_sub_calls, iter_sub_calls

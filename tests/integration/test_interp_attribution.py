@@ -55,9 +55,11 @@ def test_attribution_matches_exact_patching(tiny, pairs):
         print(rows.to_string())
         assert (rows["spearman_after_edit"] >= SPEARMAN_FLOOR).all(), rows
         assert (rows["sign_agreement_top_k"] >= SIGN_FLOOR).all(), rows
-        # sites before the edit see identical inputs in both runs: exactly zero in both methods
+        # sites before the edit see identical inputs in both runs: zero in both methods (attribution
+        # exactly; exact patching up to float32 noise, since the batched patched forward and the
+        # reference forward may reduce in another order)
         lo = min(pair.positions["edit"])
-        assert all(float(res.attr[c][0, t]) == 0.0 and exact[(c, 0, t)] == 0.0 for c, _, t in every if t < lo)
+        assert all(float(res.attr[c][0, t]) == 0.0 and abs(exact[(c, 0, t)]) < 1e-5 for c, _, t in every if t < lo)
 
 
 def test_attribution_total_at_the_last_layer_is_the_logit_difference_change(tiny, pairs):
@@ -125,7 +127,7 @@ def test_logit_lens_last_layer_is_the_model(tiny, run):
 
 
 def test_cli_maps_and_report(run, tmp_path):
-    from interp.cli import interp_app
+    from experiments.cli.interp import interp_app
 
     r = CliRunner()
     base = ["--config", "cpu-tiny"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from interp.cli import interp_app
+from experiments.cli.interp import interp_app
 from interp.demo import make_demo_run
 
 

@@ -88,7 +88,7 @@ def test_ask_run_records_ids_and_interp_captures_it(vllm_server, tmp_path):
     from configs import load_config
     from controller import Rig
     from experiments.datasets import load_examples
-    from interp.cli import interp_app
+    from experiments.cli.interp import interp_app
 
     toy = next(iter(load_examples("oolong-real", "toy")))
     cfg = load_config("cpu-tiny", [f"worker.server.url={vllm_server}", "worker.served_name=tiny"])

@@ -11,12 +11,18 @@ from typing import Any, Optional
 
 import typer
 
-from .config import InterpConfigError, load_interp_config
-from .gpu import ReleaseError, release_worker_gpu
-from .runs import RunDirError, Selection, SubCallRef
+from experiments.cli._common import UserError, guarded
+
+from interp.config import InterpConfigError, load_interp_config
+from interp.gpu import ReleaseError, release_worker_gpu
+from interp.runs import RunDirError, Selection, SubCallRef
 
 interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: capture, patch, probe, report.",
                          no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(interp_app, name="interp")
 
 
 class Correctness(str, Enum):
@@ -31,11 +37,11 @@ def _csv_ints(text: str | None) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--layers wants comma-separated integers, got {text!r}") from None
+        raise UserError(f"--layers wants comma-separated integers, got {text!r}") from None
 
 
 def summary_dict(obj) -> dict:
-    from .jobs import summary_dict as sd
+    from interp.jobs import summary_dict as sd
 
     return sd(obj)
 
@@ -51,14 +57,14 @@ def _setup(config: Optional[str], overrides: dict[str, Any], run_dir: Path | Non
     try:
         return load_interp_config(config, overrides)
     except InterpConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from exc
+        raise UserError(f"--config: {exc}") from exc
 
 
 def _selection(question_type: list[str], correct: Correctness, sub_call: list[str], limit: Optional[int]) -> Selection:
     try:
         refs = [SubCallRef.parse(s) for s in sub_call]
     except RunDirError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--sub-call") from exc
+        raise UserError(f"--sub-call: {exc}") from exc
     return Selection(question_types=list(question_type), refs=refs, limit=limit,
                      correct=None if correct is Correctness.all else correct is Correctness.correct)
 
@@ -67,7 +73,7 @@ def _release(cfg, stop_server: Optional[str], run_dir: Path, profile: dict) -> N
     try:
         stopped = release_worker_gpu(cfg, target=stop_server, run_dir=run_dir, profile=profile)
     except ReleaseError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--stop-server") from exc
+        raise UserError(f"--stop-server: {exc}") from exc
     if stopped:
         typer.echo(f"stopped worker server pids {stopped} to free the GPU")
 
@@ -76,14 +82,14 @@ def _out(out: Optional[Path], run_dir: Path, name: str) -> Path:
     return out if out is not None else run_dir / "interp" / name
 
 
-RunArg = typer.Argument(..., exists=True, file_okay=False,
-                        help="an eval run folder (trajectories/*.json) or an ask folder (trajectory.json)")
+RunArg = typer.Argument(..., help="an eval run folder (trajectories/*.json) or an ask folder (trajectory.json)")
 ConfigOpt = typer.Option(None, "--config", "-c",
                          help="profile YAML or a profile name in configs/ (default: RUN_DIR/config.yaml)")
 OutOpt = typer.Option(None, "--out", "-o", help="output folder (default RUN_DIR/interp/<command>)")
 
 
 @interp_app.command()
+@guarded
 def capture(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -101,7 +107,7 @@ def capture(
     stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
 ) -> None:
     """Save activations of the selected sub_calls (safetensors shards + Parquet index) and replay agreement."""
-    from .jobs import capture_job, summary_dict
+    from interp.jobs import capture_job, summary_dict
 
     cfg, spec, profile = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
                                              capture_positions=_csv(positions), device=device, replay=replay),
@@ -111,11 +117,12 @@ def capture(
         s = capture_job(run_dir, _out(out, run_dir, "capture"), cfg, spec,
                         selection=_selection(question_type, correct, sub_call, limit), gold_file=gold)
     except RunDirError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
 
 
 @interp_app.command()
+@guarded
 def patch(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -135,20 +142,20 @@ def patch(
     stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
 ) -> None:
     """Build counting pairs from the run's sub_calls and sweep activation patching; writes Parquet + heatmaps."""
-    from .jobs import patch_job, summary_dict
+    from interp.jobs import patch_job, summary_dict
 
     cfg, spec, profile = _setup(config, dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers),
                                              components=_csv(components), directions=_csv(directions),
                                              batch_size=batch_size, seed=seed, device=device), run_dir)
     _release(cfg, stop_server, run_dir, profile)
     try:
-        from .progress import PairProgress
+        from interp.progress import PairProgress
 
         with PairProgress() as progress:
             s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
                           selection=_selection(question_type, correct, sub_call, limit), progress=progress)
     except (RunDirError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
 
 
@@ -158,6 +165,7 @@ def _pair_cmd_overrides(n_pairs, corruptions, layers, components, directions, ba
 
 
 @interp_app.command()
+@guarded
 def attribute(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -179,7 +187,7 @@ def attribute(
 ) -> None:
     """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
     of the top-k sites, and the rank correlation / sign agreement of the two."""
-    from .jobs_maps import attribute_job
+    from interp.jobs_maps import attribute_job
 
     cfg, spec, profile = _setup(config, _pair_cmd_overrides(n_pairs, corruptions, None, {}, directions, batch_size,
                                                             seed, device) | dict(
@@ -190,11 +198,12 @@ def attribute(
                           selection=_selection(question_type, correct, sub_call, limit),
                           progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
     except (RunDirError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
 
 
 @interp_app.command()
+@guarded
 def heads(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -214,7 +223,7 @@ def heads(
     stop_server: Optional[str] = typer.Option(None),
 ) -> None:
     """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
-    from .jobs_maps import heads_job
+    from interp.jobs_maps import heads_job
 
     cfg, spec, profile = _setup(config, _pair_cmd_overrides(n_pairs, corruptions, layers, {}, directions, batch_size,
                                                             seed, device) | dict(head_positions=_csv(positions)),
@@ -225,11 +234,12 @@ def heads(
                       selection=_selection(question_type, correct, sub_call, limit),
                       progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
     except (RunDirError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
 
 
 @interp_app.command()
+@guarded
 def lens(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -244,8 +254,8 @@ def lens(
 ) -> None:
     """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
     token, per layer."""
-    from .jobs_maps import lens_job
-    from .runs import load_gold_file
+    from interp.jobs_maps import lens_job
+    from interp.runs import load_gold_file
 
     cfg, spec, profile = _setup(config, dict(device=device), run_dir)
     _release(cfg, stop_server, run_dir, profile)
@@ -254,11 +264,12 @@ def lens(
                      selection=_selection(question_type, correct, sub_call, limit),
                      gold_map=load_gold_file(gold) if gold else None)
     except (RunDirError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
 
 
 @interp_app.command()
+@guarded
 def probe(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -268,18 +279,19 @@ def probe(
     component: Optional[str] = typer.Option(None, help="resid, attn or mlp"),
 ) -> None:
     """Linear probes per layer for the chunk's count, with a shuffled-label control."""
-    from .jobs import probe_job
+    from interp.jobs import probe_job
 
     cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component), run_dir)
     cap = capture_dir or run_dir / "interp" / "capture"
     try:
         table = probe_job(cap, _out(out, run_dir, "probe"), cfg)
     except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(table.to_string(index=False))
 
 
 @interp_app.command()
+@guarded
 def report(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
@@ -290,7 +302,7 @@ def report(
     gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
 ) -> None:
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check."""
-    from .report import build_report
+    from interp.report import build_report
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
@@ -300,13 +312,7 @@ def report(
                             gold_file=gold, attribute_dir=base / "attribute", heads_dir=base / "heads",
                             lens_dir=base / "lens")
     except RunDirError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     typer.echo(str(path))
 
 
-def main() -> None:  # `python -m interp.cli`
-    interp_app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,0 @@
-"""`python -m interp capture|patch|probe|report ...`."""
-from .cli import main
-
-main()
