@@ -90,7 +90,6 @@ def answer_unparsed(dataset: str, answer: str) -> bool:
     from experiments.datasets.scoring import (
         OOLONG_REAL,
         OOLONG_SYNTH,
-        SNIAH,
         canonical_dataset,
     )
 
@@ -102,8 +101,7 @@ def answer_unparsed(dataset: str, answer: str) -> bool:
         return extract_boxed(answer) is None
     if name == OOLONG_SYNTH:
         return parse_synth_response(answer)[1] == "low"
-    assert name == SNIAH
-    return False  # S-NIAH compares the whole output
+    return False  # S-NIAH and the generated sets compare the whole output: nothing to parse
 
 
 
