@@ -14,7 +14,7 @@ so it runs offline and in a second. For every GPU a profile uses it lists, per p
   saved sites.
 
 Then a verdict per GPU: fits, or short by X GiB and which knob to turn. The interp transient is
-checked against measured peaks (bench/bench_plan_interp.py, tests/test_plan_doctor.py); the vLLM
+checked against measured peaks (bench/bench_plan_interp.py, tests/integration/test_plan_doctor.py); the vLLM
 overheads are estimates from vLLM 0.32.0's defaults, labelled as such.
 """
 from __future__ import annotations

@@ -41,7 +41,7 @@ def test_guard_shortens_the_reply_then_gives_up():
 
 class FakeServerLM:
     """Stands in for a server that answers HTTP 400 above `limit` tokens (the real 400 is exercised in
-    tests/test_served_controller.py)."""
+    tests/integration/test_served_controller.py)."""
 
     def __init__(self, limit: int):
         self.limit, self.calls = limit, []
