@@ -26,7 +26,7 @@ from interp.demo import make_demo_run
 from interp.model import ReplayModel, resolve_model_path
 from interp.pairs import build_counting_pairs
 from interp.patching import patch_pair, sweep_specs
-from interp.runs import iter_sub_calls
+from interp.selection import iter_sub_calls
 
 
 def mid_model(dest: Path) -> str:

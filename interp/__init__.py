@@ -15,7 +15,7 @@ from typing import Any
 # Everything else is reachable through its module (interp.patching, interp.stats, ...).
 _EXPORTS = {
     "InterpConfig": "config", "load_interp_config": "config", "InterpConfigError": "config",
-    "Selection": "runs", "SubCallRef": "runs", "RunDirError": "runs", "NothingToStudyError": "runs",
+    "Selection": "selection", "SubCallRef": "selection", "RunDirError": "selection", "NothingToStudyError": "selection",
     "capture_job": "jobs", "patch_job": "jobs", "probe_job": "jobs", "aggregation_job": "jobs",
     "attribute_job": "jobs_maps", "heads_job": "jobs_maps", "lens_job": "jobs_maps",
     "build_report": "report",

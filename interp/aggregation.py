@@ -20,7 +20,7 @@ from typing import Callable
 import pandas as pd
 
 from .rolls import is_roll_count_instruction, parse_count
-from .runs import SubCallItem, load_samples, load_trajectory, locate_chunk, trajectory_paths
+from .selection import SubCallItem, load_samples, load_trajectory, locate_chunk, trajectory_paths
 from .capture import attach_gold
 
 

@@ -24,7 +24,7 @@ from .model import ReplayModel
 from .replay import ReplayResult, agreement_summary, replay_one
 from .rolls import chunk_gold, first_number_span, parse_count
 from .faithfulness import FAITHFULNESS_FILE, Faithfulness, check_one, summary as faith_summary
-from .runs import NothingToStudyError, SubCallItem
+from .selection import NothingToStudyError, SubCallItem
 from .shards import ShardWriter
 
 REPLAY_FILE = "replay.parquet"

@@ -22,7 +22,7 @@ from typing import Iterable
 import torch
 
 from .model import ReplayModel
-from .runs import SubCallItem
+from .selection import SubCallItem
 
 FAITHFULNESS_FILE = "faithfulness.parquet"
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import torch
 
-from .metrics import patch_metrics
+from .patch_metrics import patch_metrics
 from .model import ReplayModel
 from .pairs import Pair, check_equal_length
 

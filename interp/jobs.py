@@ -18,10 +18,10 @@ from .patching import patch_pair, sweep_specs
 from .plots import heatmaps, probe_plot
 from .probes import run_probes
 from .outputs import staged_dir
-from .runs import Selection, collect_sub_calls, load_gold_file
+from .selection import Selection, collect_sub_calls, load_gold_file
 from .faithfulness import Faithfulness, check_one
 from .provenance import model_provenance
-from .runs import NothingToStudyError
+from .selection import NothingToStudyError
 from .stats import aggregate_ratio, small_denominator_pairs
 
 PATCH_FILE = "patching.parquet"

@@ -20,7 +20,7 @@ from .outputs import staged_dir
 from .pairs import Pair
 from .plots_maps import attribution_map, head_heatmap, lens_plot
 from .provenance import model_provenance
-from .runs import NothingToStudyError, Selection
+from .selection import NothingToStudyError, Selection
 from .stats import aggregate_ratio
 
 ATTR_FILE = "attribution.parquet"

@@ -13,7 +13,7 @@ import torch
 from .capture import answer_tokens
 from .model import ReplayModel
 from .rolls import first_number_span
-from .runs import SubCallItem
+from .selection import SubCallItem
 
 
 def number_position(model: ReplayModel, item: SubCallItem) -> tuple[list[int], list[int], int] | None:

@@ -15,7 +15,7 @@ from interp._nnsight import nnsight
 import torch
 
 from .hooks import COMPONENT_ORDER, component_output
-from .metrics import patch_metrics
+from .patch_metrics import patch_metrics
 from .model import ReplayModel
 from .pairs import Pair, check_equal_length
 

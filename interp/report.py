@@ -17,7 +17,7 @@ from .plots import heatmaps, probe_plot
 from .replay import ReplayResult, agreement_summary
 from .outputs import staged_dir
 from .report_maps import faithfulness_section, maps_sections
-from .runs import load_gold_file, trajectory_paths
+from .selection import load_gold_file, trajectory_paths
 from .tables import md_table as _md
 
 

@@ -30,7 +30,7 @@ from controller.records import SampleRow, Trajectory
 from controller.runlog import RunFolder, is_worker_invalid
 from interp.stats import bootstrap_means
 from experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
-from experiments.analysis.strategies import classify_trajectory
+from experiments.analysis.code_strategies import classify_trajectory
 
 BOOTSTRAP_RESAMPLES = 2000
 DEFAULT_SEED = 0

@@ -41,7 +41,7 @@ from experiments.analysis.metrics import (
 from experiments.analysis.render import fmt as _fmt, figure as _figure, md_table, save as _save, yerr as _yerr
 from experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
 from experiments.analysis.metrics import worker_failure_summary
-from experiments.analysis.strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
+from experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
 
 # (key in summarize_frame, row label, format)
 COMPARISON_METRICS: list[tuple[str, str, str]] = [
@@ -400,7 +400,7 @@ def _md_utilization(summaries: list[dict[str, Any]], labels: list[str], frames: 
 def _md_strategies(strategies: pd.DataFrame, labels: list[str]) -> list[str]:
     out: list[str] = []
     out.append(
-        "\n## Strategies\n\nClassified from the AST of the root controller's cells (see experiments/analysis/strategies.py). "
+        "\n## Strategies\n\nClassified from the AST of the root controller's cells (see experiments/analysis/code_strategies.py). "
         "Each example gets every label that applies and one primary label, the first present in: "
         + ", ".join(f"`{s}`" for s in STRATEGY_PRECEDENCE)
         + f". `{NO_CONTROLLER}`: no controller turns (baselines). Cells: primary count / with the label "

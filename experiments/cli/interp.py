@@ -15,7 +15,7 @@ from experiments.cli._common import UserError, guarded
 
 from interp.config import InterpConfigError, load_interp_config
 from interp.gpu import ReleaseError, release_worker_gpu
-from interp.runs import RunDirError, Selection, SubCallRef
+from interp.selection import RunDirError, Selection, SubCallRef
 
 interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: capture, patch, probe, report.",
                          no_args_is_help=True)
@@ -255,7 +255,7 @@ def lens(
     """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
     token, per layer."""
     from interp.jobs_maps import lens_job
-    from interp.runs import load_gold_file
+    from interp.selection import load_gold_file
 
     cfg, spec, profile = _setup(config, dict(device=device), run_dir)
     _release(cfg, stop_server, run_dir, profile)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     from interp.model import ReplayModel
     from interp.pairs import build_counting_pairs
     from interp.plots_maps import attribution_map
-    from interp.runs import iter_sub_calls, load_gold_file
+    from interp.selection import iter_sub_calls, load_gold_file
     from worker import SyncWorker, TransformersWorker, ensure_smollm2
 
     from .counting import make_counting_set

@@ -7,7 +7,7 @@
 2. `interp capture` (resid at the last prompt token, all layers) and `interp probe` (count per layer,
    shuffled-label control, against the worker's text accuracy);
 3. `interp patch` twice, with two pair-sampling seeds (line-swap pairs k vs k±1, equal token length);
-4. `interp.structure`: the share of |effect| at edit + last positions vs its uniform share, and the
+4. `interp.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
    correlation of the two seeds' heatmaps. Everything lands in OUT/summary.json and OUT/summary.md.
 
 Each stage is skipped when its output exists (delete it, or pass --force, to redo).

@@ -15,7 +15,7 @@ import pandas as pd
 
 from experiments.analysis.render import md_table
 
-from interp.structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
+from interp.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
 
 FOCUS = ("edit", "last")
 

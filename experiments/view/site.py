@@ -288,7 +288,7 @@ def _instructions(row: dict[str, Any], traj: dict[str, Any] | None) -> str | Non
 
 def _traj_view(t: dict[str, Any], path: list[int], sample_key: str, interp: InterpData) -> dict[str, Any]:
     """Everything a trajectory template needs, nested runs included (recursively)."""
-    from interp.runs import locate_chunk
+    from interp.selection import locate_chunk
 
     ikey = "/".join([sample_key, *map(str, path)])
     anchor = lambda i: "sc-" + "-".join(map(str, [*path, i]))  # noqa: E731

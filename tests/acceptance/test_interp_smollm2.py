@@ -43,7 +43,7 @@ def model():
 def pairs(model, run):
     from interp.capture import attach_gold
     from interp.pairs import build_counting_pairs
-    from interp.runs import iter_sub_calls
+    from interp.selection import iter_sub_calls
 
     items = [attach_gold(i) for i in iter_sub_calls(run)]
     ps, skipped = build_counting_pairs(model, items, n_pairs=4, corruptions=["line_remove", "line_add"], seed=0)
@@ -62,7 +62,7 @@ def rows(model, pairs):
 
 
 def test_run_folder_has_exact_gold_and_rig_messages(run):
-    from interp.runs import iter_sub_calls, load_gold_file
+    from interp.selection import iter_sub_calls, load_gold_file
 
     gold = load_gold_file(run / "gold.jsonl")
     items = list(iter_sub_calls(run))
@@ -76,7 +76,7 @@ def test_run_folder_has_exact_gold_and_rig_messages(run):
 
 
 def test_pairs_are_exact_k_plus_minus_one_with_equal_length(pairs, run):
-    from interp.runs import load_gold_file
+    from interp.selection import load_gold_file
 
     gold = load_gold_file(run / "gold.jsonl")
     for p in pairs:
@@ -106,7 +106,7 @@ def test_sanity_laws_on_smollm2(rows):
 
 @pytest.mark.parametrize("metric,agg", [("kl_recovery", "mean"), ("normalized", "median")])
 def test_effect_concentrates_on_edit_and_last(rows, metric, agg):
-    from interp.structure import focus_shares, heatmap_from_rows
+    from interp.heatmap_structure import focus_shares, heatmap_from_rows
 
     hm = heatmap_from_rows(rows, positions=POSITIONS[:-1], metric=metric, agg=agg)
     overall = focus_shares(hm, ("edit", "last"))[-1]

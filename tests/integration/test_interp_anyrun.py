@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from experiments.cli.interp import interp_app
 from interp.demo import make_demo_run
 from interp.outputs import staged_dir
-from interp.runs import NothingToStudyError, collect_sub_calls, iter_sub_calls
+from interp.selection import NothingToStudyError, collect_sub_calls, iter_sub_calls
 from interp.stats import aggregate_ratio, small_denominator_pairs
 
 runner = CliRunner()

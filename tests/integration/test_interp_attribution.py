@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from interp.demo import make_demo_run
-from interp.runs import iter_sub_calls
+from interp.selection import iter_sub_calls
 
 # Floor for the rank correlation of attribution vs exact patching, over the sites at or after the edit
 # (before it both are exactly 0, which would inflate the figure), per component at layer 0, and for

@@ -13,7 +13,7 @@ import pytest
 from interp.demo import make_demo_run
 from interp.faithfulness import check_many, summary
 from interp.model import ReplayModel
-from interp.runs import iter_sub_calls
+from interp.selection import iter_sub_calls
 
 pytestmark = pytest.mark.vllm
 

@@ -15,7 +15,7 @@ from interp.demo import make_demo_run
 from interp.model import ReplayModel
 from interp.pairs import build_counting_pairs
 from interp.patching import PatchSpec, patched_logits, reference_run
-from interp.runs import iter_sub_calls
+from interp.selection import iter_sub_calls
 
 
 @pytest.fixture(scope="module")

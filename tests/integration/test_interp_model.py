@@ -14,7 +14,7 @@ from interp.pairs import build_counting_pairs, build_token_pair
 from interp.patching import PatchSpec, patch_pair, patched_logits, reference_run, sweep_specs
 from interp.replay import first_divergence, replay_one
 from interp.rolls import count_roll_lines
-from interp.runs import iter_sub_calls
+from interp.selection import iter_sub_calls
 from interp.shards import read_index
 
 

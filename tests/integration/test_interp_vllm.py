@@ -12,7 +12,7 @@ from interp.capture import run_capture
 from interp.config import InterpConfig
 from interp.demo import make_demo_run
 from interp.model import ReplayModel
-from interp.runs import iter_sub_calls
+from interp.selection import iter_sub_calls
 
 pytestmark = pytest.mark.vllm
 

@@ -16,12 +16,12 @@ from interp.config import InterpConfigError, load_interp_config, parse_interp_co
 from interp.demo import make_demo_run, worker_messages
 from interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
 from interp.config import InterpConfig
-from interp.metrics import patch_metrics
+from interp.patch_metrics import patch_metrics
 from interp.rolls import (
     chunk_gold, corrupt_add, corrupt_alter, corrupt_remove, count_roll_lines, find_mentions, parse_count,
     parse_value_filter,
 )
-from interp.runs import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
+from interp.selection import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
 from interp.shards import ShardWriter, load_rows, read_index
 from interp.stats import aggregate, mean_ci
 
