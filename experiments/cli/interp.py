@@ -1,4 +1,4 @@
-"""`rlm-rig interp capture|patch|probe|report RUN_DIR --config C --out DIR`.
+"""`rlm-rig interp capture|patch|attribute|heads|lens|probe|report RUN_DIR --config C --out DIR`.
 
 Outputs default to RUN_DIR/interp/<command>, so `report` finds the others without options.
 """
@@ -38,12 +38,6 @@ def _csv_ints(text: str | None) -> list[int] | None:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--layers wants comma-separated integers, got {text!r}") from None
-
-
-def summary_dict(obj) -> dict:
-    from interp.jobs import summary_dict as sd
-
-    return sd(obj)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -86,186 +80,141 @@ RunArg = typer.Argument(..., help="an eval run folder (trajectories/*.json) or a
 ConfigOpt = typer.Option(None, "--config", "-c",
                          help="profile YAML or a profile name in configs/ (default: RUN_DIR/config.yaml)")
 OutOpt = typer.Option(None, "--out", "-o", help="output folder (default RUN_DIR/interp/<command>)")
+QuestionTypeOpt = typer.Option([], "--question-type", help="keep samples of this question_type")
+CorrectOpt = typer.Option(Correctness.all, help="keep samples whose final answer was right/wrong")
+SubCallOpt = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)")
+LimitOpt = typer.Option(None, help="at most this many sub_calls")
+NPairsOpt = typer.Option(None, help="clean/corrupt pairs to build")
+CorruptionsOpt = typer.Option(None, help="remove,add,alter,line_remove,line_add")
+LayersOpt = typer.Option(None, help="comma-separated layers (negatives from the end)")
+ComponentsOpt = typer.Option(None, help="resid,attn,mlp")
+DirectionsOpt = typer.Option(None, help="denoise,noise")
+BatchOpt = typer.Option(None, help="patched copies per forward")
+SeedOpt = typer.Option(None, help="pair-sampling seed (run twice to check reproducibility)")
+DeviceOpt = typer.Option(None, help="torch device (default: the profile's interp.device)")
+StopOpt = typer.Option(None, help="stop the vLLM worker at this URL or PID first")
+GoldOpt = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}")
+
+
+def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tuple, stop_server: Optional[str],
+             selection: Selection, **kw: Any) -> None:
+    """Free the worker's GPU, run one interp job into its folder, print its summary; a run with
+    nothing to study or a bad option is one line and exit 2 (the CLI's contract)."""
+    from interp.jobs import summary_dict
+
+    cfg, spec, profile = setup
+    _release(cfg, stop_server, run_dir, profile)
+    try:
+        s = job(run_dir, _out(out, run_dir, name), cfg, spec, selection=selection, **kw)
+    except (RunDirError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    typer.echo(json.dumps(summary_dict(s), indent=1))
+
+
+def _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device, **more) -> dict:
+    return dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers), directions=_csv(directions),
+                batch_size=batch_size, seed=seed, device=device, **more)
 
 
 @interp_app.command()
 @guarded
 def capture(
-    run_dir: Path = RunArg,
-    config: Optional[str] = ConfigOpt,
-    out: Optional[Path] = OutOpt,
-    question_type: list[str] = typer.Option([], "--question-type", help="keep samples of this question_type"),
-    correct: Correctness = typer.Option(Correctness.all, help="keep samples whose final answer was right/wrong"),
-    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
-    limit: Optional[int] = typer.Option(None, help="at most this many sub_calls"),
-    layers: Optional[str] = typer.Option(None, help="comma-separated layers (negatives from the end)"),
-    components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
-    positions: Optional[str] = typer.Option(None, help="last,answer,number"),
-    device: Optional[str] = typer.Option(None),
-    gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
+    limit: Optional[int] = LimitOpt, layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
+    positions: Optional[str] = typer.Option(None, help="last,answer,number"), device: Optional[str] = DeviceOpt,
+    gold: Optional[Path] = GoldOpt,
     replay: Optional[bool] = typer.Option(None, "--replay/--no-replay", help="greedy replay agreement check"),
-    stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
+    stop_server: Optional[str] = StopOpt,
 ) -> None:
-    """Save activations of the selected sub_calls (safetensors shards + Parquet index) and replay agreement."""
-    from interp.jobs import capture_job, summary_dict
+    """Save activations of the selected sub_calls (safetensors shards + Parquet index) and replay faithfulness."""
+    from interp.jobs import capture_job
 
-    cfg, spec, profile = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
-                                             capture_positions=_csv(positions), device=device, replay=replay),
-                                 run_dir)
-    _release(cfg, stop_server, run_dir, profile)
-    try:
-        s = capture_job(run_dir, _out(out, run_dir, "capture"), cfg, spec,
-                        selection=_selection(question_type, correct, sub_call, limit), gold_file=gold)
-    except RunDirError as exc:
-        raise UserError(str(exc)) from exc
-    typer.echo(json.dumps(summary_dict(s), indent=1))
+    setup = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
+                                capture_positions=_csv(positions), device=device, replay=replay), run_dir)
+    _run_job(capture_job, "capture", run_dir, out, setup, stop_server,
+             _selection(question_type, correct, sub_call, limit), gold_file=gold)
 
 
 @interp_app.command()
 @guarded
 def patch(
-    run_dir: Path = RunArg,
-    config: Optional[str] = ConfigOpt,
-    out: Optional[Path] = OutOpt,
-    question_type: list[str] = typer.Option([], "--question-type"),
-    correct: Correctness = typer.Option(Correctness.all),
-    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
-    limit: Optional[int] = typer.Option(None, help="consider at most this many sub_calls"),
-    n_pairs: Optional[int] = typer.Option(None, help="clean/corrupt pairs to build"),
-    corruptions: Optional[str] = typer.Option(None, help="remove,add,alter,line_remove,line_add"),
-    layers: Optional[str] = typer.Option(None),
-    components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
-    directions: Optional[str] = typer.Option(None, help="denoise,noise"),
-    batch_size: Optional[int] = typer.Option(None, help="patched copies per forward"),
-    seed: Optional[int] = typer.Option(None, help="pair-sampling seed (run twice to check reproducibility)"),
-    device: Optional[str] = typer.Option(None),
-    stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
+    limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
+    layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
+    directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Build counting pairs from the run's sub_calls and sweep activation patching; writes Parquet + heatmaps."""
-    from interp.jobs import patch_job, summary_dict
+    from interp.jobs import patch_job
+    from interp.progress import PairProgress
 
-    cfg, spec, profile = _setup(config, dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers),
-                                             components=_csv(components), directions=_csv(directions),
-                                             batch_size=batch_size, seed=seed, device=device), run_dir)
-    _release(cfg, stop_server, run_dir, profile)
-    try:
-        from interp.progress import PairProgress
-
-        with PairProgress() as progress:
-            s = patch_job(run_dir, _out(out, run_dir, "patch"), cfg, spec,
-                          selection=_selection(question_type, correct, sub_call, limit), progress=progress)
-    except (RunDirError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    typer.echo(json.dumps(summary_dict(s), indent=1))
-
-
-def _pair_cmd_overrides(n_pairs, corruptions, layers, components, directions, batch_size, seed, device) -> dict:
-    return dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers), directions=_csv(directions),
-                batch_size=batch_size, seed=seed, device=device, **components)
+    setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
+                                           components=_csv(components)), run_dir)
+    with PairProgress() as progress:
+        _run_job(patch_job, "patch", run_dir, out, setup, stop_server,
+                 _selection(question_type, correct, sub_call, limit), progress=progress)
 
 
 @interp_app.command()
 @guarded
 def attribute(
-    run_dir: Path = RunArg,
-    config: Optional[str] = ConfigOpt,
-    out: Optional[Path] = OutOpt,
-    question_type: list[str] = typer.Option([], "--question-type"),
-    correct: Correctness = typer.Option(Correctness.all),
-    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
-    limit: Optional[int] = typer.Option(None, help="consider at most this many sub_calls"),
-    n_pairs: Optional[int] = typer.Option(None),
-    corruptions: Optional[str] = typer.Option(None),
-    components: Optional[str] = typer.Option(None, help="resid,attn,mlp"),
-    directions: Optional[str] = typer.Option(None, help="denoise,noise"),
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
+    limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
+    components: Optional[str] = ComponentsOpt, directions: Optional[str] = DirectionsOpt,
     top_k: Optional[int] = typer.Option(None, help="sites per layer re-checked by exact patching"),
     validate_max_tokens: Optional[int] = typer.Option(None, help="exact-patch EVERY site of pairs up to this length"),
-    batch_size: Optional[int] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    device: Optional[str] = typer.Option(None),
-    stop_server: Optional[str] = typer.Option(None, help="stop the vLLM worker at this URL or PID first"),
+    batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
+    stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
     of the top-k sites, and the rank correlation / sign agreement of the two."""
     from interp.jobs_maps import attribute_job
 
-    cfg, spec, profile = _setup(config, _pair_cmd_overrides(n_pairs, corruptions, None, {}, directions, batch_size,
-                                                            seed, device) | dict(
-        attr_components=_csv(components), attr_top_k=top_k, attr_validate_max_tokens=validate_max_tokens), run_dir)
-    _release(cfg, stop_server, run_dir, profile)
-    try:
-        s = attribute_job(run_dir, _out(out, run_dir, "attribute"), cfg, spec,
-                          selection=_selection(question_type, correct, sub_call, limit),
-                          progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
-    except (RunDirError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    typer.echo(json.dumps(summary_dict(s), indent=1))
+    setup = _setup(config, _pair_overrides(n_pairs, corruptions, None, directions, batch_size, seed, device,
+                                           attr_components=_csv(components), attr_top_k=top_k,
+                                           attr_validate_max_tokens=validate_max_tokens), run_dir)
+    _run_job(attribute_job, "attribute", run_dir, out, setup, stop_server,
+             _selection(question_type, correct, sub_call, limit),
+             progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
 
 
 @interp_app.command()
 @guarded
 def heads(
-    run_dir: Path = RunArg,
-    config: Optional[str] = ConfigOpt,
-    out: Optional[Path] = OutOpt,
-    question_type: list[str] = typer.Option([], "--question-type"),
-    correct: Correctness = typer.Option(Correctness.all),
-    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
-    limit: Optional[int] = typer.Option(None),
-    n_pairs: Optional[int] = typer.Option(None),
-    corruptions: Optional[str] = typer.Option(None),
-    layers: Optional[str] = typer.Option(None),
-    positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
-    directions: Optional[str] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    device: Optional[str] = typer.Option(None),
-    stop_server: Optional[str] = typer.Option(None),
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
+    limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
+    layers: Optional[str] = LayersOpt, positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
+    directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt,
+    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
     from interp.jobs_maps import heads_job
 
-    cfg, spec, profile = _setup(config, _pair_cmd_overrides(n_pairs, corruptions, layers, {}, directions, batch_size,
-                                                            seed, device) | dict(head_positions=_csv(positions)),
-                                run_dir)
-    _release(cfg, stop_server, run_dir, profile)
-    try:
-        s = heads_job(run_dir, _out(out, run_dir, "heads"), cfg, spec,
-                      selection=_selection(question_type, correct, sub_call, limit),
-                      progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
-    except (RunDirError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    typer.echo(json.dumps(summary_dict(s), indent=1))
+    setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
+                                           head_positions=_csv(positions)), run_dir)
+    _run_job(heads_job, "heads", run_dir, out, setup, stop_server, _selection(question_type, correct, sub_call, limit),
+             progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
 
 
 @interp_app.command()
 @guarded
 def lens(
-    run_dir: Path = RunArg,
-    config: Optional[str] = ConfigOpt,
-    out: Optional[Path] = OutOpt,
-    question_type: list[str] = typer.Option([], "--question-type"),
-    correct: Correctness = typer.Option(Correctness.all),
-    sub_call: list[str] = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)"),
-    limit: Optional[int] = typer.Option(None),
-    gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
-    device: Optional[str] = typer.Option(None),
-    stop_server: Optional[str] = typer.Option(None),
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
+    limit: Optional[int] = LimitOpt, gold: Optional[Path] = GoldOpt, device: Optional[str] = DeviceOpt,
+    stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
     token, per layer."""
     from interp.jobs_maps import lens_job
     from interp.selection import load_gold_file
 
-    cfg, spec, profile = _setup(config, dict(device=device), run_dir)
-    _release(cfg, stop_server, run_dir, profile)
-    try:
-        s = lens_job(run_dir, _out(out, run_dir, "lens"), cfg, spec,
-                     selection=_selection(question_type, correct, sub_call, limit),
-                     gold_map=load_gold_file(gold) if gold else None)
-    except (RunDirError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    typer.echo(json.dumps(summary_dict(s), indent=1))
+    _run_job(lens_job, "lens", run_dir, out, _setup(config, dict(device=device), run_dir), stop_server,
+             _selection(question_type, correct, sub_call, limit), gold_map=load_gold_file(gold) if gold else None)
 
 
 @interp_app.command()
