@@ -11,17 +11,23 @@ from rich.live import Live
 from rich.text import Text
 
 
-class PairProgress:
-    """`interp patch`: pairs and patches done, with an ETA from the mean time per pair so far."""
+class LiveLine:
+    """A one-line rich display on stderr that is drawn only on a terminal: the base of every live
+    progress display of the rig (`ask`'s and `interp patch`'s). Subclasses give `render()`."""
+
+    refresh_per_second = 2
 
     def __init__(self, *, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.enabled = self.console.is_terminal
         self.t0 = time.perf_counter()
-        self.done = self.total = self.patches = 0
-        self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2) if self.enabled else None
+        self.live = (Live(get_renderable=self.render, console=self.console, refresh_per_second=self.refresh_per_second)
+                     if self.enabled else None)
 
-    def __enter__(self) -> "PairProgress":
+    def render(self) -> Text:
+        raise NotImplementedError
+
+    def __enter__(self) -> "LiveLine":
         self.t0 = time.perf_counter()
         if self.live:
             self.live.start()
@@ -31,6 +37,14 @@ class PairProgress:
         if self.live:
             self.live.refresh()
             self.live.stop()
+
+
+class PairProgress(LiveLine):
+    """`interp patch`: pairs and patches done, with an ETA from the mean time per pair so far."""
+
+    def __init__(self, *, console: Console | None = None):
+        self.done = self.total = self.patches = 0
+        super().__init__(console=console)
 
     def __call__(self, done: int, total: int, patches: int | None = None) -> None:
         self.done, self.total = done, total

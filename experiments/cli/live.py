@@ -10,42 +10,31 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 from rich.text import Text
+
+from interp.progress import LiveLine
 
 
 def _console() -> Console:
     return Console(stderr=True)
 
 
-class AskProgress:
+class AskProgress(LiveLine):
     """`ask`: the current turn, the cell running, sub_calls in flight and done, worker tok/s.
 
     Fed by the RLM loop's ``on_event(kind, trajectory)`` hook; the figures are read from the live
     trajectory and the worker client each refresh, so nothing is counted twice.
     """
 
+    refresh_per_second = 4
+
     def __init__(self, worker: Any, max_iterations: int, *, console: Console | None = None):
-        self.console = console or _console()
-        self.enabled = self.console.is_terminal
         self.worker = worker
         self.max_iterations = max_iterations
         self.traj: Any = None
         self.cell_started: float | None = None
-        self.t0 = time.perf_counter()
         self.lock = threading.Lock()
-        self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=4,
-                         transient=False) if self.enabled else None
-
-    def __enter__(self) -> "AskProgress":
-        if self.live:
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live:
-            self.live.refresh()
-            self.live.stop()
+        super().__init__(console=console or _console())
 
     def on_event(self, kind: str, traj: Any) -> None:
         with self.lock:
