@@ -13,6 +13,16 @@ import pandas as pd  # noqa: E402
 POSITION_ORDER = ["chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last", "all", "none"]
 
 
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (110 dpi) and close a figure: every interp figure is saved this one way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def _pos_key(p: str) -> tuple[int, int]:
     if p in POSITION_ORDER:
         return (POSITION_ORDER.index(p), 0)
@@ -35,12 +45,7 @@ def heatmap(agg: pd.DataFrame, path: str | Path, *, title: str = "", value: str 
     ax.set_xlabel("layer")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="normalized patch effect (0 corrupt, 1 clean)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def heatmaps(agg: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -66,9 +71,4 @@ def probe_plot(table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("accuracy (test chunks)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
