@@ -17,7 +17,8 @@ columns are NaN, and the argmax check is against that re-tokenization.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 
@@ -129,3 +130,27 @@ def summary(rows: list[Faithfulness] | list[dict]) -> dict:
         "worst_divergence_margin": max((r["divergence_margin"] for r in rs if r.get("divergence_margin") is not None
                                         and r["divergence_margin"] == r["divergence_margin"]), default=None),
     }
+
+
+def faithfulness_flags(capture_dir: str | Path | None) -> dict[tuple[str, int], bool]:
+    """(sample, sub_call) -> faithful, from a capture's faithfulness table; empty when there is none.
+    WHY: every analysis downstream of capture (probes, the aggregation check, reports) can then
+    flag or drop the sub_calls whose replay is not the computation vLLM ran."""
+    if capture_dir is None or not (Path(capture_dir) / FAITHFULNESS_FILE).is_file():
+        return {}
+    import pandas as pd
+
+    df = pd.read_parquet(Path(capture_dir) / FAITHFULNESS_FILE)
+    if df.empty or "faithful" not in df.columns:
+        return {}
+    return {(str(s), int(c)): bool(f) for s, c, f in zip(df["sample"], df["sub_call"], df["faithful"])}
+
+
+def flag_faithful(df: Any, flags: dict[tuple[str, int], bool]) -> Any:
+    """`df` (with sample and sub_call columns) plus a `faithful` column: True/False, None where unknown."""
+    df = df.copy()
+    if "sample" not in df.columns or "sub_call" not in df.columns or df.empty:
+        df["faithful"] = None
+        return df
+    df["faithful"] = [flags.get((str(s), int(c))) for s, c in zip(df["sample"], df["sub_call"])]
+    return df

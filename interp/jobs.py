@@ -19,7 +19,7 @@ from .plots import heatmaps, probe_plot
 from .probes import run_probes
 from .outputs import staged_dir
 from .selection import Selection, collect_sub_calls, load_gold_file
-from .faithfulness import Faithfulness, check_one
+from .faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
 from .provenance import model_provenance
 from .selection import NothingToStudyError
 from .stats import aggregate_ratio, small_denominator_pairs
@@ -156,7 +156,7 @@ def patch_job(
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:
     table = run_probes(capture_dir, component=cfg.probe_component, position=cfg.probe_position,
                        test_size=cfg.probe_test_size, c=cfg.probe_c, seed=cfg.seed,
-                       n_splits=cfg.probe_splits)
+                       n_splits=cfg.probe_splits, faithful_only=cfg.faithful_only)
     with staged_dir(out_dir) as out:
         table.to_parquet(out / PROBE_FILE, index=False)
         table.to_csv(out / "probes.csv", index=False)
@@ -168,6 +168,7 @@ def aggregation_job(run_dir: str | Path, out_dir: str | Path, gold_file: str | P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_sample, per_sub = diagnose_aggregation(run_dir, load_gold_file(gold_file) if gold_file else None)
+    per_sub = flag_faithful(per_sub, faithfulness_flags(Path(run_dir) / "interp" / "capture"))
     per_sample.to_csv(out / "aggregation_by_sample.csv", index=False)
     per_sub.to_csv(out / "aggregation_by_sub_call.csv", index=False)
     return per_sample

@@ -133,10 +133,17 @@ def run_probes(
     c: float = 1.0,
     seed: int = 0,
     n_splits: int = 1,
+    faithful_only: bool = False,
 ) -> pd.DataFrame:
-    """One probe per captured layer on rows with a known gold; returns the per-layer table."""
+    """One probe per captured layer on rows with a known gold; returns the per-layer table, with how
+    many probed sub_calls were faithful to what vLLM generated (and, with `faithful_only`, only those)."""
+    from .faithfulness import faithfulness_flags, flag_faithful
+
     idx = read_index(capture_dir)
     idx = idx[(idx["component"] == component) & (idx["position"] == position) & idx["gold"].notna()]
+    idx = flag_faithful(idx, faithfulness_flags(capture_dir))
+    if faithful_only:
+        idx = idx[idx["faithful"] != False]  # noqa: E712  (None: unknown, kept)
     if idx.empty:
         raise ValueError(
             f"no captured rows with gold for component={component!r}, position={position!r} in {capture_dir}; "
@@ -150,5 +157,7 @@ def run_probes(
         worker = grp["worker_count"].astype("float64").to_numpy()
         res = probe_layer(x, grp["gold"].astype(int).to_numpy(), groups, worker, layer=int(layer),
                           test_size=test_size, c=c, seed=seed, n_splits=n_splits)
-        out.append(asdict(res))
+        subs = grp.drop_duplicates(["sample", "sub_call"])
+        out.append({**asdict(res), "n_faithful": int((subs["faithful"] == True).sum()),  # noqa: E712
+                    "n_unfaithful": int((subs["faithful"] == False).sum())})  # noqa: E712
     return pd.DataFrame(out)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregation import diagnose_aggregation
+from .faithfulness import faithfulness_flags, flag_faithful
 from .capture import REPLAY_FILE
 from .jobs import AGG_FILE, PROBE_FILE
 from .plots import heatmaps, probe_plot
@@ -82,6 +83,7 @@ def _build(run_dir, out: Path, capture_dir, patch_dir, probe_dir, gold_file, att
     except ValueError as exc:
         md += [f"## Controller aggregation\n\n(skipped: {exc})\n"]
     else:
+        per_sub = flag_faithful(per_sub, faithfulness_flags(capture_dir))
         per_sample.to_csv(out / "aggregation_by_sample.csv", index=False)
         per_sub.to_csv(out / "aggregation_by_sub_call.csv", index=False)
         counts = per_sample["category"].value_counts().rename_axis("category").reset_index(name="n")
