@@ -4,7 +4,7 @@ WHY: OOLONG-real's gold counts rolls over whole episodes and cannot be mapped on
 sees, so per-chunk worker accuracy cannot be measured on it. Here the project writes the passages
 itself: k roll lines (each reports exactly one roll, always as "rolled a/an N") among distractor lines
 that mention numbers, hit points, gold, checks and dice in non-roll senses, so the gold count is exact
-by construction and `roll_mentions` can verify it. `make_count_pair` builds equal-token-length
+by construction and `roll_mentions` can verify it. interp builds the equal-token-length
 clean/corrupt passages (k vs k±1) for activation patching.
 """
 

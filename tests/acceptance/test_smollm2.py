@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,19 +106,6 @@ def test_transformers_answers_two_plus_three(smollm2_path):
     answer = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in answer, answer
     assert out[0, -1].item() == tok.eos_token_id  # stops on <|im_end|> by itself
-
-
-@pytest.mark.smollm
-def test_smollm2_tokenizer_makes_equal_length_pairs(smollm2_path):
-    from transformers import AutoTokenizer
-
-    from experiments.studies.counting import count_messages, make_count_pair, make_counting_set
-
-    tok = AutoTokenizer.from_pretrained(smollm2_path)
-    for it in make_counting_set(0, ks=[3], lengths=[20], per_cell=2):
-        for d in (1, -1):
-            p = make_count_pair(it, tok, d, random.Random(0), wrap=lambda s: count_messages(s)[1]["content"])
-            assert len(tok.encode(p.clean)) == len(tok.encode(p.corrupt))
 
 
 @pytest.fixture(scope="module")

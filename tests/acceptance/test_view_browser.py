@@ -122,7 +122,7 @@ def test_click_through(browser, site, eval_run):
     # a failing sample that interp studied: facts, the printed <script> shown as text, no script ran
     import pandas as pd
 
-    studied_stems = set(pd.read_parquet(eval_run / "interp" / "capture" / "replay.parquet")["sample"])
+    studied_stems = set(pd.read_parquet(eval_run / "interp" / "capture" / "faithfulness.parquet")["sample"])
     fid = next(r["id"] for r in failing if Path(r["trajectory"]).stem in studied_stems)
     page.click(f"#samples tbody tr td.c-id a:text-is('{fid}')")
     page.wait_for_selector(".docmap")
