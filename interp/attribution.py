@@ -192,19 +192,33 @@ def attribute_pair(model: ReplayModel, pair: Pair, *, components: tuple[str, ...
 
 # -- exact patching of single-token sites (validation and the top-k follow-up) -------------------------
 
+def first_difference(pair: Pair) -> int:
+    """Index of the first token where clean and corrupt differ (equal lengths are guaranteed by Pair)."""
+    return next((i for i, (a, b) in enumerate(zip(pair.clean_ids, pair.corrupt_ids)) if a != b), pair.seq_len)
+
+
 def exact_sites(model: ReplayModel, pair: Pair, sites: list[tuple[str, int, int]], *, direction: str = "denoise",
-                batch_size: int = 16) -> dict[tuple[str, int, int], float]:
+                batch_size: int = 16, skip_shared_prefix: bool = True) -> dict[tuple[str, int, int], float]:
     """Exact patch of each (component, layer, token) site alone, through the nnsight patching path.
-    Returns the change of the logit difference vs the base run (same units as `attr`)."""
+    Returns the change of the logit difference vs the base run (same units as `attr`).
+
+    WHY `skip_shared_prefix`: in a causal model every activation at a position before the first token where
+    clean and corrupt differ is the same in both runs, so patching it is a no-op and its effect is exactly 0.
+    Those sites are answered 0.0 without a forward pass; for an edit in the middle of a chunk that halves
+    the cost of an every-token validation (tested against the computed values)."""
     from dataclasses import replace
 
     from .patching import PatchSpec, patch_pair
 
+    out: dict[tuple[str, int, int], float] = {}
+    if skip_shared_prefix:
+        lo = first_difference(pair)
+        out.update({s: 0.0 for s in sites if s[2] < lo})
+        sites = [s for s in sites if s[2] >= lo]
     positions = dict(pair.positions)
     for _, _, tok in sites:
         positions[f"tok{tok}"] = [tok]
     p2 = replace(pair, positions=positions)
-    out = {}
     # one layer at a time: the reference run then holds the source activations of one layer's components
     # only (3 x [2, T, d]), not of every layer the sites touch
     for layer in sorted({li for _, li, _ in sites}):

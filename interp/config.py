@@ -69,6 +69,9 @@ class InterpConfig(BaseModel):
     attr_validate_max_tokens: int = Field(
         0, ge=0, description="also run exact patching at EVERY token x layer for pairs up to this length "
         "(the attribution-vs-exact validation; 0 = off)")
+    attr_validate_layers: list[int] | None = Field(
+        None, description="layers of that every-token validation (None = all; a 135M model's 30 layers x 3 "
+        "components x 170 tokens is ~15K forward passes, so a CPU study picks a few)")
     head_positions: list[str] = Field(default_factory=lambda: ["last", "edit"])
     # -- statistics and probes -------------------------------------------------------------------
     min_denominator: float = Field(

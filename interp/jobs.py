@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from .selection import Selection, collect_sub_calls, load_gold_file
 from .faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
 from .provenance import model_provenance
 from .selection import NothingToStudyError
-from .stats import aggregate_ratio, small_denominator_pairs
+from .stats import aggregate_ratio, denominator_warnings, small_denominator_pairs
 
 PATCH_FILE = "patching.parquet"
 AGG_FILE = "patching_agg.parquet"
@@ -53,6 +53,7 @@ class PatchSummary:
     n_rows: int
     skipped: dict[str, int]
     heatmaps: list[str]
+    warnings: list[str] = field(default_factory=list)  # printed by the CLI, kept in patch.json
 
 
 def study_items(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selection | None, *, what: str
@@ -133,6 +134,7 @@ def patch_job(
     df["small_denominator"] = df["denominator"].abs() < cfg.min_denominator
     df.loc[df["small_denominator"], "normalized"] = float("nan")  # reported, never averaged
     excluded = small_denominator_pairs(df, cfg.min_denominator)
+    warn = denominator_warnings(df.groupby("pair")["denominator"].first(), dtype_name(model), cfg.min_denominator)
     agg = aggregate_ratio(df, min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level,
                           n_boot=cfg.n_boot, seed=cfg.seed)
     prov = model_provenance(model)
@@ -147,10 +149,10 @@ def patch_job(
         (out / "patch.json").write_text(json.dumps(dict(
             **prov, n_pairs=len(pairs), n_chunks=len({p.chunk for p in pairs}), n_rows=len(df), skipped=skipped,
             layers=layers, min_denominator=cfg.min_denominator,
-            excluded_small_denominator=excluded.to_dict("records"),
+            excluded_small_denominator=excluded.to_dict("records"), warnings=warn,
             unfaithful_pairs=[p.pair_id for p in pairs if (f := faith.get((p.sample, p.sub_call))) and not f.faithful],
             config=cfg.model_dump(mode="json")), indent=1))
-    return PatchSummary(Path(out_dir), len(pairs), len(df), skipped, [str(p) for p in pngs])
+    return PatchSummary(Path(out_dir), len(pairs), len(df), skipped, [str(p) for p in pngs], warn)
 
 
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:
@@ -172,6 +174,11 @@ def aggregation_job(run_dir: str | Path, out_dir: str | Path, gold_file: str | P
     per_sample.to_csv(out / "aggregation_by_sample.csv", index=False)
     per_sub.to_csv(out / "aggregation_by_sub_call.csv", index=False)
     return per_sample
+
+
+def dtype_name(model: ReplayModel) -> str:
+    """"bfloat16" etc. for the replay's parameters (what bounds the resolution of every logit it reads)."""
+    return str(model.dtype).replace("torch.", "")
 
 
 def summary_dict(obj) -> dict:

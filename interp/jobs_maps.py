@@ -6,14 +6,14 @@ study, naming the reasons with counts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .attribution import attribute_pair, compare, exact_sites, top_k_sites
 from .config import InterpConfig, WorkerModelSpec
-from .jobs import load_model, study_items, study_pairs
+from .jobs import dtype_name, load_model, study_items, study_pairs
 from .lens import lens_one
 from .model import ReplayModel
 from .outputs import staged_dir
@@ -21,7 +21,10 @@ from .pairs import Pair
 from .plots_maps import attribution_map, head_heatmap, lens_plot
 from .provenance import model_provenance
 from .selection import NothingToStudyError, Selection
-from .stats import aggregate_ratio
+from .heatmap_structure import kl_recovery
+from .stats import RATIO_METRIC, aggregate_ratio, denominator_warnings
+
+KL_METRIC = "kl_recovery_mean"
 
 ATTR_FILE = "attribution.parquet"
 ATTR_TOPK_FILE = "attribution_topk_exact.parquet"
@@ -39,6 +42,7 @@ class MapSummary:
     n_rows: int
     figures: list[str]
     summary: dict
+    warnings: list[str] = field(default_factory=list)  # printed by the CLI, kept in the job's json
 
 
 def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
@@ -67,7 +71,8 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
                                  token=t, attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator))
             scope = [("top_k", exact)]
             if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
-                every = [(c, li, t) for c in res.attr for li in range(res.attr[c].shape[0]) for t in range(pair.seq_len)]
+                vlayers = model.resolve_layers(cfg.attr_validate_layers)
+                every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
                 scope.append(("all_sites", exact_sites(model, pair, every, direction=direction,
                                                        batch_size=cfg.batch_size)))
             for name, ex in scope:
@@ -79,6 +84,7 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
             progress(n + 1, len(pairs))
     df, tk, cm = pd.concat(rows, ignore_index=True), pd.DataFrame(topk), pd.DataFrame(cmp)
     summ = _cmp_summary(cm)
+    warn = denominator_warnings(df.groupby("pair")["denominator"].first(), dtype_name(model), cfg.min_denominator)
     with staged_dir(out_dir) as out:
         df.to_parquet(out / ATTR_FILE, index=False)
         tk.to_parquet(out / ATTR_TOPK_FILE, index=False)
@@ -89,9 +95,9 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
             for c in res.attr:
                 figs.append(attribution_map(res, c, out / f"attr_pair{n}_{c}_{direction}.png").name)
         (out / "attribute.json").write_text(json.dumps(dict(
-            **model_provenance(model), n_pairs=len(pairs), skipped=skipped, comparison=summ,
+            **model_provenance(model), n_pairs=len(pairs), skipped=skipped, comparison=summ, warnings=warn,
             pairs=[p.record() for p in pairs], config=cfg.model_dump(mode="json")), indent=1, default=str))
-    return MapSummary(str(out_dir), len(pairs), len(df), figs, summ)
+    return MapSummary(str(out_dir), len(pairs), len(df), figs, summ, warn)
 
 
 def _cmp_summary(cm: pd.DataFrame) -> dict:
@@ -127,17 +133,30 @@ def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sel
         if progress:
             progress(n + 1, len(pairs))
     df = pd.DataFrame(rows)
-    agg = aggregate_ratio(df, by=("component", "layer", "head", "position", "direction"),
-                          min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level, n_boot=cfg.n_boot,
-                          seed=cfg.seed)
+    df["kl_recovery"] = kl_recovery(df)
+    by = ("component", "layer", "head", "position", "direction")
+    ratio = aggregate_ratio(df, by=by, min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level,
+                            n_boot=cfg.n_boot, seed=cfg.seed)
+    agg = pd.concat([ratio, kl_mean(df, by)], ignore_index=True)
+    warn = denominator_warnings(df.groupby("pair")["denominator"].first(), dtype_name(model), cfg.min_denominator)
     with staged_dir(out_dir) as out:
         df.to_parquet(out / HEADS_FILE, index=False)
         agg.to_parquet(out / HEADS_AGG_FILE, index=False)
-        figs = [head_heatmap(g, out / f"heads_{pos}_{d}.png", title=f"head patching at {pos}, {d}").name
-                for (pos, d), g in agg.groupby(["position", "direction"])]
+        figs = [head_heatmap(g, out / f"heads_{pos}_{d}{'' if m == RATIO_METRIC else '_kl'}.png", metric=m,
+                             title=f"head patching at {pos}, {d}").name
+                for (m, pos, d), g in agg.groupby(["metric", "position", "direction"]) if g["mean"].notna().any()]
         (out / "heads.json").write_text(json.dumps(dict(**model_provenance(model), n_pairs=len(pairs),
-                                                        skipped=skipped, layers=layers), indent=1))
-    return MapSummary(str(out_dir), len(pairs), len(df), figs, {})
+                                                        skipped=skipped, layers=layers, warnings=warn), indent=1))
+    return MapSummary(str(out_dir), len(pairs), len(df), figs, {}, warn)
+
+
+def kl_mean(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
+    """Mean `kl_recovery` per group over all pairs. WHY beside the ratio of sums: a model whose edit barely
+    moves the two answer tokens (SmolLM2: |LD_clean - LD_corrupt| mostly under the 0.1 floor) leaves the
+    normalized map empty, while this bounded whole-distribution view needs no floor."""
+    g = df.groupby(list(by), sort=True)
+    out = g.agg(n=("pair", "nunique"), n_chunks=("chunk", "nunique"), mean=("kl_recovery", "mean")).reset_index()
+    return out.assign(metric=KL_METRIC, n_excluded=0)
 
 
 def lens_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,

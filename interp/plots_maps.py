@@ -31,20 +31,27 @@ def attribution_map(res, component: str, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def head_heatmap(agg: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
+def head_heatmap(agg: pd.DataFrame, path: str | Path, *, title: str = "",
+                 metric: str = "normalized_ratio_of_sums") -> Path:
+    """Layer x head map of one metric: the ratio-of-sums normalized effect (diverging, -1..1) or the mean
+    KL recovery (0 = corrupt, 1 = clean)."""
+    kl = metric.startswith("kl")
     layers = sorted(agg["layer"].unique())
     heads = sorted(agg["head"].unique())
     grid = np.full((len(layers), len(heads)), np.nan)
     for _, r in agg.iterrows():
         grid[layers.index(r["layer"]), heads.index(r["head"])] = r["mean"]
     fig, ax = plt.subplots(figsize=(2.5 + 0.3 * len(heads), 1.5 + 0.3 * len(layers)))
-    im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    # KL recovery of one head is small (SmolLM2: <= 0.05), so its scale is 0..max, not 0..1 (the colour bar says it)
+    top = float(np.nanmax(grid)) if kl and np.isfinite(grid).any() else 1.0
+    im = ax.imshow(grid, aspect="auto", cmap="viridis" if kl else "RdBu_r", vmin=0 if kl else -1,
+                   vmax=max(top, 1e-6) if kl else 1, interpolation="nearest")
     ax.set_xticks(range(len(heads)), [str(h) for h in heads], fontsize=6)
     ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=6)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="normalized effect (ratio of sums)")
+    fig.colorbar(im, ax=ax, label="KL recovery (mean over pairs)" if kl else "normalized effect (ratio of sums)")
     return _save(fig, path)
 
 

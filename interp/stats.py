@@ -1,6 +1,8 @@
 """Means with confidence intervals over pairs (percentile bootstrap or Student t)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import math
 
 import numpy as np
@@ -84,9 +86,35 @@ def small_denominator_pairs(df: pd.DataFrame, min_denominator: float) -> pd.Data
     return per.loc[per["denominator"].abs() < min_denominator, ["pair", "chunk", "denominator"]]
 
 
+def denominator_warnings(denominators: Sequence[float], dtype: str, min_denominator: float) -> list[str]:
+    """A line for the user when most pairs fall under the floor, naming the likely cause.
+
+    WHY: on SmolLM2 replayed in bfloat16, 5 of 6 pairs had LD_clean - LD_corrupt of exactly 0: bf16 keeps 8
+    significant bits, so a logit of 16-32 moves in steps of 0.125, coarser than the effect of one changed
+    roll line (0.003-0.17 logits in float32). The normalized maps were then empty and the exact effects
+    were rounding, with nothing on screen saying why."""
+    d = np.abs(np.asarray(list(denominators), dtype=float))
+    if not len(d):
+        return []
+    small, zero = int((d < min_denominator).sum()), int((d == 0).sum())
+    out = []
+    if small * 2 >= len(d):
+        out.append(f"{small} of {len(d)} pairs have |LD_clean - LD_corrupt| < min_denominator={min_denominator} "
+                   f"and are left out of the normalized metric (kl_recovery and the raw logit differences "
+                   f"still cover them)")
+    if zero and dtype in ("bfloat16", "float16"):
+        step = 2.0 ** -7 if dtype == "bfloat16" else 2.0 ** -10
+        out.append(f"{zero} of {len(d)} pairs have a denominator of exactly 0 in {dtype}, whose logits near 16-32 "
+                   f"move in steps of {16 * step:g}-{32 * step:g}: replay in float32 (interp.dtype) if it fits")
+    return out
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> float:
     d = den.sum()
     return float(num.sum() / d) if d != 0 else float("nan")
+
+
+RATIO_METRIC = "normalized_ratio_of_sums"
 
 
 # long: ratio of sums per group with its chunk-level bootstrap and the small-denominator exclusions, together
@@ -158,7 +186,7 @@ def aggregate_ratio(
                     lo, hi = est - half, est + half
         with np.errstate(divide="ignore", invalid="ignore"):
             mor = float(np.mean(num / den)) if len(keep) else float("nan")
-        rows.append({**dict(zip(by, key)), "metric": "normalized_ratio_of_sums", "n": int(keep["pair"].nunique()),
+        rows.append({**dict(zip(by, key)), "metric": RATIO_METRIC, "n": int(keep["pair"].nunique()),
                      "n_chunks": int(len(uniq)), "n_excluded": n_ex, "mean": est, "ci_low": lo, "ci_high": hi,
                      "den_sum": float(den.sum()) if len(keep) else float("nan"),
                      "den_mean": float(den.mean()) if len(keep) else float("nan"), "mean_of_ratios": mor})

@@ -31,13 +31,13 @@ class Correctness(str, Enum):
     wrong = "wrong"
 
 
-def _csv_ints(text: str | None) -> list[int] | None:
+def _csv_ints(text: str | None, option: str = "--layers") -> list[int] | None:
     if not text:
         return None
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"--layers wants comma-separated integers, got {text!r}") from None
+        raise UserError(f"{option} wants comma-separated integers, got {text!r}") from None
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -109,6 +109,8 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
     except (RunDirError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
+    for line in getattr(s, "warnings", None) or []:
+        typer.echo(f"warning: {line}", err=True)
 
 
 def _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device, **more) -> dict:
@@ -166,6 +168,7 @@ def attribute(
     components: Optional[str] = ComponentsOpt, directions: Optional[str] = DirectionsOpt,
     top_k: Optional[int] = typer.Option(None, help="sites per layer re-checked by exact patching"),
     validate_max_tokens: Optional[int] = typer.Option(None, help="exact-patch EVERY site of pairs up to this length"),
+    validate_layers: Optional[str] = typer.Option(None, help="layers of that every-site check, e.g. 0,15 (default all)"),
     batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
     stop_server: Optional[str] = StopOpt,
 ) -> None:
@@ -175,7 +178,8 @@ def attribute(
 
     setup = _setup(config, _pair_overrides(n_pairs, corruptions, None, directions, batch_size, seed, device,
                                            attr_components=_csv(components), attr_top_k=top_k,
-                                           attr_validate_max_tokens=validate_max_tokens), run_dir)
+                                           attr_validate_max_tokens=validate_max_tokens,
+                                           attr_validate_layers=_csv_ints(validate_layers, "--validate-layers")), run_dir)
     _run_job(attribute_job, "attribute", run_dir, out, setup, stop_server,
              _selection(question_type, correct, sub_call, limit),
              progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
@@ -248,9 +252,14 @@ def report(
     capture_dir: Optional[Path] = typer.Option(None, "--capture"),
     patch_dir: Optional[Path] = typer.Option(None, "--patch"),
     probe_dir: Optional[Path] = typer.Option(None, "--probe"),
+    attribute_dir: Optional[Path] = typer.Option(None, "--attribute"),
+    heads_dir: Optional[Path] = typer.Option(None, "--heads"),
+    lens_dir: Optional[Path] = typer.Option(None, "--lens"),
     gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
 ) -> None:
-    """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check."""
+    """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check,
+    attribution maps (and their agreement with exact patching), head heatmaps, the logit lens. Each input
+    folder defaults to RUN_DIR/interp/<step>; a missing one is a section that says so."""
     from interp.report import build_report
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
@@ -258,8 +267,8 @@ def report(
     try:
         path = build_report(run_dir, _out(out, run_dir, "report"), capture_dir=capture_dir or base / "capture",
                             patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe",
-                            gold_file=gold, attribute_dir=base / "attribute", heads_dir=base / "heads",
-                            lens_dir=base / "lens")
+                            gold_file=gold, attribute_dir=attribute_dir or base / "attribute",
+                            heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens")
     except RunDirError as exc:
         raise UserError(str(exc)) from exc
     typer.echo(str(path))

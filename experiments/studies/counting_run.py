@@ -34,6 +34,10 @@ class WorkerAnswer:
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    # what the worker generated, token by token (schema 2): interp teacher-forces these ids and compares its
+    # replayed logprobs with these. None when the backend returned none (the transformers worker: ids only).
+    token_ids: list[int] | None = None
+    token_logprobs: list[float] | None = None
 
 
 def answers_from_results(results: Sequence[Any]) -> list[WorkerAnswer]:
@@ -43,7 +47,9 @@ def answers_from_results(results: Sequence[Any]) -> list[WorkerAnswer]:
         if isinstance(r, BaseException):
             out.append(WorkerAnswer(None, error=f"{type(r).__name__}: {r}"))
         else:
-            out.append(WorkerAnswer(r.text, r.prompt_tokens, r.completion_tokens, r.latency_s))
+            extra = getattr(r, "extra", None) or {}
+            out.append(WorkerAnswer(r.text, r.prompt_tokens, r.completion_tokens, r.latency_s,
+                                    token_ids=extra.get("token_ids"), token_logprobs=extra.get("token_logprobs")))
     return out
 
 
@@ -84,7 +90,8 @@ def write_counting_run(
             id=0, cell=0, depth=1, batch=0, chunk_start=0, chunk_end=len(it.passage), chunk_chars=len(it.passage),
             instruction=it.instruction, response=ans.text, error=ans.error, prompt_tokens=ans.prompt_tokens,
             completion_tokens=ans.completion_tokens, latency_s=ans.latency_s,
-            messages=count_messages(it.passage, it.instruction),
+            messages=count_messages(it.passage, it.instruction), token_ids=ans.token_ids,
+            token_logprobs=ans.token_logprobs,
         )
         traj = Trajectory(
             run_id=run_id, question=it.instruction, doc_chars=len(it.passage),

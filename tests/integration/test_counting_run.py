@@ -34,6 +34,9 @@ def test_run_folder_round_trips_through_interp(tmp_path, items, tiny_model_path)
         s = attach_gold(subs[it.id], gold)
         assert s.messages == count_messages(it.passage) and s.chunk_text == it.passage
         assert (s.gold, s.gold_source) == (it.k, "gold_file") and s.max_tokens == 6
+        # the generated token ids travel into the run (schema 2), so interp teacher-forces them
+        ans = answers[items.index(it)]
+        assert ans.token_ids and s.token_ids == ans.token_ids
     rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert [r["gold"] for r in rows] == [str(it.k) for it in items] and rows[1]["error"] == "WorkerError: boom"
     assert all(r["score"] in (0.0, 1.0) and r["trajectory"].startswith("trajectories/") for r in rows)

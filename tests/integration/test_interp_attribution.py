@@ -3,6 +3,8 @@
 Attribution is validated against exact single-site patching through the independent nnsight path."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,7 +52,7 @@ def test_attribution_matches_exact_patching(tiny, pairs):
     for pair in pairs:
         res = attribute_pair(tiny, pair, direction="denoise")
         every = [(c, 0, t) for c in ("resid", "attn", "mlp") for t in range(pair.seq_len)]
-        exact = exact_sites(tiny, pair, every, batch_size=64)
+        exact = exact_sites(tiny, pair, every, batch_size=64, skip_shared_prefix=False)
         rows = pd.DataFrame(compare(res, exact, k=10))
         print(rows.to_string())
         assert (rows["spearman_after_edit"] >= SPEARMAN_FLOOR).all(), rows
@@ -60,6 +62,24 @@ def test_attribution_matches_exact_patching(tiny, pairs):
         # reference forward may reduce in another order)
         lo = min(pair.positions["edit"])
         assert all(float(res.attr[c][0, t]) == 0.0 and abs(exact[(c, 0, t)]) < 1e-5 for c, _, t in every if t < lo)
+
+
+def test_exact_sites_skips_the_shared_prefix_without_changing_a_value(tiny, pairs):
+    """The shortcut answers 0 for sites before the first differing token; computed, they are 0 too, and
+    every other site is the same forward pass either way."""
+    from interp.attribution import exact_sites, first_difference
+
+    pair = pairs[0]
+    lo = first_difference(pair)
+    assert 0 < lo < pair.seq_len and pair.clean_ids[:lo] == pair.corrupt_ids[:lo]
+    sites = [(c, li, t) for c in ("resid", "mlp") for li in (0, tiny.n_layers - 1) for t in range(pair.seq_len)]
+    for direction in ("denoise", "noise"):
+        full = exact_sites(tiny, pair, sites, direction=direction, batch_size=64, skip_shared_prefix=False)
+        fast = exact_sites(tiny, pair, sites, direction=direction, batch_size=64)
+        assert fast.keys() == full.keys()
+        assert all(fast[s] == 0.0 for s in sites if s[2] < lo)
+        assert max(abs(fast[s] - full[s]) for s in sites) < 1e-5
+        assert any(abs(full[s]) > 1e-3 for s in sites if s[2] >= lo)  # the rest is not trivially 0
 
 
 def test_attribution_total_at_the_last_layer_is_the_logit_difference_change(tiny, pairs):
@@ -131,12 +151,15 @@ def test_cli_maps_and_report(run, tmp_path):
 
     r = CliRunner()
     base = ["--config", "cpu-tiny"]
-    for cmd, extra in (("attribute", ["--n-pairs", "1", "--top-k", "3", "--directions", "denoise"]),
+    attr_dir = tmp_path / "attr"  # not the default folder: the report must be told where it is
+    for cmd, extra in (("attribute", ["--n-pairs", "1", "--top-k", "3", "--directions", "denoise",
+                                      "--validate-max-tokens", "100000", "--validate-layers", "1", "--out",
+                                      str(attr_dir)]),
                        ("heads", ["--n-pairs", "1", "--positions", "last", "--directions", "denoise"]),
                        ("lens", [])):
         res = r.invoke(interp_app, [cmd, str(run), *base, *extra])
         assert res.exit_code == 0, (cmd, res.output)
-    res = r.invoke(interp_app, ["report", str(run), *base])
+    res = r.invoke(interp_app, ["report", str(run), *base, "--attribute", str(attr_dir)])
     assert res.exit_code == 0, res.output
     rep = run / "interp" / "report"
     text = (rep / "README.md").read_text()
@@ -144,5 +167,45 @@ def test_cli_maps_and_report(run, tmp_path):
         assert title in text
     cm = pd.read_csv(rep / "attribution_vs_exact.csv")
     assert set(cm["component"]) == {"resid", "attn", "mlp"}
-    assert (run / "interp" / "attribute" / "attribution.parquet").exists()
+    every = cm[cm["scope"] == "all_sites"]  # the every-token check ran at the one layer asked for, every token
+    assert set(every["layer"]) == {1} and set(every["component"]) == {"resid", "attn", "mlp"}
+    seq_len = json.loads((attr_dir / "attribute.json").read_text())["pairs"][0]["seq_len"]
+    assert (every["n_sites"] == seq_len).all()
+    assert (attr_dir / "attribution.parquet").exists() and not (run / "interp" / "attribute").exists()
+    bad = r.invoke(interp_app, ["attribute", str(run), *base, "--validate-layers", "0,x"])
+    assert bad.exit_code == 2 and "--validate-layers" in bad.output
+
+    # the SmolLM2 study's tables (docs/INTERP_SMOLLM2.md) read these same outputs
+    from experiments.studies.smollm2_interp_report import (attribution_summary, heads_summary, lens_summary,
+                                                            maps_md)
+
+    a = attribution_summary(attr_dir)
+    assert {(r["component"], r["layer"]) for r in a["every_token"]} == {(c, 1) for c in ("resid", "attn", "mlp")}
+    shares = pd.DataFrame(a["group_share"]).drop(columns=["component", "layer"])
+    assert np.allclose(shares.sum(axis=1), 1.0, atol=0.02) and (shares["chunk_before"] == 0).all()  # causality
+    h = heads_summary(run / "interp" / "heads")
+    assert any(k.startswith("kl_recovery_mean at last") for k in h["top"])
+    lz = lens_summary(run / "interp" / "lens")
+    md = "\n".join(maps_md({"attribution": a, "heads": h, "lens": lz}))
+    for title in ("Attribution vs exact patching", "Logit lens", "Heads: kl_recovery_mean at last"):
+        assert title in md
     assert any(p.name.startswith("heads_last") for p in rep.glob("*.png"))
+
+
+def test_heads_keep_a_bounded_map_when_every_pair_is_under_the_floor(tiny, run, pairs, tmp_path):
+    """A worker whose edit barely moves the two answer tokens (SmolLM2) leaves every pair under
+    `min_denominator`: the ratio-of-sums map is then empty, and the KL-recovery map still answers."""
+    from interp.config import load_interp_config
+    from interp.jobs_maps import KL_METRIC, heads_job
+    from interp.stats import RATIO_METRIC
+
+    cfg, spec, _ = load_interp_config("cpu-tiny", dict(min_denominator=1e9, head_positions=["last"],
+                                                       directions=["denoise"], layers=[0, 1]))
+    s = heads_job(run, tmp_path / "heads", cfg, spec, model=tiny, pairs=pairs)
+    agg = pd.read_parquet(tmp_path / "heads" / "heads_agg.parquet")
+    ratio, kl = agg[agg["metric"] == RATIO_METRIC], agg[agg["metric"] == KL_METRIC]
+    assert len(ratio) == len(kl) > 0
+    assert ratio["mean"].isna().all() and (ratio["n_excluded"] == len(pairs)).all()
+    assert kl["mean"].between(0, 1).all() and (kl["n"] == len(pairs)).all()
+    assert s.figures == ["heads_last_denoise_kl.png"]
+    assert len(s.warnings) == 1 and f"{len(pairs)} of {len(pairs)} pairs" in s.warnings[0]  # float32: no rounding line

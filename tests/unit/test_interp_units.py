@@ -242,3 +242,18 @@ def test_nested_rlm_worker_calls_are_walked(tmp_path):
     got = list(iter_sub_calls(run, Selection(refs=[SubCallRef.parse("demo-000/7:1")])))
     assert [(i.sample, i.sub_call) for i in got] == [("demo-000/7", 1)]
     assert list(iter_sub_calls(run, Selection(depth=1))) == []
+
+
+def test_denominator_warnings_name_the_floor_and_the_16bit_rounding():
+    from interp.stats import denominator_warnings
+
+    # SmolLM2 in bfloat16: 5 of 6 denominators exactly 0 (measured, docs/INTERP_SMOLLM2.md)
+    w = denominator_warnings([0.0, 0.0, 0.0, 0.125, 0.0, 0.0], "bfloat16", 0.1)
+    assert len(w) == 2 and "5 of 6" in w[0] and "min_denominator=0.1" in w[0]
+    assert "exactly 0 in bfloat16" in w[1] and "0.125-0.25" in w[1] and "float32" in w[1]
+    # the same numbers in float32: under the floor, but not a rounding artefact
+    assert len(denominator_warnings([0.0, 0.003, 0.014, 0.2], "float32", 0.1)) == 1
+    # a model that reacts: nothing to say
+    assert denominator_warnings([1.2, -0.8, 0.4], "bfloat16", 0.1) == []
+    assert denominator_warnings([], "float16", 0.1) == []
+    assert "0.015625-0.03125" in denominator_warnings([0.0, 0.0], "float16", 0.1)[1]
