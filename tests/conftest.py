@@ -26,6 +26,17 @@ TINY_SERVED_NAME = "tiny"
 VLLM_PORT_RANGE = range(18100, 18200)  # tests that start their own worker server take ports from here
 
 
+def interruptible() -> None:
+    """`preexec_fn` for a child the test stops with SIGINT: give it the default SIGINT disposition.
+
+    WHY: a shell started in the background without job control (`cmd &` in a script, nohup wrappers) runs it
+    with SIGINT ignored, the child inherits that, Python then installs no KeyboardInterrupt handler, and the
+    "runs until interrupted" commands never stop (found by a CI run launched that way)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def worker_port() -> int:
     """A free port in the worker builder's range, for tests that start their own server."""

@@ -14,6 +14,7 @@ import pytest
 from configs import load_config
 from controller import Rig, Trajectory
 from experiments.datasets import load_examples
+from conftest import interruptible
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +143,7 @@ def test_serve_worker_runs_until_interrupted(tmp_path):
 
     p = subprocess.Popen([sys.executable, "-m", "experiments.cli", "serve-worker", "-c", "cpu-tiny", "--log-dir",
                           str(tmp_path), "--set", "worker.served_name=serve-worker-test"], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
         line = ""
         deadline = time.time() + 600
@@ -153,6 +154,10 @@ def test_serve_worker_runs_until_interrupted(tmp_path):
         assert httpx.get(url.replace("/v1", "") + "/health", timeout=10).status_code == 200
     finally:
         p.send_signal(signal.SIGINT)
-        p.wait(timeout=120)
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # fail, but leave no server behind for the rest of the suite
+            p.kill()
+            raise
     assert p.returncode == 130
     assert _vllm_procs("serve-worker-test") == []

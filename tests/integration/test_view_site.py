@@ -10,6 +10,7 @@ from pathlib import Path
 from experiments.view import build_site
 from experiments.view.docmap import build_docmap
 from interp.demo import make_demo_run
+from conftest import interruptible
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -103,7 +104,8 @@ def test_serve_is_loopback_only_and_serves_the_site(tmp_path):
     rd = make_demo_run(tmp_path / "run", n_samples=2)
     repo = Path(__file__).resolve().parents[2]
     p = subprocess.Popen([sys.executable, "-m", "experiments.cli", "view", str(rd), "--no-report", "--serve"],
-                         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=interruptible)
     try:
         url = None
         deadline = time.time() + 120
@@ -118,4 +120,8 @@ def test_serve_is_loopback_only_and_serves_the_site(tmp_path):
         assert httpx.get(url.replace("index.html", "r0/samples.html"), timeout=10).status_code == 200
     finally:
         os.killpg(p.pid, signal.SIGINT)
-        p.wait(timeout=30)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # fail, but leave no server behind
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
