@@ -22,7 +22,7 @@ from .selection import Selection, collect_sub_calls, load_gold_file
 from .faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
 from .provenance import model_provenance
 from .selection import NothingToStudyError
-from .stats import aggregate_ratio, denominator_warnings, small_denominator_pairs
+from .stats import aggregate_ratio, pair_denominator_warnings, small_denominator_pairs
 
 PATCH_FILE = "patching.parquet"
 AGG_FILE = "patching_agg.parquet"
@@ -134,7 +134,7 @@ def patch_job(
     df["small_denominator"] = df["denominator"].abs() < cfg.min_denominator
     df.loc[df["small_denominator"], "normalized"] = float("nan")  # reported, never averaged
     excluded = small_denominator_pairs(df, cfg.min_denominator)
-    warn = denominator_warnings(df.groupby("pair")["denominator"].first(), dtype_name(model), cfg.min_denominator)
+    warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
     agg = aggregate_ratio(df, min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level,
                           n_boot=cfg.n_boot, seed=cfg.seed)
     prov = model_provenance(model)

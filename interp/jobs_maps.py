@@ -22,9 +22,7 @@ from .plots_maps import attribution_map, head_heatmap, lens_plot
 from .provenance import model_provenance
 from .selection import NothingToStudyError, Selection
 from .heatmap_structure import kl_recovery
-from .stats import RATIO_METRIC, aggregate_ratio, denominator_warnings
-
-KL_METRIC = "kl_recovery_mean"
+from .stats import KL_METRIC, RATIO_METRIC, aggregate_ratio, pair_denominator_warnings
 
 ATTR_FILE = "attribution.parquet"
 ATTR_TOPK_FILE = "attribution_topk_exact.parquet"
@@ -53,6 +51,7 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     rows, topk, cmp = [], [], []
+    vlayers = model.resolve_layers(cfg.attr_validate_layers)  # checked before any pair runs
     figs_data = []
     for n, pair in enumerate(pairs):
         f = faith.get((pair.sample, pair.sub_call))
@@ -71,7 +70,6 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
                                  token=t, attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator))
             scope = [("top_k", exact)]
             if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
-                vlayers = model.resolve_layers(cfg.attr_validate_layers)
                 every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
                 scope.append(("all_sites", exact_sites(model, pair, every, direction=direction,
                                                        batch_size=cfg.batch_size)))
@@ -84,7 +82,7 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
             progress(n + 1, len(pairs))
     df, tk, cm = pd.concat(rows, ignore_index=True), pd.DataFrame(topk), pd.DataFrame(cmp)
     summ = _cmp_summary(cm)
-    warn = denominator_warnings(df.groupby("pair")["denominator"].first(), dtype_name(model), cfg.min_denominator)
+    warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
     with staged_dir(out_dir) as out:
         df.to_parquet(out / ATTR_FILE, index=False)
         tk.to_parquet(out / ATTR_TOPK_FILE, index=False)
@@ -138,7 +136,7 @@ def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sel
     ratio = aggregate_ratio(df, by=by, min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level,
                             n_boot=cfg.n_boot, seed=cfg.seed)
     agg = pd.concat([ratio, kl_mean(df, by)], ignore_index=True)
-    warn = denominator_warnings(df.groupby("pair")["denominator"].first(), dtype_name(model), cfg.min_denominator)
+    warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
     with staged_dir(out_dir) as out:
         df.to_parquet(out / HEADS_FILE, index=False)
         agg.to_parquet(out / HEADS_AGG_FILE, index=False)

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .plots import save_figure as _save  # noqa: E402
+from .stats import KL_METRIC, RATIO_METRIC  # noqa: E402
 
 
 def attribution_map(res, component: str, path: str | Path) -> Path:
@@ -31,11 +32,10 @@ def attribution_map(res, component: str, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def head_heatmap(agg: pd.DataFrame, path: str | Path, *, title: str = "",
-                 metric: str = "normalized_ratio_of_sums") -> Path:
+def head_heatmap(agg: pd.DataFrame, path: str | Path, *, title: str = "", metric: str = RATIO_METRIC) -> Path:
     """Layer x head map of one metric: the ratio-of-sums normalized effect (diverging, -1..1) or the mean
     KL recovery (0 = corrupt, 1 = clean)."""
-    kl = metric.startswith("kl")
+    kl = metric == KL_METRIC
     layers = sorted(agg["layer"].unique())
     heads = sorted(agg["head"].unique())
     grid = np.full((len(layers), len(heads)), np.nan)

@@ -1,9 +1,8 @@
 """Means with confidence intervals over pairs (percentile bootstrap or Student t)."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,6 +85,11 @@ def small_denominator_pairs(df: pd.DataFrame, min_denominator: float) -> pd.Data
     return per.loc[per["denominator"].abs() < min_denominator, ["pair", "chunk", "denominator"]]
 
 
+def pair_denominator_warnings(df: pd.DataFrame, dtype: str, min_denominator: float) -> list[str]:
+    """`denominator_warnings` over a long table with one `denominator` per pair (patch, attribute, heads)."""
+    return denominator_warnings(df.groupby("pair")["denominator"].first(), dtype, min_denominator)
+
+
 def denominator_warnings(denominators: Sequence[float], dtype: str, min_denominator: float) -> list[str]:
     """A line for the user when most pairs fall under the floor, naming the likely cause.
 
@@ -115,6 +119,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> float:
 
 
 RATIO_METRIC = "normalized_ratio_of_sums"
+KL_METRIC = "kl_recovery_mean"  # the bounded view beside it (interp.heatmap_structure.kl_recovery)
 
 
 # long: ratio of sums per group with its chunk-level bootstrap and the small-denominator exclusions, together

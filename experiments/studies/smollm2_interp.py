@@ -59,8 +59,8 @@ def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, m
             server = VLLMServer(spec, log_dir=run_dir.parent / "logs", name="smollm2-interp").start()
             url, info["vllm_startup_s"] = server.url, server.startup_s
         t0 = time.perf_counter()
-        with SyncWorker(WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens,
-                                            token_logprobs=True)) as sync:
+        client = WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens, token_logprobs=True)
+        with SyncWorker(client) as sync:
             answers = answer_items(sync, items, max_tokens=max_tokens)
         info["answer_wall_s"] = time.perf_counter() - t0
     finally:
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if todo("probe", out / "probe" / "probes.parquet"):
         table = probe_job(cap, out / "probe", cfg)
         print(table.to_string(index=False), flush=True)
+
     def cli(step: str, pdir: Path, *extra: str) -> None:
         """The CLI itself, exactly as a user runs it: `rlm-rig interp STEP RUN --config cpu-small ...`."""
         cmd = [sys.executable, "-m", "experiments.cli", "interp", step, str(run), "--config", PROFILE,

@@ -15,9 +15,11 @@ import pandas as pd
 
 from experiments.analysis.render import md_table
 
+from interp.config import PATCH_POSITIONS
 from interp.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
 
 FOCUS = ("edit", "last")
+GROUPS = tuple(p for p in PATCH_POSITIONS if p != "all")  # the heatmap columns, in reading order
 
 
 def _groups(rows: pd.DataFrame) -> list[str]:
@@ -150,8 +152,6 @@ def write_summary_md(out: Path, summary: dict) -> Path:
     path.write_text("\n".join(parts))
     return path
 
-
-GROUPS = ("chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last")
 
 
 def _group_of(positions: dict[str, list[int]], seq_len: int) -> np.ndarray:
