@@ -33,9 +33,16 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.outdirs import claim, record
 from controller.records import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
 
 RUNLOG_VERSION = 1
+
+# What each kind of run writes into its folder: checked against the folder before a run starts, then recorded in
+# its manifest (controller.outdirs), so nothing of the user's or another command's is ever overwritten.
+EVAL_RUN_FILES = ("config.yaml", "eval.json", "env.json", "samples.jsonl", "trajectories", "logs", "results.json",
+                  "worker-server.pid")
+ASK_RUN_FILES = ("trajectory.json", "logs", "worker-server.pid")
 
 RunStatus = Literal["running", "complete", "interrupted", "failed", "partial", "worker_dead"]
 
@@ -186,6 +193,15 @@ class RunFolder:
         return self.path / "trajectories" / f"{safe}.json"
 
     # -- creation / resume ----------------------------------------------------------------
+    def claim(self, command: str = "eval", *, force: bool = False) -> None:
+        """Before any server starts: may this folder take a new run of `command` (eval, merge, ask)? Raises
+        FileExistsError (a run with samples: resume it) or controller.outdirs.OutDirError; then marks it ours."""
+        if self.samples_path.exists() and read_jsonl(self.samples_path):
+            hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
+            raise FileExistsError(f"{self.path} already holds samples: {hint}")
+        files = ASK_RUN_FILES if command == "ask" else EVAL_RUN_FILES
+        record(claim(self.path, command, force=force, replace_own=command != "ask", writes=files), files)
+
     def create(self, cfg: Any, spec: EvalSpec, *, server_flags: dict[str, Any] | None = None) -> None:
         if self.samples_path.exists() and read_jsonl(self.samples_path):
             raise FileExistsError(f"{self.path} already holds samples: use `rlm-rig eval --resume {self.path}`")
@@ -263,9 +279,30 @@ class RunFolder:
         """Ids with a valid row: a row marked ``error="worker"`` is not done, so ``--resume`` redoes it."""
         return {r["id"] for r in read_jsonl(self.samples_path) if not is_worker_invalid(r)}
 
+    @property
+    def is_run(self) -> bool:
+        """An eval run (samples.jsonl or config.yaml) or an `ask` run (trajectory.json)."""
+        return self.samples_path.exists() or (self.path / "config.yaml").exists() or self.ask_trajectory_path.exists()
+
     def rows(self) -> list[dict[str, Any]]:
-        """One row per id: the first valid one, else (only worker-invalid rows) the first."""
+        """One row per id: the first valid one, else (only worker-invalid rows) the first. An `ask` folder has one
+        row, made from its trajectory: no gold, so its score is NaN (shown, never averaged as a zero)."""
+        if not self.samples_path.exists() and self.ask_trajectory_path.exists():
+            return [self.ask_row().model_dump(mode="json")]
         return pick_rows(read_jsonl(self.samples_path))
+
+    def ask_row(self) -> SampleRow:
+        """The sample row of an `ask` folder's one run, so reports and the viewer read it like an eval's."""
+        t = Trajectory.load(self.ask_trajectory_path)
+        c_in, c_out = t.controller_tokens()
+        w_in, w_out = t.worker_tokens()
+        return SampleRow(
+            id="ask", dataset="ask", method="rlm", question=t.question, context_chars=t.doc_chars, gold="",
+            answer=t.final_answer, score=float("nan"), stop_reason=t.stop_reason, n_turns=len(t.turns),
+            n_cells=len(t.cells), n_cell_errors=sum(1 for c in t.cells if c.error or c.timed_out or c.restarted),
+            n_sub_calls=len(t.sub_calls), controller_tokens_in=c_in, controller_tokens_out=c_out,
+            worker_tokens_in=w_in, worker_tokens_out=w_out, wall_s=t.wall_s, model_s=t.model_wall_s,
+            trajectory=self.ask_trajectory_path.name, error=t.error.splitlines()[0] if t.error else None)
 
     def sample_rows(self) -> list[SampleRow]:
         out = []

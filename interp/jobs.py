@@ -17,7 +17,7 @@ from .pairs import Pair, build_counting_pairs
 from .patching import patch_pair, sweep_specs
 from .plots import heatmaps, probe_plot
 from .probes import run_probes
-from .outputs import staged_dir
+from .outputs import claim_out, staged_dir
 from .selection import Selection, collect_sub_calls, load_gold_file
 from .faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
 from .provenance import model_provenance
@@ -37,10 +37,11 @@ def capture_job(
     run_dir: str | Path, out_dir: str | Path, cfg: InterpConfig, spec: WorkerModelSpec, *,
     selection: Selection | None = None, gold_file: str | Path | None = None, model: ReplayModel | None = None,
 ) -> CaptureSummary:
+    out_dir = claim_out(out_dir, "interp capture", [run_dir])  # before any model loads
     items, tally = collect_sub_calls(run_dir, selection)  # refuses an empty run before loading a model
     gold = load_gold_file(gold_file) if gold_file else None
     model = model or load_model(cfg, spec)
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, "interp capture") as tmp:
         s = run_capture(model, items, tmp, cfg, gold_map=gold, tally=tally, run_dir=run_dir)
     s.out_dir = Path(out_dir)
     return s
@@ -115,6 +116,7 @@ def patch_job(
 
     Output appears only when finished (staged folder). Each row carries its pair's chunk and the
     faithfulness of the sub_call it came from; pairs below `min_denominator` are reported and left out."""
+    out_dir = claim_out(out_dir, "interp patch", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
@@ -138,7 +140,7 @@ def patch_job(
     agg = aggregate_ratio(df, min_denominator=cfg.min_denominator, method=cfg.ci, level=cfg.ci_level,
                           n_boot=cfg.n_boot, seed=cfg.seed)
     prov = model_provenance(model)
-    with staged_dir(out_dir) as out:
+    with staged_dir(out_dir, "interp patch") as out:
         df.to_parquet(out / PATCH_FILE, index=False)
         agg.to_parquet(out / AGG_FILE, index=False)
         pngs = [Path(out_dir) / p.name for p in heatmaps(agg, out)]
@@ -156,10 +158,11 @@ def patch_job(
 
 
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:
+    out_dir = claim_out(out_dir, "interp probe", [capture_dir])
     table = run_probes(capture_dir, component=cfg.probe_component, position=cfg.probe_position,
                        test_size=cfg.probe_test_size, c=cfg.probe_c, seed=cfg.seed,
                        n_splits=cfg.probe_splits, faithful_only=cfg.faithful_only)
-    with staged_dir(out_dir) as out:
+    with staged_dir(out_dir, "interp probe") as out:
         table.to_parquet(out / PROBE_FILE, index=False)
         table.to_csv(out / "probes.csv", index=False)
         probe_plot(table, out / "probe_accuracy.png")
@@ -167,12 +170,12 @@ def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -
 
 
 def aggregation_job(run_dir: str | Path, out_dir: str | Path, gold_file: str | Path | None = None) -> pd.DataFrame:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_out(out_dir, "interp aggregation", [run_dir])
     per_sample, per_sub = diagnose_aggregation(run_dir, load_gold_file(gold_file) if gold_file else None)
     per_sub = flag_faithful(per_sub, faithfulness_flags(Path(run_dir) / "interp" / "capture"))
-    per_sample.to_csv(out / "aggregation_by_sample.csv", index=False)
-    per_sub.to_csv(out / "aggregation_by_sub_call.csv", index=False)
+    with staged_dir(out_dir, "interp aggregation") as out:
+        per_sample.to_csv(out / "aggregation_by_sample.csv", index=False)
+        per_sub.to_csv(out / "aggregation_by_sub_call.csv", index=False)
     return per_sample
 
 

@@ -16,7 +16,7 @@ from .config import InterpConfig, WorkerModelSpec
 from .jobs import dtype_name, load_model, study_items, study_pairs
 from .lens import lens_one
 from .model import ReplayModel
-from .outputs import staged_dir
+from .outputs import claim_out, staged_dir
 from .pairs import Pair
 from .plots_maps import attribution_map, head_heatmap, lens_plot
 from .provenance import model_provenance
@@ -48,6 +48,7 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
     """Attribution patching of every pair (token x layer x component), exact patching of the top-k
     sites per (component, layer), and, for pairs up to `attr_validate_max_tokens`, exact patching of
     every site to measure how well the linear estimate ranks and signs the true effects."""
+    out_dir = claim_out(out_dir, "interp attribute", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     rows, topk, cmp = [], [], []
@@ -83,7 +84,7 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
     df, tk, cm = pd.concat(rows, ignore_index=True), pd.DataFrame(topk), pd.DataFrame(cmp)
     summ = _cmp_summary(cm)
     warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
-    with staged_dir(out_dir) as out:
+    with staged_dir(out_dir, "interp attribute") as out:
         df.to_parquet(out / ATTR_FILE, index=False)
         tk.to_parquet(out / ATTR_TOPK_FILE, index=False)
         cm.to_parquet(out / ATTR_CMP_FILE, index=False)
@@ -118,6 +119,7 @@ def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sel
     """Patch every attention head (layer x head) at each of `head_positions`; heatmaps per position."""
     from .heads import patch_heads
 
+    out_dir = claim_out(out_dir, "interp heads", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
@@ -137,7 +139,7 @@ def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sel
                             n_boot=cfg.n_boot, seed=cfg.seed)
     agg = pd.concat([ratio, kl_mean(df, by)], ignore_index=True)
     warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
-    with staged_dir(out_dir) as out:
+    with staged_dir(out_dir, "interp heads") as out:
         df.to_parquet(out / HEADS_FILE, index=False)
         agg.to_parquet(out / HEADS_AGG_FILE, index=False)
         figs = [head_heatmap(g, out / f"heads_{pos}_{d}{'' if m == RATIO_METRIC else '_kl'}.png", metric=m,
@@ -163,6 +165,7 @@ def lens_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sele
     from .capture import attach_gold
     from .faithfulness import check_one
 
+    out_dir = claim_out(out_dir, "interp lens", [run_dir])
     model = model or load_model(cfg, spec)
     items, tally, faith = study_items(run_dir, cfg, model, selection, what="sub_calls with a number to read")
     rows = []
@@ -177,7 +180,7 @@ def lens_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sele
         raise NothingToStudyError("sub_calls with a number to read", run_dir, tally)
     df = pd.DataFrame(rows)
     agg = lens_by_layer(df)
-    with staged_dir(out_dir) as out:
+    with staged_dir(out_dir, "interp lens") as out:
         df.to_parquet(out / LENS_FILE, index=False)
         agg.to_parquet(out / LENS_AGG_FILE, index=False)
         agg.to_csv(out / "logit_lens_by_layer.csv", index=False)

@@ -1,40 +1,35 @@
-"""Output folders that appear only when finished.
+"""Output folders that appear only when finished, and never at the cost of a file the job did not write.
 
-Every interp job writes into a hidden staging folder next to its target and renames it into place at
-the end. A job that fails, is refused or is killed leaves no folder that looks finished (a 0-row
-``index.parquet`` once did), and a finished earlier output is replaced only by a finished new one.
+Every interp job writes into a hidden staging folder next to its target and moves its files into place at the
+end (``controller.outdirs.staged``: the one rule every rig command follows). A job that fails, is refused or is
+killed leaves nothing that looks finished (a 0-row ``index.parquet`` once did); a finished earlier output of the
+same command is replaced only with ``--force`` (or an ``OutDir`` claimed with it); files of the user or of another
+command in the folder are never touched (the old version replaced the folder whole and so deleted them).
 """
 from __future__ import annotations
 
-import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from typing import Iterable
 
-def _partial(out: Path, tag: str) -> Path:
-    return out.parent / f".{out.name}.{tag}-{os.getpid()}"
+from controller.outdirs import OutDir, claim, staged
+
+# Commands whose outputs are cheap to rebuild replace their own earlier files without --force.
+_CHEAP = {"interp report", "interp aggregation"}
+
+
+def claim_out(out_dir: str | Path | OutDir, command: str, inputs: Iterable[str | Path] = (), *,
+              force: bool = False) -> OutDir:
+    """Check the output folder before any model loads (jobs call it first; the CLI already did, with --force)."""
+    if isinstance(out_dir, OutDir) and out_dir.command == command:
+        return out_dir
+    return claim(out_dir, command, inputs=inputs, force=force, replace_own=command in _CHEAP)
 
 
 @contextmanager
-def staged_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it becomes `out_dir` (an older `out_dir` is replaced),
-    on any exception it is removed and `out_dir` is left as it was."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} exists and is not a folder")
-    tmp = _partial(out, "partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+def staged_dir(out_dir: str | Path | OutDir, command: str) -> Iterator[Path]:
+    """Yield an empty staging folder; on success its files land in `out_dir` beside whatever else is there."""
+    with staged(claim_out(out_dir, command), command, replace_own=command in _CHEAP) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = _partial(out, "old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)

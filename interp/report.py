@@ -16,7 +16,7 @@ from .capture import REPLAY_FILE
 from .jobs import AGG_FILE, PROBE_FILE
 from .plots import heatmaps, probe_plot
 from .replay import ReplayResult, agreement_summary
-from .outputs import staged_dir
+from .outputs import claim_out, staged_dir
 from .report_maps import faithfulness_section, maps_sections
 from .selection import load_gold_file, trajectory_paths
 from .tables import md_table as _md
@@ -28,7 +28,9 @@ def build_report(
     attribute_dir: str | Path | None = None, heads_dir: str | Path | None = None, lens_dir: str | Path | None = None,
 ) -> Path:
     trajectory_paths(run_dir)  # refuses a folder that is not a run before anything is written
-    with staged_dir(out_dir) as tmp:
+    reads = [d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir) if d is not None]
+    out_dir = claim_out(out_dir, "interp report", [run_dir, *reads])
+    with staged_dir(out_dir, "interp report") as tmp:
         _build(run_dir, tmp, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir)
     return Path(out_dir)
 

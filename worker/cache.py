@@ -26,3 +26,10 @@ def file_sha256(path: Path) -> str:
             h.update(block)
     return h.hexdigest()
 
+
+def ensure_ours(target: Path, marker: str) -> None:
+    """A cache folder is replaced only if the rig built it (its marker is there): a build lands whole by a rename
+    after the marker is written, so a folder without one is somebody else's and is never deleted."""
+    if not (target / marker).is_file():
+        raise FileExistsError(f"{target} exists and was not built by rlm-rig (no {marker}); move it away or set "
+                              f"RLM_RIG_CACHE to another folder")

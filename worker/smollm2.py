@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from worker.cache import file_sha256, models_root
+from worker.cache import ensure_ours, file_sha256, models_root
 
 __all__ = [
     "SMOLLM2_DIRNAME",
@@ -291,7 +291,8 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
             }
             (tmp / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
             tmp.chmod(0o755)  # mkdtemp makes it private; the model is shared read-only data
-            if target.exists():  # stale recipe or a broken earlier build
+            if target.exists():  # our own build of an older recipe (a folder without our marker is refused)
+                ensure_ours(target, _MARKER)
                 shutil.rmtree(target)
             os.rename(tmp, target)
         finally:

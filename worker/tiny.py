@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worker.cache import file_sha256, models_root
+from worker.cache import ensure_ours, file_sha256, models_root
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -395,7 +395,8 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, seed: int = 0) -> Pat
     try:
         build_tiny_model(tmp, seed=seed)
         if target.exists() and not _is_complete(target):
-            shutil.rmtree(target, ignore_errors=True)  # stale recipe or a broken earlier build
+            ensure_ours(target, _MARKER)
+            shutil.rmtree(target, ignore_errors=True)  # our own build of an older recipe
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is shared by every process of the user
         try:
             os.rename(tmp, target)

@@ -146,8 +146,8 @@ def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: not a run folder (no such directory)")
     folder = RunFolder(path)
-    if not folder.samples_path.exists() and not (path / "config.yaml").exists():
-        raise FileNotFoundError(f"{path} is not a run folder: neither samples.jsonl nor config.yaml is there")
+    if not folder.is_run:
+        raise FileNotFoundError(f"{path} is not a run folder: no samples.jsonl, config.yaml or trajectory.json")
     config = folder.read_config()
     res = folder.read_results()
     results = res.model_dump(exclude_unset=True) if res is not None else {}

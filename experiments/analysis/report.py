@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from controller.outdirs import claim, relocate, staged
 from experiments.analysis.failures import FAILURE_PRECEDENCE
 from experiments.analysis.metrics import (
     ALL_DEPTH_TOKEN_COLUMNS,
@@ -207,10 +208,15 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, seed: int = DEFAULT_SEE
     """
     if not run_dirs:
         raise ValueError("report needs at least one run folder")
+    dest = claim(out_dir, "report", inputs=run_dirs, replace_own=True)  # before any reading: a bad --out is one line
     runs = [load_run(Path(d)) for d in run_dirs]
     _unique_labels(runs)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with staged(dest, "report", replace_own=True) as tmp:
+        res = _write(runs, tmp, seed)
+    return relocate(res, tmp, dest.path)
+
+
+def _write(runs: list[RunData], out_dir: Path, seed: int) -> dict[str, Any]:
     labels = [r.label for r in runs]
     frames = {r.label: sample_frame(r) for r in runs}
     unit = length_unit(pd.concat(frames.values(), ignore_index=True))

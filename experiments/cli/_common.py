@@ -29,12 +29,13 @@ class UserError(Exception):
 
 def _expected() -> tuple[type[BaseException], ...]:
     from configs import ConfigError
+    from controller.outdirs import OutDirError
     from experiments.runs.preflight import DiskFullError, RunInputError
 
     from repl import SandboxError
 
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
-                                        RunInputError, DiskFullError, SandboxError]
+                                        RunInputError, DiskFullError, SandboxError, OutDirError, FileExistsError]
     try:
         from worker import ServerStartError, WorkerError
 

@@ -28,10 +28,12 @@ def ask(
     config: str = ConfigOpt,
     controller_replay: Optional[Path] = typer.Option(None, "--controller-replay", help="replay these controller responses"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-ask-<profile>)"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier `ask` run in --out (only its files)"),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Answer one question about one long document with the RLM."""
     from controller import Rig
+    from controller.runlog import RunFolder
 
     cfg = load_cfg(config, overrides)
     if not doc.is_file():
@@ -40,11 +42,13 @@ def ask(
         raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
     text = doc.read_text(errors="replace")
     run_dir = out_dir or default_run_dir(cfg, "ask")
+    folder = RunFolder(run_dir)
+    folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files
     sigterm_as_interrupt()
     from experiments.cli.live import AskProgress
 
     with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
-        traj_path = run_dir / "trajectory.json"
+        traj_path = folder.ask_trajectory_path
         with AskProgress(rig.worker, cfg.rlm.max_iterations) as live:
             t = rig.ask(text, question, save_to=traj_path, on_event=live.on_event)
     err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")

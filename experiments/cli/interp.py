@@ -72,14 +72,24 @@ def _release(cfg, stop_server: Optional[str], run_dir: Path, profile: dict) -> N
         typer.echo(f"stopped worker server pids {stopped} to free the GPU")
 
 
-def _out(out: Optional[Path], run_dir: Path, name: str) -> Path:
-    return out if out is not None else run_dir / "interp" / name
+def _out(out: Optional[Path], run_dir: Path, name: str, force: bool = False, reads: tuple = ()) -> Any:
+    """The claimed output folder (default RUN_DIR/interp/<command>), checked before any server stops or model
+    loads: never the run itself or its ancestor, never another command's or the user's files (controller.outdirs)."""
+    from controller.outdirs import OutDirError
+    from interp.outputs import claim_out
+
+    path = out if out is not None else run_dir / "interp" / name
+    try:
+        return claim_out(path, f"interp {name}", [run_dir, *reads], force=force)
+    except OutDirError as exc:
+        raise UserError(str(exc)) from None
 
 
 RunArg = typer.Argument(..., help="an eval run folder (trajectories/*.json) or an ask folder (trajectory.json)")
 ConfigOpt = typer.Option(None, "--config", "-c",
                          help="profile YAML or a profile name in configs/ (default: RUN_DIR/config.yaml)")
 OutOpt = typer.Option(None, "--out", "-o", help="output folder (default RUN_DIR/interp/<command>)")
+ForceOpt = typer.Option(False, "--force", help="replace this command's own earlier outputs in --out (only them)")
 QuestionTypeOpt = typer.Option([], "--question-type", help="keep samples of this question_type")
 CorrectOpt = typer.Option(Correctness.all, help="keep samples whose final answer was right/wrong")
 SubCallOpt = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)")
@@ -97,15 +107,16 @@ GoldOpt = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, go
 
 
 def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tuple, stop_server: Optional[str],
-             selection: Selection, **kw: Any) -> None:
+             selection: Selection, force: bool = False, **kw: Any) -> None:
     """Free the worker's GPU, run one interp job into its folder, print its summary; a run with
     nothing to study or a bad option is one line and exit 2 (the CLI's contract)."""
     from interp.jobs import summary_dict
 
     cfg, spec, profile = setup
+    target = _out(out, run_dir, name, force)  # before the worker is stopped or a model loads
     _release(cfg, stop_server, run_dir, profile)
     try:
-        s = job(run_dir, _out(out, run_dir, name), cfg, spec, selection=selection, **kw)
+        s = job(run_dir, target, cfg, spec, selection=selection, **kw)
     except (RunDirError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
@@ -121,7 +132,7 @@ def _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, 
 @interp_app.command()
 @guarded
 def capture(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
     question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
     limit: Optional[int] = LimitOpt, layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
     positions: Optional[str] = typer.Option(None, help="last,answer,number"), device: Optional[str] = DeviceOpt,
@@ -135,13 +146,13 @@ def capture(
     setup = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
                                 capture_positions=_csv(positions), device=device, replay=replay), run_dir)
     _run_job(capture_job, "capture", run_dir, out, setup, stop_server,
-             _selection(question_type, correct, sub_call, limit), gold_file=gold)
+             _selection(question_type, correct, sub_call, limit), force=force, gold_file=gold)
 
 
 @interp_app.command()
 @guarded
 def patch(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
     question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
     limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
     layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
@@ -156,13 +167,13 @@ def patch(
                                            components=_csv(components)), run_dir)
     with PairProgress() as progress:
         _run_job(patch_job, "patch", run_dir, out, setup, stop_server,
-                 _selection(question_type, correct, sub_call, limit), progress=progress)
+                 _selection(question_type, correct, sub_call, limit), force=force, progress=progress)
 
 
 @interp_app.command()
 @guarded
 def attribute(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
     question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
     limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
     components: Optional[str] = ComponentsOpt, directions: Optional[str] = DirectionsOpt,
@@ -181,14 +192,14 @@ def attribute(
                                            attr_validate_max_tokens=validate_max_tokens,
                                            attr_validate_layers=_csv_ints(validate_layers, "--validate-layers")), run_dir)
     _run_job(attribute_job, "attribute", run_dir, out, setup, stop_server,
-             _selection(question_type, correct, sub_call, limit),
+             _selection(question_type, correct, sub_call, limit), force=force,
              progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
 
 
 @interp_app.command()
 @guarded
 def heads(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
     question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
     limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
     layers: Optional[str] = LayersOpt, positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
@@ -201,13 +212,13 @@ def heads(
     setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
                                            head_positions=_csv(positions)), run_dir)
     _run_job(heads_job, "heads", run_dir, out, setup, stop_server, _selection(question_type, correct, sub_call, limit),
-             progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+             force=force, progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
 
 
 @interp_app.command()
 @guarded
 def lens(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt,
+    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
     question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
     limit: Optional[int] = LimitOpt, gold: Optional[Path] = GoldOpt, device: Optional[str] = DeviceOpt,
     stop_server: Optional[str] = StopOpt,
@@ -218,7 +229,7 @@ def lens(
     from interp.selection import load_gold_file
 
     _run_job(lens_job, "lens", run_dir, out, _setup(config, dict(device=device), run_dir), stop_server,
-             _selection(question_type, correct, sub_call, limit), gold_map=load_gold_file(gold) if gold else None)
+             _selection(question_type, correct, sub_call, limit), force=force, gold_map=load_gold_file(gold) if gold else None)
 
 
 @interp_app.command()
@@ -227,6 +238,7 @@ def probe(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
     out: Optional[Path] = OutOpt,
+    force: bool = ForceOpt,
     capture_dir: Optional[Path] = typer.Option(None, "--capture", help="capture folder (default RUN_DIR/interp/capture)"),
     position: Optional[str] = typer.Option(None, help="captured position to probe (last, number, answer)"),
     component: Optional[str] = typer.Option(None, help="resid, attn or mlp"),
@@ -237,7 +249,7 @@ def probe(
     cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component), run_dir)
     cap = capture_dir or run_dir / "interp" / "capture"
     try:
-        table = probe_job(cap, _out(out, run_dir, "probe"), cfg)
+        table = probe_job(cap, _out(out, run_dir, "probe", force, (cap,)), cfg)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
     typer.echo(table.to_string(index=False))
@@ -249,6 +261,7 @@ def report(
     run_dir: Path = RunArg,
     config: Optional[str] = ConfigOpt,
     out: Optional[Path] = OutOpt,
+    force: bool = ForceOpt,
     capture_dir: Optional[Path] = typer.Option(None, "--capture"),
     patch_dir: Optional[Path] = typer.Option(None, "--patch"),
     probe_dir: Optional[Path] = typer.Option(None, "--probe"),
@@ -264,8 +277,9 @@ def report(
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
+    reads = tuple(d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir) if d)
     try:
-        path = build_report(run_dir, _out(out, run_dir, "report"), capture_dir=capture_dir or base / "capture",
+        path = build_report(run_dir, _out(out, run_dir, "report", force, reads), capture_dir=capture_dir or base / "capture",
                             patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe",
                             gold_file=gold, attribute_dir=attribute_dir or base / "attribute",
                             heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens")

@@ -18,12 +18,16 @@ def score_cmd(
     file: Path = typer.Argument(..., help="JSONL with gold, output (and answer_type for synth)"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="oolong-real | oolong-synth | sniah"),
     out_file: Optional[Path] = typer.Option(None, "--out", help="write scored rows here (default: stdout)"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
 ) -> None:
     """Score outputs of models run elsewhere with the official rules."""
+    from controller.outdirs import claim_file
     from experiments.datasets import score_file
 
     if not file.is_file():
         raise UserError(f"{str(file)!r} is not a file")
+    if out_file is not None:
+        claim_file(out_file, force=force)
     try:
         mean = score_file(dataset, file, out_file)
     except ValueError as e:
@@ -35,8 +39,10 @@ def report_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="default: RUN/report for one run"),
 ) -> None:
     """Tables (Markdown, CSV) and plots (PNG) for one or more runs, side by side."""
+    from controller.runlog import RunFolder
+
     for r in runs:
-        if not (r / "samples.jsonl").exists():
-            raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl)")
+        if not RunFolder(r).is_run:
+            raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl, config.yaml or trajectory.json)")
     run_report(runs, out_dir or (runs[0] / "report" if len(runs) == 1 else Path("runs") / "report"))
 

@@ -121,6 +121,8 @@ def run_eval(
 ) -> dict[str, Any]:
     check_inputs(spec, METHODS)  # a bad dataset, method or row schema fails before any server starts
     folder = RunFolder(run_dir)
+    if not resume:
+        folder.claim("eval")  # an --out holding other work is refused before any server starts
     try:
         return _run(cfg, spec, folder, resume, show_progress)
     except OSError as e:
@@ -249,14 +251,16 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
 
     folders = [RunFolder(d) for d in run_dirs]
     out = RunFolder(out_dir)
-    if out.samples_path.exists():
-        raise FileExistsError(f"{out.path} already holds samples.jsonl; merge into a new folder")
     hashes = set()
     for f in folders:
         cfg_data, _ = f.load_spec()
         hashes.add(yaml.safe_dump(cfg_data, sort_keys=True))
     if len(hashes) > 1:
         raise ValueError("cannot merge runs with different configs")
+    for f in folders:
+        if out.path.resolve() == f.path.resolve() or out.path.resolve() in f.path.resolve().parents:
+            raise ValueError(f"--out {out.path} is (or holds) the shard {f.path}; merge into a new folder")
+    out.claim("merge")
     (out.path / "trajectories").mkdir(parents=True, exist_ok=True)
     first = folders[0]
     for name in ("config.yaml", "eval.json", "env.json"):

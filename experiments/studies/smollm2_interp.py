@@ -28,12 +28,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from controller.outdirs import claim, record
+
 from .counting import CountingItem, make_counting_set
 from .counting_run import GOLD_FILE, answer_items, write_counting_run
 
 SERVED = "smollm2"
 PORTS = range(18400, 18500)
 PROFILE = "cpu-small"
+STUDY_COMMAND = "study smollm2-interp"
+STUDY_FILES = ("run", "logs", "summary.json", "summary.md", "heatmap_two_seeds.png")
 # study output -> the name docs/INTERP_SMOLLM2.md shows it under
 DOC_FIGURES = {"heatmap_two_seeds.png": "interp_smollm2_heatmap.png",
                "attribute/attr_pair0_resid_denoise.png": "interp_smollm2_attr_resid.png",
@@ -105,14 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["profile"] = PROFILE
 
+    # The study owns its root files; each stage folder belongs to its interp command (controller.outdirs), and a
+    # stage redone replaces only that command's own files (--force), never anything else in the folder.
+    record(claim(out, STUDY_COMMAND, replace_own=True, writes=STUDY_FILES), STUDY_FILES)
+
     def todo(stage: str, marker: Path) -> bool:
         if stage not in stages:
             return False
         if marker.exists() and not args.force:
             print(f"[{stage}] exists: {marker}")
             return False
-        if marker.parent.exists() and marker.parent != out and stage != "run":
-            shutil.rmtree(marker.parent)
         return True
 
     if todo("run", run / GOLD_FILE):
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     # pinned down; a fresh process answers fine).
     from interp.config import load_interp_config
     from interp.jobs import capture_job, load_model, probe_job
+    from interp.outputs import claim_out
 
     cfg, spec, _ = load_interp_config(PROFILE, {"n_pairs": args.n_pairs})
     model = None
@@ -140,18 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     if todo("capture", cap / "capture.json"):
         t0 = time.perf_counter()
         ccfg = cfg.model_copy(update={"layers": None})  # probes read every layer; capture is one forward
-        s = capture_job(run, cap, ccfg, spec, gold_file=run / GOLD_FILE, model=get_model())
+        s = capture_job(run, claim_out(cap, "interp capture", [run], force=True), ccfg, spec,
+                        gold_file=run / GOLD_FILE, model=get_model())
         summary["capture_wall_s"] = time.perf_counter() - t0
         meta = json.loads((cap / "capture.json").read_text())
         print(f"[capture] {s.n_sub_calls} sub_calls, faithfulness {meta.get('faithfulness')}", flush=True)
     if todo("probe", out / "probe" / "probes.parquet"):
-        table = probe_job(cap, out / "probe", cfg)
+        table = probe_job(cap, claim_out(out / "probe", "interp probe", [cap], force=True), cfg)
         print(table.to_string(index=False), flush=True)
 
     def cli(step: str, pdir: Path, *extra: str) -> None:
         """The CLI itself, exactly as a user runs it: `rlm-rig interp STEP RUN --config cpu-small ...`."""
         cmd = [sys.executable, "-m", "experiments.cli", "interp", step, str(run), "--config", PROFILE,
-               "--out", str(pdir), *extra]
+               "--out", str(pdir), "--force", *extra]
         print(f"[{step}] " + " ".join(cmd), flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True)

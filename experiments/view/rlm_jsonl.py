@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+from controller.outdirs import claim, relocate, staged
 from controller.records import CellRecord, SubCallRecord, Trajectory
 
 ENVIRONMENT_TYPE = "rlm-rig-sandbox"
@@ -114,6 +115,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     from controller.records import read_jsonl
 
     run = Path(run_dir)
+    claim(out_dir, "export", inputs=[run], replace_own=True)  # a bad --out fails before any reading
     rows = read_jsonl(run / "samples.jsonl")
     sources: list[tuple[str, Path]] = []
     if rows:
@@ -128,9 +130,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     if not sources:
         raise FileNotFoundError(f"{run} has no trajectories to export (no samples.jsonl rows, no trajectory.json)")
     out = []
-    for name, p in sources:
-        if not p.exists():
-            continue
-        traj = Trajectory.load(p)
-        out.append(write_rlm_jsonl(traj, Path(out_dir) / file_name(name, traj)))
-    return out
+    with staged(out_dir, "export", replace_own=True, inputs=[run]) as tmp:
+        for name, p in sources:
+            if not p.exists():
+                continue
+            traj = Trajectory.load(p)
+            out.append(write_rlm_jsonl(traj, tmp / file_name(name, traj)))
+    return relocate(out, tmp, Path(out_dir))

@@ -27,6 +27,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from controller.records import read_jsonl
 from experiments.analysis.metrics import RunData, add_length_buckets, group_scores, length_unit, load_run, sample_frame, summarize_frame
+from controller.outdirs import claim, relocate, staged
 from controller.runlog import RunFolder
 from experiments.view.docmap import build_docmap
 from experiments.view.interp_data import InterpData, chunk_verdict, load_interp
@@ -88,9 +89,15 @@ def build_site(run_dirs: list[Path], out_dir: Path, *, report: bool = True) -> S
     """Write the site for ``run_dirs`` into ``out_dir``; return where its index is."""
     if not run_dirs:
         raise ValueError("view needs at least one run folder")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # beside whatever else is in --out, replacing only an earlier site's own files (controller.outdirs)
+    dest = claim(out_dir, "view", inputs=run_dirs, replace_own=True)
     runs = [load_run(Path(d)) for d in run_dirs]
+    with staged(dest, "view", replace_own=True) as tmp:
+        res = _build(runs, tmp, report)
+    return relocate(res, tmp, dest.path)
+
+
+def _build(runs: list[RunData], out: Path, report: bool) -> SiteResult:
     _unique(runs)
     w = _Writer(out)
     static = out / "static"

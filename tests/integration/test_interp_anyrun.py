@@ -62,17 +62,19 @@ def test_refused_capture_leaves_no_output(tmp_path):
 
 
 def test_staged_dir_is_all_or_nothing(tmp_path):
+    from controller.outdirs import claim
+
     out = tmp_path / "o"
-    with staged_dir(out) as d:
+    with staged_dir(out, "interp capture") as d:
         (d / "a.txt").write_text("first")
     with pytest.raises(RuntimeError):
-        with staged_dir(out) as d:
+        with staged_dir(claim(out, "interp capture", force=True), "interp capture") as d:
             (d / "a.txt").write_text("half")
             raise RuntimeError("killed")
     assert (out / "a.txt").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["o"]
-    with staged_dir(out) as d:
+    with staged_dir(claim(out, "interp capture", force=True), "interp capture") as d:
         (d / "b.txt").write_text("second")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".rlm-rig-output.json", "b.txt"]
 
 
 def test_schema_2_reads_version_1_and_refuses_unknown(tmp_path):

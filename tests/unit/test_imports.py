@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("repl", "worker", "configs", "controller", "interp", "experiments")
-LEAVES = {"controller.records", "controller.runlog", "controller.answers", "controller"}
+LEAVES = {"controller.records", "controller.runlog", "controller.answers", "controller.outdirs", "controller"}
 
 
 def module_name(path: Path) -> str:
