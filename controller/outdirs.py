@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
 MANIFEST = ".rlm-rig-output.json"
@@ -57,6 +57,10 @@ class Manifest:
             files = data.get("files", [])
             if not isinstance(data.get("command"), str) or not isinstance(files, list):
                 raise ValueError("bad fields")
+            for f in files:  # a manifest is a claim about this folder only: never a way to reach outside it
+                parts = PurePosixPath(str(f)).parts
+                if not parts or str(f).startswith("/") or ".." in parts or str(f) == MANIFEST:
+                    raise ValueError(f"it lists {f!r}, which is not a file inside the folder")
             return Manifest(data["command"], tuple(str(f) for f in files))
         except (OSError, ValueError) as exc:
             raise OutDirError(f"{p} is not a readable rig manifest ({exc}); choose another --out folder") from None
@@ -148,7 +152,7 @@ def claim(out: str | Path | OutDir, command: str, *, inputs: Iterable[str | Path
             if own and not (force or replace_own):
                 raise OutDirError(f"--out {path} holds earlier outputs of `rlm-rig {command}`; choose another folder, "
                                   f"or pass --force to replace them (only them)")
-        clash = [w for w in writes if (real / w).exists() and w not in own]
+        clash = [w for w in writes if os.path.lexists(real / w) and w not in own]
         if clash:
             raise OutDirError(f"--out {path} already holds {clash[0]}, which `rlm-rig {command}` did not write; "
                               f"choose another folder")
@@ -196,11 +200,17 @@ def staged(out: str | Path | OutDir, command: str, *, force: bool = False, repla
                           f"the outputs of `rlm-rig {command}` are kept in {tmp}")
     own = frozenset(now.files) if now is not None else frozenset()
     new = _files_under(tmp)
-    clash = [f for f in new if (dest / f).exists() and f not in own]
+    clash = [f for f in new if os.path.lexists(dest / f) and f not in own]
     if clash:
         raise OutDirError(f"--out {dest} already holds {clash[0]}, which `rlm-rig {command}` did not write; "
                           f"its outputs are kept in {tmp}")
     dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    for f in [*new, *own]:  # a sub-folder swapped for a link must not carry a write or a removal out of the folder
+        parent = (dest / f).parent
+        if parent.exists() and not _inside(parent.resolve(), root):
+            raise OutDirError(f"--out {dest}: {parent} leads outside the folder (a link?); "
+                              f"the outputs of `rlm-rig {command}` are kept in {tmp}")
     for f in sorted(own - set(new)):
         stale = dest / f
         if stale.is_file() or stale.is_symlink():

@@ -215,3 +215,30 @@ def test_relocate_maps_staged_paths_to_the_destination(tmp_path):
     s, d = tmp_path / ".x.partial", tmp_path / "x"
     got = relocate({"a": s / "f.png", "b": [s / "g" / "h.csv", tmp_path / "other"]}, s, d)
     assert got == {"a": d / "f.png", "b": [d / "g" / "h.csv", tmp_path / "other"]}
+
+
+def test_a_manifest_cannot_reach_outside_its_folder(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad in ("../victim.txt", str(victim), ".rlm-rig-output.json"):
+        (out / MANIFEST).write_text(json.dumps({"version": 1, "command": "interp capture", "files": [bad]}))
+        with pytest.raises(OutDirError, match="not a file inside the folder"):
+            with staged(out, "interp capture", force=True) as d:
+                write(d, {"a.txt": "a"})
+    assert victim.read_text() == "precious"
+
+
+def test_a_linked_subfolder_cannot_carry_writes_outside(tmp_path):
+    outside = tmp_path / "elsewhere"
+    write(outside, {"a.png": "user's png"})
+    out = tmp_path / "out"
+    with staged(out, "report", replace_own=True) as d:
+        write(d, {"plots/a.png": "ours"})
+    shutil.rmtree(out / "plots")
+    (out / "plots").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OutDirError, match="leads outside the folder"):
+        with staged(out, "report", replace_own=True) as d:
+            write(d, {"plots/a.png": "new"})
+    assert (outside / "a.png").read_text() == "user's png"
