@@ -122,6 +122,7 @@ class Rig:
     def _write_pid(self, srv: Any) -> None:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
         atomic_write_text(self.run_dir / "worker-server.pid", json.dumps({"pid": srv.pid, "url": srv.url}))
+        self._wrote_pid = True
 
     def _watched(self, sync: Any) -> Any:
         """The worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
@@ -214,7 +215,7 @@ class Rig:
         self._clients.clear()
         for s in reversed(self._servers):
             s.stop()
-        if self._servers:
+        if self._servers and getattr(self, "_wrote_pid", False):  # only the pid file this rig wrote
             (self.run_dir / "worker-server.pid").unlink(missing_ok=True)
         self._servers.clear()
         if self.lm is not None:

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.outdirs import claim, record
+from controller.outdirs import OutDir, claim, record
 from controller.records import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
 
 RUNLOG_VERSION = 1
@@ -43,6 +43,7 @@ RUNLOG_VERSION = 1
 EVAL_RUN_FILES = ("config.yaml", "eval.json", "env.json", "samples.jsonl", "trajectories", "logs", "results.json",
                   "worker-server.pid")
 ASK_RUN_FILES = ("trajectory.json", "logs", "worker-server.pid")
+SERVE_FILES = ("logs", "worker-server.pid")
 
 RunStatus = Literal["running", "complete", "interrupted", "failed", "partial", "worker_dead"]
 
@@ -193,14 +194,20 @@ class RunFolder:
         return self.path / "trajectories" / f"{safe}.json"
 
     # -- creation / resume ----------------------------------------------------------------
-    def claim(self, command: str = "eval", *, force: bool = False) -> None:
-        """Before any server starts: may this folder take a new run of `command` (eval, merge, ask)? Raises
-        FileExistsError (a run with samples: resume it) or controller.outdirs.OutDirError; then marks it ours."""
+    def claim(self, command: str = "eval", *, force: bool = False, resume: bool = False) -> OutDir:
+        """Before any server starts: may this folder take a new run of `command` (eval, merge, ask, serve-worker),
+        or (``resume``) continue the eval or merged run it holds? Raises FileExistsError (a run with samples:
+        resume it) or controller.outdirs.OutDirError; then marks it ours and holds its lock (keep the returned
+        claim alive while the run writes: a second run into the folder is refused meanwhile)."""
+        if resume:
+            return claim(self.path, "eval", replace_own=True, accept=("merge",), hold=True)
         if self.samples_path.exists() and read_jsonl(self.samples_path):
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")
-        files = ASK_RUN_FILES if command == "ask" else EVAL_RUN_FILES
-        record(claim(self.path, command, force=force, replace_own=command != "ask", writes=files), files)
+        files = {"ask": ASK_RUN_FILES, "serve-worker": SERVE_FILES}.get(command, EVAL_RUN_FILES)
+        c = claim(self.path, command, force=force, replace_own=command not in ("ask",), writes=files, hold=True)
+        record(c, files)
+        return c
 
     def create(self, cfg: Any, spec: EvalSpec, *, server_flags: dict[str, Any] | None = None) -> None:
         if self.samples_path.exists() and read_jsonl(self.samples_path):
@@ -255,7 +262,10 @@ class RunFolder:
         p = self.path / "config.yaml"
         if not p.exists():
             return {}
-        data = yaml.safe_load(p.read_text())
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{p} is not valid YAML ({str(exc).splitlines()[0]})") from None
         if data is not None and not isinstance(data, dict):
             raise ValueError(f"{p}: expected a mapping, got {type(data).__name__}")
         return data or {}

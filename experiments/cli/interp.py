@@ -114,11 +114,13 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
 
     cfg, spec, profile = setup
     target = _out(out, run_dir, name, force)  # before the worker is stopped or a model loads
-    _release(cfg, stop_server, run_dir, profile)
     try:
+        _release(cfg, stop_server, run_dir, profile)
         s = job(run_dir, target, cfg, spec, selection=selection, **kw)
     except (RunDirError, ValueError) as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        target.release()  # the folder's lock (and the folder itself, if the job left it empty)
     typer.echo(json.dumps(summary_dict(s), indent=1))
     for line in getattr(s, "warnings", None) or []:
         typer.echo(f"warning: {line}", err=True)
@@ -248,10 +250,13 @@ def probe(
 
     cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component), run_dir)
     cap = capture_dir or run_dir / "interp" / "capture"
+    target = _out(out, run_dir, "probe", force, (cap,))
     try:
-        table = probe_job(cap, _out(out, run_dir, "probe", force, (cap,)), cfg)
+        table = probe_job(cap, target, cfg)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        target.release()
     typer.echo(table.to_string(index=False))
 
 
@@ -278,13 +283,16 @@ def report(
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
     reads = tuple(d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir) if d)
+    target = _out(out, run_dir, "report", force, reads)
     try:
-        path = build_report(run_dir, _out(out, run_dir, "report", force, reads), capture_dir=capture_dir or base / "capture",
+        path = build_report(run_dir, target, capture_dir=capture_dir or base / "capture",
                             patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe",
                             gold_file=gold, attribute_dir=attribute_dir or base / "attribute",
                             heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens")
     except RunDirError as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        target.release()
     typer.echo(str(path))
 
 

@@ -36,6 +36,9 @@ def serve_worker(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOp
     cfg = load_cfg(config, overrides)
     if cfg.worker.backend != "vllm":
         raise UserError(f"worker.backend is {cfg.worker.backend!r}: only 'vllm' workers are served")
+    from controller.runlog import RunFolder
+
+    held = RunFolder(log_dir).claim("serve-worker")  # never another run's logs or pid file
     sigterm_as_interrupt()
     rig = Rig(cfg, run_dir=log_dir)
     try:
@@ -46,6 +49,7 @@ def serve_worker(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOp
             time.sleep(3600)
     finally:
         rig.close()
+        held.release()
 
 
 def build_tiny(seed: int = typer.Option(0, "--seed")) -> None:

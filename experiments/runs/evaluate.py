@@ -121,14 +121,16 @@ def run_eval(
 ) -> dict[str, Any]:
     check_inputs(spec, METHODS)  # a bad dataset, method or row schema fails before any server starts
     folder = RunFolder(run_dir)
-    if not resume:
-        folder.claim("eval")  # an --out holding other work is refused before any server starts
+    # an --out holding other work is refused before any server starts; the lock is held until the run ends
+    held = folder.claim("eval", resume=resume)
     try:
         return _run(cfg, spec, folder, resume, show_progress)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFullError(disk_full_message(folder.path, len(folder.rows()), e)) from e
         raise
+    finally:
+        held.release()
 
 
 def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_progress: bool) -> dict[str, Any]:
@@ -260,29 +262,32 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
     for f in folders:
         if out.path.resolve() == f.path.resolve() or out.path.resolve() in f.path.resolve().parents:
             raise ValueError(f"--out {out.path} is (or holds) the shard {f.path}; merge into a new folder")
-    out.claim("merge")
-    (out.path / "trajectories").mkdir(parents=True, exist_ok=True)
-    first = folders[0]
-    for name in ("config.yaml", "eval.json", "env.json"):
-        if (first.path / name).exists():
-            shutil.copy2(first.path / name, out.path / name)
-    seen: set[str] = set()
-    for f in folders:
-        for row in f.rows():
-            if row["id"] in seen:
-                continue
-            seen.add(row["id"])
-            if row.get("trajectory") and (f.path / row["trajectory"]).exists():
-                dest = out.path / row["trajectory"]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f.path / row["trajectory"], dest)
-            append_jsonl(out.samples_path, row)
-    spec = out.read_spec()
-    if spec is not None:
-        atomic_write_text(out.path / "eval.json", spec.model_copy(update={"shard": None}).model_dump_json(indent=1))
-    statuses = [r.status if (r := f.read_results()) else None for f in folders]
-    status = "complete" if all(st == "complete" for st in statuses) else "partial"
-    summary = summarize(out)
-    out.write_results({**summary, "status": status, "merged_from": [str(f.path) for f in folders],
-                       "shard_status": statuses})
+    held = out.claim("merge")
+    try:
+        (out.path / "trajectories").mkdir(parents=True, exist_ok=True)
+        first = folders[0]
+        for name in ("config.yaml", "eval.json", "env.json"):
+            if (first.path / name).exists():
+                shutil.copy2(first.path / name, out.path / name)
+        seen: set[str] = set()
+        for f in folders:
+            for row in f.rows():
+                if row["id"] in seen:
+                    continue
+                seen.add(row["id"])
+                if row.get("trajectory") and (f.path / row["trajectory"]).exists():
+                    dest = out.path / row["trajectory"]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f.path / row["trajectory"], dest)
+                append_jsonl(out.samples_path, row)
+        spec = out.read_spec()
+        if spec is not None:
+            atomic_write_text(out.path / "eval.json", spec.model_copy(update={"shard": None}).model_dump_json(indent=1))
+        statuses = [r.status if (r := f.read_results()) else None for f in folders]
+        status = "complete" if all(st == "complete" for st in statuses) else "partial"
+        summary = summarize(out)
+        out.write_results({**summary, "status": status, "merged_from": [str(f.path) for f in folders],
+                           "shard_status": statuses})
+    finally:
+        held.release()
     return {**summary, "status": status}

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from controller.outdirs import claim, record
+from controller.outdirs import OutDirError, claim, record
 
 from .counting import CountingItem, make_counting_set
 from .counting_run import GOLD_FILE, answer_items, write_counting_run
@@ -105,13 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "run"
     stages = set(args.stages.split(","))
     profile_path = Path(__file__).resolve().parents[2] / "configs" / f"{PROFILE}.yaml"
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["profile"] = PROFILE
 
     # The study owns its root files; each stage folder belongs to its interp command (controller.outdirs), and a
     # stage redone replaces only that command's own files (--force), never anything else in the folder.
-    record(claim(out, STUDY_COMMAND, replace_own=True, writes=STUDY_FILES), STUDY_FILES)
+    try:
+        record(claim(out, STUDY_COMMAND, replace_own=True, writes=STUDY_FILES), STUDY_FILES)
+    except OutDirError as exc:  # the CLI's contract: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["profile"] = PROFILE
 
     def todo(stage: str, marker: Path) -> bool:
         if stage not in stages:

@@ -77,28 +77,47 @@ def test_capture_then_patch_into_one_folder_keeps_the_capture(tiny_run, tmp_path
             match="holds the outputs of `rlm-rig interp capture`")
     assert hashes(out) == cap
     # the same command again: refused without --force; with it, only its own files change
-    write(out, {"my-notes.md": "kept"})
     refused(["interp", "capture", str(run), "--config", str(cfg), "--out", str(out)], match="--force")
     ok(["interp", "capture", str(run), "--config", str(cfg), "--out", str(out), "--force"])
-    assert (out / "my-notes.md").read_text() == "kept"
+    assert json.loads((out / ".rlm-rig-output.json").read_text())["command"] == "interp capture"
+    # a file of the user's in it: even --force refuses (a costly job never risks a clash after its work)
+    write(out, {"my-notes.md": "kept"})
+    before = hashes(out)
+    refused(["interp", "capture", str(run), "--config", str(cfg), "--out", str(out), "--force"],
+            match="holds my-notes.md")
+    assert hashes(out) == before
 
 
-def test_interp_writes_beside_user_files(tiny_run, tmp_path):
+def test_costly_interp_refuses_a_folder_of_other_files_before_the_model(tiny_run, tmp_path, no_model):
     _, run, cfg = tiny_run
     out = tmp_path / "results"
-    write(out, {"paper.tex": "\\section{x}", "old/figure.png": "png"})
+    write(out, {"paper.tex": "\\section{x}", "index.parquet": "the user's own table"})
     before = hashes(out)
-    ok(["interp", "lens", str(run), "--config", str(cfg), "--out", str(out)])
-    after = hashes(out)
-    assert {k: after[k] for k in before} == before and "lens.json" in after
+    for cmd in ("capture", "lens"):
+        refused(["interp", cmd, str(run), "--config", str(cfg), "--out", str(out)], match="not an output of")
+    assert hashes(out) == before
+
+
+def test_a_link_then_dotdot_and_a_run_subfolder_are_refused_before_the_model(tiny_run, tmp_path, monkeypatch,
+                                                                              no_model):
+    _, run, cfg = tiny_run
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "t").symlink_to(run / "trajectories", target_is_directory=True)
+    monkeypatch.chdir(elsewhere)
+    before = hashes(run)
+    refused(["interp", "capture", str(run), "--config", str(cfg), "--out", "t/.."], match="is the folder this")
+    refused(["report", str(run), "--out", "t/.."], match="is the folder this")
+    refused(["report", str(run), "--out", str(run / "trajectories")], match="lies inside the run folder")
+    assert hashes(run) == before
 
 
 def test_a_file_in_the_way_and_a_read_only_folder(tiny_run, tmp_path, no_model):
     _, run, cfg = tiny_run
     f = tmp_path / "afile"
     f.write_text("x")
-    refused(["interp", "heads", str(run), "--config", str(cfg), "--out", str(f)], match="is a file, not a folder")
-    refused(["view", str(run), "--out", str(f)], match="is a file, not a folder")
+    refused(["interp", "heads", str(run), "--config", str(cfg), "--out", str(f)], match="is a file")
+    refused(["view", str(run), "--out", str(f)], match="is a file")
     ro = tmp_path / "ro"
     write(ro, {"a.txt": "a"})
     with read_only(ro):
@@ -164,3 +183,40 @@ def test_models_never_replace_a_cache_folder_they_did_not_build(tmp_path):
     with pytest.raises(FileExistsError, match="not built by rlm-rig"):
         ensure_tiny_model(tmp_path, seed=0)
     assert hashes(theirs) == before
+
+
+def test_serve_worker_never_touches_a_runs_logs(tiny_run):
+    root, run, _ = tiny_run
+    before = hashes(run)
+    refused(["serve-worker", "--log-dir", str(run)], match="already holds samples")
+    assert hashes(run) == before
+
+
+def test_a_model_cache_folder_with_a_users_file_is_refused_before_building(tmp_path, monkeypatch):
+    import worker.tiny as tiny
+
+    target = tmp_path / tiny.TINY_MODEL_DIRNAME.format(seed=0)
+    write(target, {tiny._MARKER: json.dumps({"recipe_version": -1}), "config.json": "{}", "NOTES.md": "mine"})
+    monkeypatch.setattr(tiny, "build_tiny_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    before = hashes(target)
+    with pytest.raises(FileExistsError, match="holds NOTES.md"):
+        tiny.ensure_tiny_model(tmp_path, seed=0)
+    assert hashes(target) == before
+
+
+def test_the_study_refuses_in_one_line(tiny_run, tmp_path, capsys):
+    from experiments.studies.smollm2_interp import main
+
+    _, run, _ = tiny_run
+    before = hashes(run)
+    assert main(["--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a rig run folder" in err and hashes(run) == before
+
+
+def test_a_sweep_into_another_run_is_refused_before_any_server(tiny_run, tmp_path):
+    ask = tmp_path / "ask"
+    write(ask, {"trajectory.json": "{}"})
+    refused(["eval", "--dataset", "oolong-real", "--source", "toy", "--limit", "1", "--sweep", "rlm.max_depth=1,2",
+             "--out", str(ask)], match="is a rig run folder")
+    assert sorted(p.name for p in ask.iterdir()) == ["trajectory.json"]

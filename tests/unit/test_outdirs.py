@@ -117,8 +117,11 @@ def test_a_file_in_the_way_is_refused(tmp_path):
     f = tmp_path / "out"
     f.write_text("a file")
     for command in ("interp patch", "view", "eval"):
-        with pytest.raises(OutDirError, match="is a file, not a folder"):
+        with pytest.raises(OutDirError, match="is a file"):
             claim(f, command)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutDirError, match="broken link"):
+        claim(tmp_path / "dangling", "interp capture")
     with pytest.raises(OutDirError, match="is a file, not a folder"):
         claim(f / "sub", "report")  # a parent that is a file
     assert f.read_text() == "a file"
@@ -180,15 +183,61 @@ def test_a_failed_job_leaves_the_folder_as_it_was(tmp_path):
     assert hashes(out) == before and [p.name for p in tmp_path.iterdir()] == ["o"]
 
 
-def test_a_folder_taken_by_another_command_meanwhile_keeps_both(tmp_path):
+def test_a_folder_in_use_is_refused_and_one_taken_meanwhile_keeps_both(tmp_path):
     out = tmp_path / "o"
+    with pytest.raises(OutDirError, match="in use by another rig command"):
+        with staged(out, "interp heads") as d:
+            write(d, {"heads.parquet": "H"})
+            with staged(out, "view", replace_own=True) as v:  # a second command while the first works: refused
+                write(v, {"index.html": "site"})
     with pytest.raises(OutDirError, match="now holds the outputs of `rlm-rig view`") as e:
         with staged(out, "interp heads") as d:
             write(d, {"heads.parquet": "H"})
-            with staged(out, "view", replace_own=True) as v:  # another command lands first
-                write(v, {"index.html": "site"})
+            write(out, {"index.html": "site"})  # a writer that ignored the lock lands first
+            (out / MANIFEST).write_text(json.dumps({"version": 1, "command": "view", "files": ["index.html"]}))
     assert (out / "index.html").read_text() == "site" and not (out / "heads.parquet").exists()
     assert "kept in" in str(e.value)
+
+
+def test_two_runs_of_one_costly_command_never_replace_each_other_unasked(tmp_path):
+    out = tmp_path / "shared"
+    first = claim(out, "interp capture")  # both claims see an empty folder
+    second = claim(out, "interp capture")
+    with staged(first, "interp capture") as d:
+        write(d, {"acts-0.safetensors": "run A"})
+    with pytest.raises(OutDirError, match="got outputs of another"):
+        with staged(second, "interp capture") as d:
+            write(d, {"acts-0.safetensors": "run B"})
+    assert (out / "acts-0.safetensors").read_text() == "run A"
+
+
+def test_costly_commands_refuse_a_folder_with_other_files_up_front(tmp_path):
+    out = tmp_path / "mine"
+    write(out, {"index.parquet": "the user's"})
+    with pytest.raises(OutDirError, match="holds index.parquet, which is not an output"):
+        claim(out, "interp capture", empty_or_own=True)
+
+
+def test_out_inside_another_commands_outputs_is_refused(tmp_path):
+    site = tmp_path / "site"
+    with staged(site, "view", replace_own=True) as d:
+        write(d, {"index.html": "i", "report/report.md": "r"})
+    with pytest.raises(OutDirError, match="lies inside the outputs of `rlm-rig view`"):
+        claim(site / "report", "report", replace_own=True)
+    run = a_run(tmp_path)
+    with pytest.raises(OutDirError, match="lies inside the run folder"):
+        claim(run / "trajectories", "report", replace_own=True)
+    claim(run / "report", "report", replace_own=True)  # a run's default output places stay allowed
+
+
+def test_link_then_dotdot_is_checked_where_the_kernel_lands(tmp_path, monkeypatch):
+    run = a_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "t").symlink_to(run / "trajectories", target_is_directory=True)
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(OutDirError, match="is the folder this command reads"):
+        claim(Path("t/.."), "report", inputs=[run], replace_own=True)
 
 
 def test_direct_writers_refuse_names_they_did_not_write(tmp_path):
@@ -238,7 +287,16 @@ def test_a_linked_subfolder_cannot_carry_writes_outside(tmp_path):
         write(d, {"plots/a.png": "ours"})
     shutil.rmtree(out / "plots")
     (out / "plots").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(OutDirError, match="leads outside the folder"):
+    with pytest.raises(OutDirError, match="a file or a link"):
         with staged(out, "report", replace_own=True) as d:
             write(d, {"plots/a.png": "new"})
     assert (outside / "a.png").read_text() == "user's png"
+
+
+def test_a_folder_made_for_another_command_is_its_own(tmp_path):
+    sweep = tmp_path / "sweep"
+    record(claim(sweep, "eval sweep", replace_own=True, writes=["a/", "report/"]), ["a/", "report/"])
+    claim(sweep / "a", "eval", replace_own=True)  # the sweep's run folder: the eval owns it
+    claim(sweep / "report", "report", replace_own=True)
+    with pytest.raises(OutDirError, match="holds the outputs of `rlm-rig eval sweep`"):
+        claim(sweep, "eval")
