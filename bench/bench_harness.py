@@ -130,7 +130,7 @@ def main() -> None:
         if args.skip_eval:
             _report(startup, trivial, s, d, b, q, args, None)
             return
-        cfg = load_config(args.profile, ["eval.concurrency=1"])
+        cfg = load_config(args.profile, ["eval.max_samples=1"])
         rd = Path(tmp) / "eval"
         t = time.perf_counter()
         run_eval(cfg, EvalSpec(dataset="oolong-real", source="toy", limit=args.samples), rd, show_progress=False)

@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Rig": "rig", "resolve_model": "rig", "package_versions": "runlog",
+    "Rig": "rig", "package_versions": "runlog",
     "RLM": "loop", "RunContext": "loop",
     "ReplayLM": "backends", "TransformersLM": "backends", "OpenAILM": "backends", "load_replay": "backends",
     "ReplayExhausted": "backends", "Generation": "backends", "ControllerLM": "backends",

@@ -160,7 +160,7 @@ class TransformersLM:
 class OpenAILM:
     """A controller behind an OpenAI-compatible server, through the worker's own client.
 
-    The client's concurrency is the number of examples that run at once (``eval.concurrency``), so
+    The client's concurrency is the number of examples that run at once (``eval.max_samples``), so
     their turns reach the server together and batch there; prefix caching on the server reuses each
     conversation's KV cache from the previous turn.
     """

@@ -9,26 +9,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from configs.schema import RigConfig, ServerConfig
+from configs.schema import RigConfig
+from worker.settings import ServerSettings
 from controller.doctokens import DocTokenCache, counter_for
 from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
 from controller.records import Trajectory, atomic_write_text
 from controller.runlog import package_versions
-
-def resolve_model(ref: str) -> str:
-    """Turn a builtin name into a local folder (building or fetching it once); pass hub ids and paths through."""
-    name, _, arg = ref.partition(":")
-    if name == "tiny":
-        from worker import ensure_tiny_model
-
-        return str(ensure_tiny_model(seed=int(arg or 0)))
-    if name == "smollm2":
-        from worker import ensure_smollm2
-
-        return str(ensure_smollm2())
-    return ref
+from worker.models import resolve_model
 
 
 class Rig:
@@ -59,31 +48,13 @@ class Rig:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _server(self, server: ServerConfig, model: str, served: str, dtype: str, name: str) -> list[str]:
+    def _server(self, server: ServerSettings, model: str, served: str, dtype: str, name: str) -> list[str]:
         """Base URLs for a model: attach when ``url`` is given, else start a server we own."""
         from worker import ServerSpec, VLLMServer
 
         if server.url:
             return [VLLMServer.attach(server.url)]
-        spec = ServerSpec(
-            model=model,
-            served_name=served,
-            host=server.host,
-            port=server.port,
-            device=server.device,
-            cuda_visible_devices=server.cuda_visible_devices,
-            max_model_len=server.max_model_len,
-            gpu_memory_utilization=server.gpu_memory_utilization,
-            dtype=dtype,
-            quantization=server.quantization,
-            max_num_seqs=server.max_num_seqs,
-            enforce_eager=server.enforce_eager,
-            enable_prefix_caching=server.enable_prefix_caching,
-            offline=Path(model).exists(),
-            extra_args=list(server.extra_args),
-            env=dict(server.env),
-            startup_timeout_s=server.startup_timeout_s,
-        )
+        spec = ServerSpec.of(server, model=model, served_name=served, dtype=dtype, offline=Path(model).exists())
         srv = VLLMServer(spec, log_dir=self.run_dir / "logs", name=name)
         self._servers.append(srv)
         srv.start()
@@ -109,7 +80,7 @@ class Rig:
             backend = WorkerClient(
                 urls,
                 served,
-                concurrency=w.concurrency,
+                concurrency=w.max_connections,
                 timeout_s=w.timeout_s,
                 max_retries=w.max_retries,
                 temperature=w.temperature,
@@ -146,6 +117,11 @@ class Rig:
             fh.write(line.rstrip("\n") + "\n")
 
     @property
+    def worker_server(self) -> Any:
+        """The vLLM server this rig started for the worker (None when attached or in-process)."""
+        return self._worker_server
+
+    @property
     def worker_dead(self) -> str | None:
         """Why the worker is gone for good (None while it is alive or being restarted)."""
         return getattr(self.worker, "dead", None)
@@ -167,7 +143,7 @@ class Rig:
             served = c.served_name or "controller"
             urls = self._server(c.server, resolve_model(c.model), served, c.dtype, "controller")
             # one slot per concurrent example, so their turns batch on the server
-            client = SyncWorker(WorkerClient(urls, served, concurrency=self.cfg.eval.concurrency, timeout_s=900,
+            client = SyncWorker(WorkerClient(urls, served, concurrency=self.cfg.eval.max_samples, timeout_s=900,
                                              temperature=c.temperature, max_tokens=c.max_new_tokens),
                                 name="controller-loop")
             self._clients.append(client)

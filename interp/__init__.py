@@ -14,7 +14,7 @@ from typing import Any
 # the selection of sub_calls, the extension points for new corruptions, and the errors to catch.
 # Everything else is reachable through its module (interp.patching, interp.stats, ...).
 _EXPORTS = {
-    "InterpConfig": "config", "load_interp_config": "config", "InterpConfigError": "config",
+    "InterpConfig": "config", "load_interp_config": "profile", "InterpConfigError": "config",
     "Selection": "selection", "SubCallRef": "selection", "RunDirError": "selection", "NothingToStudyError": "selection",
     "capture_job": "jobs", "patch_job": "jobs", "probe_job": "jobs", "aggregation_job": "jobs",
     "attribute_job": "jobs_maps", "heads_job": "jobs_maps", "lens_job": "jobs_maps",

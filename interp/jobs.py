@@ -11,7 +11,8 @@ import pandas as pd
 
 from .aggregation import diagnose_aggregation
 from .capture import CaptureSummary, attach_gold, run_capture
-from .config import InterpConfig, WorkerModelSpec
+from .config import InterpConfig
+from .profile import WorkerModelSpec
 from .model import ReplayModel
 from .pairs import Pair, build_counting_pairs
 from .patching import patch_pair, sweep_specs

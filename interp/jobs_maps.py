@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .attribution import attribute_pair, compare, exact_sites, top_k_sites
-from .config import InterpConfig, WorkerModelSpec
+from .config import InterpConfig
+from .profile import WorkerModelSpec
 from .jobs import dtype_name, load_model, study_items, study_pairs
 from .lens import lens_one
 from .model import ReplayModel

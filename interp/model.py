@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from worker.settings import DEFAULT_DTYPE
+
 _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -27,25 +29,6 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
         return _DTYPES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose from {sorted(_DTYPES)} or 'auto'") from None
-
-
-def resolve_model_path(model: str) -> str:
-    """'tiny' / 'tiny:SEED' is the rig's tiny random Qwen2 and 'smollm2' its SmolLM2-135M-Instruct
-    (both built and cached by worker); anything else is a local path or a hub id."""
-    name, _, seed = model.partition(":")
-    if name == "smollm2":
-        from worker import ensure_smollm2
-
-        return str(ensure_smollm2())
-    if name == "tiny":
-        try:
-            from worker import ensure_tiny_model
-        except ImportError:  # worker/__init__ not exporting it yet
-            from worker.tiny import ensure_tiny_model
-
-        return str(ensure_tiny_model(seed=int(seed) if seed else 0))
-    p = Path(model).expanduser()
-    return str(p) if p.exists() else model
 
 
 @dataclass
@@ -65,12 +48,14 @@ class Prompt:
 class ReplayModel:
     """The worker model in nnsight: one object owns the HF model, its tokenizer and the wrapper."""
 
-    def __init__(self, model: str, *, dtype: str | None = "float32", device: str = "cpu") -> None:
+    def __init__(self, model: str, *, dtype: str | None = DEFAULT_DTYPE, device: str = "cpu") -> None:
         from interp._nnsight import nnsight
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = model
-        path = resolve_model_path(model)
+        from worker.models import resolve_model
+
+        path = resolve_model(model)
         self.path = path
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

@@ -6,6 +6,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from configs.schema import METHOD_NAMES
+
 from experiments.cli._common import (
     ConfigOpt,
     SetOpt,
@@ -44,7 +46,8 @@ def eval_cmd(
                                           "needle-sweep | json-haystack | multi-needle | decoys | absent | multi-hop"),
     source: Optional[str] = typer.Option(None, "--source", help="bundled sample (toy, mini), local file/folder, or hub repo"),
     split: str = typer.Option("test", "--split"),
-    method: str = typer.Option("rlm", "--method", "-m", help="rlm | direct | chunk-aggregate | no-subcall | bm25-rag"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=" | ".join(METHOD_NAMES) + " (default: the "
+                                         "profile's eval.method)"),
     question_type: Optional[list[str]] = typer.Option(None, "--question-type", help="e.g. multidoc_rolls, or rolls"),
     min_episodes: Optional[int] = typer.Option(None, "--min-episodes"),
     max_episodes: Optional[int] = typer.Option(None, "--max-episodes"),
@@ -82,6 +85,10 @@ def eval_cmd(
         return
     if not dataset:
         raise UserError("--dataset is required (or --resume RUN_DIR)")
+    if method is None:
+        method = load_cfg(config, list(overrides or [])).eval.method
+    elif method not in METHOD_NAMES:
+        raise UserError(f"--method {method!r} is not one of {' | '.join(METHOD_NAMES)}")
     if controller_replay is not None and not controller_replay.is_file():
         raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
     spec = EvalSpec(

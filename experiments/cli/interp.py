@@ -13,7 +13,8 @@ import typer
 
 from experiments.cli._common import UserError, guarded
 
-from interp.config import InterpConfigError, load_interp_config
+from interp.config import InterpConfigError
+from interp.profile import load_interp_config
 from interp.gpu import ReleaseError, release_worker_gpu
 from interp.selection import RunDirError, Selection, SubCallRef
 

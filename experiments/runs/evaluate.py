@@ -1,6 +1,6 @@
 """Run an evaluation: examples -> method -> trajectory -> score -> samples.jsonl -> results.json.
 
-Examples run concurrently (``eval.concurrency``) in threads that share one rig, so their sub_calls
+Examples run concurrently (``eval.max_samples``) in threads that share one rig, so their sub_calls
 share the worker client's concurrency limit. Each finished example is appended (fsync) before the
 next is counted, which is what makes ``--resume`` exact.
 """
@@ -165,7 +165,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             return row
 
         try:
-            _drive(todo, one, cfg.eval.concurrency, progress, show_progress)
+            _drive(todo, one, cfg.eval.max_samples, progress, show_progress)
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"

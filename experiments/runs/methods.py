@@ -14,13 +14,14 @@ import time
 import uuid
 from typing import Any, Callable
 
+from configs.schema import METHOD_NAMES
 from controller.loop import _now
 from controller.records import SubCallRecord, Trajectory
 from controller.backends import ReplayLM
 from controller.rig import Rig
 from worker.watch import failure_kind
 
-METHODS = ("rlm", "direct", "chunk-aggregate", "no-subcall", "bm25-rag")
+METHODS = METHOD_NAMES  # one list of names, in configs (a profile's eval.method is checked against it)
 
 
 def _base_traj(rig: Rig, doc: str, question: str, run_id: str, answerer: str,

@@ -14,8 +14,9 @@ import json
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from controller.records import SampleRow, SubCallRecord, Trajectory, atomic_write_text
 from controller.runlog import RunFolder
@@ -38,6 +39,31 @@ class WorkerAnswer:
     # replayed logprobs with these. None when the backend returned none (the transformers worker: ids only).
     token_ids: list[int] | None = None
     token_logprobs: list[float] | None = None
+
+
+@contextmanager
+def profile_worker(profile: str, log_dir: Path, *, url: str | None = None, ports: range | None = None,
+                   served_name: str | None = None, overrides: Sequence[str] = ()) -> Iterator[Any]:
+    """The profile's worker, started (or attached at ``url``) by the same `Rig` code as ``eval``.
+
+    WHY: the study and its bench used to build their own ServerSpec with settings written outside any
+    profile; now the profile is the one source of the dtype, window and flags, and a port in ``ports``
+    keeps concurrent builders apart. Yields the Rig (``rig.worker`` has ``chat_many``); stops the server.
+    """
+    from configs import load_config
+    from controller.rig import Rig
+    from worker.server import find_free_port
+
+    sets = list(overrides)
+    if served_name:
+        sets.append(f"worker.served_name={served_name}")
+    sets.append(f"worker.server.url={url}" if url else f"worker.server.port={find_free_port(ports=ports)}")
+    rig = Rig(load_config(profile, sets), run_dir=log_dir)
+    try:
+        rig.start_worker()
+        yield rig
+    finally:
+        rig.close()
 
 
 def answers_from_results(results: Sequence[Any]) -> list[WorkerAnswer]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .counting import CountingItem, make_counting_set
-from .counting_run import GOLD_FILE, answer_items, write_counting_run
+from .counting_run import GOLD_FILE, answer_items, profile_worker, write_counting_run
 
 SERVED = "smollm2"
 PORTS = range(18400, 18500)
@@ -44,34 +44,21 @@ DOC_FIGURES = {"heatmap_two_seeds.png": "interp_smollm2_heatmap.png",
 
 def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, max_tokens: int, profile_path: Path) -> dict:
     """Answer every item through a vLLM-CPU server (started here unless `url`) and write the run."""
-    from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient
-    from worker.server import find_free_port
-    from worker.smollm2 import ensure_smollm2
-
-    path = ensure_smollm2()
-    server, info = None, {}
-    try:
-        if url:
-            url = VLLMServer.attach(url, model=SERVED)
-        else:
-            spec = ServerSpec(model=str(path), served_name=SERVED, port=find_free_port(ports=PORTS), dtype="bfloat16",
-                              max_model_len=4096, enforce_eager=True, offline=True, startup_timeout_s=900)
-            server = VLLMServer(spec, log_dir=run_dir.parent / "logs", name="smollm2-interp").start()
-            url, info["vllm_startup_s"] = server.url, server.startup_s
+    info: dict = {}
+    with profile_worker(PROFILE, run_dir.parent, url=url, ports=PORTS, served_name=SERVED,
+                        overrides=[f"worker.max_tokens={max_tokens}"]) as rig:
+        if rig.worker_server is not None:
+            info["vllm_startup_s"] = rig.worker_server.startup_s
         t0 = time.perf_counter()
-        client = WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens, token_logprobs=True)
-        with SyncWorker(client) as sync:
-            answers = answer_items(sync, items, max_tokens=max_tokens)
-        info["answer_wall_s"] = time.perf_counter() - t0
-    finally:
-        if server is not None:
-            server.stop()
+        answers = answer_items(rig.worker, items, max_tokens=max_tokens)
+        cfg = rig.cfg
+    info["answer_wall_s"] = time.perf_counter() - t0
     failed = [a.error for a in answers if a.error is not None]
     if failed:  # a run with missing answers would silently shrink every later stage
         raise RuntimeError(f"{len(failed)}/{len(answers)} worker calls failed, e.g. {failed[0]}")
     write_counting_run(run_dir, items, answers, worker_model=SERVED,
-                       worker_config={"model": SERVED, "dtype": "bfloat16", "max_tokens": max_tokens,
-                                      "backend": "vllm"}, profile_yaml=profile_path)
+                       worker_config={"model": SERVED, "dtype": cfg.worker.dtype, "max_tokens": max_tokens,
+                                      "backend": cfg.worker.backend}, profile_yaml=profile_path)
     info["n_failed"] = 0
     return info
 
@@ -125,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only after the worker calls: with interp.jobs (torch, nnsight) imported first, every request
     # of this process failed with "TypeError: Attribute 'save' is missing its type annotation" (cause not
     # pinned down; a fresh process answers fine).
-    from interp.config import load_interp_config
+    from interp.profile import load_interp_config
     from interp.jobs import capture_job, load_model, probe_job
 
     cfg, spec, _ = load_interp_config(PROFILE, {"n_pairs": args.n_pairs})

@@ -72,6 +72,12 @@ def iterations(traj: Trajectory) -> Iterator[dict[str, Any]]:
         history = history + [{"role": "assistant", "content": turn.response}]
 
 
+def cell_timeout_s(cfg: dict[str, Any]) -> Any:
+    """The cell time limit a trajectory ran with: ``sandbox.cell_timeout_s``, or ``rlm.cell_timeout_s`` as
+    trajectories written before the key moved record it (configs.load.RENAMED)."""
+    return (cfg.get("sandbox") or {}).get("cell_timeout_s", (cfg.get("rlm") or {}).get("cell_timeout_s"))
+
+
 def metadata(traj: Trajectory) -> dict[str, Any]:
     cfg = traj.config or {}
     ctrl, rlm, wk = cfg.get("controller") or {}, cfg.get("rlm") or {}, cfg.get("worker") or {}
@@ -84,7 +90,7 @@ def metadata(traj: Trajectory) -> dict[str, Any]:
         "backend": str(ctrl.get("backend", "unknown")),
         "backend_kwargs": {k: v for k, v in ctrl.items() if k != "backend" and isinstance(v, (str, int, float, bool))},
         "environment_type": ENVIRONMENT_TYPE,
-        "environment_kwargs": {"cell_timeout_s": rlm.get("cell_timeout_s"), "doc_chars": traj.doc_chars},
+        "environment_kwargs": {"cell_timeout_s": cell_timeout_s(cfg), "doc_chars": traj.doc_chars},
         "other_backends": [traj.models.get("worker", wk.get("model") or "worker")],
     }
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _eval_and_kill(rd: Path, *more: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
-           "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report", "--set", "eval.concurrency=1",
+           "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report", "--set", "eval.max_samples=1",
            "--set", "worker.watch.backoff_s=0.5", *more]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)

@@ -195,7 +195,7 @@ def test_cli_maps_and_report(run, tmp_path):
 def test_heads_keep_a_bounded_map_when_every_pair_is_under_the_floor(tiny, run, pairs, tmp_path):
     """A worker whose edit barely moves the two answer tokens (SmolLM2) leaves every pair under
     `min_denominator`: the ratio-of-sums map is then empty, and the KL-recovery map still answers."""
-    from interp.config import load_interp_config
+    from interp.profile import load_interp_config
     from interp.jobs_maps import KL_METRIC, heads_job
     from interp.stats import RATIO_METRIC
 

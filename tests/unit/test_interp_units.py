@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.config import InterpConfigError, load_interp_config, parse_interp_config
+from interp.config import InterpConfigError
+from interp.profile import load_interp_config
 from interp.demo import make_demo_run, worker_messages
 from interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
 from interp.config import InterpConfig
@@ -27,9 +28,12 @@ from interp.stats import aggregate, mean_ci
 
 
 # -- config ---------------------------------------------------------------------------------------
+_PROFILE = "name: p\ncontroller: {backend: replay}\n"
+
+
 def test_config_reads_worker_model_and_interp_section(tmp_path):
     p = tmp_path / "p.yaml"
-    p.write_text("worker:\n  model: tiny\n  dtype: float16\ninterp:\n  layers: [0, -1]\n  n_pairs: 3\n")
+    p.write_text(_PROFILE + "worker:\n  model: tiny\n  dtype: float16\ninterp:\n  layers: [0, -1]\n  n_pairs: 3\n")
     cfg, spec, _ = load_interp_config(p)
     assert spec.model == "tiny" and spec.dtype == "float16"
     assert cfg.layers == [0, -1] and cfg.n_pairs == 3
@@ -38,14 +42,21 @@ def test_config_reads_worker_model_and_interp_section(tmp_path):
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    with pytest.raises(InterpConfigError, match="unknown_key|extra"):
-        parse_interp_config({"worker": {"model": "tiny"}, "interp": {"unknown_key": 1}})
+    def profile(text):
+        p = tmp_path / "q.yaml"
+        p.write_text(_PROFILE + text)
+        return p
+
+    with pytest.raises(InterpConfigError, match="interp.unknown_key: unknown key"):
+        load_interp_config(profile("worker: {model: tiny}\ninterp: {unknown_key: 1}\n"))
     with pytest.raises(InterpConfigError, match="no model"):
-        parse_interp_config({"interp": {}})
+        load_interp_config(None, {})
     with pytest.raises(InterpConfigError, match="capture position"):
-        parse_interp_config({"worker": {"model": "x/y"}, "interp": {"capture_positions": ["middle"]}})
-    with pytest.raises(InterpConfigError, match="does not exist"):
+        load_interp_config(profile("worker: {model: x/y}\ninterp: {capture_positions: [middle]}\n"))
+    with pytest.raises(InterpConfigError, match="not found"):
         load_interp_config(tmp_path / "nope.yaml")
+    with pytest.raises(InterpConfigError, match="interp.model.*does not exist"):
+        load_interp_config(None, {"model": str(tmp_path / "no-such-folder")})  # replay checks the model
 
 
 def test_repo_profiles_parse():
