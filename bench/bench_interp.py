@@ -22,7 +22,7 @@ import torch
 
 from interp.capture import attach_gold, capture_batch, plain_forward, prepare
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
+from tests.demo_run import make_demo_run
 from interp.model import ReplayModel
 from worker.models import resolve_model
 from interp.pairs import build_counting_pairs

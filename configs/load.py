@@ -127,6 +127,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None, *,
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    data.setdefault("name", path.stem)  # a profile is named by its file unless it says otherwise
     for ov in overrides or []:
         apply_override(data, ov)
     _anchor_paths(data, path.parent)

@@ -41,7 +41,7 @@ class EvalSettings(Strict):
 class RigConfig(Strict):
     name: str
     description: str = ""
-    controller: ControllerSettings
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
     worker: WorkerSettings
     rlm: RLMSettings = Field(default_factory=RLMSettings)
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)

@@ -20,7 +20,7 @@ from controller.caps import RunCaps, cell_failed
 from controller.backends import ControllerLM, ReplayLM
 from controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
 from controller.parsing import parse_turn
-from controller.records import CapEvent, CellRecord, ControllerTurn, Trajectory
+from records.trajectory import CapEvent, CellRecord, ControllerTurn, Trajectory
 from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
 from repl import Sandbox
 from worker.watch import WorkerDeadError, failure_kind

@@ -15,8 +15,8 @@ from controller.doctokens import DocTokenCache, counter_for
 from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
-from controller.records import Trajectory, atomic_write_text
-from controller.runlog import package_versions
+from records.trajectory import Trajectory, atomic_write_text
+from records.runlog import RunFolder, package_versions
 from worker.models import resolve_model
 
 
@@ -24,6 +24,7 @@ class Rig:
     def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)  # where its logs and the worker pid file go
         self.controller_replay = controller_replay
         self._servers: list[Any] = []
         self._clients: list[Any] = []
@@ -55,7 +56,7 @@ class Rig:
         if server.url:
             return [VLLMServer.attach(server.url)]
         spec = ServerSpec.of(server, model=model, served_name=served, dtype=dtype, offline=Path(model).exists())
-        srv = VLLMServer(spec, log_dir=self.run_dir / "logs", name=name)
+        srv = VLLMServer(spec, log_dir=self.folder.logs_dir, name=name)
         self._servers.append(srv)
         srv.start()
         if name == "worker":
@@ -92,7 +93,7 @@ class Rig:
 
     def _write_pid(self, srv: Any) -> None:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
-        atomic_write_text(self.run_dir / "worker-server.pid", json.dumps({"pid": srv.pid, "url": srv.url}))
+        atomic_write_text(self.folder.worker_pid_path, json.dumps({"pid": srv.pid, "url": srv.url}))
 
     def _watched(self, sync: Any) -> Any:
         """The worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
@@ -111,7 +112,7 @@ class Rig:
 
     def log(self, line: str) -> None:
         """One line into the run log (``RUN/logs/rig.log``), appended and flushed at once."""
-        path = self.run_dir / "logs" / "rig.log"
+        path = self.folder.rig_log_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(line.rstrip("\n") + "\n")
@@ -191,7 +192,7 @@ class Rig:
         for s in reversed(self._servers):
             s.stop()
         if self._servers:
-            (self.run_dir / "worker-server.pid").unlink(missing_ok=True)
+            self.folder.worker_pid_path.unlink(missing_ok=True)
         self._servers.clear()
         if self.lm is not None:
             self.lm.close()

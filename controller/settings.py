@@ -22,7 +22,10 @@ class Strict(BaseModel):
 
 
 class ControllerSettings(Strict):
-    backend: Literal["transformers", "openai", "replay"]
+    """Which model writes the code. Without a ``controller:`` section a profile has a replay controller with
+    no file (enough for interp and plan; `eval` / `ask` then want ``--controller-replay``)."""
+
+    backend: Literal["transformers", "openai", "replay"] = "replay"
     model: str | None = None
     quantization: Literal["none", "nf4", "fp4"] = "none"
     device: str = "cpu"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from controller.prompts import worker_messages
-from controller.records import CapEvent, SubCallRecord, Trajectory
+from records.trajectory import CapEvent, SubCallRecord, Trajectory
 from worker.watch import failure_kind
 from repl import SubCallReply, SubCallRequest
 

@@ -44,7 +44,7 @@ def ask(
     from experiments.cli.live import AskProgress
 
     with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
-        traj_path = run_dir / "trajectory.json"
+        traj_path = rig.folder.ask_trajectory_path
         with AskProgress(rig.worker, cfg.rlm.max_iterations) as live:
             t = rig.ask(text, question, save_to=traj_path, on_event=live.on_event)
     err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")

@@ -73,7 +73,7 @@ def eval_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate a method on a dataset; results land in one run folder (resumable)."""
-    from controller.runlog import EvalSpec
+    from records.runlog import EvalSpec
     from experiments.runs.evaluate import resume_eval, run_eval
 
     sigterm_as_interrupt()
@@ -145,7 +145,7 @@ def demo_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """The CPU main job: evaluate the bundled OOLONG-real sample, then write a report."""
-    from controller.runlog import EvalSpec
+    from records.runlog import EvalSpec
     from experiments.runs.evaluate import run_eval
 
     cfg = load_cfg(config, overrides)
@@ -229,11 +229,11 @@ def _finish(run_dirs: list[Path], res: dict[str, Any], report: bool) -> None:
 def _show_samples(rd: Path) -> None:
     from rich.table import Table
 
-    from controller.records import read_jsonl
+    from records.runlog import RunFolder
 
     t = Table(title="samples", show_lines=False)
     for col in ("question", "gold", "answer", "score", "sub_calls"):
         t.add_column(col, overflow="fold")
-    for r in read_jsonl(Path(rd) / "samples.jsonl"):
+    for r in RunFolder(rd).rows():
         t.add_row(r["question"][:70], str(r["gold"]), str(r.get("answer"))[:40], f"{r['score']:.3f}", str(r["n_sub_calls"]))
     out.print(t)

@@ -15,6 +15,7 @@ from experiments.cli._common import UserError, guarded
 
 from interp.config import InterpConfigError
 from interp.profile import load_interp_config
+from records.runlog import RunFolder
 from interp.gpu import ReleaseError, release_worker_gpu
 from interp.selection import RunDirError, Selection, SubCallRef
 
@@ -47,8 +48,8 @@ def _csv(text: str | None) -> list[str] | None:
 
 def _setup(config: Optional[str], overrides: dict[str, Any], run_dir: Path | None = None):
     """Profile: --config, else the run's own config.yaml (the rig saves the profile it ran with)."""
-    if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
-        config = str(run_dir / "config.yaml")
+    if config is None and run_dir is not None and RunFolder(run_dir).config_path.is_file():
+        config = str(RunFolder(run_dir).config_path)
     try:
         return load_interp_config(config, overrides)
     except InterpConfigError as exc:

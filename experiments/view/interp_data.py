@@ -162,7 +162,7 @@ def _read_folder(folder: Path, names: dict[str, str], data: InterpData) -> None:
                         cur[f] = r[f]
     pairs = folder / "pairs.jsonl"
     if pairs.exists():
-        from controller.records import read_jsonl
+        from records.trajectory import read_jsonl
 
         tag = folder.name
         for p in read_jsonl(pairs):

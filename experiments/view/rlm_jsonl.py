@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from controller.records import CellRecord, SubCallRecord, Trajectory
+from records.trajectory import CellRecord, SubCallRecord, Trajectory
 
 ENVIRONMENT_TYPE = "rlm-rig-sandbox"
 
@@ -117,10 +117,12 @@ def write_rlm_jsonl(traj: Trajectory, path: str | Path) -> Path:
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Every trajectory of a run folder (or the trajectory.json of an `ask` folder) into ``out_dir``."""
-    from controller.records import read_jsonl
+    from records.runlog import RunFolder
+    from records.trajectory import read_jsonl
 
     run = Path(run_dir)
-    rows = read_jsonl(run / "samples.jsonl")
+    folder = RunFolder(run)
+    rows = read_jsonl(folder.samples_path)
     sources: list[tuple[str, Path]] = []
     if rows:
         seen: set[str] = set()
@@ -129,8 +131,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
                 continue
             seen.add(r["id"])
             sources.append((str(r["id"]), run / r["trajectory"]))
-    elif (run / "trajectory.json").exists():
-        sources.append(("rlm", run / "trajectory.json"))
+    elif folder.ask_trajectory_path.exists():
+        sources.append(("rlm", folder.ask_trajectory_path))
     if not sources:
         raise FileNotFoundError(f"{run} has no trajectories to export (no samples.jsonl rows, no trajectory.json)")
     out = []

@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from controller.records import read_jsonl
+from records.trajectory import read_jsonl
 from experiments.analysis.metrics import RunData, add_length_buckets, group_scores, length_unit, load_run, sample_frame, summarize_frame
-from controller.runlog import RunFolder
+from records.runlog import RunFolder
 from experiments.view.docmap import build_docmap
 from experiments.view.interp_data import InterpData, chunk_verdict, load_interp
 from experiments.view.text import code_html, highlight_css, response_html
@@ -159,7 +159,7 @@ def _group_rows(df: Any, by: str) -> list[dict[str, Any]]:
 def _spec(run: RunData) -> dict[str, Any]:
     cfg = run.config
     spec = {}
-    p = run.path / "eval.json"
+    p = RunFolder(run.path).spec_path  # read raw: a viewer shows fields newer than EvalSpec too
     if p.exists():
         try:
             spec = json.loads(p.read_text())
@@ -217,7 +217,7 @@ def _run_pages(w: _Writer, run: RunData, base: str) -> tuple[dict[str, Any], int
     by_id = {r["id"]: r for r in frame.astype(object).where(frame.notna(), None).to_dict("records")}
     names = _page_names(run)
     raw_rows: dict[str, dict[str, Any]] = {}
-    for r in read_jsonl(run.path / "samples.jsonl"):  # as written: fields newer than SampleRow are kept
+    for r in read_jsonl(RunFolder(run.path).samples_path):  # as written: fields newer than SampleRow are kept
         raw_rows.setdefault(str(r.get("id")), r)
     interp = load_interp(run.path)
     summary = summarize_frame(frame) if len(frame) else {}

@@ -72,7 +72,7 @@ def test_run_folder_has_exact_gold_and_rig_messages(run):
         assert f"-k{k}-" in it.sample and it.chunk_loc is not None and it.chunk_loc.exact
         assert it.messages[0]["content"].startswith("You are a careful reader.")
         assert it.chunk_text.count(" rolled a") == k
-    from controller.records import SCHEMA_VERSION
+    from records.trajectory import SCHEMA_VERSION
 
     assert json.loads((run / "trajectories" / f"{items[0].sample}.json").read_text())["schema_version"] == SCHEMA_VERSION
 

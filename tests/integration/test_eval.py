@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from configs import load_config
-from controller import read_jsonl
+from records.trajectory import read_jsonl
 from experiments.datasets import load_examples
-from controller.runlog import EvalSpec
+from records.runlog import EvalSpec
 from experiments.runs.evaluate import merge_runs, resume_eval, run_eval
 from experiments.datasets import score_output
 

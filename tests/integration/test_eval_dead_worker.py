@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import read_jsonl
-from controller.records import Trajectory
+from records.trajectory import read_jsonl
+from records.trajectory import Trajectory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def test_killed_server_is_restarted_and_the_eval_completes(tmp_path):
 
 
 def test_unrecoverable_worker_stops_the_eval_and_resume_redoes_it(tmp_path):
-    from controller.runlog import RunFolder
+    from records.runlog import RunFolder
     from experiments.runs.evaluate import resume_eval
 
     rd = tmp_path / "dead"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import read_jsonl
+from records.trajectory import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli.interp import interp_app
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.outputs import staged_dir
 from interp.selection import NothingToStudyError, collect_sub_calls, iter_sub_calls
 from interp.stats import aggregate_ratio, small_denominator_pairs
@@ -76,7 +76,7 @@ def test_staged_dir_is_all_or_nothing(tmp_path):
 
 
 def test_schema_2_reads_version_1_and_refuses_unknown(tmp_path):
-    from controller.records import SCHEMA_VERSION, SubCallRecord, Trajectory
+    from records.trajectory import SCHEMA_VERSION, SubCallRecord, Trajectory
 
     run = make_demo_run(tmp_path / "r", n_samples=1, chunks_per_sample=1)
     p = next((run / "trajectories").glob("*.json"))

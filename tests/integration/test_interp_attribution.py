@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.selection import iter_sub_calls
 
 # Floor for the rank correlation of attribution vs exact patching, over the sites at or after the edit

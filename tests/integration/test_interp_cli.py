@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli.interp import interp_app
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.faithfulness import check_many, summary
 from interp.model import ReplayModel
 from interp.selection import iter_sub_calls

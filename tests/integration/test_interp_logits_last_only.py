@@ -11,7 +11,7 @@ import torch
 
 from interp.capture import attach_gold, capture_batch, prepare
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.model import ReplayModel
 from interp.pairs import build_counting_pairs
 from interp.patching import PatchSpec, patched_logits, reference_run

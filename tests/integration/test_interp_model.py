@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from interp.capture import attach_gold, prepare, run_capture
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.model import ReplayModel
 from interp.pairs import build_counting_pairs, build_token_pair
 from interp.patching import PatchSpec, patch_pair, patched_logits, reference_run, sweep_specs

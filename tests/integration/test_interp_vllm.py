@@ -10,7 +10,7 @@ import pytest
 
 from interp.capture import run_capture
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.model import ReplayModel
 from interp.selection import iter_sub_calls
 

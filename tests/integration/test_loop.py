@@ -69,7 +69,7 @@ def test_full_loop_records_everything(hf_worker, count_tokens, tmp_path):
     system = t.turns[0].messages_in[0]["content"]
     assert f"{len(DOC):,} characters" in system and "Travis" not in system
     # saved, loadable, identical
-    from controller import Trajectory
+    from records.trajectory import Trajectory
 
     assert Trajectory.load(path).model_dump() == t.model_dump()
 

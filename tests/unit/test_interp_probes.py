@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interp.aggregation import diagnose_aggregation
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.probes import probe_layer, shuffle_by_group
 
 

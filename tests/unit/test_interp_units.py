@@ -14,7 +14,7 @@ import torch
 
 from interp.config import InterpConfigError
 from interp.profile import load_interp_config
-from interp.demo import make_demo_run, worker_messages
+from demo_run import make_demo_run, worker_messages
 from interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
 from interp.config import InterpConfig
 from interp.patch_metrics import patch_metrics
@@ -24,16 +24,15 @@ from interp.rolls import (
 )
 from interp.selection import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
 from interp.shards import ShardWriter, load_rows, read_index
-from interp.stats import aggregate, mean_ci
+from interp.stats import aggregate
+from records.stats import mean_ci
 
 
 # -- config ---------------------------------------------------------------------------------------
-_PROFILE = "name: p\ncontroller: {backend: replay}\n"
-
-
 def test_config_reads_worker_model_and_interp_section(tmp_path):
+    """An interp-only profile (worker + interp, as interp's own loader used to read) loads through the one loader."""
     p = tmp_path / "p.yaml"
-    p.write_text(_PROFILE + "worker:\n  model: tiny\n  dtype: float16\ninterp:\n  layers: [0, -1]\n  n_pairs: 3\n")
+    p.write_text("worker:\n  model: tiny\n  dtype: float16\ninterp:\n  layers: [0, -1]\n  n_pairs: 3\n")
     cfg, spec, _ = load_interp_config(p)
     assert spec.model == "tiny" and spec.dtype == "float16"
     assert cfg.layers == [0, -1] and cfg.n_pairs == 3
@@ -44,7 +43,7 @@ def test_config_reads_worker_model_and_interp_section(tmp_path):
 def test_config_errors_name_the_problem(tmp_path):
     def profile(text):
         p = tmp_path / "q.yaml"
-        p.write_text(_PROFILE + text)
+        p.write_text(text)
         return p
 
     with pytest.raises(InterpConfigError, match="interp.unknown_key: unknown key"):
@@ -73,7 +72,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_run_is_a_valid_trajectory():
-    Trajectory = pytest.importorskip("controller.records").Trajectory
+    Trajectory = pytest.importorskip("records.trajectory").Trajectory
     d = make_demo_run(Path(__import__("tempfile").mkdtemp()), n_samples=1)
     t = Trajectory.load(next((d / "trajectories").glob("*.json")))
     assert t.sub_calls and t.sub_calls[0].messages[1]["role"] == "user"
@@ -245,7 +244,7 @@ def test_nested_rlm_worker_calls_are_walked(tmp_path):
     t = json.loads(path.read_text())
     inner = [dict(s, depth=2) for s in t["sub_calls"][:2]]
     parent = dict(t["sub_calls"][2], id=7, messages=None, response="5",
-                  nested_trajectory={"run_id": "nested", "question": "q", "sub_calls": inner})
+                  nested_trajectory=dict(t, run_id="nested", question="q", sub_calls=inner))  # a whole Trajectory
     t["sub_calls"] = [parent]
     path.write_text(json.dumps(t))
     items = list(iter_sub_calls(run))
