@@ -12,7 +12,7 @@ import hashlib
 import random
 from pathlib import Path
 
-from interp.rolls import count_roll_lines
+from interp.data.rolls import count_roll_lines
 from records.runlog import RunFolder
 from records.trajectory import SampleRow, SubCallRecord, Trajectory
 

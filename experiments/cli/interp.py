@@ -17,7 +17,7 @@ from interp.config import InterpConfigError
 from interp.profile import load_interp_config
 from records.runlog import RunFolder
 from interp.gpu import ReleaseError, release_worker_gpu
-from interp.selection import RunDirError, Selection, SubCallRef
+from interp.data.selection import RunDirError, Selection, SubCallRef
 
 interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: capture, patch, probe, report.",
                          no_args_is_help=True)
@@ -176,7 +176,7 @@ def attribute(
 ) -> None:
     """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
     of the top-k sites, and the rank correlation / sign agreement of the two."""
-    from interp.jobs_maps import attribute_job
+    from interp.jobs import attribute_job
 
     setup = _setup(config, _pair_overrides(n_pairs, corruptions, None, directions, batch_size, seed, device,
                                            attr_components=_csv(components), attr_top_k=top_k,
@@ -198,7 +198,7 @@ def heads(
     device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
-    from interp.jobs_maps import heads_job
+    from interp.jobs import heads_job
 
     setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
                                            head_positions=_csv(positions)), run_dir)
@@ -216,8 +216,8 @@ def lens(
 ) -> None:
     """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
     token, per layer."""
-    from interp.jobs_maps import lens_job
-    from interp.selection import load_gold_file
+    from interp.jobs import lens_job
+    from interp.data.selection import load_gold_file
 
     _run_job(lens_job, "lens", run_dir, out, _setup(config, dict(device=device), run_dir), stop_server,
              _selection(question_type, correct, sub_call, limit), gold_map=load_gold_file(gold) if gold else None)
@@ -262,7 +262,7 @@ def report(
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check,
     attribution maps (and their agreement with exact patching), head heatmaps, the logit lens. Each input
     folder defaults to RUN_DIR/interp/<step>; a missing one is a section that says so."""
-    from interp.report import build_report
+    from interp.report.build import build_report
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"

@@ -10,7 +10,7 @@
    top-k sites, and of every token at a few layers for the short pairs: how well the linear estimate matches),
    `interp lens` (gold and worker count tokens per layer at the answer position) and `interp heads`;
 4. `interp patch` twice, with two pair-sampling seeds (line-swap pairs k vs k±1, equal token length);
-5. `interp.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
+5. `interp.stats.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
    correlation of the two seeds' heatmaps; then `interp report` over all of it. Everything lands in
    OUT/summary.json and OUT/summary.md (docs/INTERP_SMOLLM2.md reads them).
 

@@ -17,7 +17,7 @@ from experiments.analysis.render import md_table
 from records.runlog import RunFolder
 
 from interp.config import PATCH_POSITIONS
-from interp.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
+from interp.stats.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
 
 FOCUS = ("edit", "last")
 GROUPS = tuple(p for p in PATCH_POSITIONS if p != "all")  # the heatmap columns, in reading order

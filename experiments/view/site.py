@@ -288,7 +288,7 @@ def _instructions(row: dict[str, Any], traj: dict[str, Any] | None) -> str | Non
 
 def _traj_view(t: dict[str, Any], path: list[int], sample_key: str, interp: InterpData) -> dict[str, Any]:
     """Everything a trajectory template needs, nested runs included (recursively)."""
-    from interp.selection import locate_chunk
+    from interp.data.selection import locate_chunk
 
     ikey = "/".join([sample_key, *map(str, path)])
     anchor = lambda i: "sc-" + "-".join(map(str, [*path, i]))  # noqa: E731
@@ -346,8 +346,8 @@ def _interp_pages(w: _Writer, run: RunData, rv: dict[str, Any], interp: InterpDa
         back = (f"../sample/{stem}.html#sc-" + "-".join(map(str, [*path, sc_id]))) if stem in stems else None
         page = f"{_safe(ikey)}__{sc_id}.html"
         entry = {"key": f"{ikey}:{sc_id}", "page": page, "back": back, "sc": sc,
-                 "replay": interp.replay.get(key), "chunk": interp.chunk.get(key),
-                 "verdict": chunk_verdict(interp.chunk.get(key)), "pairs": interp.pairs.get(key, []),
+                 "replay": interp.methods.replay.get(key), "chunk": interp.chunk.get(key),
+                 "verdict": chunk_verdict(interp.chunk.get(key)), "pairs": interp.data.pairs.get(key, []),
                  "extra": interp.extra.get(key, {})}
         entries.append(entry)
         w.page(f"{rv['base']}/interp/{page}", "interp_sub_call.html", title=f"interp {entry['key']}", run=rv,

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from experiments.cli.interp import interp_app
 from demo_run import make_demo_run
-from interp.faithfulness import FAITHFULNESS_FILE
-from interp.probes import run_probes
+from interp.methods.faithfulness import FAITHFULNESS_FILE
+from interp.methods.probes import run_probes
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> float:
 
 
 RATIO_METRIC = "normalized_ratio_of_sums"
-KL_METRIC = "kl_recovery_mean"  # the bounded view beside it (interp.heatmap_structure.kl_recovery)
+KL_METRIC = "kl_recovery_mean"  # the bounded view beside it (interp.stats.heatmap_structure.kl_recovery)
 
 
 # long: ratio of sums per group with its chunk-level bootstrap and the small-denominator exclusions, together
