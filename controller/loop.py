@@ -269,7 +269,7 @@ class _Run:
             feedback += "\n[rig] Only your first code block ran: write one block per reply."
         traj.cells.append(cell)
         self.emit("cell_done")
-        if getattr(self.ctx.worker, "dead", None):  # worker/watch.py gave up: no answer from errors
+        if self.ctx.worker is not None and self.ctx.worker.dead:  # worker/watch.py gave up: no answer from errors
             raise WorkerDeadError(f"worker is dead: {self.ctx.worker.dead}")  # type: ignore[union-attr]
         if res.timed_out:
             traj.caps_hit.append(CapEvent(cap="cell_timeout", turn=cell.turn,

@@ -18,6 +18,7 @@ from controller.loop import RLM, RunContext, replay_lm_for
 from records.trajectory import Trajectory, atomic_write_text
 from records.runlog import RunFolder, package_versions
 from worker.models import resolve_model
+from worker.watch import WorkerWatch
 
 
 class Rig:
@@ -28,7 +29,7 @@ class Rig:
         self.controller_replay = controller_replay
         self._servers: list[Any] = []
         self._clients: list[Any] = []
-        self.worker: Any = None
+        self.worker: WorkerWatch | None = None  # the worker behind its watch (restarts, retries, dead)
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
@@ -95,11 +96,9 @@ class Rig:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
         atomic_write_text(self.folder.worker_pid_path, json.dumps({"pid": srv.pid, "url": srv.url}))
 
-    def _watched(self, sync: Any) -> Any:
+    def _watched(self, sync: Any) -> WorkerWatch:
         """The worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
         and its failed sub_calls re-sent; every event goes to ``RUN/logs/rig.log``."""
-        from worker.watch import WorkerWatch
-
         w = self.cfg.worker
         health = None
         if w.backend == "vllm" and self.worker_url:
@@ -125,7 +124,7 @@ class Rig:
     @property
     def worker_dead(self) -> str | None:
         """Why the worker is gone for good (None while it is alive or being restarted)."""
-        return getattr(self.worker, "dead", None)
+        return self.worker.dead if self.worker is not None else None
 
     def start_controller(self) -> None:
         c = self.cfg.controller
@@ -144,11 +143,12 @@ class Rig:
             served = c.served_name or "controller"
             urls = self._server(c.server, resolve_model(c.model), served, c.dtype, "controller")
             # one slot per concurrent example, so their turns batch on the server
-            client = SyncWorker(WorkerClient(urls, served, concurrency=self.cfg.eval.max_samples, timeout_s=900,
+            slots = self.cfg.eval.max_samples
+            client = SyncWorker(WorkerClient(urls, served, concurrency=slots, timeout_s=900,
                                              temperature=c.temperature, max_tokens=c.max_new_tokens),
                                 name="controller-loop")
             self._clients.append(client)
-            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served)
+            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served, max_connections=slots)
 
     def context_window(self) -> int | None:
         """The controller's window for the context guard: the config's, else what the backend knows

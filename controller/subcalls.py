@@ -19,7 +19,14 @@ from repl import SubCallReply, SubCallRequest
 
 
 class ChatMany(Protocol):
+    """The worker as the loop sees it: `worker.SyncWorker`, or the `worker.WorkerWatch` around it."""
+
+    dead: str | None  # why the worker is gone for good (None while it answers or is being restarted)
+
     def chat_many(self, batch: list[list[dict[str, str]]], **kw: Any) -> list[Any]: ...
+
+    @property
+    def in_flight(self) -> int: ...
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from configs.schema import METHOD_NAMES
+from experiments.datasets.registry import names
 
 from experiments.cli._common import (
     ConfigOpt,
@@ -42,8 +43,7 @@ def register(app: typer.Typer) -> None:
 # long: one typer parameter per eval option (30 lines of signature); the body is short
 def eval_cmd(
     config: str = ConfigOpt,
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="oolong-real | oolong-synth | sniah | PATH | "
-                                          "needle-sweep | json-haystack | multi-needle | decoys | absent | multi-hop"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=" | ".join(names()) + " | PATH"),
     source: Optional[str] = typer.Option(None, "--source", help="bundled sample (toy, mini), local file/folder, or hub repo"),
     split: str = typer.Option("test", "--split"),
     method: Optional[str] = typer.Option(None, "--method", "-m", help=" | ".join(METHOD_NAMES) + " (default: the "

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from experiments.cli._common import UserError, err, guarded, run_report
+from experiments.datasets.registry import generator_names, names
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def score_cmd(
     file: Path = typer.Argument(..., help="JSONL with gold, output (and answer_type for synth)"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="oolong-real | oolong-synth | sniah"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(n for n in names() if n not in generator_names())),
     out_file: Optional[Path] = typer.Option(None, "--out", help="write scored rows here (default: stdout)"),
 ) -> None:
     """Score outputs of models run elsewhere with the official rules."""

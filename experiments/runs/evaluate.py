@@ -105,7 +105,7 @@ class Progress:
     def line(self) -> str:
         mean = self.score_sum / self.done if self.done else float("nan")
         el = max(1e-6, time.perf_counter() - self.t0)
-        in_flight = getattr(getattr(self.rig, "worker", None), "in_flight", 0)
+        in_flight = self.rig.worker.in_flight if self.rig.worker is not None else 0
         total = "?" if self.total is None else str(self.total)
         return (f"{self.done}/{total} done | mean score {mean:.3f} | worker {self.worker_out_tokens / el:.1f} tok/s "
                 f"| sub_calls in flight {in_flight}")
@@ -175,7 +175,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             raise
         finally:
             summary = summarize(folder)
-            events = list(getattr(rig.worker, "events", []))
+            events = list(rig.worker.events) if rig.worker is not None else []
             before = folder.read_results() if resume else None
             prev = list(getattr(before, "worker_events", None) or [])
             folder.write_results({**summary, "status": status, "method": spec.method, "dataset": spec.dataset,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -141,35 +142,43 @@ def faithfulness_section(capture_dir, out: Path, sections: dict) -> list[str]:
                     "mean_abs_dlogprob", "first_argmax_divergence", "faithful"]]), ""]
 
 
+@dataclass(frozen=True)
+class MapSection:
+    """One map job's section: its table (Parquet, copied as CSV), title, intro, sort and figures."""
+
+    key: str
+    table: str
+    title: str
+    intro: tuple[str, ...] = ()
+    sort_by: str | None = None
+    meta: str | None = None  # a JSON file whose "comparison" is shown under the intro
+
+
+# The map jobs' sections in report order (the report is a loop over this table).
+MAP_SECTIONS = (
+    MapSection("attribution", "attribution_vs_exact", "Attribution patching (gradient x difference) vs exact patching",
+               ("Per pair, component and layer: Spearman rank correlation of the estimated and the exact effect of "
+                "single-token patches (over the top-k sites re-checked exactly, and over every site where validated), "
+                "and the share of the top-k sites (by |exact|) whose sign the estimate gets right.\n",),
+               meta="attribute.json"),
+    MapSection("heads", "heads_agg", "Per-head patching (layer x head; ratio of sums over pairs)", sort_by="mean"),
+    MapSection("logit_lens", "logit_lens_by_layer", "Logit lens at the answer position"),
+)
+
+
 def maps_sections(attribute_dir, heads_dir, lens_dir, out: Path, sections: dict) -> list[str]:
     md: list[str] = []
-    a = Path(attribute_dir) if attribute_dir else None
-    if a is not None and (a / "attribution_vs_exact.parquet").exists():
-        cm = pd.read_parquet(a / "attribution_vs_exact.parquet")
-        cm.to_csv(out / "attribution_vs_exact.csv", index=False)
-        meta = json.loads((a / "attribute.json").read_text()) if (a / "attribute.json").exists() else {}
-        md += ["## Attribution patching (gradient x difference) vs exact patching\n",
-               "Per pair, component and layer: Spearman rank correlation of the estimated and the exact effect of "
-               "single-token patches (over the top-k sites re-checked exactly, and over every site where validated), "
-               "and the share of the top-k sites (by |exact|) whose sign the estimate gets right.\n",
-               "```\n" + json.dumps(meta.get("comparison", {}), indent=1) + "\n```\n"]
-        md += [f"![{n}]({n})\n" for n in _copy_pngs(a, out)]
-        md += [_md(cm), ""]
-        sections["attribution"] = "attribution_vs_exact.csv"
-    h = Path(heads_dir) if heads_dir else None
-    if h is not None and (h / "heads_agg.parquet").exists():
-        agg = pd.read_parquet(h / "heads_agg.parquet")
-        agg.to_csv(out / "heads_agg.csv", index=False)
-        md += ["## Per-head patching (layer x head; ratio of sums over pairs)\n"]
-        md += [f"![{n}]({n})\n" for n in _copy_pngs(h, out)]
-        md += [_md(agg.sort_values("mean", ascending=False)), ""]
-        sections["heads"] = "heads_agg.csv"
-    lz = Path(lens_dir) if lens_dir else None
-    if lz is not None and (lz / "logit_lens_by_layer.parquet").exists():
-        agg = pd.read_parquet(lz / "logit_lens_by_layer.parquet")
-        agg.to_csv(out / "logit_lens_by_layer.csv", index=False)
-        md += ["## Logit lens at the answer position\n"]
-        md += [f"![{n}]({n})\n" for n in _copy_pngs(lz, out)]
-        md += [_md(agg), ""]
-        sections["logit_lens"] = "logit_lens_by_layer.csv"
+    for sec, folder in zip(MAP_SECTIONS, (attribute_dir, heads_dir, lens_dir)):
+        d = Path(folder) if folder else None
+        if d is None or not (d / f"{sec.table}.parquet").exists():
+            continue
+        df = pd.read_parquet(d / f"{sec.table}.parquet")
+        df.to_csv(out / f"{sec.table}.csv", index=False)
+        md += [f"## {sec.title}\n", *sec.intro]
+        if sec.meta is not None:
+            meta = json.loads((d / sec.meta).read_text()) if (d / sec.meta).exists() else {}
+            md += ["```\n" + json.dumps(meta.get("comparison", {}), indent=1) + "\n```\n"]
+        md += [f"![{n}]({n})\n" for n in _copy_pngs(d, out)]
+        md += [_md(df.sort_values(sec.sort_by, ascending=False) if sec.sort_by else df), ""]
+        sections[sec.key] = f"{sec.table}.csv"
     return md
