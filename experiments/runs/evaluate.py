@@ -6,6 +6,7 @@ next is counted, which is what makes ``--resume`` exact.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -135,7 +136,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
     done = folder.done_ids() if resume else set()
     status = "failed"
     with Rig(cfg, run_dir=folder.path, controller_replay=spec.controller_replay) as rig:
-        flags = {"worker_url": rig.worker_url, "worker_server": cfg.worker.server.model_dump(mode="json")}
+        flags = {"worker_url": rig.worker_url, "worker_server": dataclasses.asdict(cfg.worker.server)}
         if resume:
             folder.write_env(cfg, flags)
             prev = folder.read_results()
