@@ -27,11 +27,8 @@ from experiments.studies.counting import (  # noqa: E402
     run_counting_eval,
     summarize_counting,
 )
-from worker.client import WorkerClient  # noqa: E402
-from worker.server import find_free_port  # noqa: E402
-from worker.server import ServerSpec, VLLMServer  # noqa: E402
+from experiments.studies.counting_run import profile_worker  # noqa: E402
 from worker.smollm2 import ensure_smollm2, smollm2_dir  # noqa: E402
-from worker.sync import SyncWorker  # noqa: E402
 
 SERVED = "smollm2"
 PORTS = range(18400, 18500)  # this builder's range
@@ -64,7 +61,7 @@ def transformers_check(path: str) -> dict:
     return {"load_s": load_s, "generate_s": gen_s, "answer": text}
 
 
-def serve_figures(sync: SyncWorker) -> dict:
+def serve_figures(sync) -> dict:
     sync.chat(QUESTION, max_tokens=16)  # first request pays one-off costs
     lats, answer = [], ""
     for _ in range(5):
@@ -111,32 +108,25 @@ def main(argv: list[str] | None = None) -> int:
         report["transformers"] = transformers_check(path)
         print(f"transformers: {report['transformers']}")
 
-    server = None
-    try:
-        if args.url:
-            url = VLLMServer.attach(args.url, model=SERVED)
-        else:
-            spec = ServerSpec(model=path, served_name=SERVED, port=find_free_port(ports=PORTS), dtype="bfloat16",
-                              max_model_len=4096, enforce_eager=args.eager, offline=True, startup_timeout_s=900)  # fmt: skip
-            server = VLLMServer(spec, log_dir=Path(args.out).parent / "logs", name="smollm2-bench").start()
-            url = server.url
-            report["vllm_startup_s"] = server.startup_s
-            print(f"vLLM up at {url} in {server.startup_s:.1f} s (eager={args.eager})")
-        with SyncWorker(WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=args.max_tokens)) as sync:
-            if not args.skip_serve_figures:
-                report["serve"] = s = serve_figures(sync)
-                print(f"chat: {s['answer']!r}, median latency {s['latency_median_s']:.3f} s; one seq "
-                      f"{s['single_tok_per_s']:.1f} tok/s, batch of 8 {s['batch8_tok_per_s']:.1f} tok/s "
-                      f"(x{s['batch8_over_single']:.2f})")  # fmt: skip
+    # the cpu-small profile's worker, started by the same code as `eval` (the profile holds dtype, window, flags)
+    eager = [f"worker.server.enforce_eager={str(args.eager).lower()}", f"worker.max_tokens={args.max_tokens}"]
+    with profile_worker("cpu-small", Path(args.out).parent, url=args.url, ports=PORTS, served_name=SERVED,
+                        overrides=eager) as rig:
+        sync = rig.worker
+        if rig.worker_server is not None:
+            report["vllm_startup_s"] = rig.worker_server.startup_s
+            print(f"vLLM up at {rig.worker_url} in {rig.worker_server.startup_s:.1f} s (eager={args.eager})")
+        if not args.skip_serve_figures:
+            report["serve"] = s = serve_figures(sync)
+            print(f"chat: {s['answer']!r}, median latency {s['latency_median_s']:.3f} s; one seq "
+                  f"{s['single_tok_per_s']:.1f} tok/s, batch of 8 {s['batch8_tok_per_s']:.1f} tok/s "
+                  f"(x{s['batch8_over_single']:.2f})")  # fmt: skip
 
-            lengths = tuple(int(x) for x in args.lengths.split(","))
-            items = make_counting_set(args.seed, lengths=lengths, per_cell=args.per_cell, instruction=args.instruction)
-            t0 = time.perf_counter()
-            rows = run_counting_eval(sync, items, max_tokens=args.max_tokens)
-            report["counting_wall_s"] = time.perf_counter() - t0
-    finally:
-        if server is not None:
-            server.stop()
+        lengths = tuple(int(x) for x in args.lengths.split(","))
+        items = make_counting_set(args.seed, lengths=lengths, per_cell=args.per_cell, instruction=args.instruction)
+        t0 = time.perf_counter()
+        rows = run_counting_eval(sync, items, max_tokens=args.max_tokens)
+        report["counting_wall_s"] = time.perf_counter() - t0
 
     report["counting_rows"] = rows
     by_k, by_len = summarize_counting(rows, "k"), summarize_counting(rows, "n_lines")

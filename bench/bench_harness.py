@@ -26,10 +26,10 @@ import httpx
 from configs import load_config
 from controller.doctokens import DocTokenCache, counter_for
 from controller.prompts import worker_messages
-from controller.records import Trajectory
+from records.trajectory import Trajectory
 from controller.subcalls import SubCallBudget, SubCallRouter
 from experiments.datasets import load_examples
-from controller.runlog import EvalSpec
+from records.runlog import EvalSpec
 from experiments.runs.evaluate import run_eval
 from repl import Sandbox, SandboxLimits
 from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_smollm2, ensure_tiny_model, load_tokenizer
@@ -130,14 +130,14 @@ def main() -> None:
         if args.skip_eval:
             _report(startup, trivial, s, d, b, q, args, None)
             return
-        cfg = load_config(args.profile, ["eval.concurrency=1"])
+        cfg = load_config(args.profile, ["eval.max_samples=1"])
         rd = Path(tmp) / "eval"
         t = time.perf_counter()
         run_eval(cfg, EvalSpec(dataset="oolong-real", source="toy", limit=args.samples), rd, show_progress=False)
         eval_wall = time.perf_counter() - t
-        from controller.records import read_jsonl
+        from records.runlog import RunFolder
 
-        rows = read_jsonl(rd / "samples.jsonl")
+        rows = RunFolder(rd).rows()
         wall = sum(r["wall_s"] for r in rows)
         model_s = sum(r["model_s"] for r in rows)
 

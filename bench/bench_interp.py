@@ -20,20 +20,21 @@ from pathlib import Path
 
 import torch
 
-from interp.capture import attach_gold, capture_batch, plain_forward, prepare
+from interp.methods.capture import attach_gold, capture_batch, plain_forward, prepare
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
-from interp.model import ReplayModel, resolve_model_path
-from interp.pairs import build_counting_pairs
-from interp.patching import patch_pair, sweep_specs
-from interp.selection import iter_sub_calls
+from tests.demo_run import make_demo_run
+from interp.model import ReplayModel
+from worker.models import resolve_model
+from interp.data.pairs import build_counting_pairs
+from interp.methods.patching import patch_pair, sweep_specs
+from interp.data.selection import iter_sub_calls
 
 
 def mid_model(dest: Path) -> str:
     """A bigger random Qwen2 sharing the tiny tokenizer: more compute per token, like a real model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tiny = Path(resolve_model_path("tiny"))
+    tiny = Path(resolve_model("tiny"))
     base = AutoConfig.from_pretrained(tiny).to_dict()
     base.update(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
                 num_key_value_heads=2)

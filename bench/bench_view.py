@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from experiments.view import build_site
+from records.runlog import EvalSpec, RunFolder
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
@@ -32,11 +33,11 @@ CLASSES = ["wrong_answer", "worker_miscount", "wrong_aggregation", "parse_failur
 
 def synthetic_run(path: Path, n: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text("name: synthetic\ncontroller: {backend: replay}\nworker: {backend: vllm, model: tiny}\n"
-                                      "rlm: {max_depth: 1}\n")
-    (path / "eval.json").write_text(json.dumps({"dataset": "oolong-real", "method": "rlm"}))
-    with open(path / "samples.jsonl", "w") as f:
+    folder = RunFolder(path)  # the records room writes the layout; the rows stay raw dicts (the viewer reads them so)
+    folder.write_config({"name": "synthetic", "controller": {"backend": "replay"},
+                         "worker": {"backend": "vllm", "model": "tiny"}, "rlm": {"max_depth": 1}})
+    folder.write_spec(EvalSpec(dataset="oolong-real", method="rlm"))
+    with open(folder.samples_path, "w") as f:
         for i in range(n):
             gold = rng.randint(0, 40)
             ans = gold if rng.random() < 0.3 else rng.randint(0, 40)

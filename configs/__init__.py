@@ -1,19 +1,6 @@
-"""Rig profiles (YAML in this folder) and their validation."""
-from configs.load import ConfigError, apply_override, load_config, resolve_profile, validate_config
-from configs.schema import (
-    BUILTIN_MODELS,
-    ControllerConfig,
-    EvalConfig,
-    RigConfig,
-    RLMConfig,
-    SandboxConfig,
-    ServerConfig,
-    WorkerConfig,
-    check_model_ref,
-)
+"""Rig profiles (YAML in this folder): the rooms' settings types composed, and the one loader."""
+from configs.load import RENAMED, ConfigError, apply_override, load_config, resolve_profile, validate_config
+from configs.schema import EvalSettings, RigConfig
 
-__all__ = [
-    "BUILTIN_MODELS", "ConfigError", "ControllerConfig", "EvalConfig", "RLMConfig", "RigConfig", "SandboxConfig",
-    "ServerConfig", "WorkerConfig", "apply_override", "check_model_ref", "load_config", "resolve_profile",
-    "validate_config",
-]
+__all__ = ["ConfigError", "EvalSettings", "RENAMED", "RigConfig", "apply_override", "load_config", "resolve_profile",
+           "validate_config"]

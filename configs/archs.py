@@ -95,7 +95,7 @@ def from_config_json(path: str | Path) -> Arch:
 def arch_for(model: str, locate: Callable[[str], Path | None] | None = None) -> Arch:
     """The shape of `model`: a local folder's config.json, a built builtin's (``locate`` maps a builtin
     name such as ``tiny:0`` to its cached folder; configs imports nothing of the rig, so the caller
-    passes `worker.builtins.built_model_folder`), else the shipped facts."""
+    passes `worker.models.built_model_folder`), else the shipped facts."""
     ref = model.strip()
     p = Path(ref).expanduser()
     if p.exists():

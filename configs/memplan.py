@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from configs.archs import Arch, arch_for
-from configs.schema import RigConfig, ServerConfig
+from configs.schema import RigConfig
+from worker.settings import ServerSettings
 
 GiB = 2**30
 CUDA_CONTEXT = 0.5 * GiB  # CUDA context + cuBLAS workspace per process, outside torch's allocator
@@ -141,7 +142,7 @@ def _physical(device: str | None, visible: str | None) -> str | None:
     return None
 
 
-def vllm_phase_lines(name: str, a: Arch, s: ServerConfig, dtype: str, card: float, phase: Phase) -> None:
+def vllm_phase_lines(name: str, a: Arch, s: ServerSettings, dtype: str, card: float, phase: Phase) -> None:
     """A vLLM server's share of a card: budget, weights, overhead, KV pool vs what the window needs."""
     b = dtype_bytes(dtype)
     quant = s.quantization if s.quantization in ("bitsandbytes",) else None

@@ -1,7 +1,7 @@
-"""The RLM loop: controller backends, system prompt, parsing, caps, the `Rig`, and the record schemas.
+"""The RLM loop: controller backends, system prompt, parsing, caps, the context guard, the `Rig`.
 
-Names load lazily: `controller.records` and `controller.runlog` are leaves that interp and the
-viewer import without pulling in the loop, the sandbox or the model backends.
+The records it writes (trajectory, sample row, run folder) live in the records room (`records/`).
+Names load lazily, so importing the package does not pull in the sandbox or the model backends.
 """
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Rig": "rig", "resolve_model": "rig", "package_versions": "runlog",
+    "Rig": "rig",
     "RLM": "loop", "RunContext": "loop",
     "ReplayLM": "backends", "TransformersLM": "backends", "OpenAILM": "backends", "load_replay": "backends",
     "ReplayExhausted": "backends", "Generation": "backends", "ControllerLM": "backends",
-    "Trajectory": "records", "SampleRow": "records", "SubCallRecord": "records", "CellRecord": "records",
-    "ControllerTurn": "records", "CapEvent": "records", "SCHEMA_VERSION": "records", "read_jsonl": "records",
-    "append_jsonl": "records", "atomic_write_text": "records",
-    "RunFolder": "runlog", "EvalSpec": "runlog", "RunResults": "runlog", "RunEnv": "runlog",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import yaml
 
 from controller.parsing import closed_cell_end, truncate_cell
+from worker.sync import SyncWorker
 
 Messages = list[dict[str, str]]
 
@@ -160,14 +161,17 @@ class TransformersLM:
 class OpenAILM:
     """A controller behind an OpenAI-compatible server, through the worker's own client.
 
-    The client's concurrency is the number of examples that run at once (``eval.concurrency``), so
+    The client's concurrency is the number of examples that run at once (``eval.max_samples``), so
     their turns reach the server together and batch there; prefix caching on the server reuses each
     conversation's KV cache from the previous turn.
     """
 
     STOP = ["\n```\n"]
 
-    def __init__(self, sync_client: Any, name: str, *, base_url: str | None = None, served_name: str | None = None):
+    def __init__(self, sync_client: SyncWorker, name: str, *, base_url: str | None = None,
+                 served_name: str | None = None, max_connections: int = 1):
+        """``max_connections``: the client's slots (one per concurrent example), so the side channel to the
+        server (/tokenize, /v1/models) never queues behind them."""
         self.client = sync_client
         self.name = name
         self.served_name = served_name
@@ -176,7 +180,7 @@ class OpenAILM:
         if base_url is not None:
             import httpx
 
-            n = max(1, int(getattr(getattr(sync_client, "worker", None), "concurrency", 1)))
+            n = max(1, max_connections)
             self._root = base_url.rstrip("/").removesuffix("/v1")
             self._http = httpx.Client(trust_env=False, timeout=60.0,
                                       limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from controller.records import CapEvent, Trajectory
+from records.trajectory import CapEvent, Trajectory
 
 
 class RunCaps:

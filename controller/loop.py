@@ -20,9 +20,9 @@ from controller.caps import RunCaps, cell_failed
 from controller.backends import ControllerLM, ReplayLM
 from controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
 from controller.parsing import parse_turn
-from controller.records import CapEvent, CellRecord, ControllerTurn, Trajectory
+from records.trajectory import CapEvent, CellRecord, ControllerTurn, Trajectory
 from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
-from repl import Sandbox, SandboxLimits
+from repl import Sandbox
 from worker.watch import WorkerDeadError, failure_kind
 
 
@@ -88,7 +88,7 @@ class RLM:
             out += ("\n" if out and not out.endswith("\n") else "") + res.stderr
         if res.error:
             out += ("\n" if out and not out.endswith("\n") else "") + res.error
-        limit = self.cfg.rlm.output_max_chars
+        limit = self.cfg.rlm.feedback_max_chars
         truncated_from = None
         if len(out) > limit or res.output_truncated:
             truncated_from = len(out) if not res.output_truncated else max(len(out), self.cfg.sandbox.max_output_chars)
@@ -184,21 +184,13 @@ class _Run:
             worker_max_tokens=cfg.worker.max_tokens,
             worker_system=cfg.worker.system_prompt,
             nested=nested,
-            concurrency=cfg.worker.concurrency,
+            concurrency=cfg.worker.max_connections,
             doc_index=index,
         )
 
     def _open_sandbox(self) -> Sandbox:
         cfg = self.cfg
-        limits = SandboxLimits(
-            cell_timeout_s=cfg.rlm.cell_timeout_s,
-            memory_mb=cfg.sandbox.memory_mb,
-            max_output_chars=cfg.sandbox.max_output_chars,
-            network=cfg.sandbox.network,
-            launcher=cfg.sandbox.launcher,
-            allow_weak_launchers=cfg.sandbox.allow_weak_launchers,
-            max_scratch_mb=cfg.sandbox.max_scratch_mb,
-        )
+        limits = cfg.sandbox  # the profile's sandbox section is the sandbox's own SandboxLimits
         names = {"CHUNK_BUDGET_CHARS": self.budget_chars, "question": self.question}
         if self.ctx.kernels is not None:
             sandbox = self.ctx.kernels.sandbox(self.doc, handler=self.router, limits=limits, extra_globals=names)
@@ -277,11 +269,11 @@ class _Run:
             feedback += "\n[rig] Only your first code block ran: write one block per reply."
         traj.cells.append(cell)
         self.emit("cell_done")
-        if getattr(self.ctx.worker, "dead", None):  # worker/watch.py gave up: no answer from errors
+        if self.ctx.worker is not None and self.ctx.worker.dead:  # worker/watch.py gave up: no answer from errors
             raise WorkerDeadError(f"worker is dead: {self.ctx.worker.dead}")  # type: ignore[union-attr]
         if res.timed_out:
             traj.caps_hit.append(CapEvent(cap="cell_timeout", turn=cell.turn,
-                                          detail=f"cell {cell.index} > {self.cfg.rlm.cell_timeout_s:g} s"))
+                                          detail=f"cell {cell.index} > {self.cfg.sandbox.cell_timeout_s:g} s"))
         if res.final_answer is not None:
             traj.final_answer = res.final_answer
             self.stop_reason = "final"

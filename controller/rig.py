@@ -9,36 +9,27 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from configs.schema import RigConfig, ServerConfig
+from configs.schema import RigConfig
+from worker.settings import ServerSettings
 from controller.doctokens import DocTokenCache, counter_for
 from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.loop import RLM, RunContext, replay_lm_for
-from controller.records import Trajectory, atomic_write_text
-from controller.runlog import package_versions
-
-def resolve_model(ref: str) -> str:
-    """Turn a builtin name into a local folder (building or fetching it once); pass hub ids and paths through."""
-    name, _, arg = ref.partition(":")
-    if name == "tiny":
-        from worker import ensure_tiny_model
-
-        return str(ensure_tiny_model(seed=int(arg or 0)))
-    if name == "smollm2":
-        from worker import ensure_smollm2
-
-        return str(ensure_smollm2())
-    return ref
+from records.trajectory import Trajectory, atomic_write_text
+from records.runlog import RunFolder, package_versions
+from worker.models import resolve_model
+from worker.watch import WorkerWatch
 
 
 class Rig:
     def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)  # where its logs and the worker pid file go
         self.controller_replay = controller_replay
         self._servers: list[Any] = []
         self._clients: list[Any] = []
-        self.worker: Any = None
+        self.worker: WorkerWatch | None = None  # the worker behind its watch (restarts, retries, dead)
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
@@ -59,32 +50,14 @@ class Rig:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _server(self, server: ServerConfig, model: str, served: str, dtype: str, name: str) -> list[str]:
+    def _server(self, server: ServerSettings, model: str, served: str, dtype: str, name: str) -> list[str]:
         """Base URLs for a model: attach when ``url`` is given, else start a server we own."""
         from worker import ServerSpec, VLLMServer
 
         if server.url:
             return [VLLMServer.attach(server.url)]
-        spec = ServerSpec(
-            model=model,
-            served_name=served,
-            host=server.host,
-            port=server.port,
-            device=server.device,
-            cuda_visible_devices=server.cuda_visible_devices,
-            max_model_len=server.max_model_len,
-            gpu_memory_utilization=server.gpu_memory_utilization,
-            dtype=dtype,
-            quantization=server.quantization,
-            max_num_seqs=server.max_num_seqs,
-            enforce_eager=server.enforce_eager,
-            enable_prefix_caching=server.enable_prefix_caching,
-            offline=Path(model).exists(),
-            extra_args=list(server.extra_args),
-            env=dict(server.env),
-            startup_timeout_s=server.startup_timeout_s,
-        )
-        srv = VLLMServer(spec, log_dir=self.run_dir / "logs", name=name)
+        spec = ServerSpec.of(server, model=model, served_name=served, dtype=dtype, offline=Path(model).exists())
+        srv = VLLMServer(spec, log_dir=self.folder.logs_dir, name=name)
         self._servers.append(srv)
         srv.start()
         if name == "worker":
@@ -109,7 +82,7 @@ class Rig:
             backend = WorkerClient(
                 urls,
                 served,
-                concurrency=w.concurrency,
+                concurrency=w.max_connections,
                 timeout_s=w.timeout_s,
                 max_retries=w.max_retries,
                 temperature=w.temperature,
@@ -121,14 +94,12 @@ class Rig:
 
     def _write_pid(self, srv: Any) -> None:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
-        atomic_write_text(self.run_dir / "worker-server.pid", json.dumps({"pid": srv.pid, "url": srv.url}))
+        atomic_write_text(self.folder.worker_pid_path, json.dumps({"pid": srv.pid, "url": srv.url}))
         self._wrote_pid = True
 
-    def _watched(self, sync: Any) -> Any:
+    def _watched(self, sync: Any) -> WorkerWatch:
         """The worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
         and its failed sub_calls re-sent; every event goes to ``RUN/logs/rig.log``."""
-        from worker.watch import WorkerWatch
-
         w = self.cfg.worker
         health = None
         if w.backend == "vllm" and self.worker_url:
@@ -141,15 +112,20 @@ class Rig:
 
     def log(self, line: str) -> None:
         """One line into the run log (``RUN/logs/rig.log``), appended and flushed at once."""
-        path = self.run_dir / "logs" / "rig.log"
+        path = self.folder.rig_log_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(line.rstrip("\n") + "\n")
 
     @property
+    def worker_server(self) -> Any:
+        """The vLLM server this rig started for the worker (None when attached or in-process)."""
+        return self._worker_server
+
+    @property
     def worker_dead(self) -> str | None:
         """Why the worker is gone for good (None while it is alive or being restarted)."""
-        return getattr(self.worker, "dead", None)
+        return self.worker.dead if self.worker is not None else None
 
     def start_controller(self) -> None:
         c = self.cfg.controller
@@ -168,11 +144,12 @@ class Rig:
             served = c.served_name or "controller"
             urls = self._server(c.server, resolve_model(c.model), served, c.dtype, "controller")
             # one slot per concurrent example, so their turns batch on the server
-            client = SyncWorker(WorkerClient(urls, served, concurrency=self.cfg.eval.concurrency, timeout_s=900,
+            slots = self.cfg.eval.max_samples
+            client = SyncWorker(WorkerClient(urls, served, concurrency=slots, timeout_s=900,
                                              temperature=c.temperature, max_tokens=c.max_new_tokens),
                                 name="controller-loop")
             self._clients.append(client)
-            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served)
+            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served, max_connections=slots)
 
     def context_window(self) -> int | None:
         """The controller's window for the context guard: the config's, else what the backend knows
@@ -216,7 +193,7 @@ class Rig:
         for s in reversed(self._servers):
             s.stop()
         if self._servers and getattr(self, "_wrote_pid", False):  # only the pid file this rig wrote
-            (self.run_dir / "worker-server.pid").unlink(missing_ok=True)
+            self.folder.worker_pid_path.unlink(missing_ok=True)
         self._servers.clear()
         if self.lm is not None:
             self.lm.close()

@@ -13,13 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from controller.prompts import worker_messages
-from controller.records import CapEvent, SubCallRecord, Trajectory
+from records.trajectory import CapEvent, SubCallRecord, Trajectory
 from worker.watch import failure_kind
 from repl import SubCallReply, SubCallRequest
 
 
 class ChatMany(Protocol):
+    """The worker as the loop sees it: `worker.SyncWorker`, or the `worker.WorkerWatch` around it."""
+
+    dead: str | None  # why the worker is gone for good (None while it answers or is being restarted)
+
     def chat_many(self, batch: list[list[dict[str, str]]], **kw: Any) -> list[Any]: ...
+
+    @property
+    def in_flight(self) -> int: ...
 
 
 @dataclass

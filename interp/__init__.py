@@ -12,15 +12,16 @@ from typing import Any
 
 # What a user calls: one job per study (each writes its folder and returns a summary), the config,
 # the selection of sub_calls, the extension points for new corruptions, and the errors to catch.
-# Everything else is reachable through its module (interp.patching, interp.stats, ...).
+# Everything else is reachable through its module (interp.methods.patching, interp.stats.means, ...).
 _EXPORTS = {
-    "InterpConfig": "config", "load_interp_config": "config", "InterpConfigError": "config",
-    "Selection": "selection", "SubCallRef": "selection", "RunDirError": "selection", "NothingToStudyError": "selection",
+    "InterpConfig": "config", "load_interp_config": "profile", "InterpConfigError": "config",
+    "Selection": "data.selection", "SubCallRef": "data.selection", "RunDirError": "data.selection",
+    "NothingToStudyError": "data.selection",
     "capture_job": "jobs", "patch_job": "jobs", "probe_job": "jobs", "aggregation_job": "jobs",
-    "attribute_job": "jobs_maps", "heads_job": "jobs_maps", "lens_job": "jobs_maps",
-    "build_report": "report",
+    "attribute_job": "jobs", "heads_job": "jobs", "lens_job": "jobs",
+    "build_report": "report.build",
     "ReplayModel": "model",
-    "ChunkCorruption": "pairs", "TokenCorruption": "pairs",
+    "ChunkCorruption": "data.pairs", "TokenCorruption": "data.pairs",
 }
 
 __all__ = sorted(_EXPORTS)

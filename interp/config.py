@@ -1,16 +1,13 @@
-"""Settings of the interp jobs, read from a rig profile YAML.
+"""interp's settings type: a profile's ``interp:`` section *is* an `InterpConfig` (configs composes it).
 
-interp reads only two things of a profile: ``worker.model`` / ``worker.dtype`` (the weights to
-replay, so the replay runs the very model the run used) and the optional ``interp:`` section
-(validated here, so the rig's schema can keep it as an opaque dict).
+Imports nothing of the rig, so configs can compose it; reading a profile goes through the one loader
+(`configs.load_config`, wrapped for interp in `interp.profile`).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Component = Literal["resid", "attn", "mlp"]
 Direction = Literal["denoise", "noise"]
@@ -105,63 +102,3 @@ class InterpConfig(BaseModel):
         if bad:
             raise ValueError(f"unknown patch position(s) {bad}; choose from {list(PATCH_POSITIONS)} or 'last-K'")
         return v
-
-
-class WorkerModelSpec(BaseModel):
-    """The worker weights a run used: interp replays exactly these."""
-
-    model: str
-    dtype: str = "float16"
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InterpConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InterpConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InterpConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def parse_interp_config(data: dict[str, Any], *, source: str = "<dict>") -> tuple[InterpConfig, WorkerModelSpec]:
-    """Validate a loaded profile dict; the model and dtype fall back to the worker section."""
-    section = data.get("interp") or {}
-    if not isinstance(section, dict):
-        raise InterpConfigError(f"{source}: 'interp' must be a mapping, got {type(section).__name__}")
-    try:
-        cfg = InterpConfig.model_validate(section)
-    except ValidationError as exc:
-        raise InterpConfigError(f"{source}: invalid 'interp' section:\n{exc}") from exc
-    worker = data.get("worker") or {}
-    model = cfg.model or worker.get("model")
-    if not model:
-        raise InterpConfigError(f"{source}: no model to replay: set worker.model or interp.model")
-    dtype = cfg.dtype or worker.get("dtype") or "float16"
-    return cfg, WorkerModelSpec(model=str(model), dtype=str(dtype))
-
-
-def load_interp_config(
-    path: str | Path | None, overrides: dict[str, Any] | None = None
-) -> tuple[InterpConfig, WorkerModelSpec, dict[str, Any]]:
-    """Read a profile YAML (or none: defaults + overrides) and return (interp, worker model, raw profile).
-
-    ``path`` may name a profile in the rig's ``configs/`` folder by its stem (``cpu-tiny``).
-    """
-    data: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists() and not p.suffix:
-            p = Path(__file__).resolve().parent.parent / "configs" / f"{path}.yaml"
-        data = _read_yaml(p)
-        source = str(p)
-    if overrides:
-        data = dict(data)
-        interp = dict(data.get("interp") or {})
-        interp.update({k: v for k, v in overrides.items() if v is not None})
-        data["interp"] = interp
-    cfg, spec = parse_interp_config(data, source=source)
-    return cfg, spec, data

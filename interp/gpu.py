@@ -22,10 +22,9 @@ import psutil
 
 from worker.server import terminate_procs
 
+from records.runlog import RunFolder
+
 from .config import InterpConfig
-
-DEFAULT_PID_FILE = "worker-server.pid"
-
 
 class ReleaseError(RuntimeError):
     """The server to stop could not be found, or is not a vLLM process."""
@@ -97,7 +96,7 @@ def release_worker_gpu(
     elif config.server_pid_file:
         pid = read_pid_file(config.server_pid_file)
     elif config.stop_server:
-        pf = Path(run_dir) / DEFAULT_PID_FILE if run_dir is not None else None
+        pf = RunFolder(run_dir).worker_pid_path if run_dir is not None else None
         if pf is not None and pf.exists():
             pid = read_pid_file(pf)
         else:

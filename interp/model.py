@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from worker.settings import DEFAULT_DTYPE
+
 _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -27,25 +29,6 @@ def resolve_dtype(name: str | None) -> torch.dtype | str:
         return _DTYPES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose from {sorted(_DTYPES)} or 'auto'") from None
-
-
-def resolve_model_path(model: str) -> str:
-    """'tiny' / 'tiny:SEED' is the rig's tiny random Qwen2 and 'smollm2' its SmolLM2-135M-Instruct
-    (both built and cached by worker); anything else is a local path or a hub id."""
-    name, _, seed = model.partition(":")
-    if name == "smollm2":
-        from worker import ensure_smollm2
-
-        return str(ensure_smollm2())
-    if name == "tiny":
-        try:
-            from worker import ensure_tiny_model
-        except ImportError:  # worker/__init__ not exporting it yet
-            from worker.tiny import ensure_tiny_model
-
-        return str(ensure_tiny_model(seed=int(seed) if seed else 0))
-    p = Path(model).expanduser()
-    return str(p) if p.exists() else model
 
 
 @dataclass
@@ -65,12 +48,14 @@ class Prompt:
 class ReplayModel:
     """The worker model in nnsight: one object owns the HF model, its tokenizer and the wrapper."""
 
-    def __init__(self, model: str, *, dtype: str | None = "float32", device: str = "cpu") -> None:
+    def __init__(self, model: str, *, dtype: str | None = DEFAULT_DTYPE, device: str = "cpu") -> None:
         from interp._nnsight import nnsight
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = model
-        path = resolve_model_path(model)
+        from worker.models import resolve_model
+
+        path = resolve_model(model)
         self.path = path
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -90,9 +75,52 @@ class ReplayModel:
     def d_model(self) -> int:
         return int(self.hf.config.hidden_size)
 
+    # -- architecture: the one place that knows the model's module tree (the Qwen2 / Llama layout). A model
+    # with another layout needs only these methods (and `component_output`) adapted, as nnsight's rename idea.
+    def decoder(self) -> Any:
+        """The stack of decoder layers with its final norm (plain torch modules, for hook-based methods)."""
+        return self.hf.get_decoder()
+
+    def layers(self) -> list[Any]:
+        return list(self.decoder().layers)
+
+    def final_norm(self) -> Any:
+        return self.decoder().norm
+
+    def unembed(self) -> Any:
+        """The output embedding (lm_head): residual stream -> logits."""
+        return self.hf.get_output_embeddings()
+
+    @staticmethod
+    def attn(layer: Any) -> Any:
+        return layer.self_attn
+
+    @staticmethod
+    def mlp(layer: Any) -> Any:
+        return layer.mlp
+
+    @staticmethod
+    def o_proj(layer: Any) -> Any:
+        """The attention output projection: its input is the heads' outputs side by side."""
+        return layer.self_attn.o_proj
+
+    def head_geometry(self) -> tuple[int, int]:
+        """(attention heads, head_dim) of every layer."""
+        cfg = self.hf.config
+        n_heads = int(cfg.num_attention_heads)
+        return n_heads, int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (after the final norm) of ``ids`` [B, T], without the unembedding."""
+        return self.decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+
     def layers_env(self):
         """The nnsight envoys of the decoder layers (Qwen2/Llama layout: model.model.layers)."""
         return self.nn.model.layers
+
+    def unembed_env(self):
+        """The nnsight envoy of the unembedding (its ``.output`` is the logits inside a trace)."""
+        return self.nn.lm_head
 
     def resolve_layers(self, layers: list[int] | None) -> list[int]:
         if layers is None:
@@ -162,3 +190,31 @@ class ReplayModel:
         gen = out[0, len(prompt_ids) :].tolist()
         cut = [i for i, t in enumerate(gen) if t in self.eos_ids()]
         return gen[: cut[0]] if cut else gen
+
+
+# -- component sites inside an nnsight trace (was interp/model.py) -------------------------------------------
+# nnsight (>= 0.5) runs intervention code on real values, in module execution order, so within a layer the
+# attention output must be touched before the MLP output, and both before the layer's output (the residual
+# stream after the layer). `COMPONENT_ORDER` encodes that order.
+COMPONENT_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
+
+
+def component_output(layer: Any, component: str):
+    """The tensor [batch, seq, d_model] a component writes into the residual stream at this layer.
+
+    Writing into it in place (``t[i, pos] = v``) patches the forward pass.
+    """
+    if component == "attn":
+        out = layer.self_attn.output
+    elif component == "mlp":
+        out = layer.mlp.output
+    elif component == "resid":
+        out = layer.output
+    else:
+        raise ValueError(f"unknown component {component!r}; choose resid, attn or mlp")
+    return out[0] if isinstance(out, tuple) else out
+
+
+def ordered_sites(layers: list[int], components: list[str]) -> list[tuple[int, str]]:
+    """(layer, component) pairs in the order the forward pass reaches them."""
+    return sorted({(li, c) for li in layers for c in components}, key=lambda lc: (lc[0], COMPONENT_ORDER[lc[1]]))

@@ -1,7 +1,7 @@
 """Output folders that appear only when finished, and never at the cost of a file the job did not write.
 
 Every interp job writes into a hidden staging folder next to its target and moves its files into place at the
-end (``controller.outdirs.staged``: the one rule every rig command follows). A job that fails, is refused or is
+end (``records.outdirs.staged``: the one rule every rig command follows). A job that fails, is refused or is
 killed leaves nothing that looks finished (a 0-row ``index.parquet`` once did); a finished earlier output of the
 same command is replaced only with ``--force`` (or an ``OutDir`` claimed with it); files of the user or of another
 command in the folder are never touched (the old version replaced the folder whole and so deleted them).
@@ -14,7 +14,7 @@ from typing import Iterator
 
 from typing import Iterable
 
-from controller.outdirs import OutDir, claim, staged
+from records.outdirs import OutDir, claim, staged
 
 # Commands whose outputs are cheap to rebuild replace their own earlier files without --force.
 _CHEAP = {"interp report", "interp aggregation"}

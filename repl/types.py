@@ -17,10 +17,17 @@ class SandboxError(RuntimeError):
 
 @dataclass
 class SandboxLimits:
-    """Caps applied to every kernel. Defaults suit a 60 s-per-cell RLM loop on a workstation."""
+    """Caps applied to every kernel; a profile's ``sandbox:`` section *is* this type (configs composes it).
 
-    cell_timeout_s: float = 60.0
-    memory_mb: int = 2048  # address-space cap of the kernel (RLIMIT_AS)
+    The one default of each cap lives here. 120 s per cell: the clock pauses during sub_calls, so this
+    bounds the cell's own Python (a regex pass or a pandas groupby over a 5M-char document), with room
+    for a slow CPU. 4096 MB: pandas over a multi-MB document plus its copies fits; small profiles set 2048.
+    """
+
+    __pydantic_config__ = {"extra": "forbid"}  # a profile's typo is an error (a plain dict: no pydantic import)
+
+    cell_timeout_s: float = 120.0
+    memory_mb: int = 4096  # address-space cap of the kernel (RLIMIT_AS)
     max_output_chars: int = 1_000_000  # hard cap on captured stdout+stderr per cell (protects the parent)
     recursion_limit: int = 2000
     network: bool = False

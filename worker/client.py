@@ -19,6 +19,7 @@ import httpx
 
 from worker.errors import ContextLengthError, WorkerError, WorkerRequestError
 from worker.server import normalize_base_url
+from worker.settings import WorkerSettings
 
 __all__ = ["Completion", "WorkerClient", "validate_messages"]
 
@@ -113,13 +114,13 @@ class WorkerClient:
         base_urls: str | list[str],
         model: str,
         *,
-        concurrency: int = 8,
-        timeout_s: float = 120.0,
-        max_retries: int = 4,
+        concurrency: int = WorkerSettings.max_connections,
+        timeout_s: float = WorkerSettings.timeout_s,
+        max_retries: int = WorkerSettings.max_retries,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
-        temperature: float = 0.0,
-        max_tokens: int = 512,
+        temperature: float = WorkerSettings.temperature,
+        max_tokens: int = WorkerSettings.max_tokens,
         api_key: str | None = None,
         extra_body: dict[str, Any] | None = None,
         trust_env: bool = False,

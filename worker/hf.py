@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.client import Completion, validate_messages
+from worker.settings import WorkerSettings
 
 __all__ = ["TransformersWorker"]
 
@@ -27,10 +28,10 @@ class TransformersWorker:
         self,
         model: str | Path,
         *,
-        device: str = "cpu",
-        dtype: str = "float32",
-        max_tokens: int = 512,
-        temperature: float = 0.0,
+        device: str = WorkerSettings.device,
+        dtype: str = WorkerSettings.dtype,
+        max_tokens: int = WorkerSettings.max_tokens,
+        temperature: float = WorkerSettings.temperature,
         seed: int = 0,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:

@@ -18,45 +18,31 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from worker.errors import ServerStartError, WorkerError
+from worker.settings import DEFAULT_DTYPE, ServerSettings
 
 __all__ = ["ServerSpec", "VLLMServer", "find_free_port", "list_models", "normalize_base_url"]
 
 _ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 
-@dataclass
-class ServerSpec:
-    """What to serve and how. `port=0` picks a free port at start."""
+@dataclass(kw_only=True)
+class ServerSpec(ServerSettings):
+    """What to serve (the model, its served name and dtype) and how (`ServerSettings`, one set of defaults).
+
+    `port=0` picks a free port at start; `url` is not read here (the Rig attaches instead of starting)."""
 
     model: str
     served_name: str | None = None  # the name clients send as `model`; defaults to `model`
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: Literal["cpu", "cuda"] = "cpu"
-    cuda_visible_devices: str | None = None  # e.g. "1" pins the worker to the second GPU
-    max_model_len: int = 4096
-    gpu_memory_utilization: float = 0.9
-    dtype: str = "auto"
-    extra_args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)  # applied last, overrides everything
-    startup_timeout_s: float = 600.0
-    quantization: str | None = None
-    enforce_eager: bool = False  # skip torch.compile / graphs: faster start, slower decode
-    max_num_seqs: int | None = None
-    enable_prefix_caching: bool | None = None  # None: vLLM's own default
-    cpu_kvcache_space_gb: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU
-    # "vllm" ignores the model's generation_config.json, so requests get exactly the sampling the
-    # client asks for (Qwen2.5 ships repetition_penalty=1.05, which would silently skew "greedy").
-    generation_config: str = "vllm"
+    dtype: str = DEFAULT_DTYPE
     offline: bool = False  # HF_HUB_OFFLINE=1: never touch the network for config/tokenizer files
-    access_log: bool = False  # uvicorn's per-request log lines cost CPU on small machines
 
     def __post_init__(self) -> None:
         if not self.model or not isinstance(self.model, str):
@@ -66,20 +52,14 @@ class ServerSpec:
             if not path.exists():
                 raise ValueError(f"ServerSpec.model: local path {path} does not exist")
             self.model = str(path)
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"ServerSpec.device must be 'cpu' or 'cuda', got {self.device!r}")
-        if not 0 <= int(self.port) <= 65535:
-            raise ValueError(f"ServerSpec.port must be in 0..65535, got {self.port}")
-        if self.max_model_len <= 0:
-            raise ValueError(f"ServerSpec.max_model_len must be positive, got {self.max_model_len}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"ServerSpec.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.startup_timeout_s <= 0:
-            raise ValueError(f"ServerSpec.startup_timeout_s must be positive, got {self.startup_timeout_s}")
-        if self.cpu_kvcache_space_gb <= 0:
-            raise ValueError(f"ServerSpec.cpu_kvcache_space_gb must be positive, got {self.cpu_kvcache_space_gb}")
-        if isinstance(self.extra_args, str):
-            raise ValueError("ServerSpec.extra_args must be a list of strings, not one string")
+        super().__post_init__()
+
+    @classmethod
+    def of(cls, settings: ServerSettings, *, model: str, served_name: str | None, dtype: str, offline: bool) -> "ServerSpec":
+        """A profile's server section plus the model it serves (the section is passed whole, never copied by hand)."""
+        fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ServerSettings)}
+        fields["extra_args"], fields["env"] = list(settings.extra_args), dict(settings.env)
+        return cls(**fields, model=model, served_name=served_name, dtype=dtype, offline=offline)
 
     @property
     def name(self) -> str:

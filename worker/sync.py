@@ -43,6 +43,9 @@ class AsyncChatWorker(Protocol):
 class SyncWorker:
     """Run `worker.chat` from any thread; `chat_many` runs a batch concurrently. Close it when done."""
 
+    # Why the worker is gone for good: a bare SyncWorker never gives up (WorkerWatch, which wraps it, does).
+    dead: str | None = None
+
     def __init__(self, worker: AsyncChatWorker, *, name: str = "worker-loop") -> None:
         if not callable(getattr(worker, "chat", None)):
             raise TypeError(f"{type(worker).__name__} has no chat() coroutine method")

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from worker.errors import ContextLengthError, WorkerError, WorkerRequestError
+from worker.settings import WatchSettings
 
 __all__ = ["WORKER_FAILURE", "WorkerDeadError", "WorkerWatch", "failure_kind"]
 
@@ -65,10 +66,10 @@ class WorkerWatch:
         server: Any = None,
         health_url: str | None = None,
         log: Callable[[str], None] | None = None,
-        max_restarts: int = 2,
-        backoff_s: float = 2.0,
-        attached_wait_s: float = 30.0,
-        retries: int = 2,
+        max_restarts: int = WatchSettings.max_restarts,
+        backoff_s: float = WatchSettings.backoff_s,
+        attached_wait_s: float = WatchSettings.attached_wait_s,
+        retries: int = WatchSettings.retries,
         on_restart: Callable[[Any], None] | None = None,
     ) -> None:
         self.inner = inner

@@ -358,7 +358,7 @@ def _parses(code: str) -> bool:
 
 
 def classify_trajectory(traj: Any) -> StrategyResult:
-    """Strategy of a :class:`~controller.records.Trajectory` (the root controller's cells).
+    """Strategy of a :class:`~records.trajectory.Trajectory` (the root controller's cells).
 
     A trajectory without controller turns (a baseline, which only records its model calls as
     sub_calls) has no strategy: ``primary == "no-controller"``.

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.answers import as_int, find_int
+from records.answers import as_int, find_int
 
 FAILURE_PRECEDENCE: tuple[str, ...] = (
     "run_error",
@@ -124,7 +124,7 @@ def aggregation_verdict(row: Any, subs: list[Any]) -> str | None:
 
 
 def classify_failure(row: Any, traj: Any | None) -> FailureResult:
-    """Failure labels for one :class:`~controller.records.SampleRow` and its trajectory (or None)."""
+    """Failure labels for one :class:`~records.trajectory.SampleRow` and its trajectory (or None)."""
     if row.score >= 1.0:
         return FailureResult(labels=(), primary=None)
     labels: set[str] = set()

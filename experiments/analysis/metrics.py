@@ -1,7 +1,7 @@
 """Per-sample and per-run figures from a run folder: scores with bootstrap CIs, sub_calls, code
 execution success, runtime, tokens and context utilization.
 
-A run folder is read as written by :class:`controller.runlog.RunFolder`; a run still in
+A run folder is read as written by :class:`records.runlog.RunFolder`; a run still in
 progress (or killed) is fine: the torn last line of ``samples.jsonl`` is dropped and a missing
 trajectory only costs that row its trajectory-derived figures (the row's own counts stand in).
 
@@ -26,9 +26,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from controller.records import SampleRow, Trajectory
-from controller.runlog import RunFolder, is_worker_invalid
-from interp.stats import bootstrap_means
+from records.trajectory import SampleRow, Trajectory
+from records.runlog import RunFolder, is_worker_invalid
+from records.stats import bootstrap_means
 from experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
 from experiments.analysis.code_strategies import classify_trajectory
 
@@ -146,7 +146,7 @@ def load_run(run_dir: str | Path, *, trajectories: bool = True) -> RunData:
     if not path.is_dir():
         raise NotADirectoryError(f"{path}: not a run folder (no such directory)")
     folder = RunFolder(path)
-    if not folder.is_run:
+    if not folder.is_run():
         raise FileNotFoundError(f"{path} is not a run folder: no samples.jsonl, config.yaml or trajectory.json")
     config = folder.read_config()
     res = folder.read_results()

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from controller.outdirs import claim, relocate, staged
+from records.outdirs import claim, relocate, staged
 from experiments.analysis.failures import FAILURE_PRECEDENCE
 from experiments.analysis.metrics import (
     ALL_DEPTH_TOKEN_COLUMNS,
@@ -43,6 +43,7 @@ from experiments.analysis.render import fmt as _fmt, figure as _figure, md_table
 from experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
 from experiments.analysis.metrics import worker_failure_summary
 from experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
+from records.runlog import RunFolder
 
 # (key in summarize_frame, row label, format)
 COMPARISON_METRICS: list[tuple[str, str, str]] = [
@@ -253,7 +254,7 @@ def _warnings(runs: list[RunData]) -> list[str]:
     warnings = [f"{r.label}: {w}" for r in runs for w in r.warnings]
     for r in runs:
         if not r.rows:
-            warnings.append(f"{r.label}: no finished samples in {r.path / 'samples.jsonl'}")
+            warnings.append(f"{r.label}: no finished samples in {RunFolder(r.path).samples_path}")
         if r.status not in ("complete", "unknown"):
             warnings.append(f"{r.label}: results.json says status={r.status!r}; figures cover the finished samples only")
         if r.invalid_rows:

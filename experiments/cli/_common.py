@@ -29,7 +29,7 @@ class UserError(Exception):
 
 def _expected() -> tuple[type[BaseException], ...]:
     from configs import ConfigError
-    from controller.outdirs import OutDirError
+    from records.outdirs import OutDirError
     from experiments.runs.preflight import DiskFullError, RunInputError
 
     from repl import SandboxError
@@ -74,24 +74,15 @@ def sigterm_as_interrupt() -> None:
 
 
 def load_cfg(config: str, overrides: Optional[list[str]]) -> Any:
-    """Load and validate a profile, its `interp:` section included (interp owns that schema)."""
-    from configs import ConfigError, load_config, resolve_profile
-    from interp.config import InterpConfigError, parse_interp_config
+    """Load and validate a profile (the one loader; its `interp:` section is interp's own settings type)."""
+    from configs import load_config
 
-    cfg = load_config(config, overrides or [])
-    try:
-        parse_interp_config(cfg.model_dump(mode="json"), source=str(resolve_profile(config)))
-    except InterpConfigError as e:
-        raise ConfigError(str(e)) from None
-    return cfg
+    return load_config(config, overrides or [])
 
 
 def interp_section(cfg: Any) -> Any:
-    """The profile's validated ``interp:`` section (interp owns that schema), for plan and doctor."""
-    from interp.config import parse_interp_config
-
-    icfg, _ = parse_interp_config(cfg.model_dump(mode="json"))
-    return icfg
+    """The profile's validated ``interp:`` section, for plan and doctor."""
+    return cfg.interp
 
 
 def default_run_dir(cfg: Any, kind: str) -> Path:

@@ -33,7 +33,7 @@ def ask(
 ) -> None:
     """Answer one question about one long document with the RLM."""
     from controller import Rig
-    from controller.runlog import RunFolder
+    from records.runlog import RunFolder
 
     cfg = load_cfg(config, overrides)
     if not doc.is_file():

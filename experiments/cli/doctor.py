@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 def doctor_cmd(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOpt) -> None:
     """Check GPUs against the plan, torch's CUDA build, vllm/bitsandbytes/nnsight, bubblewrap, ports, models, disk."""
     from configs.memplan import make_plan
-    from worker.builtins import built_model_folder
+    from worker.models import built_model_folder
     from experiments.runs.doctor import FAIL, diagnose, why_not_here
 
     cfg = load_cfg(config, overrides)

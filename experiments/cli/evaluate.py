@@ -6,6 +6,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from configs.schema import METHOD_NAMES
+from experiments.datasets.registry import names
+
 from experiments.cli._common import (
     ConfigOpt,
     SetOpt,
@@ -40,11 +43,11 @@ def register(app: typer.Typer) -> None:
 # long: one typer parameter per eval option (30 lines of signature); the body is short
 def eval_cmd(
     config: str = ConfigOpt,
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="oolong-real | oolong-synth | sniah | PATH | "
-                                          "needle-sweep | json-haystack | multi-needle | decoys | absent | multi-hop"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=" | ".join(names()) + " | PATH"),
     source: Optional[str] = typer.Option(None, "--source", help="bundled sample (toy, mini), local file/folder, or hub repo"),
     split: str = typer.Option("test", "--split"),
-    method: str = typer.Option("rlm", "--method", "-m", help="rlm | direct | chunk-aggregate | no-subcall | bm25-rag"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=" | ".join(METHOD_NAMES) + " (default: the "
+                                         "profile's eval.method)"),
     question_type: Optional[list[str]] = typer.Option(None, "--question-type", help="e.g. multidoc_rolls, or rolls"),
     min_episodes: Optional[int] = typer.Option(None, "--min-episodes"),
     max_episodes: Optional[int] = typer.Option(None, "--max-episodes"),
@@ -70,7 +73,7 @@ def eval_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate a method on a dataset; results land in one run folder (resumable)."""
-    from controller.runlog import EvalSpec
+    from records.runlog import EvalSpec
     from experiments.runs.evaluate import resume_eval, run_eval
 
     sigterm_as_interrupt()
@@ -82,6 +85,10 @@ def eval_cmd(
         return
     if not dataset:
         raise UserError("--dataset is required (or --resume RUN_DIR)")
+    if method is None:
+        method = load_cfg(config, list(overrides or [])).eval.method
+    elif method not in METHOD_NAMES:
+        raise UserError(f"--method {method!r} is not one of {' | '.join(METHOD_NAMES)}")
     if controller_replay is not None and not controller_replay.is_file():
         raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
     spec = EvalSpec(
@@ -105,7 +112,7 @@ def eval_cmd(
         variants = [(f"{key.split('.')[-1]}{v}", base + [f"{key}={v}"]) for v in vals.split(",")]
     run_dirs = []
     if sweep and out_dir is not None:  # the sweep's parent folder holds one run per value and their report
-        from controller.outdirs import claim, record
+        from records.outdirs import claim, record
 
         rooms = [f"{tag}/" for tag, _ in variants] + ["report/"]  # each run's folder, and the sweep's report
         record(claim(out_dir, "eval sweep", replace_own=True, writes=rooms), rooms)
@@ -143,7 +150,7 @@ def demo_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """The CPU main job: evaluate the bundled OOLONG-real sample, then write a report."""
-    from controller.runlog import EvalSpec
+    from records.runlog import EvalSpec
     from experiments.runs.evaluate import run_eval
 
     cfg = load_cfg(config, overrides)
@@ -227,11 +234,11 @@ def _finish(run_dirs: list[Path], res: dict[str, Any], report: bool) -> None:
 def _show_samples(rd: Path) -> None:
     from rich.table import Table
 
-    from controller.records import read_jsonl
+    from records.runlog import RunFolder
 
     t = Table(title="samples", show_lines=False)
     for col in ("question", "gold", "answer", "score", "sub_calls"):
         t.add_column(col, overflow="fold")
-    for r in read_jsonl(Path(rd) / "samples.jsonl"):
+    for r in RunFolder(rd).rows():
         t.add_row(r["question"][:70], str(r["gold"]), str(r.get("answer"))[:40], f"{r['score']:.3f}", str(r["n_sub_calls"]))
     out.print(t)

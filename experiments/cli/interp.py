@@ -4,18 +4,24 @@ Outputs default to RUN_DIR/interp/<command>, so `report` finds the others withou
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import typing
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import typer
 
 from experiments.cli._common import UserError, guarded
 
-from interp.config import InterpConfigError, load_interp_config
+from interp.config import CAPTURE_POSITIONS, Component, CorruptionName, Direction, InterpConfigError
+from interp.profile import load_interp_config
+from records.runlog import RunFolder
 from interp.gpu import ReleaseError, release_worker_gpu
-from interp.selection import RunDirError, Selection, SubCallRef
+from interp.data.selection import RunDirError, Selection, SubCallRef
 
 interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: capture, patch, probe, report.",
                          no_args_is_help=True)
@@ -23,6 +29,13 @@ interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(interp_app, name="interp")
+
+
+@runtime_checkable
+class HasWarnings(Protocol):
+    """A job summary that carries warnings for the reader (the pair jobs' denominator warnings)."""
+
+    warnings: list[str]
 
 
 class Correctness(str, Enum):
@@ -46,8 +59,8 @@ def _csv(text: str | None) -> list[str] | None:
 
 def _setup(config: Optional[str], overrides: dict[str, Any], run_dir: Path | None = None):
     """Profile: --config, else the run's own config.yaml (the rig saves the profile it ran with)."""
-    if config is None and run_dir is not None and (run_dir / "config.yaml").is_file():
-        config = str(run_dir / "config.yaml")
+    if config is None and run_dir is not None and RunFolder(run_dir).config_path.is_file():
+        config = str(RunFolder(run_dir).config_path)
     try:
         return load_interp_config(config, overrides)
     except InterpConfigError as exc:
@@ -74,9 +87,10 @@ def _release(cfg, stop_server: Optional[str], run_dir: Path, profile: dict) -> N
 
 def _out(out: Optional[Path], run_dir: Path, name: str, force: bool = False, reads: tuple = ()) -> Any:
     """The claimed output folder (default RUN_DIR/interp/<command>), checked before any server stops or model
-    loads: never the run itself or its ancestor, never another command's or the user's files (controller.outdirs)."""
-    from controller.outdirs import OutDirError
+    loads: never the run itself or its ancestor, never another command's or the user's files (records.outdirs).
+    The claim holds the folder's lock until released."""
     from interp.outputs import claim_out
+    from records.outdirs import OutDirError
 
     path = out if out is not None else run_dir / "interp" / name
     try:
@@ -95,15 +109,87 @@ CorrectOpt = typer.Option(Correctness.all, help="keep samples whose final answer
 SubCallOpt = typer.Option([], "--sub-call", help="SAMPLE:SUBCALL ids (repeatable)")
 LimitOpt = typer.Option(None, help="at most this many sub_calls")
 NPairsOpt = typer.Option(None, help="clean/corrupt pairs to build")
-CorruptionsOpt = typer.Option(None, help="remove,add,alter,line_remove,line_add")
+CorruptionsOpt = typer.Option(None, help=",".join(typing.get_args(CorruptionName)))
 LayersOpt = typer.Option(None, help="comma-separated layers (negatives from the end)")
-ComponentsOpt = typer.Option(None, help="resid,attn,mlp")
-DirectionsOpt = typer.Option(None, help="denoise,noise")
+ComponentsOpt = typer.Option(None, help=",".join(typing.get_args(Component)))
+DirectionsOpt = typer.Option(None, help=",".join(typing.get_args(Direction)))
 BatchOpt = typer.Option(None, help="patched copies per forward")
 SeedOpt = typer.Option(None, help="pair-sampling seed (run twice to check reproducibility)")
 DeviceOpt = typer.Option(None, help="torch device (default: the profile's interp.device)")
 StopOpt = typer.Option(None, help="stop the vLLM worker at this URL or PID first")
 GoldOpt = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}")
+
+
+@dataclass
+class Study:
+    """The options every study command shares: which run, which profile, where to write, which sub_calls,
+    on which device, and which worker server to stop first."""
+
+    run_dir: Path
+    config: Optional[str]
+    out: Optional[Path]
+    selection: Selection
+    device: Optional[str]
+    stop_server: Optional[str]
+    force: bool = False
+    pairs: dict[str, Any] = field(default_factory=dict)  # the pair options' overrides (pair commands only)
+
+    def setup(self, overrides: dict[str, Any]) -> tuple:
+        return _setup(self.config, {**self.pairs, **overrides, "device": self.device}, self.run_dir)
+
+    def run(self, job: Any, name: str, overrides: dict[str, Any], **kw: Any) -> None:
+        _run_job(job, name, self.run_dir, self.out, self.setup(overrides), self.stop_server, self.selection,
+                 force=self.force, **kw)
+
+
+# (name, type, typer option) of the shared options, appended to each study command's own (inspect_ai's
+# common_options idea): one definition of each flag instead of a copy per command.
+_STUDY_OPTIONS = [
+    ("config", Optional[str], ConfigOpt), ("out", Optional[Path], OutOpt), ("force", bool, ForceOpt),
+    ("question_type", list[str], QuestionTypeOpt), ("correct", Correctness, CorrectOpt),
+    ("sub_call", list[str], SubCallOpt), ("limit", Optional[int], LimitOpt),
+    ("device", Optional[str], DeviceOpt), ("stop_server", Optional[str], StopOpt),
+]
+
+
+# ... and of the commands that build clean/corrupt pairs (patch, attribute, heads)
+_PAIR_OPTIONS = [
+    ("n_pairs", Optional[int], NPairsOpt), ("corruptions", Optional[str], CorruptionsOpt),
+    ("directions", Optional[str], DirectionsOpt), ("batch_size", Optional[int], BatchOpt),
+    ("seed", Optional[int], SeedOpt),
+]
+
+
+def study_command(fn: Callable[..., None] | None = None, *, pairs: bool = False) -> Any:
+    """``fn(study: Study, **own_options)`` becomes a typer command taking RUN_DIR, its own options and the
+    shared ones (`_STUDY_OPTIONS`, and `_PAIR_OPTIONS` with ``pairs=True``); the wrapper folds the shared
+    ones into a `Study`."""
+    if fn is None:
+        return functools.partial(study_command, pairs=pairs)
+    hints = typing.get_type_hints(fn)
+    own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values() if p.name != "study"]
+    kw_only = inspect.Parameter.KEYWORD_ONLY
+    run_arg = inspect.Parameter("run_dir", kw_only, default=RunArg, annotation=Path)
+    groups = _STUDY_OPTIONS + (_PAIR_OPTIONS if pairs else [])
+    shared = [inspect.Parameter(n, kw_only, default=opt, annotation=t) for n, t, opt in groups]
+
+    @functools.wraps(fn)
+    def command(**kw: Any) -> None:
+        study = Study(run_dir=kw.pop("run_dir"), config=kw.pop("config"), out=kw.pop("out"), device=kw.pop("device"),
+                      stop_server=kw.pop("stop_server"), force=kw.pop("force"),
+                      selection=_selection(kw.pop("question_type"), kw.pop("correct"), kw.pop("sub_call"),
+                                           kw.pop("limit")))
+        if pairs:
+            study.pairs = dict(n_pairs=kw.pop("n_pairs"), corruptions=_csv(kw.pop("corruptions")),
+                               directions=_csv(kw.pop("directions")), batch_size=kw.pop("batch_size"),
+                               seed=kw.pop("seed"))
+        fn(study, **kw)
+
+    params = [run_arg] + [p.replace(kind=kw_only) for p in own] + shared
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    del command.__wrapped__  # typer reads __signature__, not fn's own
+    return command
 
 
 def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tuple, stop_server: Optional[str],
@@ -122,116 +208,83 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
     finally:
         target.release()  # the folder's lock (and the folder itself, if the job left it empty)
     typer.echo(json.dumps(summary_dict(s), indent=1))
-    for line in getattr(s, "warnings", None) or []:
+    for line in s.warnings if isinstance(s, HasWarnings) else []:
         typer.echo(f"warning: {line}", err=True)
-
-
-def _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device, **more) -> dict:
-    return dict(n_pairs=n_pairs, corruptions=_csv(corruptions), layers=_csv_ints(layers), directions=_csv(directions),
-                batch_size=batch_size, seed=seed, device=device, **more)
 
 
 @interp_app.command()
 @guarded
+@study_command
 def capture(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
-    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
-    limit: Optional[int] = LimitOpt, layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
-    positions: Optional[str] = typer.Option(None, help="last,answer,number"), device: Optional[str] = DeviceOpt,
+    study: Study, layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
+    positions: Optional[str] = typer.Option(None, help=",".join(CAPTURE_POSITIONS)),
     gold: Optional[Path] = GoldOpt,
     replay: Optional[bool] = typer.Option(None, "--replay/--no-replay", help="greedy replay agreement check"),
-    stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Save activations of the selected sub_calls (safetensors shards + Parquet index) and replay faithfulness."""
     from interp.jobs import capture_job
 
-    setup = _setup(config, dict(layers=_csv_ints(layers), components=_csv(components),
-                                capture_positions=_csv(positions), device=device, replay=replay), run_dir)
-    _run_job(capture_job, "capture", run_dir, out, setup, stop_server,
-             _selection(question_type, correct, sub_call, limit), force=force, gold_file=gold)
+    study.run(capture_job, "capture", dict(layers=_csv_ints(layers), components=_csv(components),
+                                           capture_positions=_csv(positions), replay=replay), gold_file=gold)
 
 
 @interp_app.command()
 @guarded
-def patch(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
-    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
-    limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
-    layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
-    directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
-) -> None:
+@study_command(pairs=True)
+def patch(study: Study, layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt) -> None:
     """Build counting pairs from the run's sub_calls and sweep activation patching; writes Parquet + heatmaps."""
     from interp.jobs import patch_job
     from interp.progress import PairProgress
 
-    setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
-                                           components=_csv(components)), run_dir)
     with PairProgress() as progress:
-        _run_job(patch_job, "patch", run_dir, out, setup, stop_server,
-                 _selection(question_type, correct, sub_call, limit), force=force, progress=progress)
+        study.run(patch_job, "patch", dict(layers=_csv_ints(layers), components=_csv(components)), progress=progress)
 
 
 @interp_app.command()
 @guarded
+@study_command(pairs=True)
 def attribute(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
-    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
-    limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
-    components: Optional[str] = ComponentsOpt, directions: Optional[str] = DirectionsOpt,
+    study: Study, components: Optional[str] = ComponentsOpt,
     top_k: Optional[int] = typer.Option(None, help="sites per layer re-checked by exact patching"),
     validate_max_tokens: Optional[int] = typer.Option(None, help="exact-patch EVERY site of pairs up to this length"),
     validate_layers: Optional[str] = typer.Option(None, help="layers of that every-site check, e.g. 0,15 (default all)"),
-    batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
-    stop_server: Optional[str] = StopOpt,
 ) -> None:
     """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
     of the top-k sites, and the rank correlation / sign agreement of the two."""
-    from interp.jobs_maps import attribute_job
+    from interp.jobs import attribute_job
 
-    setup = _setup(config, _pair_overrides(n_pairs, corruptions, None, directions, batch_size, seed, device,
-                                           attr_components=_csv(components), attr_top_k=top_k,
-                                           attr_validate_max_tokens=validate_max_tokens,
-                                           attr_validate_layers=_csv_ints(validate_layers, "--validate-layers")), run_dir)
-    _run_job(attribute_job, "attribute", run_dir, out, setup, stop_server,
-             _selection(question_type, correct, sub_call, limit), force=force,
-             progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+    study.run(attribute_job, "attribute", dict(
+        attr_components=_csv(components), attr_top_k=top_k, attr_validate_max_tokens=validate_max_tokens,
+        attr_validate_layers=_csv_ints(validate_layers, "--validate-layers")), progress=_echo_pairs)
 
 
 @interp_app.command()
 @guarded
+@study_command(pairs=True)
 def heads(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
-    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
-    limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
-    layers: Optional[str] = LayersOpt, positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
-    directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
+    study: Study, layers: Optional[str] = LayersOpt,
+    positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
 ) -> None:
     """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
-    from interp.jobs_maps import heads_job
+    from interp.jobs import heads_job
 
-    setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
-                                           head_positions=_csv(positions)), run_dir)
-    _run_job(heads_job, "heads", run_dir, out, setup, stop_server, _selection(question_type, correct, sub_call, limit),
-             force=force, progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+    study.run(heads_job, "heads", dict(layers=_csv_ints(layers), head_positions=_csv(positions)), progress=_echo_pairs)
 
 
 @interp_app.command()
 @guarded
-def lens(
-    run_dir: Path = RunArg, config: Optional[str] = ConfigOpt, out: Optional[Path] = OutOpt, force: bool = ForceOpt,
-    question_type: list[str] = QuestionTypeOpt, correct: Correctness = CorrectOpt, sub_call: list[str] = SubCallOpt,
-    limit: Optional[int] = LimitOpt, gold: Optional[Path] = GoldOpt, device: Optional[str] = DeviceOpt,
-    stop_server: Optional[str] = StopOpt,
-) -> None:
+@study_command
+def lens(study: Study, gold: Optional[Path] = GoldOpt) -> None:
     """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
     token, per layer."""
-    from interp.jobs_maps import lens_job
-    from interp.selection import load_gold_file
+    from interp.jobs import lens_job
+    from interp.data.selection import load_gold_file
 
-    _run_job(lens_job, "lens", run_dir, out, _setup(config, dict(device=device), run_dir), stop_server,
-             _selection(question_type, correct, sub_call, limit), force=force, gold_map=load_gold_file(gold) if gold else None)
+    study.run(lens_job, "lens", {}, gold_map=load_gold_file(gold) if gold else None)
+
+
+def _echo_pairs(k: int, n: int) -> None:
+    typer.echo(f"pair {k}/{n}", err=True)
 
 
 @interp_app.command()
@@ -242,8 +295,8 @@ def probe(
     out: Optional[Path] = OutOpt,
     force: bool = ForceOpt,
     capture_dir: Optional[Path] = typer.Option(None, "--capture", help="capture folder (default RUN_DIR/interp/capture)"),
-    position: Optional[str] = typer.Option(None, help="captured position to probe (last, number, answer)"),
-    component: Optional[str] = typer.Option(None, help="resid, attn or mlp"),
+    position: Optional[str] = typer.Option(None, help=f"captured position to probe ({', '.join(CAPTURE_POSITIONS)})"),
+    component: Optional[str] = typer.Option(None, help=", ".join(typing.get_args(Component))),
 ) -> None:
     """Linear probes per layer for the chunk's count, with a shuffled-label control."""
     from interp.jobs import probe_job
@@ -278,7 +331,7 @@ def report(
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check,
     attribution maps (and their agreement with exact patching), head heatmaps, the logit lens. Each input
     folder defaults to RUN_DIR/interp/<step>; a missing one is a section that says so."""
-    from interp.report import build_report
+    from interp.report.build import build_report
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"

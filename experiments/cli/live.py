@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from controller.subcalls import ChatMany
 from interp.progress import LiveLine
 
 
@@ -28,7 +29,7 @@ class AskProgress(LiveLine):
 
     refresh_per_second = 4
 
-    def __init__(self, worker: Any, max_iterations: int, *, console: Console | None = None):
+    def __init__(self, worker: ChatMany | None, max_iterations: int, *, console: Console | None = None):
         self.worker = worker
         self.max_iterations = max_iterations
         self.traj: Any = None
@@ -56,7 +57,7 @@ class AskProgress(LiveLine):
         turn = f"turn {len(t.turns)}/{self.max_iterations}"
         cell = (f"cell {len(t.cells)} running {time.perf_counter() - running:.1f} s" if running is not None
                 else f"{len(t.cells)} cells run")
-        in_flight = getattr(self.worker, "in_flight", 0) if self.worker is not None else 0
+        in_flight = self.worker.in_flight if self.worker is not None else 0
         return (f"{turn} | {cell} | sub_calls {in_flight} in flight, {len(subs)} done | "
                 f"worker {out_tokens / el:.1f} tok/s")
 

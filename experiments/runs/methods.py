@@ -14,13 +14,14 @@ import time
 import uuid
 from typing import Any, Callable
 
+from configs.schema import METHOD_NAMES
 from controller.loop import _now
-from controller.records import SubCallRecord, Trajectory
+from records.trajectory import SubCallRecord, Trajectory
 from controller.backends import ReplayLM
 from controller.rig import Rig
 from worker.watch import failure_kind
 
-METHODS = ("rlm", "direct", "chunk-aggregate", "no-subcall", "bm25-rag")
+METHODS = METHOD_NAMES  # one list of names, in configs (a profile's eval.method is checked against it)
 
 
 def _base_traj(rig: Rig, doc: str, question: str, run_id: str, answerer: str,
@@ -160,7 +161,7 @@ def run_direct(rig: Rig, doc: str, question: str, run_id: str, instructions: str
         text = head + text
         start = 0 if start == len(head) else start
     if truncated:
-        from controller.records import CapEvent
+        from records.trajectory import CapEvent
 
         traj.caps_hit.append(CapEvent(cap="chunk_tokens", turn=0, detail=f"document truncated by rule {rule!r}: kept {len(text)} of {len(doc)} chars"))
     traj.final_answer = ans.ask(text + "\n" + question, span=(start, end), chunk_chars=len(text))

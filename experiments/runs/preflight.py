@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from records.runlog import RunFolder
+
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -55,5 +57,5 @@ def mount_point(path: Path) -> Path:
 def disk_full_message(run_dir: Path, n_kept: int, exc: OSError) -> str:
     where = exc.filename or run_dir
     return (f"disk full on {mount_point(Path(run_dir))} (writing {where}): {n_kept} finished samples are kept in "
-            f"{Path(run_dir) / 'samples.jsonl'}; free some space there, then continue with: "
+            f"{RunFolder(run_dir).samples_path}; free some space there, then continue with: "
             f"rlm-rig eval --resume {run_dir}")

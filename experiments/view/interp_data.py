@@ -18,16 +18,16 @@ import pandas as pd
 Key = tuple[str, int]  # (interp sample key = trajectory stem, possibly "stem/3" for nested, sub_call id)
 
 # File names written by interp/ (capture.REPLAY_FILE, shards.INDEX_FILE, jobs.*_FILE). They are imported
-# lazily: interp.capture pulls in torch, which a viewer run on a laptop should not need to start.
+# lazily: interp.methods.capture pulls in torch, which a viewer run on a laptop should not need to start.
 _KNOWN = {"replay.parquet", "index.parquet", "patching.parquet", "patching_agg.parquet", "probes.parquet",
           "replay_agreement.csv", "patching_agg.csv", "probes.csv", "aggregation_by_sample.csv"}
 MAX_ROWS_PER_TABLE = 400
 
 
 def _file_names() -> dict[str, str]:
-    from interp.capture import REPLAY_FILE
+    from interp.methods.capture import REPLAY_FILE
     from interp.jobs import AGG_FILE, PATCH_FILE, PROBE_FILE
-    from interp.shards import INDEX_FILE
+    from interp.data.shards import INDEX_FILE
 
     return {"replay": REPLAY_FILE, "index": INDEX_FILE, "patch": PATCH_FILE, "agg": AGG_FILE, "probe": PROBE_FILE}
 
@@ -98,7 +98,7 @@ class InterpData:
                 layers = sorted(int(x) for x in g["layer"].unique())
                 positions = sorted(str(x) for x in g["position"].unique())
                 try:
-                    from interp.plots import POSITION_ORDER
+                    from interp.report.plots import POSITION_ORDER
 
                     positions.sort(key=lambda s: POSITION_ORDER.index(s) if s in POSITION_ORDER else len(POSITION_ORDER))
                 except ImportError:
@@ -162,7 +162,7 @@ def _read_folder(folder: Path, names: dict[str, str], data: InterpData) -> None:
                         cur[f] = r[f]
     pairs = folder / "pairs.jsonl"
     if pairs.exists():
-        from controller.records import read_jsonl
+        from records.trajectory import read_jsonl
 
         tag = folder.name
         for p in read_jsonl(pairs):

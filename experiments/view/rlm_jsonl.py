@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from controller.outdirs import claim, relocate, staged
-from controller.records import CellRecord, SubCallRecord, Trajectory
+from records.outdirs import claim, relocate, staged
+from records.trajectory import CellRecord, SubCallRecord, Trajectory
 
 ENVIRONMENT_TYPE = "rlm-rig-sandbox"
 
@@ -73,6 +73,12 @@ def iterations(traj: Trajectory) -> Iterator[dict[str, Any]]:
         history = history + [{"role": "assistant", "content": turn.response}]
 
 
+def cell_timeout_s(cfg: dict[str, Any]) -> Any:
+    """The cell time limit a trajectory ran with: ``sandbox.cell_timeout_s``, or ``rlm.cell_timeout_s`` as
+    trajectories written before the key moved record it (configs.load.RENAMED)."""
+    return (cfg.get("sandbox") or {}).get("cell_timeout_s", (cfg.get("rlm") or {}).get("cell_timeout_s"))
+
+
 def metadata(traj: Trajectory) -> dict[str, Any]:
     cfg = traj.config or {}
     ctrl, rlm, wk = cfg.get("controller") or {}, cfg.get("rlm") or {}, cfg.get("worker") or {}
@@ -85,7 +91,7 @@ def metadata(traj: Trajectory) -> dict[str, Any]:
         "backend": str(ctrl.get("backend", "unknown")),
         "backend_kwargs": {k: v for k, v in ctrl.items() if k != "backend" and isinstance(v, (str, int, float, bool))},
         "environment_type": ENVIRONMENT_TYPE,
-        "environment_kwargs": {"cell_timeout_s": rlm.get("cell_timeout_s"), "doc_chars": traj.doc_chars},
+        "environment_kwargs": {"cell_timeout_s": cell_timeout_s(cfg), "doc_chars": traj.doc_chars},
         "other_backends": [traj.models.get("worker", wk.get("model") or "worker")],
     }
 
@@ -112,11 +118,13 @@ def write_rlm_jsonl(traj: Trajectory, path: str | Path) -> Path:
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Every trajectory of a run folder (or the trajectory.json of an `ask` folder) into ``out_dir``."""
-    from controller.records import read_jsonl
+    from records.runlog import RunFolder
+    from records.trajectory import read_jsonl
 
     run = Path(run_dir)
     claim(out_dir, "export", inputs=[run], replace_own=True)  # a bad --out fails before any reading
-    rows = read_jsonl(run / "samples.jsonl")
+    folder = RunFolder(run)
+    rows = read_jsonl(folder.samples_path)
     sources: list[tuple[str, Path]] = []
     if rows:
         seen: set[str] = set()
@@ -125,8 +133,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
                 continue
             seen.add(r["id"])
             sources.append((str(r["id"]), run / r["trajectory"]))
-    elif (run / "trajectory.json").exists():
-        sources.append(("rlm", run / "trajectory.json"))
+    elif folder.ask_trajectory_path.exists():
+        sources.append(("rlm", folder.ask_trajectory_path))
     if not sources:
         raise FileNotFoundError(f"{run} has no trajectories to export (no samples.jsonl rows, no trajectory.json)")
     out = []

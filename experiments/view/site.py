@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from controller.records import read_jsonl
+from records.trajectory import read_jsonl
 from experiments.analysis.metrics import RunData, add_length_buckets, group_scores, length_unit, load_run, sample_frame, summarize_frame
-from controller.outdirs import claim, relocate, staged
-from controller.runlog import RunFolder
+from records.outdirs import claim, relocate, staged
+from records.runlog import RunFolder
 from experiments.view.docmap import build_docmap
 from experiments.view.interp_data import InterpData, chunk_verdict, load_interp
 from experiments.view.text import code_html, highlight_css, response_html
@@ -89,7 +89,7 @@ def build_site(run_dirs: list[Path], out_dir: Path, *, report: bool = True) -> S
     """Write the site for ``run_dirs`` into ``out_dir``; return where its index is."""
     if not run_dirs:
         raise ValueError("view needs at least one run folder")
-    # beside whatever else is in --out, replacing only an earlier site's own files (controller.outdirs)
+    # beside whatever else is in --out, replacing only an earlier site's own files (records.outdirs)
     dest = claim(out_dir, "view", inputs=run_dirs, replace_own=True)
     runs = [load_run(Path(d)) for d in run_dirs]
     with staged(dest, "view", replace_own=True) as tmp:
@@ -166,7 +166,7 @@ def _group_rows(df: Any, by: str) -> list[dict[str, Any]]:
 def _spec(run: RunData) -> dict[str, Any]:
     cfg = run.config
     spec = {}
-    p = run.path / "eval.json"
+    p = RunFolder(run.path).spec_path  # read raw: a viewer shows fields newer than EvalSpec too
     if p.exists():
         try:
             spec = json.loads(p.read_text())
@@ -224,7 +224,7 @@ def _run_pages(w: _Writer, run: RunData, base: str) -> tuple[dict[str, Any], int
     by_id = {r["id"]: r for r in frame.astype(object).where(frame.notna(), None).to_dict("records")}
     names = _page_names(run)
     raw_rows: dict[str, dict[str, Any]] = {}
-    for r in read_jsonl(run.path / "samples.jsonl"):  # as written: fields newer than SampleRow are kept
+    for r in read_jsonl(RunFolder(run.path).samples_path):  # as written: fields newer than SampleRow are kept
         raw_rows.setdefault(str(r.get("id")), r)
     interp = load_interp(run.path)
     summary = summarize_frame(frame) if len(frame) else {}
@@ -295,7 +295,7 @@ def _instructions(row: dict[str, Any], traj: dict[str, Any] | None) -> str | Non
 
 def _traj_view(t: dict[str, Any], path: list[int], sample_key: str, interp: InterpData) -> dict[str, Any]:
     """Everything a trajectory template needs, nested runs included (recursively)."""
-    from interp.selection import locate_chunk
+    from interp.data.selection import locate_chunk
 
     ikey = "/".join([sample_key, *map(str, path)])
     anchor = lambda i: "sc-" + "-".join(map(str, [*path, i]))  # noqa: E731
@@ -353,8 +353,8 @@ def _interp_pages(w: _Writer, run: RunData, rv: dict[str, Any], interp: InterpDa
         back = (f"../sample/{stem}.html#sc-" + "-".join(map(str, [*path, sc_id]))) if stem in stems else None
         page = f"{_safe(ikey)}__{sc_id}.html"
         entry = {"key": f"{ikey}:{sc_id}", "page": page, "back": back, "sc": sc,
-                 "replay": interp.replay.get(key), "chunk": interp.chunk.get(key),
-                 "verdict": chunk_verdict(interp.chunk.get(key)), "pairs": interp.pairs.get(key, []),
+                 "replay": interp.methods.replay.get(key), "chunk": interp.chunk.get(key),
+                 "verdict": chunk_verdict(interp.chunk.get(key)), "pairs": interp.data.pairs.get(key, []),
                  "extra": interp.extra.get(key, {})}
         entries.append(entry)
         w.page(f"{rv['base']}/interp/{page}", "interp_sub_call.html", title=f"interp {entry['key']}", run=rv,

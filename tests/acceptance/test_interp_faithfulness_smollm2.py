@@ -29,7 +29,7 @@ def smollm2_path():
 def recorded(smollm2_path, tmp_path_factory) -> list:
     """16 counting sub_calls answered by the real vLLM server, as SubCallItems with schema-2 fields."""
     from experiments.studies.counting import count_messages, make_counting_set
-    from interp.selection import SubCallItem
+    from interp.data.selection import SubCallItem
     from worker import SyncWorker, WorkerClient
 
     items = make_counting_set(seed=0, ks=[1, 3, 5, 7], lengths=(10, 20), per_cell=2)
@@ -55,7 +55,7 @@ def recorded(smollm2_path, tmp_path_factory) -> list:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_smollm2_faithfulness(recorded, dtype):
-    from interp.faithfulness import check_many, summary
+    from interp.methods.faithfulness import check_many, summary
     from interp.model import ReplayModel
 
     model = ReplayModel("smollm2", dtype=dtype)

@@ -41,9 +41,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def pairs(model, run):
-    from interp.capture import attach_gold
-    from interp.pairs import build_counting_pairs
-    from interp.selection import iter_sub_calls
+    from interp.methods.capture import attach_gold
+    from interp.data.pairs import build_counting_pairs
+    from interp.data.selection import iter_sub_calls
 
     items = [attach_gold(i) for i in iter_sub_calls(run)]
     ps, skipped = build_counting_pairs(model, items, n_pairs=4, corruptions=["line_remove", "line_add"], seed=0)
@@ -53,7 +53,7 @@ def pairs(model, run):
 
 @pytest.fixture(scope="module")
 def rows(model, pairs):
-    from interp.patching import patch_pair, sweep_specs
+    from interp.methods.patching import patch_pair, sweep_specs
 
     out = []
     for p in pairs:
@@ -62,7 +62,7 @@ def rows(model, pairs):
 
 
 def test_run_folder_has_exact_gold_and_rig_messages(run):
-    from interp.selection import iter_sub_calls, load_gold_file
+    from interp.data.selection import iter_sub_calls, load_gold_file
 
     gold = load_gold_file(run / "gold.jsonl")
     items = list(iter_sub_calls(run))
@@ -72,13 +72,13 @@ def test_run_folder_has_exact_gold_and_rig_messages(run):
         assert f"-k{k}-" in it.sample and it.chunk_loc is not None and it.chunk_loc.exact
         assert it.messages[0]["content"].startswith("You are a careful reader.")
         assert it.chunk_text.count(" rolled a") == k
-    from controller.records import SCHEMA_VERSION
+    from records.trajectory import SCHEMA_VERSION
 
     assert json.loads((run / "trajectories" / f"{items[0].sample}.json").read_text())["schema_version"] == SCHEMA_VERSION
 
 
 def test_pairs_are_exact_k_plus_minus_one_with_equal_length(pairs, run):
-    from interp.selection import load_gold_file
+    from interp.data.selection import load_gold_file
 
     gold = load_gold_file(run / "gold.jsonl")
     for p in pairs:
@@ -108,7 +108,7 @@ def test_sanity_laws_on_smollm2(rows):
 
 @pytest.mark.parametrize("metric,agg", [("kl_recovery", "mean"), ("normalized", "median")])
 def test_effect_concentrates_on_edit_and_last(rows, metric, agg):
-    from interp.heatmap_structure import focus_shares, heatmap_from_rows
+    from interp.stats.heatmap_structure import focus_shares, heatmap_from_rows
 
     hm = heatmap_from_rows(rows, positions=POSITIONS[:-1], metric=metric, agg=agg)
     overall = focus_shares(hm, ("edit", "last"))[-1]
@@ -127,7 +127,7 @@ SMOLLM2_SPEARMAN_FLOOR = 0.5
 
 
 def test_attribution_matches_exact_patching_on_smollm2(model, pairs):
-    from interp.attribution import attribute_pair, compare, exact_sites, first_difference
+    from interp.methods.attribution import attribute_pair, compare, exact_sites, first_difference
 
     pair = min(pairs, key=lambda p: p.seq_len)
     res = attribute_pair(model, pair, direction="denoise")

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from configs import load_config
-from controller import read_jsonl
-from controller.runlog import EvalSpec
+from records.trajectory import read_jsonl
+from records.runlog import EvalSpec
 from experiments.runs.evaluate import run_eval
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -7,8 +7,8 @@ import pytest
 
 from experiments.studies.counting import count_messages, make_counting_set
 from experiments.studies.counting_run import WorkerAnswer, answer_items, write_counting_run
-from interp.capture import attach_gold
-from interp.selection import iter_sub_calls, load_gold_file
+from interp.methods.capture import attach_gold
+from interp.data.selection import iter_sub_calls, load_gold_file
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from configs import load_config
-from controller import read_jsonl
+from records.trajectory import read_jsonl
 from experiments.datasets import load_examples
-from controller.runlog import EvalSpec
+from records.runlog import EvalSpec
 from experiments.runs.evaluate import merge_runs, resume_eval, run_eval
 from experiments.datasets import score_output
 
@@ -103,7 +103,7 @@ def test_resume_after_sigkill(vllm_server, tmp_path):
     rd = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
            "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report",
-           "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--set", "eval.concurrency=1"]
+           "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--set", "eval.max_samples=1"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and len(read_jsonl(rd / "samples.jsonl")) < 2:
@@ -136,7 +136,7 @@ def test_torn_last_line_is_repaired_on_resume(vllm_server, tmp_path):
 
 
 def test_shard_and_merge_equal_unsharded(vllm_server, tmp_path):
-    cfg = cfg_for(vllm_server, "eval.concurrency=1")
+    cfg = cfg_for(vllm_server, "eval.max_samples=1")
     full = tmp_path / "full"
     run_eval(cfg, EvalSpec(dataset="oolong-real", source="toy", limit=5), full, show_progress=False)
     shards = []

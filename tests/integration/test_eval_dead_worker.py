@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import read_jsonl
-from controller.records import Trajectory
+from records.trajectory import read_jsonl
+from records.trajectory import Trajectory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _eval_and_kill(rd: Path, *more: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
-           "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report", "--set", "eval.concurrency=1",
+           "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report", "--set", "eval.max_samples=1",
            "--set", "worker.watch.backoff_s=0.5", *more]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -75,7 +75,7 @@ def test_killed_server_is_restarted_and_the_eval_completes(tmp_path):
 
 
 def test_unrecoverable_worker_stops_the_eval_and_resume_redoes_it(tmp_path):
-    from controller.runlog import RunFolder
+    from records.runlog import RunFolder
     from experiments.runs.evaluate import resume_eval
 
     rd = tmp_path / "dead"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import read_jsonl
+from records.trajectory import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_full_disk_mid_eval_names_disk_kept_samples_and_resume(vllm_server: str,
     rd = small_disk / "run"
     cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
            "--source", "toy", "--limit", "6", "--out", str(rd), "--no-report",
-           "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--set", "eval.concurrency=1"]
+           "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--set", "eval.max_samples=1"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and len(read_jsonl(rd / "samples.jsonl")) < 2:

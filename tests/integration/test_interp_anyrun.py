@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli.interp import interp_app
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.outputs import staged_dir
-from interp.selection import NothingToStudyError, collect_sub_calls, iter_sub_calls
-from interp.stats import aggregate_ratio, small_denominator_pairs
+from interp.data.selection import NothingToStudyError, collect_sub_calls, iter_sub_calls
+from interp.stats.means import aggregate_ratio, small_denominator_pairs
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def test_refused_capture_leaves_no_output(tmp_path):
 
 
 def test_staged_dir_is_all_or_nothing(tmp_path):
-    from controller.outdirs import claim
+    from records.outdirs import claim
 
     out = tmp_path / "o"
     with staged_dir(out, "interp capture") as d:
@@ -78,7 +78,7 @@ def test_staged_dir_is_all_or_nothing(tmp_path):
 
 
 def test_schema_2_reads_version_1_and_refuses_unknown(tmp_path):
-    from controller.records import SCHEMA_VERSION, SubCallRecord, Trajectory
+    from records.trajectory import SCHEMA_VERSION, SubCallRecord, Trajectory
 
     run = make_demo_run(tmp_path / "r", n_samples=1, chunks_per_sample=1)
     p = next((run / "trajectories").glob("*.json"))
@@ -121,8 +121,8 @@ def tiny():
 
 
 def test_pairs_spread_over_chunks_and_are_reproducible(tiny, tmp_path):
-    from interp.capture import attach_gold
-    from interp.pairs import build_counting_pairs
+    from interp.methods.capture import attach_gold
+    from interp.data.pairs import build_counting_pairs
 
     run = make_demo_run(tmp_path / "r", n_samples=2, chunks_per_sample=3, lines_per_chunk=6)
     items = [attach_gold(i) for i in iter_sub_calls(run)]
@@ -140,9 +140,9 @@ def test_pairs_spread_over_chunks_and_are_reproducible(tiny, tmp_path):
 
 def test_unequal_lengths_are_refused(tiny, tmp_path):
 
-    from interp.capture import attach_gold
-    from interp.pairs import Pair, UnequalLengthError, build_counting_pairs
-    from interp.patching import patch_pair, sweep_specs
+    from interp.methods.capture import attach_gold
+    from interp.data.pairs import Pair, UnequalLengthError, build_counting_pairs
+    from interp.methods.patching import patch_pair, sweep_specs
 
     with pytest.raises(UnequalLengthError, match="equal lengths"):
         Pair("p", "r", "s", 0, "x", "", [1, 2, 3], [1, 2], "1", "2", 5, 6, 2, {})

@@ -11,8 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from interp.demo import make_demo_run
-from interp.selection import iter_sub_calls
+from demo_run import make_demo_run
+from interp.data.selection import iter_sub_calls
 
 # Floor for the rank correlation of attribution vs exact patching, over the sites at or after the edit
 # (before it both are exactly 0, which would inflate the figure), per component at layer 0, and for
@@ -37,8 +37,8 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs(tiny, run):
-    from interp.capture import attach_gold
-    from interp.pairs import build_counting_pairs
+    from interp.methods.capture import attach_gold
+    from interp.data.pairs import build_counting_pairs
 
     ps, skipped = build_counting_pairs(tiny, [attach_gold(i) for i in iter_sub_calls(run)], n_pairs=2,
                                        corruptions=["remove", "add"], seed=0)
@@ -47,7 +47,7 @@ def pairs(tiny, run):
 
 
 def test_attribution_matches_exact_patching(tiny, pairs):
-    from interp.attribution import attribute_pair, compare, exact_sites
+    from interp.methods.attribution import attribute_pair, compare, exact_sites
 
     for pair in pairs:
         res = attribute_pair(tiny, pair, direction="denoise")
@@ -67,7 +67,7 @@ def test_attribution_matches_exact_patching(tiny, pairs):
 def test_exact_sites_skips_the_shared_prefix_without_changing_a_value(tiny, pairs):
     """The shortcut answers 0 for sites before the first differing token; computed, they are 0 too, and
     every other site is the same forward pass either way."""
-    from interp.attribution import exact_sites, first_difference
+    from interp.methods.attribution import exact_sites, first_difference
 
     pair = pairs[0]
     lo = first_difference(pair)
@@ -85,7 +85,7 @@ def test_exact_sites_skips_the_shared_prefix_without_changing_a_value(tiny, pair
 def test_attribution_total_at_the_last_layer_is_the_logit_difference_change(tiny, pairs):
     """At the last layer's residual only the answer position reaches the logits, and the metric is
     nearly linear there (only the final norm bends it): attribution ~ exact, and all else is 0."""
-    from interp.attribution import attribute_pair, exact_sites
+    from interp.methods.attribution import attribute_pair, exact_sites
 
     pair = pairs[0]
     res = attribute_pair(tiny, pair, components=["resid"], direction="noise")
@@ -100,11 +100,11 @@ def test_attribution_total_at_the_last_layer_is_the_logit_difference_change(tiny
 
 def test_all_heads_equal_the_attention_output_patch(tiny, pairs):
     """Patching every head's slice of o_proj's input at every position = patching the attention output."""
-    from interp.heads import _geometry, head_sources, _last_logits
-    from interp.patching import PatchSpec, patch_pair
+    from interp.methods.heads import head_sources, _last_logits
+    from interp.methods.patching import PatchSpec, patch_pair
 
     pair = pairs[0]
-    n_heads, hd = _geometry(tiny)
+    n_heads, hd = tiny.head_geometry()
     _, _, src = head_sources(tiny, pair, [0])
     layer = tiny.hf.get_decoder().layers[0]
 
@@ -122,10 +122,10 @@ def test_all_heads_equal_the_attention_output_patch(tiny, pairs):
 
 
 def test_head_patching_rows_and_extremes(tiny, pairs):
-    from interp.heads import _geometry, patch_heads
+    from interp.methods.heads import patch_heads
 
     pair = pairs[0]
-    n_heads, _ = _geometry(tiny)
+    n_heads, _ = tiny.head_geometry()
     rows = pd.DataFrame(patch_heads(tiny, pair, [0, 1], ["last", "chunk_before"], directions=["denoise"]))
     assert len(rows) == 2 * n_heads * 2
     before = rows[rows["position"] == "chunk_before"]
@@ -133,9 +133,9 @@ def test_head_patching_rows_and_extremes(tiny, pairs):
 
 
 def test_logit_lens_last_layer_is_the_model(tiny, run):
-    from interp.capture import attach_gold
-    from interp.faithfulness import answer_logits
-    from interp.lens import lens_one, number_position
+    from interp.methods.capture import attach_gold
+    from interp.methods.faithfulness import answer_logits
+    from interp.methods.lens import lens_one, number_position
 
     it = attach_gold(next(iter(iter_sub_calls(run))))
     rows = lens_one(tiny, it)
@@ -195,9 +195,9 @@ def test_cli_maps_and_report(run, tmp_path):
 def test_heads_keep_a_bounded_map_when_every_pair_is_under_the_floor(tiny, run, pairs, tmp_path):
     """A worker whose edit barely moves the two answer tokens (SmolLM2) leaves every pair under
     `min_denominator`: the ratio-of-sums map is then empty, and the KL-recovery map still answers."""
-    from interp.config import load_interp_config
-    from interp.jobs_maps import KL_METRIC, heads_job
-    from interp.stats import RATIO_METRIC
+    from interp.profile import load_interp_config
+    from interp.jobs import KL_METRIC, heads_job
+    from interp.stats.means import RATIO_METRIC
 
     cfg, spec, _ = load_interp_config("cpu-tiny", dict(min_denominator=1e9, head_positions=["last"],
                                                        directions=["denoise"], layers=[0, 1]))

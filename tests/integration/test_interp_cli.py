@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli.interp import interp_app
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_cli_selection_and_errors(setup, tmp_path):
     bad = r.invoke(interp_app, ["capture", str(run), "-c", str(cfg), "--sub-call", "nocolon"])
     assert bad.exit_code != 0 and "SAMPLE:SUBCALL" in bad.output
     bad = r.invoke(interp_app, ["patch", str(run), "-c", str(tmp_path / "missing.yaml")])
-    assert bad.exit_code != 0 and "does not exist" in bad.output
+    assert bad.exit_code != 0 and "not found" in bad.output  # the one profile loader's message
     # nothing listens on the profile's port: --stop-server with that URL is a no-op, not an error
     _ok(r.invoke(interp_app, ["capture", str(run), "-c", str(cfg), "-o", str(tmp_path / "s"), "--limit", "1",
                               "--no-replay", "--stop-server", "http://127.0.0.1:18399/v1"]))

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli.interp import interp_app
-from interp.demo import make_demo_run
-from interp.faithfulness import FAITHFULNESS_FILE
-from interp.probes import run_probes
+from demo_run import make_demo_run
+from interp.methods.faithfulness import FAITHFULNESS_FILE
+from interp.methods.probes import run_probes
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from interp.demo import make_demo_run
-from interp.faithfulness import check_many, summary
+from demo_run import make_demo_run
+from interp.methods.faithfulness import check_many, summary
 from interp.model import ReplayModel
-from interp.selection import iter_sub_calls
+from interp.data.selection import iter_sub_calls
 
 pytestmark = pytest.mark.vllm
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 CODE = """
 import asyncio
-import interp.capture, interp.patching  # nnsight first, through interp
+import interp.methods.capture, interp.methods.patching  # nnsight first, through interp
 from worker import WorkerClient, WorkerError
 
 async def main():

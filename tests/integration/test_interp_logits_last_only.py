@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.capture import attach_gold, capture_batch, prepare
+from interp.methods.capture import attach_gold, capture_batch, prepare
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.model import ReplayModel
-from interp.pairs import build_counting_pairs
-from interp.patching import PatchSpec, patched_logits, reference_run
-from interp.selection import iter_sub_calls
+from interp.data.pairs import build_counting_pairs
+from interp.methods.patching import PatchSpec, patched_logits, reference_run
+from interp.data.selection import iter_sub_calls
 
 
 @pytest.fixture(scope="module")

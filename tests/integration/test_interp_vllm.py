@@ -8,11 +8,11 @@ import json
 import pandas as pd
 import pytest
 
-from interp.capture import run_capture
+from interp.methods.capture import run_capture
 from interp.config import InterpConfig
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from interp.model import ReplayModel
-from interp.selection import iter_sub_calls
+from interp.data.selection import iter_sub_calls
 
 pytestmark = pytest.mark.vllm
 

@@ -30,7 +30,7 @@ def count_tokens(tiny_model_path):
 
 
 def make_rlm(responses, hf_worker, count_tokens, *overrides):
-    cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "rlm.cell_timeout_s=5", *overrides])
+    cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "sandbox.cell_timeout_s=5", *overrides])
     ctx = RunContext(cfg=cfg, lm=ReplayLM(responses), worker=hf_worker, count_tokens=count_tokens,
                      models={"controller": "replay", "worker": "tiny"}, versions={})
     return RLM(ctx)
@@ -69,7 +69,7 @@ def test_full_loop_records_everything(hf_worker, count_tokens, tmp_path):
     system = t.turns[0].messages_in[0]["content"]
     assert f"{len(DOC):,} characters" in system and "Travis" not in system
     # saved, loadable, identical
-    from controller import Trajectory
+    from records.trajectory import Trajectory
 
     assert Trajectory.load(path).model_dump() == t.model_dump()
 
@@ -122,7 +122,7 @@ def test_chunk_token_cap(hf_worker, count_tokens):
 
 def test_cell_timeout_restarts_and_tells(hf_worker, count_tokens):
     responses = [cell("keep = 1"), cell("while True:\n    pass"), cell("print('keep' in globals(), len(prompt))"), "FINAL(ok)"]
-    t = make_rlm(responses, hf_worker, count_tokens, "rlm.cell_timeout_s=2").run(DOC, "q")
+    t = make_rlm(responses, hf_worker, count_tokens, "sandbox.cell_timeout_s=2").run(DOC, "q")
     assert t.cells[1].timed_out and t.cells[1].restarted
     assert t.caps_hit[0].cap == "cell_timeout"
     assert "LOST" in t.turns[2].messages_in[-1]["content"]
@@ -138,7 +138,7 @@ def test_controller_token_cap(hf_worker, count_tokens):
 
 
 def test_output_truncation_is_told(hf_worker, count_tokens):
-    t = make_rlm([cell("print('x' * 10000)"), "FINAL(1)"], hf_worker, count_tokens, "rlm.output_max_chars=500").run(DOC, "q")
+    t = make_rlm([cell("print('x' * 10000)"), "FINAL(1)"], hf_worker, count_tokens, "rlm.feedback_max_chars=500").run(DOC, "q")
     fb = t.turns[1].messages_in[-1]["content"]
     assert t.cells[0].feedback_truncated and "output truncated" in fb and "x" * 501 not in fb
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli import app
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from tests.unit.test_outdirs import hashes, read_only, write
 
 runner = CliRunner()
@@ -37,10 +37,8 @@ def no_model(monkeypatch):
         raise AssertionError("a model was loaded before the output folder was checked")
 
     import interp.jobs
-    import interp.jobs_maps
 
     monkeypatch.setattr(interp.jobs, "load_model", refuse)
-    monkeypatch.setattr(interp.jobs_maps, "load_model", refuse)
 
 
 def refused(args: list[str], *, match: str) -> str:

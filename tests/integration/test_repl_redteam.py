@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from controller.records import CellRecord, Trajectory
+from records.trajectory import CellRecord, Trajectory
 from repl import CellResult, Sandbox, SandboxLimits, SubCallReply
 from repl.launch import plan_for
 

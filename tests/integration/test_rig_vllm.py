@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from configs import load_config
-from controller import Rig, Trajectory
+from controller import Rig
+from records.trajectory import Trajectory
 from experiments.datasets import load_examples
 from conftest import interruptible
 

@@ -34,7 +34,7 @@ def served_cfg(vllm_server: str, *more: str):
         "controller.server={port: 0, device: cpu, max_model_len: 2048, max_num_seqs: 4, enforce_eager: true, "
         "enable_prefix_caching: true, startup_timeout_s: 900}",
         f"worker.server.url={vllm_server}", "worker.served_name=tiny",
-        f"eval.concurrency={N_EXAMPLES}", f"rlm.max_iterations={ITERS}", *more,
+        f"eval.max_samples={N_EXAMPLES}", f"rlm.max_iterations={ITERS}", *more,
     ])
 
 
@@ -103,7 +103,7 @@ def test_context_guard_survives_the_servers_400(vllm_server, tmp_path):
     answers HTTP 400 for the long turn, the guard trims and retries, and the run ends with a record,
     stop_reason 'context' or a normal end, never an error."""
     cfg = served_cfg(vllm_server, "controller.context_tokens=100000", "controller.max_new_tokens=600",
-                     "rlm.max_iterations=6", "eval.concurrency=1",
+                     "rlm.max_iterations=6", "eval.max_samples=1",
                      "controller.server={port: 0, device: cpu, max_model_len: 1024, enforce_eager: true, "
                      "startup_timeout_s: 900}")
     with Rig(cfg, run_dir=tmp_path / "run") as rig:

@@ -31,7 +31,7 @@ def _tty() -> tuple[Console, io.StringIO]:
 
 def test_ask_progress_follows_the_loop(hf_worker, tiny_model_path):
     tok = load_tokenizer(str(tiny_model_path))
-    cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "rlm.cell_timeout_s=20"])
+    cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "sandbox.cell_timeout_s=20"])
     responses = ["```repl\nrs = sub_call_batch([prompt[:1000], prompt[1000:2000]], 'How many rolls?')\nprint(rs)\n```",
                  "FINAL(2)"]
     ctx = RunContext(cfg=cfg, lm=ReplayLM(responses), worker=hf_worker,

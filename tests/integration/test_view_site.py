@@ -9,7 +9,7 @@ from pathlib import Path
 
 from experiments.view import build_site
 from experiments.view.docmap import build_docmap
-from interp.demo import make_demo_run
+from demo_run import make_demo_run
 from conftest import interruptible
 
 HOSTILE = "<script>alert(1)</script>"

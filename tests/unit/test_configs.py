@@ -23,7 +23,7 @@ def test_a4500_profile_facts():
     assert c.backend == "openai" and c.model == "Qwen/Qwen2.5-Coder-14B-Instruct" and c.server is not None
     assert c.server.device == "cuda" and c.server.cuda_visible_devices == "0" and c.server.quantization == "bitsandbytes"
     assert c.server.max_model_len >= 32768 and c.server.enable_prefix_caching is True
-    assert c.server.max_num_seqs == cfg.eval.concurrency == 4
+    assert c.server.max_num_seqs == cfg.eval.max_samples == 4
     assert c.server.port != cfg.worker.server.port
     assert cfg.worker.model == "Qwen/Qwen2.5-7B-Instruct" and cfg.worker.dtype == "float16"
     assert cfg.worker.server.cuda_visible_devices == "1" and cfg.worker.backend == "vllm"
@@ -136,11 +136,11 @@ def test_controller_backend_requirements(tmp_path):
 
 @pytest.mark.parametrize("name", PROFILES + ["cpu-small"])
 def test_profiles_interp_sections_validate(name):
-    from interp.config import parse_interp_config
+    from interp.profile import load_interp_config
 
     cfg = load_config(name)
-    icfg, spec = parse_interp_config(cfg.model_dump(mode="json"), source=name)
-    assert spec.model == cfg.worker.model
+    icfg, spec, _ = load_interp_config(name)
+    assert spec.model == cfg.worker.model and icfg == cfg.interp
 
 
 def test_cli_rejects_a_bad_interp_key():

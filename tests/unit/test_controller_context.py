@@ -68,7 +68,7 @@ def cell(code: str) -> str:
 
 
 def run(window: int | None, responses: list[str], **kw):
-    cfg = load_config("cpu-tiny", ["rlm.cell_timeout_s=10", "rlm.output_max_chars=3000", "controller.max_new_tokens=200",
+    cfg = load_config("cpu-tiny", ["sandbox.cell_timeout_s=10", "rlm.feedback_max_chars=3000", "controller.max_new_tokens=200",
                                    *kw.pop("overrides", [])])
     ctx = RunContext(cfg=cfg, lm=ReplayLM(responses), worker=None, count_tokens=lambda s: len(s) // 4,
                      models={}, versions={}, sub_calls_enabled=False, context_window=window)

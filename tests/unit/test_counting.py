@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from controller.answers import find_int
+from records.answers import find_int
 from experiments.studies.counting import (
     COUNT_INSTRUCTION,
     CountingItem,

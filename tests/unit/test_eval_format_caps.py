@@ -52,7 +52,7 @@ def test_a_run_failing_only_on_format_shows_format_failures(toy, tmp_path):
     """Unboxed right answers: official score 0, lenient 1, primary failure parse_failure, and the
     report's comparison counts every failure as format-only."""
     from experiments.analysis.report import write_report
-    from controller.runlog import EvalSpec, RunFolder
+    from records.runlog import EvalSpec, RunFolder
     from experiments.runs.evaluate import sample_row
 
     rd = tmp_path / "fmt"
@@ -115,7 +115,7 @@ def test_cell_error_cap_resets_on_a_good_cell(toy):
 
 def test_model_views_are_kept_in_the_spec(toy, tmp_path):
     from experiments.datasets.views import model_views
-    from controller.runlog import EvalSpec, RunFolder
+    from records.runlog import EvalSpec, RunFolder
 
     spec = EvalSpec(dataset="oolong-real", source="toy")
     spec.model_views = model_views("oolong-real", "direct", toy[0].instructions or split_instructions("oolong-real", toy[0].context))

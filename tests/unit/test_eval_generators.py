@@ -12,7 +12,7 @@ import pytest
 from experiments.cli.evaluate import loader_options
 from experiments.datasets.edge import generators as g
 from experiments.datasets.edge.scoring import score_absent, score_all_values, score_last_number
-from controller.runlog import EvalSpec
+from records.runlog import EvalSpec
 from experiments.runs.examples import iter_examples
 from experiments.datasets import score_output
 

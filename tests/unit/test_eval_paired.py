@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from controller.records import SampleRow, append_jsonl
+from records.trajectory import SampleRow, append_jsonl
 from experiments.analysis.paired import mcnemar_exact
 
 
@@ -82,7 +82,7 @@ def test_worker_invalid_rows_are_not_scored_and_are_redone(tmp_path):
     done for --resume; a later valid row for the same id replaces it."""
     from experiments.analysis.metrics import summarize_run
     from experiments.analysis.report import write_report
-    from controller.runlog import RunFolder
+    from records.runlog import RunFolder
 
     rd = _run(tmp_path / "W", "rlm", [("a", "count", 100, 1.0), ("b", "count", 100, 1.0)])
     bad = SampleRow(id="c", dataset="oolong-real", method="rlm", question="q", context_chars=10, gold="1", answer="1",

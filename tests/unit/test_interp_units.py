@@ -12,22 +12,25 @@ import numpy as np
 import pytest
 import torch
 
-from interp.config import InterpConfigError, load_interp_config, parse_interp_config
-from interp.demo import make_demo_run, worker_messages
+from interp.config import InterpConfigError
+from interp.profile import load_interp_config
+from demo_run import make_demo_run, worker_messages
 from interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
 from interp.config import InterpConfig
-from interp.patch_metrics import patch_metrics
-from interp.rolls import (
+from interp.stats.patch_metrics import patch_metrics
+from interp.data.rolls import (
     chunk_gold, corrupt_add, corrupt_alter, corrupt_remove, count_roll_lines, find_mentions, parse_count,
     parse_value_filter,
 )
-from interp.selection import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
-from interp.shards import ShardWriter, load_rows, read_index
-from interp.stats import aggregate, mean_ci
+from interp.data.selection import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
+from interp.data.shards import ShardWriter, load_rows, read_index
+from interp.stats.means import aggregate
+from records.stats import mean_ci
 
 
 # -- config ---------------------------------------------------------------------------------------
 def test_config_reads_worker_model_and_interp_section(tmp_path):
+    """An interp-only profile (worker + interp, as interp's own loader used to read) loads through the one loader."""
     p = tmp_path / "p.yaml"
     p.write_text("worker:\n  model: tiny\n  dtype: float16\ninterp:\n  layers: [0, -1]\n  n_pairs: 3\n")
     cfg, spec, _ = load_interp_config(p)
@@ -38,14 +41,21 @@ def test_config_reads_worker_model_and_interp_section(tmp_path):
 
 
 def test_config_errors_name_the_problem(tmp_path):
-    with pytest.raises(InterpConfigError, match="unknown_key|extra"):
-        parse_interp_config({"worker": {"model": "tiny"}, "interp": {"unknown_key": 1}})
+    def profile(text):
+        p = tmp_path / "q.yaml"
+        p.write_text(text)
+        return p
+
+    with pytest.raises(InterpConfigError, match="interp.unknown_key: unknown key"):
+        load_interp_config(profile("worker: {model: tiny}\ninterp: {unknown_key: 1}\n"))
     with pytest.raises(InterpConfigError, match="no model"):
-        parse_interp_config({"interp": {}})
+        load_interp_config(None, {})
     with pytest.raises(InterpConfigError, match="capture position"):
-        parse_interp_config({"worker": {"model": "x/y"}, "interp": {"capture_positions": ["middle"]}})
-    with pytest.raises(InterpConfigError, match="does not exist"):
+        load_interp_config(profile("worker: {model: x/y}\ninterp: {capture_positions: [middle]}\n"))
+    with pytest.raises(InterpConfigError, match="not found"):
         load_interp_config(tmp_path / "nope.yaml")
+    with pytest.raises(InterpConfigError, match="interp.model.*does not exist"):
+        load_interp_config(None, {"model": str(tmp_path / "no-such-folder")})  # replay checks the model
 
 
 def test_repo_profiles_parse():
@@ -62,7 +72,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_run_is_a_valid_trajectory():
-    Trajectory = pytest.importorskip("controller.records").Trajectory
+    Trajectory = pytest.importorskip("records.trajectory").Trajectory
     d = make_demo_run(Path(__import__("tempfile").mkdtemp()), n_samples=1)
     t = Trajectory.load(next((d / "trajectories").glob("*.json")))
     assert t.sub_calls and t.sub_calls[0].messages[1]["role"] == "user"
@@ -204,7 +214,7 @@ def test_release_stops_only_a_vllm_process(tmp_path):
 
 
 def test_roll_query_filters():
-    from interp.rolls import RollQuery, parse_roll_query
+    from interp.data.rolls import RollQuery, parse_roll_query
 
     ctx = "Laura plays the character Vex'ahlia.\nTravis plays the character Grog.\n"
     text = "Laura: I rolled a 15.\nTravis: I rolled a 3.\nLaura: natural 20!\nLaura: we went on.\nTravis: he said no."
@@ -234,7 +244,7 @@ def test_nested_rlm_worker_calls_are_walked(tmp_path):
     t = json.loads(path.read_text())
     inner = [dict(s, depth=2) for s in t["sub_calls"][:2]]
     parent = dict(t["sub_calls"][2], id=7, messages=None, response="5",
-                  nested_trajectory={"run_id": "nested", "question": "q", "sub_calls": inner})
+                  nested_trajectory=dict(t, run_id="nested", question="q", sub_calls=inner))  # a whole Trajectory
     t["sub_calls"] = [parent]
     path.write_text(json.dumps(t))
     items = list(iter_sub_calls(run))
@@ -245,7 +255,7 @@ def test_nested_rlm_worker_calls_are_walked(tmp_path):
 
 
 def test_denominator_warnings_name_the_floor_and_the_16bit_rounding():
-    from interp.stats import denominator_warnings
+    from interp.stats.means import denominator_warnings
 
     # SmolLM2 in bfloat16: 5 of 6 denominators exactly 0 (measured, docs/INTERP_SMOLLM2.md)
     w = denominator_warnings([0.0, 0.0, 0.0, 0.125, 0.0, 0.0], "bfloat16", 0.1)

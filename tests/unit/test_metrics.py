@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from controller import prompts
-from controller.records import CapEvent, CellRecord, ControllerTurn, SampleRow, SubCallRecord, Trajectory
+from records.trajectory import CapEvent, CellRecord, ControllerTurn, SampleRow, SubCallRecord, Trajectory
 from experiments.analysis.failures import FAILURE_PRECEDENCE, FORMAT_ERROR_PREFIX, classify_failure
 from experiments.analysis.metrics import (
     bootstrap_ci,

@@ -1,4 +1,4 @@
-"""controller.outdirs: a command writes only its own files; every conflict is refused, never resolved by deletion.
+"""records.outdirs: a command writes only its own files; every conflict is refused, never resolved by deletion.
 
 One test per case the rule names: the run folder itself, an ancestor of it, a sibling command's folder, a folder
 with user files, a file in the way, a read-only folder; plus the same command's earlier outputs (--force), a rig
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.outdirs import MANIFEST, OutDirError, claim, claim_file, record, relocate, staged
+from records.outdirs import MANIFEST, OutDirError, claim, claim_file, record, relocate, staged
 
 
 def hashes(root: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from controller.records import (
+from records.trajectory import (
     CapEvent,
     CellRecord,
     ControllerTurn,

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from controller.records import CellRecord, ControllerTurn, SubCallRecord, Trajectory
+from records.trajectory import CellRecord, ControllerTurn, SubCallRecord, Trajectory
 from experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE, classify_cells, classify_trajectory
 
 

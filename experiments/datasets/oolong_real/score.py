@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Union
 
-from controller.answers import find_int, partial_credit
+from records.answers import find_int, partial_credit
 from experiments.datasets.boxed import extract_boxed, find_boxes, unwrap_braces
 from experiments.datasets.result import Confidence, ScoreResult
 

@@ -31,7 +31,7 @@ import datetime as _dt
 import re
 from typing import Any
 
-from controller.answers import partial_credit
+from records.answers import partial_credit
 from experiments.datasets.result import Confidence, ScoreResult
 
 COMPARISON_PHRASES = ("more common", "less common", "same frequency")

@@ -6,20 +6,21 @@ for the controller-aggregation check, so it is cheap and needs no model.
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .aggregation import diagnose_aggregation
-from .faithfulness import faithfulness_flags, flag_faithful
-from .capture import REPLAY_FILE
-from .jobs import AGG_FILE, PROBE_FILE
-from .plots import heatmaps, probe_plot
-from .replay import ReplayResult, agreement_summary
-from .outputs import claim_out, staged_dir
-from .report_maps import faithfulness_section, maps_sections
-from .selection import load_gold_file, trajectory_paths
-from .tables import md_table as _md
+from interp.methods.aggregation import diagnose_aggregation
+from interp.methods.faithfulness import FAITHFULNESS_FILE, faithfulness_flags, flag_faithful, summary
+from interp.methods.capture import REPLAY_FILE
+from interp.jobs import AGG_FILE, PROBE_FILE
+from interp.report.plots import heatmaps, probe_plot
+from interp.methods.replay import ReplayResult, agreement_summary
+from interp.outputs import claim_out, staged_dir
+from interp.data.selection import load_gold_file, trajectory_paths
+from interp.report.tables import md_table as _md
 
 
 def build_report(
@@ -112,3 +113,74 @@ def _patch_provenance(patch_dir: Path) -> list[str]:
     if meta.get("unfaithful_pairs"):
         lines.append(f"Pairs from sub_calls whose replay is NOT faithful (flagged, kept): {meta['unfaithful_pairs']}\n")
     return lines
+
+
+# -- sections for faithfulness and the map jobs (attribution, heads, logit lens) ----------------------------
+def _copy_pngs(src: Path, out: Path) -> list[str]:
+    names = []
+    for p in sorted(src.glob("*.png")):
+        shutil.copy2(p, out / p.name)
+        names.append(p.name)
+    return names
+
+
+def faithfulness_section(capture_dir, out: Path, sections: dict) -> list[str]:
+    path = Path(capture_dir) / FAITHFULNESS_FILE if capture_dir else None
+    if path is None or not path.exists():
+        return []
+    df = pd.read_parquet(path)
+    if df.empty:
+        return []
+    df.to_csv(out / "faithfulness.csv", index=False)
+    s = summary(df.to_dict("records"))
+    (out / "faithfulness.json").write_text(json.dumps(s, indent=1, default=str))
+    sections["faithfulness"] = "faithfulness.csv"
+    return ["## Faithfulness (teacher-forced replay of the recorded tokens)\n",
+            f"n={s['n']} sub_calls, {s['recorded']} with vLLM's recorded ids; faithful {s['faithful']} "
+            f"({s['faithful_rate']:.3f}); replay argmax = recorded token everywhere: {s['argmax_agrees_everywhere']}; "
+            f"median max|Δlogprob| {s['median_max_abs_dlogprob']}, worst {s['worst_max_abs_dlogprob']}, "
+            f"mean of mean|Δlogprob| {s['mean_mean_abs_dlogprob']}.\n",
+            _md(df[["sample", "sub_call", "source", "n_tokens", "prompt_match", "max_abs_dlogprob",
+                    "mean_abs_dlogprob", "first_argmax_divergence", "faithful"]]), ""]
+
+
+@dataclass(frozen=True)
+class MapSection:
+    """One map job's section: its table (Parquet, copied as CSV), title, intro, sort and figures."""
+
+    key: str
+    table: str
+    title: str
+    intro: tuple[str, ...] = ()
+    sort_by: str | None = None
+    meta: str | None = None  # a JSON file whose "comparison" is shown under the intro
+
+
+# The map jobs' sections in report order (the report is a loop over this table).
+MAP_SECTIONS = (
+    MapSection("attribution", "attribution_vs_exact", "Attribution patching (gradient x difference) vs exact patching",
+               ("Per pair, component and layer: Spearman rank correlation of the estimated and the exact effect of "
+                "single-token patches (over the top-k sites re-checked exactly, and over every site where validated), "
+                "and the share of the top-k sites (by |exact|) whose sign the estimate gets right.\n",),
+               meta="attribute.json"),
+    MapSection("heads", "heads_agg", "Per-head patching (layer x head; ratio of sums over pairs)", sort_by="mean"),
+    MapSection("logit_lens", "logit_lens_by_layer", "Logit lens at the answer position"),
+)
+
+
+def maps_sections(attribute_dir, heads_dir, lens_dir, out: Path, sections: dict) -> list[str]:
+    md: list[str] = []
+    for sec, folder in zip(MAP_SECTIONS, (attribute_dir, heads_dir, lens_dir)):
+        d = Path(folder) if folder else None
+        if d is None or not (d / f"{sec.table}.parquet").exists():
+            continue
+        df = pd.read_parquet(d / f"{sec.table}.parquet")
+        df.to_csv(out / f"{sec.table}.csv", index=False)
+        md += [f"## {sec.title}\n", *sec.intro]
+        if sec.meta is not None:
+            meta = json.loads((d / sec.meta).read_text()) if (d / sec.meta).exists() else {}
+            md += ["```\n" + json.dumps(meta.get("comparison", {}), indent=1) + "\n```\n"]
+        md += [f"![{n}]({n})\n" for n in _copy_pngs(d, out)]
+        md += [_md(df.sort_values(sec.sort_by, ascending=False) if sec.sort_by else df), ""]
+        sections[sec.key] = f"{sec.table}.csv"
+    return md

@@ -18,14 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .config import InterpConfig
-from .hooks import component_output, ordered_sites
-from .model import ReplayModel
-from .replay import ReplayResult, agreement_summary, replay_one
-from .rolls import chunk_gold, first_number_span, parse_count
-from .faithfulness import FAITHFULNESS_FILE, Faithfulness, check_one, summary as faith_summary
-from .selection import NothingToStudyError, SubCallItem
-from .shards import ShardWriter
+from interp.config import InterpConfig
+from interp.model import ReplayModel, component_output, ordered_sites
+from interp.methods.replay import ReplayResult, agreement_summary, replay_one
+from interp.data.rolls import chunk_gold, first_number_span, parse_count
+from interp.methods.faithfulness import FAITHFULNESS_FILE, Faithfulness, check_one, summary as faith_summary
+from interp.data.selection import NothingToStudyError, SubCallItem
+from interp.data.shards import ShardWriter
 
 REPLAY_FILE = "replay.parquet"
 

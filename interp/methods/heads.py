@@ -11,28 +11,16 @@ from collections import defaultdict
 
 import torch
 
-from .patch_metrics import patch_metrics
-from .model import ReplayModel
-from .pairs import Pair, check_equal_length
-
-
-def _geometry(model: ReplayModel) -> tuple[int, int]:
-    cfg = model.hf.config
-    n_heads = int(cfg.num_attention_heads)
-    hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
-    return n_heads, hd
-
-
-def _layers(model: ReplayModel):
-    return list(model.hf.get_decoder().layers)
+from interp.stats.patch_metrics import patch_metrics
+from interp.model import ReplayModel
+from interp.data.pairs import Pair, check_equal_length
 
 
 @torch.no_grad()
 def _last_logits(model: ReplayModel, seqs: list[list[int]]) -> torch.Tensor:
     """[B, V] logits at the last position of equal-length sequences, unembedding only that row."""
     ids = torch.tensor(seqs, dtype=torch.long, device=model.device)
-    h = model.hf.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
-    return model.hf.get_output_embeddings()(h[:, -1, :]).float()
+    return model.unembed()(model.hidden_states(ids)[:, -1, :]).float()
 
 
 @torch.no_grad()
@@ -43,12 +31,12 @@ def head_sources(model: ReplayModel, pair: Pair, layers: list[int], positions: l
     check_equal_length(pair)
     saved: dict[int, torch.Tensor] = {}
     hooks = []
-    all_layers = _layers(model)
+    all_layers = model.layers()
     for li in layers:
         def pre(_m, args, li=li):
             x = args[0].detach()
             saved[li] = (x if positions is None else x[:, torch.tensor(positions, device=x.device)]).clone()
-        hooks.append(all_layers[li].self_attn.o_proj.register_forward_pre_hook(pre))
+        hooks.append(model.o_proj(all_layers[li]).register_forward_pre_hook(pre))
     try:
         logits = _last_logits(model, [pair.clean_ids, pair.corrupt_ids])
     finally:
@@ -61,12 +49,12 @@ def head_sources(model: ReplayModel, pair: Pair, layers: list[int], positions: l
 def patch_heads(model: ReplayModel, pair: Pair, layers: list[int], positions: list[str], *,
                 directions: list[str] = ("denoise",), batch_size: int = 16, min_denominator: float = 0.0) -> list[dict]:
     """Rows (layer, head, position group, direction) with the patch metrics of `patching`."""
-    n_heads, hd = _geometry(model)
+    n_heads, hd = model.head_geometry()
     sites = [(li, h, lab) for lab in positions if pair.positions.get(lab) for li in layers for h in range(n_heads)]
     needed = sorted({t for lab in positions for t in pair.positions.get(lab, [])})
     row_of = {t: i for i, t in enumerate(needed)}
     clean_l, corrupt_l, src = head_sources(model, pair, layers, needed)
-    all_layers = _layers(model)
+    all_layers = model.layers()
     rows = []
     for direction in directions:
         if direction not in ("denoise", "noise"):
@@ -86,7 +74,7 @@ def patch_heads(model: ReplayModel, pair: Pair, layers: list[int], positions: li
                         r = torch.tensor([row_of[p] for p in pos], device=x.device)
                         x[i, t, h * hd:(h + 1) * hd] = src[li][row, r, h * hd:(h + 1) * hd].to(x.dtype)
                     return (x, *args[1:])
-                hooks.append(all_layers[li].self_attn.o_proj.register_forward_pre_hook(pre))
+                hooks.append(model.o_proj(all_layers[li]).register_forward_pre_hook(pre))
             try:
                 logits = _last_logits(model, [base] * len(chunk))
             finally:

@@ -14,10 +14,9 @@ from typing import Iterable
 from interp._nnsight import nnsight
 import torch
 
-from .hooks import COMPONENT_ORDER, component_output
-from .patch_metrics import patch_metrics
-from .model import ReplayModel
-from .pairs import Pair, check_equal_length
+from interp.model import COMPONENT_ORDER, ReplayModel, component_output
+from interp.stats.patch_metrics import patch_metrics
+from interp.data.pairs import Pair, check_equal_length
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def reference_run(model: ReplayModel, pair: Pair, sites: list[tuple[str, int]], 
         # copied out as each layer runs, so offloading never holds every layer on the device at once
         saved = nnsight.save([component_output(env[li], c).to("cpu", copy=True) if offload
                               else component_output(env[li], c).clone() for c, li in ordered])
-        logits = nnsight.save(model.nn.lm_head.output[:, -1, :].clone())
+        logits = nnsight.save(model.unembed_env().output[:, -1, :].clone())
     return logits[0], logits[1], dict(zip(ordered, saved))
 
 
@@ -82,7 +81,7 @@ def patched_logits(
             for i, idx in by_site[(c, li)]:
                 t = torch.tensor(idx, device=src.device)
                 h[i, t.to(h.device)] = src[source_row, t].to(h.device, h.dtype)
-        logits = nnsight.save(model.nn.lm_head.output[:, -1, :].clone())
+        logits = nnsight.save(model.unembed_env().output[:, -1, :].clone())
     return logits
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .model import ReplayModel
-from .pairs import Pair, check_equal_length
+from interp.model import ReplayModel
+from interp.data.pairs import Pair, check_equal_length
 
 COMPONENTS = ("resid", "attn", "mlp")
 
@@ -37,8 +37,7 @@ def _first(x: Any) -> torch.Tensor:
 
 
 def _parts(model: ReplayModel):
-    dec = model.hf.get_decoder()
-    return dec, list(dec.layers), dec.norm, model.hf.get_output_embeddings()
+    return model.decoder(), model.layers(), model.final_norm(), model.unembed()
 
 
 @torch.no_grad()
@@ -85,7 +84,8 @@ def _run_layer(layer, h: torch.Tensor, kw: dict) -> dict[str, torch.Tensor]:
             got[name] = t
         return hook
 
-    hs = [layer.self_attn.register_forward_hook(keep("attn")), layer.mlp.register_forward_hook(keep("mlp"))]
+    hs = [ReplayModel.attn(layer).register_forward_hook(keep("attn")),
+          ReplayModel.mlp(layer).register_forward_hook(keep("mlp"))]
     try:
         out = _first(layer(h, **kw))
     finally:
@@ -208,7 +208,7 @@ def exact_sites(model: ReplayModel, pair: Pair, sites: list[tuple[str, int, int]
     the cost of an every-token validation (tested against the computed values)."""
     from dataclasses import replace
 
-    from .patching import PatchSpec, patch_pair
+    from interp.methods.patching import PatchSpec, patch_pair
 
     out: dict[tuple[str, int, int], float] = {}
     if skip_shared_prefix:

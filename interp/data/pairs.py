@@ -16,9 +16,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .model import Prompt, ReplayModel
-from .rolls import CORRUPTIONS, ChunkEdit, count_roll_lines, first_number_span, is_roll_count_instruction, parse_roll_query
-from .selection import SubCallItem
+from interp.model import Prompt, ReplayModel
+from interp.data.rolls import CORRUPTIONS, ChunkEdit, count_roll_lines, first_number_span, is_roll_count_instruction, parse_roll_query
+from interp.data.selection import SubCallItem
 
 ChunkCorruption = Callable[[str, random.Random], Iterable["str | ChunkEdit"]]
 TokenCorruption = Callable[[list[int]], list[int]]
@@ -252,7 +252,7 @@ def build_counting_pairs(
     """Default pairs for roll-counting sub_calls, spread across chunks: each round gives every usable
     chunk (in a seeded order) at most one more pair, its corruption rotating, until `n_pairs`. Pairs of
     one chunk share its text and are not independent (the CIs resample by chunk), so breadth comes first.
-    Returns the pairs and a tally of why candidates were skipped (keys of `interp.selection.REASONS`)."""
+    Returns the pairs and a tally of why candidates were skipped (keys of `interp.data.selection.REASONS`)."""
     for name in corruptions:
         if name not in CORRUPTIONS:
             raise ValueError(f"unknown corruption {name!r}; choose from {sorted(CORRUPTIONS)}")

@@ -1,17 +1,22 @@
-"""A small, realistic run folder for tests and demos: trajectories whose sub_calls count D&D rolls.
+"""A small, realistic run folder for tests and benches: trajectories whose sub_calls count D&D rolls.
 
-Written as plain JSON in the rig's Trajectory layout (controller/records.py, schema v1), with the
+Written through the records room (`Trajectory`, `SampleRow`, `RunFolder`), as schema-1 records (no
+recorded token ids: interp falls back to greedy replay on them, which the tests exercise), with the
 worker messages in the rig's own worker template, so everything downstream reads it like a run.
-The transcript lines are invented here (no dataset text).
+The transcript lines are invented here (no dataset text). Moved from interp/demo.py: only tests and
+benches write it.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from pathlib import Path
 
-from .rolls import count_roll_lines
+from interp.data.rolls import count_roll_lines
+from records.runlog import RunFolder
+from records.trajectory import SampleRow, SubCallRecord, Trajectory
+
+DEMO_SCHEMA = 1  # what this folder claims: schema-1 records carry no token ids
 
 _SPEAKERS = ["Matt", "Laura", "Travis", "Marisha", "Taliesin", "Liam", "Sam", "Ashley"]
 _ROLL_LINES = [
@@ -55,8 +60,7 @@ def make_demo_run(
     """Write trajectories/*.json and samples.jsonl. Every `wrong_every`-th sub_call answer is off by
     one and every other sample's final answer is wrong, so selections have both kinds."""
     rng = random.Random(seed)
-    run_dir = Path(run_dir)
-    (run_dir / "trajectories").mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir)
     samples = []
     k = 0
     for s in range(n_samples):
@@ -69,7 +73,7 @@ def make_demo_run(
             ans = gold + 1 if (k % wrong_every == wrong_every - 1) else gold
             k += 1
             answers.append(ans)
-            subs.append(dict(
+            subs.append(SubCallRecord(
                 id=i, cell=0, depth=1, batch=0, chunk_start=pos, chunk_end=pos + len(ch), chunk_chars=len(ch),
                 chunk_tokens=None, instruction=instr, response=f"There are {ans} rolls.", error=None,
                 prompt_tokens=0, completion_tokens=0, latency_s=0.0, nested_trajectory=None,
@@ -79,19 +83,19 @@ def make_demo_run(
         gold_total = sum(count_roll_lines(c) for c in chunks)
         final = str(sum(answers)) if s % 2 == 0 else str(sum(answers) + 2)
         sid = f"demo-{s:03d}"
-        traj = dict(
-            schema_version=1, run_id="demo-run", question="How many rolls are there in this transcript?",
+        traj = Trajectory(
+            schema_version=DEMO_SCHEMA, run_id="demo-run", question="How many rolls are there in this transcript?",
             doc_chars=len(doc), doc_sha256=hashlib.sha256(doc.encode()).hexdigest(), config={}, config_hash="demo",
             models={"worker": "tiny"}, versions={}, depth=0, started_at="2026-01-01T00:00:00Z",
             finished_at="2026-01-01T00:00:01Z", wall_s=1.0, turns=[], cells=[], sub_calls=subs, caps_hit=[],
             final_answer=final, stop_reason="final", error=None,
         )
-        (run_dir / "trajectories" / f"{sid}.json").write_text(json.dumps(traj, indent=1))
-        samples.append(dict(
-            schema_version=1, id=sid, dataset="demo", method="rlm", question=traj["question"],
+        tpath = traj.save(folder.trajectory_path(sid), fsync=False)
+        samples.append(SampleRow(
+            schema_version=DEMO_SCHEMA, id=sid, dataset="demo", method="rlm", question=traj.question,
             question_type="singledoc_rolls" if s % 2 == 0 else "multidoc_rolls", context_chars=len(doc),
             gold=str(gold_total), answer=final, score=1.0 if final == str(gold_total) else 0.0,
-            trajectory=f"trajectories/{sid}.json", n_sub_calls=len(subs),
+            trajectory=folder.relative(tpath), n_sub_calls=len(subs),
         ))
-    (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
-    return run_dir
+    folder.write_samples(samples)
+    return folder.path

@@ -1,7 +1,7 @@
-"""Read a run folder as plain data: trajectories/*.json and samples.jsonl.
+"""Select recorded sub_calls of a run folder for replay.
 
-interp must not import the controller (no cycles), so the few trajectory fields it needs are
-mirrored here by a tolerant local model that ignores everything else.
+The run folder is read through the records room (`RunFolder` for the file layout and the sample
+rows, `Trajectory` for the schema): interp keeps no copy of either.
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
+
+from records.runlog import RunFolder
+from records.trajectory import SubCallRecord, Trajectory
 
 
 class RunDirError(ValueError):
@@ -46,35 +49,6 @@ class NothingToStudyError(RunDirError):
         parts = [f"{k}={v} ({REASONS.get(k, k)})" for k, v in sorted(self.tally.items(), key=lambda kv: -kv[1])]
         super().__init__(f"nothing to study in {run_dir}: no {what}. Reasons: " + ("; ".join(parts) or
                                                                                    "the run recorded nothing"))
-
-
-class _SubCall(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: int
-    depth: int = 0
-    chunk_start: int | None = None
-    chunk_end: int | None = None
-    chunk_chars: int = 0
-    instruction: str = ""
-    response: str | None = None
-    error: str | None = None
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    messages: list[dict[str, Any]] | None = None
-    nested_trajectory: dict[str, Any] | None = None
-    token_ids: list[int] | None = None  # schema >= 2: the ids vLLM generated
-    token_logprobs: list[float] | None = None  # ... and their logprobs under the served model
-
-
-class _Trajectory(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    run_id: str = ""
-    question: str = ""
-    doc_chars: int = 0
-    models: dict[str, str] = {}
-    config: dict[str, Any] = {}
-    sub_calls: list[_SubCall] = []
-    final_answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,21 +161,13 @@ def _sample_key(traj_path: Path) -> str:
 
 
 def load_samples(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """samples.jsonl rows keyed by the trajectory file stem they point to (and by their id)."""
-    path = run_dir / "samples.jsonl"
+    """The run's sample rows keyed by the trajectory file stem they point to (and by their id)."""
     out: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return out
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # torn last line of a killed run
-                break
-            raise RunDirError(f"{path}: line {i + 1} is not valid JSON")
+    try:
+        rows = RunFolder(run_dir).rows()
+    except ValueError as exc:  # a line inside samples.jsonl that is not JSON (a torn last one is dropped)
+        raise RunDirError(str(exc)) from None
+    for row in rows:
         if row.get("id") is not None:
             out[str(row["id"])] = row
         if row.get("trajectory"):
@@ -209,27 +175,25 @@ def load_samples(run_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-ASK_TRAJECTORY = "trajectory.json"
-
-
 def trajectory_paths(run_dir: str | Path) -> list[Path]:
-    """An eval run folder's ``trajectories/*.json``, or an ``ask`` folder's single ``trajectory.json``
-    (its sample key is then ``trajectory``)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run folder {run_dir} does not exist")
-    tdir = run_dir / "trajectories"
+    """An eval run folder's trajectories, or an ``ask`` folder's single trajectory (its sample key is
+    then the file's stem)."""
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise RunDirError(f"run folder {folder.path} does not exist")
+    tdir = folder.trajectories_dir
     paths = sorted(tdir.glob("*.json")) if tdir.is_dir() else []
-    if not paths and (run_dir / ASK_TRAJECTORY).is_file():
-        paths = [run_dir / ASK_TRAJECTORY]
+    if not paths and folder.ask_trajectory_path.is_file():
+        paths = [folder.ask_trajectory_path]
     if not paths:
-        raise RunDirError(f"{run_dir} has neither trajectories/*.json (an eval run) nor {ASK_TRAJECTORY} (an ask run)")
+        raise RunDirError(f"{folder.path} has neither {tdir.name}/*.json (an eval run) nor "
+                          f"{folder.ask_trajectory_path.name} (an ask run)")
     return paths
 
 
-def load_trajectory(path: Path) -> _Trajectory:
+def load_trajectory(path: Path) -> Trajectory:
     try:
-        return _Trajectory.model_validate_json(path.read_text())
+        return Trajectory.load(path)
     except (ValidationError, ValueError) as exc:
         raise RunDirError(f"{path}: not a trajectory JSON: {exc}") from exc
 
@@ -257,7 +221,7 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None,
     sel = selection or Selection()
     samples = load_samples(run_dir)
     if (sel.question_types or sel.correct is not None) and not samples:
-        raise RunDirError(f"selecting by question_type or correctness needs {run_dir / 'samples.jsonl'}, which is "
+        raise RunDirError(f"selecting by question_type or correctness needs {RunFolder(run_dir).samples_path}, which is "
                           "missing or empty")
     wanted = {(r.sample, r.sub_call) for r in sel.refs}
     wanted_samples = {r.sample.split("/", 1)[0] for r in sel.refs}
@@ -267,7 +231,7 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None,
         known = {_sample_key(p) for p in paths}
         missing = sorted(wanted_samples - known)
         if missing:
-            raise RunDirError(f"no trajectory for sample(s) {missing} in {run_dir / 'trajectories'}")
+            raise RunDirError(f"no trajectory for sample(s) {missing} in {RunFolder(run_dir).trajectories_dir}")
     for path in paths:
         key = _sample_key(path)
         if wanted_samples and key not in wanted_samples:
@@ -340,20 +304,15 @@ def collect_sub_calls(run_dir: str | Path, selection: Selection | None = None, *
     return items, tally
 
 
-def _walk(key: str, sub_calls: list[_SubCall]) -> Iterator[tuple[str, _SubCall]]:
+def _walk(key: str, sub_calls: list[SubCallRecord]) -> Iterator[tuple[str, SubCallRecord]]:
     """Depth-first over sub_calls and the worker calls inside nested RLM trajectories.
 
     A nested call is keyed ``SAMPLE/PARENT_ID[/...]`` so ``SAMPLE/3:1`` is worker call 1 of the
     nested RLM that sub_call 3 of SAMPLE started."""
     for sc in sub_calls:
         yield key, sc
-        nested = sc.nested_trajectory
-        if isinstance(nested, dict) and nested.get("sub_calls"):
-            try:
-                inner = [_SubCall.model_validate(x) for x in nested["sub_calls"]]
-            except ValidationError as exc:
-                raise RunDirError(f"sample {key}: nested trajectory of sub_call {sc.id} is malformed: {exc}") from exc
-            yield from _walk(f"{key}/{sc.id}", inner)
+        if sc.nested_trajectory is not None and sc.nested_trajectory.sub_calls:
+            yield from _walk(f"{key}/{sc.id}", sc.nested_trajectory.sub_calls)
 
 
 def load_gold_file(path: str | Path) -> dict[tuple[str, int], int]:

@@ -22,8 +22,8 @@ from typing import Any, Iterable
 
 import torch
 
-from .model import ReplayModel
-from .selection import SubCallItem
+from interp.model import ReplayModel
+from interp.data.selection import SubCallItem
 
 FAITHFULNESS_FILE = "faithfulness.parquet"
 
@@ -61,9 +61,9 @@ def answer_logits(model: ReplayModel, prompt_ids: list[int], ans_ids: list[int],
     sequence), from one forward of prompt + answer; the unembedding sees only those rows."""
     seq = list(prompt_ids) + list(ans_ids)
     ids = torch.tensor([seq], dtype=torch.long, device=model.device)
-    hidden = model.hf.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    hidden = model.hidden_states(ids)
     pos = positions if positions is not None else [len(prompt_ids) - 1 + j for j in range(len(ans_ids))]
-    return model.hf.get_output_embeddings()(hidden[0, torch.tensor(pos, device=model.device)]).float()
+    return model.unembed()(hidden[0, torch.tensor(pos, device=model.device)]).float()
 
 
 def check_one(model: ReplayModel, item: SubCallItem, *, max_dlogprob: float, prompt_ids: list[int] | None = None,

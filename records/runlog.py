@@ -16,7 +16,7 @@ finished is lost and nothing is duplicated.
 
 WHY here, in a leaf of `controller/`: everything that touches a run folder (eval, the counting
 study, interp, reports, the viewer) goes through this class, and interp may import only the record
-schemas, not experiments/. This module imports nothing of the rig beyond `controller.records`.
+schemas, not experiments/. This module imports nothing of the rig beyond `records.trajectory`.
 """
 from __future__ import annotations
 
@@ -33,17 +33,10 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.outdirs import OutDir, claim, record
-from controller.records import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
+from records.outdirs import OutDir, claim, record
+from records.trajectory import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
 
 RUNLOG_VERSION = 1
-
-# What each kind of run writes into its folder: checked against the folder before a run starts, then recorded in
-# its manifest (controller.outdirs), so nothing of the user's or another command's is ever overwritten.
-EVAL_RUN_FILES = ("config.yaml", "eval.json", "env.json", "samples.jsonl", "trajectories", "logs", "results.json",
-                  "worker-server.pid")
-ASK_RUN_FILES = ("trajectory.json", "logs", "worker-server.pid")
-SERVE_FILES = ("logs", "worker-server.pid")
 
 RunStatus = Literal["running", "complete", "interrupted", "failed", "partial", "worker_dead"]
 
@@ -175,7 +168,7 @@ class RunFolder:
         self.path = Path(path)
         self._lock = threading.Lock()
 
-    # -- paths ----------------------------------------------------------------------------
+    # -- paths: the only place that spells a run folder's file names (tests/unit/test_records_room.py) ---
     @property
     def samples_path(self) -> Path:
         return self.path / "samples.jsonl"
@@ -185,26 +178,80 @@ class RunFolder:
         return self.path / "results.json"
 
     @property
+    def config_path(self) -> Path:
+        """The resolved profile the run used (a profile YAML: `configs.load_config` reads it back)."""
+        return self.path / "config.yaml"
+
+    @property
+    def spec_path(self) -> Path:
+        """EvalSpec: what was asked; `eval --resume` reads it."""
+        return self.path / "eval.json"
+
+    @property
+    def env_path(self) -> Path:
+        return self.path / "env.json"
+
+    @property
+    def trajectories_dir(self) -> Path:
+        return self.path / "trajectories"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Model server logs and the rig's own log."""
+        return self.path / "logs"
+
+    @property
+    def rig_log_path(self) -> Path:
+        return self.logs_dir / "rig.log"
+
+    @property
+    def worker_pid_path(self) -> Path:
+        """The worker server a Rig started (JSON {pid, url}); `rlm-rig interp --stop-server` reads it."""
+        return self.path / "worker-server.pid"
+
+    @property
+    def gold_path(self) -> Path:
+        """Exact per-chunk gold of a generated run (the counting study): JSONL {sample, sub_call, gold}."""
+        return self.path / "gold.jsonl"
+
+    @property
     def ask_trajectory_path(self) -> Path:
         """An `rlm-rig ask` folder holds its one run here."""
         return self.path / "trajectory.json"
 
     def trajectory_path(self, sample_id: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
-        return self.path / "trajectories" / f"{safe}.json"
+        return self.trajectories_dir / f"{safe}.json"
+
+    def relative(self, path: Path) -> str:
+        """``path`` as the run folder records it (relative to the folder, e.g. a sample row's trajectory)."""
+        return path.relative_to(self.path).as_posix()
+
+    def is_run(self) -> bool:
+        """Does this folder hold a run (an eval's samples or config, or an ask trajectory)?"""
+        return self.samples_path.exists() or self.config_path.exists() or self.ask_trajectory_path.exists()
 
     # -- creation / resume ----------------------------------------------------------------
+    def writes(self, command: str) -> tuple[str, ...]:
+        """What each kind of run writes into its folder: checked against the folder before a run starts, then
+        recorded in its manifest (records.outdirs), so nothing of the user's or another command's is overwritten."""
+        shared = (self.logs_dir, self.worker_pid_path)
+        paths = {"ask": (self.ask_trajectory_path, *shared), "serve-worker": shared}.get(command, (
+            self.config_path, self.spec_path, self.env_path, self.samples_path, self.trajectories_dir,
+            self.results_path, *shared))
+        return tuple(p.name for p in paths)
+
     def claim(self, command: str = "eval", *, force: bool = False, resume: bool = False) -> OutDir:
         """Before any server starts: may this folder take a new run of `command` (eval, merge, ask, serve-worker),
         or (``resume``) continue the eval or merged run it holds? Raises FileExistsError (a run with samples:
-        resume it) or controller.outdirs.OutDirError; then marks it ours and holds its lock (keep the returned
+        resume it) or records.outdirs.OutDirError; then marks it ours and holds its lock (keep the returned
         claim alive while the run writes: a second run into the folder is refused meanwhile)."""
         if resume:
             return claim(self.path, "eval", replace_own=True, accept=("merge",), hold=True)
         if self.samples_path.exists() and read_jsonl(self.samples_path):
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")
-        files = {"ask": ASK_RUN_FILES, "serve-worker": SERVE_FILES}.get(command, EVAL_RUN_FILES)
+        files = self.writes(command)
         c = claim(self.path, command, force=force, replace_own=command not in ("ask",), writes=files, hold=True)
         record(c, files)
         return c
@@ -212,17 +259,30 @@ class RunFolder:
     def create(self, cfg: Any, spec: EvalSpec, *, server_flags: dict[str, Any] | None = None) -> None:
         if self.samples_path.exists() and read_jsonl(self.samples_path):
             raise FileExistsError(f"{self.path} already holds samples: use `rlm-rig eval --resume {self.path}`")
-        (self.path / "trajectories").mkdir(parents=True, exist_ok=True)
+        self.trajectories_dir.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg.model_dump(mode="json"))
-        atomic_write_text(self.path / "eval.json", spec.model_dump_json(indent=1))
+        self.write_spec(spec)
         self.write_env(cfg, server_flags or {})
         self.write_results(RunResults(status="running"))
 
     def write_config(self, data: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+        atomic_write_text(self.config_path, yaml.safe_dump(data, sort_keys=False))
+
+    def copy_header(self, other: "RunFolder") -> None:
+        """Take another run's config, spec and environment (merging shards: they ran the same spec)."""
+        import shutil
+
+        self.trajectories_dir.mkdir(parents=True, exist_ok=True)
+        for src, dst in ((other.config_path, self.config_path), (other.spec_path, self.spec_path),
+                         (other.env_path, self.env_path)):
+            if src.exists():
+                shutil.copy2(src, dst)
+
+    def write_spec(self, spec: EvalSpec) -> None:
+        atomic_write_text(self.spec_path, spec.model_dump_json(indent=1))
 
     def write_env(self, cfg: Any, server_flags: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "env.json", current_env(cfg, server_flags).model_dump_json(indent=1))
+        atomic_write_text(self.env_path, current_env(cfg, server_flags).model_dump_json(indent=1))
 
     def repair(self) -> None:
         """Cut a torn last line (a kill mid-append) so later appends start on a fresh line."""
@@ -253,13 +313,13 @@ class RunFolder:
 
     # -- reading --------------------------------------------------------------------------
     def load_spec(self) -> tuple[dict[str, Any], EvalSpec]:
-        for name in ("config.yaml", "eval.json"):
-            if not (self.path / name).exists():
-                raise FileNotFoundError(f"{self.path} is not a run folder: {name} is missing")
-        return self.read_config(), EvalSpec.model_validate_json((self.path / "eval.json").read_text())
+        for p in (self.config_path, self.spec_path):
+            if not p.exists():
+                raise FileNotFoundError(f"{self.path} is not a run folder: {p.name} is missing")
+        return self.read_config(), EvalSpec.model_validate_json(self.spec_path.read_text())
 
     def read_config(self) -> dict[str, Any]:
-        p = self.path / "config.yaml"
+        p = self.config_path
         if not p.exists():
             return {}
         try:
@@ -271,11 +331,11 @@ class RunFolder:
         return data or {}
 
     def read_spec(self) -> EvalSpec | None:
-        p = self.path / "eval.json"
+        p = self.spec_path
         return EvalSpec.model_validate_json(p.read_text()) if p.exists() else None
 
     def read_env(self) -> RunEnv | None:
-        p = self.path / "env.json"
+        p = self.env_path
         return RunEnv.model_validate_json(p.read_text()) if p.exists() else None
 
     def read_results(self) -> RunResults | None:
@@ -288,11 +348,6 @@ class RunFolder:
     def done_ids(self) -> set[str]:
         """Ids with a valid row: a row marked ``error="worker"`` is not done, so ``--resume`` redoes it."""
         return {r["id"] for r in read_jsonl(self.samples_path) if not is_worker_invalid(r)}
-
-    @property
-    def is_run(self) -> bool:
-        """An eval run (samples.jsonl or config.yaml) or an `ask` run (trajectory.json)."""
-        return self.samples_path.exists() or (self.path / "config.yaml").exists() or self.ask_trajectory_path.exists()
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per id: the first valid one, else (only worker-invalid rows) the first. An `ask` folder has one
@@ -342,7 +397,7 @@ class RunFolder:
             if p is not None and p.exists():
                 seen.add(p.resolve())
                 yield str(row["id"]), p
-        tdir = self.path / "trajectories"
+        tdir = self.trajectories_dir
         if tdir.is_dir():
             for p in sorted(tdir.glob("*.json")):
                 if p.resolve() not in seen:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .capture import answer_tokens
-from .model import ReplayModel
-from .rolls import first_number_span
-from .selection import SubCallItem
+from interp.methods.capture import answer_tokens
+from interp.model import ReplayModel
+from interp.data.rolls import first_number_span
+from interp.data.selection import SubCallItem
 
 
 def number_position(model: ReplayModel, item: SubCallItem) -> tuple[list[int], list[int], int] | None:
@@ -49,7 +49,7 @@ def lens_one(model: ReplayModel, item: SubCallItem, *, faithful: bool | None = N
     prompt, ans, k = found
     seq = prompt + ans[:k + 1]
     pos = len(prompt) + k - 1
-    layers = list(model.hf.get_decoder().layers)
+    layers = model.layers()
     got: list[torch.Tensor] = []
 
     def keep(_m, _a, out):
@@ -58,12 +58,11 @@ def lens_one(model: ReplayModel, item: SubCallItem, *, faithful: bool | None = N
     hooks = [layer.register_forward_hook(keep) for layer in layers]
     try:
         ids = torch.tensor([seq], dtype=torch.long, device=model.device)
-        model.hf.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        model.hidden_states(ids)
     finally:
         for h in hooks:
             h.remove()
-    dec = model.hf.get_decoder()
-    logits = model.hf.get_output_embeddings()(dec.norm(torch.stack(got)[:, None, :]))[:, 0].float()  # [L, V]
+    logits = model.unembed()(model.final_norm()(torch.stack(got)[:, None, :]))[:, 0].float()  # [L, V]
     probs = torch.softmax(logits, -1)
     wtok = ans[k]
     gtok = gold_token(model, ans, k, item.gold)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .model import ReplayModel
+from interp.model import ReplayModel
 
 
 @dataclass

@@ -1,0 +1,74 @@
+"""The controller room's settings: which model writes the code (`ControllerSettings`) and the RLM
+loop's bounds (`RLMSettings`). A profile's ``controller:`` and ``rlm:`` sections *are* these types
+(configs composes them); the loop reads them whole, nothing copies them field by field.
+
+The cell's time limit is the sandbox's (``sandbox.cell_timeout_s``, `repl.SandboxLimits`), not the
+loop's: the sandbox enforces it.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from worker.models import check_model_ref
+from worker.settings import ServerSettings
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a profile fails at load time, naming the key and the file."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ControllerSettings(Strict):
+    """Which model writes the code. Without a ``controller:`` section a profile has a replay controller with
+    no file (enough for interp and plan; `eval` / `ask` then want ``--controller-replay``)."""
+
+    backend: Literal["transformers", "openai", "replay"] = "replay"
+    model: str | None = None
+    quantization: Literal["none", "nf4", "fp4"] = "none"
+    device: str = "cpu"
+    dtype: str = "bfloat16"  # the controller's own weights (the worker's dtype is worker.dtype)
+    max_new_tokens: int = Field(1024, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    replay_file: str | None = None
+    served_name: str | None = None
+    server: ServerSettings | None = None
+    context_tokens: int | None = Field(
+        None, ge=256, description="the controller's window for the context guard; default: the server's max_model_len, "
+        "else the model's max_position_embeddings (transformers), else unguarded (replay)"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        return None if v is None else check_model_ref(v)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "ControllerSettings":
+        if self.backend in ("transformers", "openai") and not self.model:
+            raise ValueError(f"controller.model is required for backend {self.backend!r}")
+        if self.backend == "openai" and self.server is None:
+            raise ValueError("controller.server is required for backend 'openai' (give url: or start flags)")
+        return self
+
+
+class RLMSettings(Strict):
+    max_iterations: int = Field(12, ge=1)
+    max_depth: int = Field(1, ge=1, description="1: sub_calls are plain worker calls; 2+: nested RLMs")
+    max_sub_calls: int = Field(200, ge=0)
+    feedback_max_chars: int = Field(
+        4000, ge=100, description="chars of a cell's output shown to the controller (the sandbox captures up to "
+        "sandbox.max_output_chars; the rest is cut here)")
+    max_controller_tokens: int = Field(200_000, ge=1)
+    chunk_budget_tokens: int | None = Field(
+        None, ge=16, description="max worker tokens per chunk; default derived from worker max_model_len"
+    )
+    instruction_reserve_tokens: int = Field(256, ge=0)
+    max_example_wall_s: float | None = Field(
+        None, gt=0, description="per-example wall-clock cap; the run then ends with its best answer so far"
+    )
+    max_consecutive_cell_errors: int | None = Field(
+        None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
+    )

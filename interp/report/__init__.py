@@ -1,0 +1,1 @@
+"""interp's report: the report folder (build), its figures (plots) and tables."""

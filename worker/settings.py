@@ -1,0 +1,113 @@
+"""The worker room's settings: how a vLLM server is started (`ServerSettings`), how the rig calls the
+worker (`WorkerSettings`) and what it does when the worker stops answering (`WatchSettings`).
+
+WHY here and not in configs/: a setting lives with the code it configures, and has one default. A
+profile's ``worker:`` section *is* a `WorkerSettings` (configs composes it, pydantic validates it),
+`ServerSpec` extends `ServerSettings`, and `WorkerClient`, `TransformersWorker` and `WorkerWatch`
+take their keyword defaults from these classes, so no second default can drift
+(tests/unit/test_settings.py checks it).
+
+Plain dataclasses with pydantic metadata: the worker runs without pydantic validation (tests, bench),
+and a profile gets bounds checks and "unknown key" errors from configs' loader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+# One default for the weights' dtype everywhere (vLLM, the in-process worker, interp's replay): "auto"
+# serves the checkpoint as published (bf16 for Qwen2.5 and SmolLM2) instead of silently casting it; a
+# profile that wants FP16 (the A4500 rigs: bf16 halves nothing and costs on older cards) says so.
+DEFAULT_DTYPE = "auto"
+
+_FORBID = {"extra": "forbid"}
+
+
+@dataclass(kw_only=True)
+class ServerSettings:
+    """How to reach an OpenAI-compatible vLLM server: attach by ``url``, or start one with these flags."""
+
+    __pydantic_config__ = _FORBID
+
+    url: str | None = None  # attach to an already-running server instead of starting one
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000  # 0 picks a free port at start
+    device: Literal["cpu", "cuda"] = "cpu"
+    cuda_visible_devices: str | None = None  # e.g. "1" pins the server to the second GPU
+    max_model_len: Annotated[int, Field(ge=128)] = 4096
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    quantization: str | None = None
+    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    enforce_eager: bool = False  # skip graph capture / compile: faster start, slower decode
+    # reuse the KV cache of a shared prompt prefix (a controller's growing conversation); None: vLLM's default
+    enable_prefix_caching: bool | None = None
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    cpu_kvcache_space_gb: Annotated[int, Field(ge=1)] = 1  # VLLM_CPU_KVCACHE_SPACE on CPU
+    # "vllm" ignores the model's generation_config.json, so requests get exactly the sampling the
+    # client asks for (Qwen2.5 ships repetition_penalty=1.05, which would silently skew "greedy").
+    generation_config: str = "vllm"
+    access_log: bool = False  # uvicorn's per-request log lines cost CPU on small machines
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # applied last, overrides everything
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"server.device must be 'cpu' or 'cuda', got {self.device!r}")
+        if not 0 <= int(self.port) <= 65535:
+            raise ValueError(f"server.port must be in 0..65535, got {self.port}")
+        if self.max_model_len <= 0:
+            raise ValueError(f"server.max_model_len must be positive, got {self.max_model_len}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"server.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.startup_timeout_s <= 0:
+            raise ValueError(f"server.startup_timeout_s must be positive, got {self.startup_timeout_s}")
+        if self.cpu_kvcache_space_gb <= 0:
+            raise ValueError(f"server.cpu_kvcache_space_gb must be positive, got {self.cpu_kvcache_space_gb}")
+        if isinstance(self.extra_args, str):
+            raise ValueError("server.extra_args must be a list of strings, not one string")
+
+
+@dataclass(kw_only=True)
+class WatchSettings:
+    """What the rig does when its worker stops answering (see worker/watch.py)."""
+
+    __pydantic_config__ = _FORBID
+
+    max_restarts: Annotated[int, Field(ge=0)] = 2  # restarts of a server the rig started itself, per eval
+    backoff_s: Annotated[float, Field(ge=0)] = 2.0  # wait before restart k: backoff_s * 2**(k-1)
+    attached_wait_s: Annotated[float, Field(ge=0)] = 30.0  # how long to wait for an attached server to come back
+    retries: Annotated[int, Field(ge=0)] = 2  # re-sends of a sub_call that failed for worker reasons
+
+
+@dataclass(kw_only=True)
+class WorkerSettings:
+    """The worker model and how the rig calls it (a profile's ``worker:`` section)."""
+
+    __pydantic_config__ = _FORBID
+
+    model: Annotated[str, AfterValidator(lambda v: _check(v))]  # hub id, local folder or builtin (worker.models)
+    backend: Literal["vllm", "transformers"] = "vllm"
+    served_name: str | None = None
+    dtype: str = DEFAULT_DTYPE  # weights dtype, for vLLM and for the in-process worker / interp replay
+    device: str = "cpu"  # torch device of the in-process worker and of interp's replay copy
+    # requests in flight to the worker at once (all examples' sub_calls share them); cf. eval.max_samples
+    max_connections: Annotated[int, Field(ge=1)] = 8
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0  # one request, retries not included
+    max_retries: Annotated[int, Field(ge=0)] = 4  # transport-level re-sends (connection errors, 5xx)
+    max_tokens: Annotated[int, Field(ge=1)] = 256  # tokens one sub_call may generate
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0
+    system_prompt: str | None = None
+    replica_urls: list[str] = field(default_factory=list)  # extra vLLM replicas, round-robin
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    def __post_init__(self) -> None:
+        self.model = _check(self.model)
+
+
+def _check(ref: str) -> str:
+    from worker.models import check_model_ref
+
+    return check_model_ref(ref)
