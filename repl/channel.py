@@ -11,7 +11,6 @@ import selectors
 import signal
 import subprocess
 import time
-from collections import deque
 from pathlib import Path
 
 from . import seccomp
@@ -21,6 +20,8 @@ from .launch import Plan, kernel_env, python_command, wrapper_prefix
 from .scratch import ScratchMount
 
 RAW_TAIL_BYTES = 16_384
+READ_CHUNK = 1 << 20  # one read from the protocol pipe
+RAW_READS_PER_CALL = 16  # 64 KiB each: fd-level output read per wake-up
 
 
 def descendants(pid: int) -> list[int]:
@@ -104,7 +105,6 @@ class KernelProcess:
         self._out = bytearray()
         self._write_registered = False
         self._decoder = FrameDecoder(max_frame, max_json)
-        self._frames: deque[dict] = deque()
         self._pending: dict | None = None  # a J frame still waiting for its attached B frames
         self._pending_bytes = 0
         self._eof = False
@@ -114,6 +114,7 @@ class KernelProcess:
         self.raw_dropped = 0
         self.raw_tail = bytearray()  # last bytes ever written, for crash diagnostics
         self.closed = False
+        self.begin_cell(max_frames=1 << 16, max_bytes=max_message_bytes + max_frame)  # start-up budget
 
     # ---- output side -------------------------------------------------------------------------
     def queue_json(self, obj: dict) -> None:
@@ -146,26 +147,50 @@ class KernelProcess:
             self._write_registered = want
 
     # ---- input side --------------------------------------------------------------------------
-    def _read_proto(self) -> None:
+    # Why one read at a time and one message at a time: a kernel that floods the pipe must not
+    # keep the parent reading (and buffering) past the cell's deadline. The parent only reads
+    # more when the bytes it holds do not yet make a whole message, so what it holds stays under
+    # one message's cap, and the caller checks the deadline and the budgets after every message.
+    def begin_cell(self, max_frames: int, max_bytes: int) -> None:
+        """Reset the per-cell budgets: frames decoded and bytes read from the protocol pipe."""
+        self.frames_read = 0
+        self.bytes_read = 0
+        self.max_cell_frames = max_frames
+        self.max_cell_bytes = max_bytes
+
+    def _read_once(self) -> None:
+        """One bounded read from the protocol pipe into the decoder."""
+        try:
+            data = os.read(self._from_kernel_r, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            return
+        self.bytes_read += len(data)
+        if self.bytes_read > self.max_cell_bytes:
+            raise KernelGone("budget", f"the kernel sent more than {self.max_cell_bytes} bytes in one cell")
+        self._decoder.feed(data)
+
+    def _message_from_buffer(self) -> dict | None:
+        """Decode frames already read until one message is whole; None if more bytes are needed."""
         while True:
             try:
-                data = os.read(self._from_kernel_r, 1 << 20)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._eof = True
-                return
-            self._decoder.feed(data)
-            while True:
                 frame = self._decoder.next_frame()  # raises ProtocolError on garbage
                 if frame is None:
-                    break
-                kind, payload = frame
-                self._take_frame(kind, payload)
+                    return None
+                self.frames_read += 1
+                if self.frames_read > self.max_cell_frames:
+                    raise KernelGone("budget", f"the kernel sent more than {self.max_cell_frames} frames in one cell")
+                msg = self._take_frame(*frame)
+            except ProtocolError as exc:
+                raise KernelGone("protocol", str(exc)) from None
+            if msg is not None:
+                return msg
 
-    def _take_frame(self, kind: bytes, payload: bytes) -> None:
+    def _take_frame(self, kind: bytes, payload: bytes) -> dict | None:
         """Assemble messages: a J frame plus the B frames it announces (kept raw in "_blobs")."""
         if self._pending is not None:
             if kind != KIND_BYTES:
@@ -175,9 +200,9 @@ class KernelProcess:
                 raise ProtocolError(f"message attachments exceed {self.max_message_bytes} bytes")
             self._pending["_blobs"].append(payload)
             if len(self._pending["_blobs"]) == self._pending["n_blobs"]:
-                self._frames.append(self._pending)
-                self._pending = None
-            return
+                msg, self._pending = self._pending, None
+                return msg
+            return None
         if kind != KIND_JSON:
             raise ProtocolError("a byte frame without a message announcing it")
         msg = decode_json(payload)
@@ -186,13 +211,15 @@ class KernelProcess:
             raise ProtocolError(f"bad attachment count {str(n)[:50]}")
         msg["_blobs"] = []
         if n == 0:
-            self._frames.append(msg)
-        else:
-            msg["n_blobs"] = n
-            self._pending, self._pending_bytes = msg, 0
+            return msg
+        msg["n_blobs"] = n
+        self._pending, self._pending_bytes = msg, 0
+        return None
 
     def _read_raw(self) -> None:
-        while not self._raw_eof:
+        for _ in range(RAW_READS_PER_CALL):  # bounded: a writer that never stops cannot pin us here
+            if self._raw_eof:
+                return
             try:
                 data = os.read(self._raw_r, 1 << 16)
             except BlockingIOError:
@@ -220,10 +247,11 @@ class KernelProcess:
         return text, dropped
 
     def next_message(self, deadline: float) -> dict | None:
-        """The next frame from the kernel, or None at the deadline. Raises KernelGone."""
+        """The next message from the kernel, or None at the deadline. Raises KernelGone."""
         while True:
-            if self._frames:
-                return self._frames.popleft()
+            msg = self._message_from_buffer()
+            if msg is not None:
+                return msg
             if self._eof:
                 raise KernelGone("eof", "the kernel closed its protocol pipe")
             now = time.monotonic()
@@ -236,21 +264,23 @@ class KernelProcess:
                 continue
             for key, _mask in events:
                 if key.data == "proto":
-                    try:
-                        self._read_proto()
-                    except ProtocolError as exc:
-                        raise KernelGone("protocol", str(exc)) from None
+                    self._read_once()
                 elif key.data == "raw":
                     self._read_raw()
                 elif key.data == "write":
                     self._try_write()
             if not events and self.proc.poll() is not None:
-                try:
-                    self._read_proto()
-                except ProtocolError as exc:
-                    raise KernelGone("protocol", str(exc)) from None
-                if not self._frames:
+                self._read_once()
+                msg = self._message_from_buffer()
+                if msg is not None:
+                    return msg
+                if not self._eof:
                     raise KernelGone("exit", f"the kernel exited with status {self.proc.returncode}")
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued for the kernel that it has not read yet."""
+        return len(self._out)
 
     def flush(self, deadline: float) -> bool:
         """Write everything queued (used for the prompt at start-up); False on timeout."""
@@ -264,11 +294,8 @@ class KernelProcess:
                     self._try_write()
                 elif key.data == "raw":
                     self._read_raw()
-                elif key.data == "proto":
-                    try:
-                        self._read_proto()
-                    except ProtocolError as exc:
-                        raise KernelGone("protocol", str(exc)) from None
+                elif key.data == "proto" and self._decoder.buffered < READ_CHUNK:
+                    self._read_once()  # start-up: only the ready message is expected; kept bounded
             if self.proc.poll() is not None and self._out:
                 raise KernelGone("exit", f"the kernel exited with status {self.proc.returncode}")
         if self._eof and self._out:

@@ -7,7 +7,7 @@ message is validated, and whatever goes wrong inside a cell comes back as a Cell
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import ast
 import os
 import tempfile
 import threading
@@ -75,6 +75,28 @@ def _new_scratch(plan: Plan, lim: SandboxLimits) -> tuple[Path, ScratchMount | N
         return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb)
     except OSError:
         return scratch, None
+
+
+def _final_literals(code: str) -> set[str]:
+    """String literals passed straight to FINAL(...) in the cell's code, as the parent parses it.
+
+    Why: the final answer comes back from the kernel, which may be owned; an answer equal to a
+    literal the controller itself wrote is one the parent can vouch for. Anything else (a
+    variable, FINAL_VAR, an expression) is the kernel's claim.
+    """
+    if "FINAL" not in code:
+        return set()
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    out = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "FINAL"
+                and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
+            out.add(clean_text(node.args[0].value))
+    return out
 
 
 def _probe_paths(scratch: Path) -> list[str]:
@@ -194,7 +216,7 @@ class Sandbox:
             raise
         self._prompt_bytes = prompt.encode("utf-8", "surrogatepass")
         self._prompt_chars = len(prompt)
-        self._prompt_sha: str | None = None  # computed the first time the kernel's copy differs
+        self._fresh_kernel = False  # no model code has run in the current kernel yet
         self._cell_seq = 0
         self.kernel_starts = 0
         self.isolation: IsolationReport | None = None
@@ -223,6 +245,7 @@ class Sandbox:
         self._kernel = kernel
         self.startup_s = time.monotonic() - t0
         self.kernel_starts += 1
+        self._fresh_kernel = True
         self.isolation = self._report(kernel, facts, prepared.notes)
         return True
 
@@ -239,6 +262,7 @@ class Sandbox:
             self._kernel = kernel
             self.startup_s = time.monotonic() - t0
             self.kernel_starts += 1
+            self._fresh_kernel = True
             self.isolation = self._report(kernel, facts, self._plan_notes + [f"fell back from {e}" for e in errors])
             return
         raise SandboxError("could not start the REPL kernel; tried " + "; ".join(errors))
@@ -365,45 +389,55 @@ class Sandbox:
         lim = self.limits
         self._cell_seq += 1
         seq = self._cell_seq
+        # A fresh nonce per cell: a frame that does not carry it (a thread of an earlier cell, bytes
+        # written between cells, a forgery) is a protocol violation, never this cell's result.
+        nonce = os.urandom(8).hex()
+        fresh = self._fresh_kernel
+        self._fresh_kernel = False
         kernel.take_raw()  # output left by background threads between cells is not this cell's
-        kernel.queue_json({"t": "run", "cell": seq, "code": code})
+        kernel.begin_cell(lim.max_cell_frames, lim.max_cell_read_mb * 2**20)
+        kernel.queue_json({"t": "run", "cell": seq, "n": nonce, "code": code})
         deadline = t0 + lim.cell_timeout_s
+        cpu0 = time.thread_time()
+        handler_cpu = 0.0
         sub_calls = 0
         notices: list[str] = []
-        restored = False
         try:
             while True:
                 msg = kernel.next_message(deadline)
                 if msg is None or time.monotonic() > deadline:  # decoding counts against the deadline too
                     return self._timed_out(kernel, t0, notices, sub_calls)
+                if msg.get("n") != nonce:
+                    raise KernelGone("protocol", f"a {clean_text(str(msg.get('t')))[:40]!r} frame without this "
+                                     "cell's nonce (a thread of an earlier cell, or a forgery)")
+                if time.thread_time() - cpu0 - handler_cpu > lim.max_parent_cpu_s:
+                    raise KernelGone("budget", f"the kernel's frames cost the parent more than "
+                                     f"{lim.max_parent_cpu_s:g}s of CPU in one cell")
                 kind = msg.get("t")
                 if kind == "sub":
-                    h0 = time.monotonic()
-                    reply, n = self._handle_sub(msg, deadline)
-                    if reply is None:
+                    if kernel.unsent_bytes:  # legit code reads each reply before it asks again
+                        raise KernelGone("protocol", "a new sub_call request before the last reply was read")
+                    reply, n, spent, spent_cpu = self._handle_sub(msg, deadline)
+                    handler_cpu += spent_cpu
+                    if not lim.timeout_includes_subcalls:
+                        deadline += spent  # only the handler's own time, never the parent's decoding
+                    if reply is None or time.monotonic() > deadline:
                         return self._timed_out(kernel, t0, notices, sub_calls)
                     sub_calls += n
-                    if not lim.timeout_includes_subcalls:
-                        deadline += time.monotonic() - h0
+                    reply["n"] = nonce
                     kernel.queue_json(reply)
-                elif kind == "pcheck":
-                    if self._prompt_intact(msg):
-                        kernel.queue_json({"t": "pok"})
-                    else:
-                        kernel.queue_bytes(self._prompt_bytes)
-                        restored = True
                 elif kind == "done" and msg.get("cell") == seq:
-                    result = self._finish(msg, kernel, t0, sub_calls)
-                    result.prompt_restored = restored or msg.get("prompt_restored") is True
-                    return result
-                # anything else (stale or forged frames) is ignored
+                    return self._finish(msg, kernel, t0, sub_calls, code, fresh)
+                else:
+                    raise KernelGone("protocol", f"unexpected {clean_text(str(kind))[:40]!r} frame")
         except KernelGone as gone:
             raw, _ = kernel.take_raw()
-            if gone.reason == "protocol":
-                reason = "protocol"
+            if gone.reason in ("protocol", "budget"):
+                reason = gone.reason
             else:
                 reason = kernel.exit_reason() or "protocol"
             detail = {"protocol": f"the kernel broke the protocol ({clean_text(gone.detail)[:300]})",
+                      "budget": f"the kernel exceeded a parent-side budget ({clean_text(gone.detail)[:300]})",
                       "exit": "the kernel process exited", "memory": "the kernel was killed (SIGKILL), "
                       "most likely for exceeding the memory limit", "crash": "the kernel crashed"}[reason]
             if reason == "exit" and kernel.proc.returncode is not None:
@@ -411,7 +445,8 @@ class Sandbox:
             self._restart(reason, notices)
             return CellResult(stdout="", stderr=raw, error=f"KernelDied: {detail}\n",
                               duration_s=time.monotonic() - t0, restarted=True, kill_reason=reason,
-                              notices=notices, sub_calls=sub_calls, prompt_restored=restored)
+                              notices=notices, sub_calls=sub_calls,
+                              prompt_integrity="verified" if fresh else "claimed")
 
     def _timed_out(self, kernel: KernelProcess, t0: float, notices: list[str], sub_calls: int) -> CellResult:
         lim = self.limits
@@ -423,27 +458,23 @@ class Sandbox:
                           duration_s=time.monotonic() - t0, timed_out=True, restarted=True,
                           kill_reason="timeout", notices=notices, sub_calls=sub_calls)
 
-    def _prompt_intact(self, msg: dict) -> bool:
-        """The kernel's copy of `prompt` (its length and SHA-256, as reported) against the parent's document."""
-        if self._prompt_sha is None:
-            self._prompt_sha = hashlib.sha256(self._prompt_bytes).hexdigest()
-        return msg.get("plen") == self._prompt_chars and msg.get("psha") == self._prompt_sha
-
-    def _handle_sub(self, msg: dict, deadline: float) -> tuple[dict | None, int]:
+    def _handle_sub(self, msg: dict, deadline: float) -> tuple[dict | None, int, float, float]:
         """Validate and cap a sub_call message by the parent's own count, then run the handler.
 
-        Returns (None, 0) when decoding the request ran past the cell's deadline.
+        Returns (reply, requests sent to the handler, handler wall time, handler CPU time); the
+        reply is None when decoding the request ran past the cell's deadline. Only the handler's
+        own time may be credited back to the cell: refusing a request is the kernel's cost.
         """
         lim = self.limits
         call_id = msg.get("id") if type(msg.get("id")) is int else None
         reqs_raw = msg.get("reqs")
         blobs = msg.get("_blobs") or []
 
-        def refuse(text: str, n: int) -> tuple[dict, int]:
-            return {"t": "subr", "id": call_id, "replies": [{"text": None, "error": text}] * n}, 0
+        def refuse(text: str, n: int) -> tuple[dict, int, float, float]:
+            return {"t": "subr", "id": call_id, "replies": [{"text": None, "error": text}] * n}, 0, 0.0, 0.0
 
         if not isinstance(reqs_raw, list) or not reqs_raw:
-            return {"t": "subr", "id": call_id, "replies": []}, 0
+            return {"t": "subr", "id": call_id, "replies": []}, 0, 0.0, 0.0
         if len(reqs_raw) > lim.max_batch:
             return refuse(f"sub_call_batch of {len(reqs_raw)} requests exceeds the sandbox cap of {lim.max_batch} "
                           "per batch; split it into smaller batches", len(reqs_raw))
@@ -452,7 +483,7 @@ class Sandbox:
         # the parent's own count of the characters it received, not the kernel's len()
         texts = [decode_blob(b) for b in blobs]
         if time.monotonic() > deadline:
-            return None, 0
+            return None, 0, 0.0, 0.0
         total = sum(len(t) for t in texts)
         if total > lim.max_subcall_chars:
             return refuse(f"sub_call payload of {total} chars exceeds the sandbox cap of {lim.max_subcall_chars}; "
@@ -463,6 +494,9 @@ class Sandbox:
             if not (index is None or type(index) is int):
                 return refuse("malformed sub_call request", len(reqs_raw))
             reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index))
+        del texts, blobs
+        msg.pop("_blobs", None)
+        h0, c0 = time.monotonic(), time.thread_time()
         try:
             replies = self.handler(reqs)
             if not isinstance(replies, list) or len(replies) != len(reqs):
@@ -478,9 +512,11 @@ class Sandbox:
                             "error": None if err is None else str(err)})
         except Exception as exc:  # the handler's failure is the model's SubCallError, not ours
             out = [{"text": None, "error": f"{type(exc).__name__}: {exc}"}] * len(reqs)
-        return {"t": "subr", "id": call_id, "replies": out}, len(reqs)
+        spent, spent_cpu = time.monotonic() - h0, time.thread_time() - c0
+        return {"t": "subr", "id": call_id, "replies": out}, len(reqs), spent, spent_cpu
 
-    def _finish(self, msg: dict, kernel: KernelProcess, t0: float, sub_calls: int) -> CellResult:
+    def _finish(self, msg: dict, kernel: KernelProcess, t0: float, sub_calls: int, code: str,
+                fresh: bool) -> CellResult:
         """Build the CellResult, enforcing every cap here: the kernel's own caps are not trusted."""
         lim = self.limits
         cap = lim.max_output_chars
@@ -519,9 +555,15 @@ class Sandbox:
         final = fields.get("final")
         if final is not None and len(final) > cap:
             final = final[:cap]
+        restored = msg.get("prompt_restored") is True
+        final_var = msg.get("final_var") if isinstance(msg.get("final_var"), str) else None
         return CellResult(stdout=stdout, stderr=stderr, error=error, duration_s=time.monotonic() - t0,
                           notices=notices, final_answer=final, output_truncated=truncated,
-                          sub_calls=sub_calls)
+                          sub_calls=sub_calls, prompt_restored=restored,
+                          prompt_integrity="violated" if restored else ("verified" if fresh else "claimed"),
+                          final_integrity=None if final is None else (
+                              "verified" if final in _final_literals(code) else "claimed"),
+                          final_var=clean_text(final_var)[:200] if final is not None and final_var else None)
 
     # ---- misc --------------------------------------------------------------------------------
     def restart(self) -> None:

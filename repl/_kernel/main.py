@@ -146,6 +146,7 @@ class Kernel:
         self.link = link
         self.cfg = cfg
         self.final: str | None = None
+        self.final_var: str | None = None
         self.final_truncated = False
         self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
         api = make_api(link, self.ns, self._set_final)
@@ -154,14 +155,16 @@ class Kernel:
         self.ns.update({k: v for k, v in (cfg.get("globals") or {}).items() if k not in self.protected})
         self.cell_no = 0
 
-    def _set_final(self, answer: str) -> None:
+    def _set_final(self, answer: str, var: str | None = None) -> None:
         cap = int(self.cfg["max_output_chars"])
+        self.final_var = var
         self.final_truncated = len(answer) > cap
         self.final = answer[:cap]
 
     def run(self, code: str, cell_id: object = None) -> dict:
         self.cell_no += 1
         self.final = None
+        self.final_var = None
         self.final_truncated = False
         budget = OutputBudget(int(self.cfg["max_output_chars"]))
         out, err = CappedStream(budget, "<stdout>"), CappedStream(budget, "<stderr>")
@@ -203,7 +206,7 @@ class Kernel:
         if self.final_truncated:
             notices.append("The final answer was cut to max_output_chars.")
         return {"t": "done", "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error,
-                "final": self.final, "truncated": budget.truncated, "dropped": budget.dropped,
+                "final": self.final, "final_var": self.final_var, "truncated": budget.truncated, "dropped": budget.dropped,
                 "notices": notices, "sub_calls": self.link.sub_calls - subs_before}
 
 
@@ -216,7 +219,7 @@ def send_done(link: KernelLink, reply: dict) -> None:
     keys = [k for k in BLOB_KEYS if isinstance(reply.get(k), str) and (reply[k] or k in ("error", "final"))]
     head = {k: v for k, v in reply.items() if k not in BLOB_KEYS}
     head["blob_keys"] = keys
-    link.send_blobs(head, [reply[k] for k in keys])
+    link.finish_cell(head, [reply[k] for k in keys])
 
 
 # long: the kernel's request loop; every branch is one message kind of the protocol, read top to bottom
@@ -251,16 +254,14 @@ def main(fd_in: int, fd_out: int) -> None:
     link.send({"t": "ready", "facts": facts, "prompt_chars": len(prompt)})
     # `canonical` is a fast local of this frame: model code can read it through the frame stack
     # but cannot rebind it (frame.f_locals is a snapshot; sys.settrace, which would write it
-    # back, is refused by the hook). Before each cell the kernel's `prompt` is checked against
-    # it, and by length and hash against the parent's document when they differ.
+    # back, is refused by the hook). Before each cell the kernel's `prompt` is put back to it if
+    # it changed. The parent never sends the document again: that is a claim of this kernel
+    # (see CellResult.prompt_integrity), and a kernel that lies is no cheaper to the parent.
     canonical = prompt
     del prompt
-    from _sha256 import sha256  # the C module itself (cheaper than hashlib), bound before model code runs
-    str_encode, str_len, _type, _str = str.encode, str.__len__, type, str
-    ask_parent, read_any = link.send, read_frame  # bound now: later patches of the class or module do not reach them
     while True:
         try:
-            msg = link.receive()
+            msg = link.next_cell()
         except (EOFError, OSError):
             os._exit(0)  # parent gone
         if msg.get("t") == "exit":
@@ -268,27 +269,16 @@ def main(fd_in: int, fd_out: int) -> None:
         if msg.get("t") != "run" or not isinstance(msg.get("code"), str):
             continue
         restored = False
-        current = kernel.protected.get("prompt")
-        if current is not canonical:
-            if _type(current) is _str:
-                plen, psha = str_len(current), sha256(str_encode(current, "utf-8", "surrogatepass")).hexdigest()
-            else:
-                plen, psha = -1, ""
-            ask_parent({"t": "pcheck", "plen": plen, "psha": psha})
-            with link.lock:
-                kind, payload = read_any(fd_in)
-            if kind == KIND_BYTES:  # it differed: this is the parent's document
-                canonical = payload.decode("utf-8", "surrogatepass")
-                restored = True
-            del payload
+        if kernel.protected.get("prompt") is not canonical or kernel.ns.get("prompt") is not canonical:
             kernel.protected["prompt"] = canonical
             kernel.ns["prompt"] = canonical
+            restored = True
         reply = kernel.run(msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
         if restored:
             reply["prompt_restored"] = True
             reply["notices"].insert(0, "`prompt` had been altered inside the kernel; the original document was "
-                                       "restored from the controller before this cell.")
+                                       "restored before this cell.")
         try:
             send_done(link, reply)
         except MemoryError:

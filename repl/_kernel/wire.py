@@ -65,6 +65,11 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes read but not yet returned as frames."""
+        return len(self._buf)
+
     def next_frame(self) -> tuple[bytes, bytes] | None:
         if len(self._buf) < HEADER.size:
             return None
