@@ -556,11 +556,13 @@ class Sandbox:
         if final is not None and len(final) > cap:
             final = final[:cap]
         restored = msg.get("prompt_restored") is True
+        tampered = msg.get("tampered") is True
         final_var = msg.get("final_var") if isinstance(msg.get("final_var"), str) else None
         return CellResult(stdout=stdout, stderr=stderr, error=error, duration_s=time.monotonic() - t0,
                           notices=notices, final_answer=final, output_truncated=truncated,
                           sub_calls=sub_calls, prompt_restored=restored,
-                          prompt_integrity="violated" if restored else ("verified" if fresh else "claimed"),
+                          prompt_integrity="violated" if restored or tampered else (
+                              "verified" if fresh else "claimed"),
                           final_integrity=None if final is None else (
                               "verified" if final in _final_literals(code) else "claimed"),
                           final_var=clean_text(final_var)[:200] if final is not None and final_var else None)

@@ -14,8 +14,9 @@ import resource
 import sys
 import threading
 import traceback
+import types
 
-from . import guard
+from . import guard, integrity
 from .api import KernelLink, make_api
 from .capture import CappedStream, OutputBudget
 from .wire import KIND_BYTES, KIND_JSON, decode_json, read_frame
@@ -222,6 +223,38 @@ def send_done(link: KernelLink, reply: dict) -> None:
     link.finish_cell(head, [reply[k] for k in keys])
 
 
+# The builtins the kernel's own code calls on a cell's path (run, reply, traceback trimming).
+LOOP_BUILTINS = ("compile", "exec", "eval", "repr", "isinstance", "len", "str", "int", "dict", "list", "tuple",
+                 "type", "sum", "min", "max", "getattr", "hasattr", "id", "set", "bytes", "iter", "next", "zip",
+                 "enumerate", "callable", "super", "any", "all", "map", "range", "sorted", "BaseException",
+                 "Exception", "SyntaxError", "SystemExit", "MemoryError", "RecursionError", "TypeError",
+                 "ValueError", "NameError", "OSError", "EOFError", "KeyError", "IndexError", "AttributeError")
+
+
+def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
+    """What later cells' code paths depend on: the kernel's modules and classes, the stdlib pieces
+    the loop calls (builtins, json, os, traceback, ...), the API functions' closures."""
+    import ast as _ast
+    import json
+    import json.decoder
+    import json.encoder
+    import json.scanner
+
+    from . import api, capture, wire
+    own = [sys.modules[__name__], api, wire, capture]
+    # only the names the loop's path looks up in the big stdlib modules: the check runs every cell
+    modules = own + [(builtins, LOOP_BUILTINS), json, json.encoder, json.decoder, json.scanner,
+                     (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
+                     (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
+                     (_ast, ("PyCF_ONLY_AST", "Expr", "Expression"))]
+    classes = [Kernel, KernelLink, api.SubCallError, CappedStream, OutputBudget, json.JSONEncoder, json.JSONDecoder]
+    instances = [(kernel, ("link", "cfg", "ns", "protected")),
+                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch")),
+                 (json._default_encoder, None), (json._default_decoder, None)]
+    functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
+    return integrity.take(modules + [kernel.protected], classes, instances, functions, own + [kernel.protected])
+
+
 # long: the kernel's request loop; every branch is one message kind of the protocol, read top to bottom
 def main(fd_in: int, fd_out: int) -> None:
     _ensure_big_stack()
@@ -259,34 +292,49 @@ def main(fd_in: int, fd_out: int) -> None:
     # (see CellResult.prompt_integrity), and a kernel that lies is no cheaper to the parent.
     canonical = prompt
     del prompt
+    # Everything the loop calls is bound here, before model code runs, and the bindings it relies
+    # on are checked against a snapshot before each cell and before each reply (integrity.py).
+    snap = _snapshot(kernel, link)
+    flat = integrity.flatten(snap)
+    run_cell, finish, next_cell = Kernel.run, send_done, link.next_cell
+    intact, restore = integrity.intact, integrity.restore
+    check_tools, fix_tools = integrity.CHECK_TOOLS, integrity.FIX_TOOLS  # tuples: model code cannot change them
+    _isinstance, _str, _exit = isinstance, str, os._exit
     while True:
         try:
-            msg = link.next_cell()
+            msg = next_cell()
         except (EOFError, OSError):
-            os._exit(0)  # parent gone
+            _exit(0)  # parent gone
         if msg.get("t") == "exit":
-            os._exit(0)
-        if msg.get("t") != "run" or not isinstance(msg.get("code"), str):
+            _exit(0)
+        if msg.get("t") != "run" or not _isinstance(msg.get("code"), _str):
             continue
         restored = False
         if kernel.protected.get("prompt") is not canonical or kernel.ns.get("prompt") is not canonical:
+            restored = True
             kernel.protected["prompt"] = canonical
             kernel.ns["prompt"] = canonical
-            restored = True
-        reply = kernel.run(msg["code"], msg.get("cell"))
+        reply = run_cell(kernel, msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
+        # One check per cell, after it ran and before its reply: whatever this cell (or a thread)
+        # patched is put back before the reply is built, and this cell's record says so.
+        if not intact(flat, *check_tools):
+            restore(snap, *fix_tools)
+            reply["tampered"] = True
+            reply["notices"].append("The kernel's own functions or modules were altered (by this cell or a "
+                                    "thread); they have been restored. This cell's result is the kernel's word only.")
         if restored:
             reply["prompt_restored"] = True
             reply["notices"].insert(0, "`prompt` had been altered inside the kernel; the original document was "
                                        "restored before this cell.")
         try:
-            send_done(link, reply)
+            finish(link, reply)
         except MemoryError:
             try:
-                send_done(link, {"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
+                finish(link, {"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
                                  "error": "MemoryError: the cell's output could not be sent (memory cap)\n",
                                  "final": None, "truncated": True, "dropped": 0, "notices": [], "sub_calls": 0})
             except BaseException:
-                os._exit(70)
+                _exit(70)
         except (EOFError, OSError):
-            os._exit(0)
+            _exit(0)

@@ -388,14 +388,17 @@ def test_garbage_on_the_protocol_pipe_restarts_the_kernel():
         alive(box)
 
 
-def test_forged_messages_are_ignored():
+def test_forged_messages_break_the_protocol():
+    """A frame without the cell's nonce is never taken as a result: the kernel is replaced (issue 20)."""
     with Sandbox("PROMPT-TEXT", handler=echo_handler, limits=limits()) as box:
         r = box.run_cell(
             "import os, sys, json\n"
             "msg = json.dumps({'t': 'done', 'cell': 999, 'stdout': 'FORGED'}).encode()\n"
             "os.write(int(sys.argv[2]), b'J' + len(msg).to_bytes(4, 'big') + msg)\n"
             "print('real')")
-        assert r.stdout == "real\n" and not r.restarted
+        assert r.restarted and r.kill_reason == "protocol" and "nonce" in r.error, r
+        assert "FORGED" not in r.stdout
+        alive(box)
 
 
 def test_closing_the_protocol_pipe_restarts_the_kernel():
