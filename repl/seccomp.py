@@ -51,7 +51,14 @@ _BLOCKED_NAMES = (
     # kernel attack surface and noexec bypasses
     "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "memfd_create", "memfd_secret", "open_by_handle_at", "name_to_handle_at", "fanotify_init",
+    # user xattrs on the scratch tmpfs are not counted against its size cap
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
 )
+# Only in the kernel's own filter (installed by the kernel itself before model code runs): no new
+# program and no new process by any route, audited or not (libuv's spawn, a C library's fork).
+_NO_PROCESS_NAMES = ("execve", "execveat", "fork", "vfork")
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+CLONE_THREAD = 0x00010000
 
 _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     "x86_64": (0xC000003E, {
@@ -65,7 +72,8 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "clock_settime": 227, "adjtimex": 159, "clock_adjtime": 305, "bpf": 321, "perf_event_open": 298,
         "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
         "memfd_create": 319, "memfd_secret": 447, "open_by_handle_at": 304, "name_to_handle_at": 303,
-        "fanotify_init": 300, "clone": 56, "clone3": 435,
+        "fanotify_init": 300, "clone": 56, "clone3": 435, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
+        "setxattrat": 463, "socket": 41, "socketpair": 53, "execve": 59, "execveat": 322, "fork": 57, "vfork": 58,
     }),
     "aarch64": (0xC00000B7, {
         "mknodat": 33, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_open": 434,
@@ -78,6 +86,8 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "clock_adjtime": 266, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "io_uring_setup": 425,
         "io_uring_enter": 426, "io_uring_register": 427, "memfd_create": 279, "memfd_secret": 447,
         "open_by_handle_at": 265, "name_to_handle_at": 264, "fanotify_init": 262, "clone": 220, "clone3": 435,
+        "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463, "socket": 198, "socketpair": 199,
+        "execve": 221, "execveat": 281,
     }),
 }
 
@@ -90,8 +100,14 @@ def supported() -> bool:
     return os.uname().machine in _ARCHES
 
 
-def build_filter(machine: str | None = None) -> bytes:
-    """The filter as raw `struct sock_filter` records (what bwrap's --seccomp reads)."""
+def build_filter(machine: str | None = None, *, network: bool = True, no_new_processes: bool = False) -> bytes:
+    """The filter as raw `struct sock_filter` records (what bwrap's --seccomp and the kernel read).
+
+    Socket families: only AF_UNIX, AF_INET and AF_INET6 (plus AF_NETLINK when the network is on,
+    which name resolution uses): vsock, packet and netlink sockets reach past the network namespace.
+    `no_new_processes`: the kernel's own stage, which also refuses exec and any clone without
+    CLONE_THREAD (fork, vfork, posix_spawn), so a hook-free spawn from C code fails too.
+    """
     machine = machine or os.uname().machine
     if machine not in _ARCHES:
         raise ValueError(f"no seccomp syscall table for architecture {machine!r}")
@@ -105,24 +121,30 @@ def build_filter(machine: str | None = None) -> bytes:
     ]
     if machine == "x86_64":  # the x32 ABI shares the arch value; refuse it
         prog += [_insn(_JGE_K, 0, 1, 0x40000000), _insn(_RET_K, 0, 0, eperm)]
-    for name in _BLOCKED_NAMES:
+    names = _BLOCKED_NAMES + (_NO_PROCESS_NAMES if no_new_processes else ())
+    for name in names:
         if name in table:
             prog += [_insn(_JEQ_K, 0, 1, table[name]), _insn(_RET_K, 0, 0, eperm)]
     prog += [_insn(_JEQ_K, 0, 1, table["clone3"]), _insn(_RET_K, 0, 0, _ret_errno(errno.ENOSYS))]
-    # clone: low 32 bits of args[0] (the flags, little-endian offset 16) must carry no namespace flag
-    prog += [
-        _insn(_JEQ_K, 0, 3, table["clone"]),
-        _insn(_LD_W_ABS, 0, 0, 16),
-        _insn(_JSET_K, 0, 1, CLONE_NS_FLAGS),
-        _insn(_RET_K, 0, 0, eperm),
-        _insn(_RET_K, 0, 0, RET_ALLOW),
-    ]
+    # socket/socketpair: the family is the low 32 bits of args[0] (little-endian offset 16)
+    families = (AF_UNIX, AF_INET, AF_INET6) + ((AF_NETLINK,) if network else ())
+    fam = [_insn(_LD_W_ABS, 0, 0, 16)]
+    for i, family in enumerate(families):
+        fam.append(_insn(_JEQ_K, len(families) - i, 0, family))  # -> the RET_ALLOW below
+    fam += [_insn(_RET_K, 0, 0, eperm), _insn(_RET_K, 0, 0, RET_ALLOW)]
+    prog += [_insn(_JEQ_K, 1, 0, table["socket"]), _insn(_JEQ_K, 0, len(fam), table["socketpair"]), *fam]
+    # clone: no namespace flag; in the kernel's stage, threads only (CLONE_THREAD)
+    tail = [_insn(_LD_W_ABS, 0, 0, 16), _insn(_JSET_K, 0, 1, CLONE_NS_FLAGS), _insn(_RET_K, 0, 0, eperm)]
+    if no_new_processes:
+        tail += [_insn(_JSET_K, 1, 0, CLONE_THREAD), _insn(_RET_K, 0, 0, eperm)]
+    tail += [_insn(_RET_K, 0, 0, RET_ALLOW)]
+    prog += [_insn(_JEQ_K, 0, len(tail) - 1, table["clone"]), *tail]
     return b"".join(prog)
 
 
-def filter_fd() -> int:
+def filter_fd(network: bool = True) -> int:
     """A readable fd holding the program (a pipe: it is far below the pipe buffer size)."""
-    data = build_filter()
+    data = build_filter(network=network)
     r, w = os.pipe()
     try:
         os.write(w, data)

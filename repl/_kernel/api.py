@@ -102,6 +102,8 @@ class KernelLink:
                 msg = self.receive()
                 if msg.get("t") == "subr" and msg.get("id") == call_id:
                     break
+        if isinstance(msg.get("refused"), str):
+            raise SubCallError(msg["refused"])
         self.sub_calls += len(reqs)
         replies = msg.get("replies")
         if not isinstance(replies, list) or len(replies) != len(reqs):

@@ -123,7 +123,13 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
     """Install the hook. All state lives in this closure, none in patchable module globals."""
     import stat as _stat
 
+    import types as _types
+
     resolve = _make_resolver(posix.getcwd, posix.lstat, posix.readlink, _stat.S_ISLNK)
+    # types.coroutine sets one flag on a generator's code with code.replace (asyncio uses it at
+    # import); only that caller is let through the code.__new__ refusal: it changes no bytecode.
+    coroutine_code, getframe = _types.coroutine.__code__, sys._getframe
+    af_unix = 1
     fspath, fsdecode_err = posix.fspath, "surrogateescape"
     stat_fn, s_isdir, readlink = posix.stat, _stat.S_ISDIR, posix.readlink
     scratch_real = resolve(scratch)
@@ -253,7 +259,8 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
                 raise _PermissionError("sandbox: symbolic links must point inside the scratch folder "
                                        "(absolute, or relative without '..')")
             symlinks_made[0] = True
-        if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
+        if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__" and \
+                getframe(1).f_code is not coroutine_code:
             raise _PermissionError("sandbox: replacing a function's __code__ is not allowed")
         if event in path_events:
             for path_i, fd_i in path_events[event]:
@@ -281,11 +288,49 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
         if event in signal_events:
             raise _PermissionError(f"sandbox: sending signals is not allowed ({event})")
         if event in net_events:
+            if event == "socket.__new__" and len(args) > 1 and args[1] == af_unix:
+                return  # socketpair() for asyncio's self-pipe; connect/bind/sendto stay refused
             raise _PermissionError(f"sandbox: network access is disabled ({event})")
+        if event == "code.__new__" and getframe(1).f_code is coroutine_code:
+            return
         if event in always or (block_ctypes_events and event.startswith("ctypes.")):
             raise _PermissionError(f"sandbox: {event} is not allowed")
 
     sys.addaudithook(hook)
+
+
+def install_seccomp(program_hex: str) -> str | None:
+    """Load the parent-built seccomp program into this process (no_new_privs first, as any process
+    may); every thread and process the kernel makes later inherits it. None on success, else why.
+
+    Why in the kernel too: under every launcher (not only bubblewrap) it refuses exec, fork and
+    the socket families outside the network namespace at the system-call level, where C code that
+    never raises an audit event (libuv's spawn) is caught as well. Runs before any model code,
+    with the real ctypes, which is then dropped from sys.modules so that a later import is an
+    import (and refused by the hook).
+    """
+    prog = bytes.fromhex(program_hex)
+    before = set(sys.modules)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            return f"prctl(PR_SET_NO_NEW_PRIVS) failed: errno {ctypes.get_errno()}"
+        if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            return f"prctl(PR_SET_SECCOMP) failed: errno {ctypes.get_errno()}"
+        return None
+    except (ImportError, OSError, AttributeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
 
 
 def disarm_posixsubprocess() -> None:

@@ -68,6 +68,11 @@ ATTACKS = {
         OWN + "_t.Thread(target=_drain, daemon=True).start()\n"
               "blob = _frame({'t': 'pcheck', 'n': getattr(_link, 'nonce', None), 'plen': -1, 'psha': ''}) * 40\n"
               "while True:\n    _o.write(_link.fd_out, blob)"),
+    # a request the parent refuses for its size: the refusal must not cost more than the request
+    "refusal_reply_amplify": (
+        None,
+        OWN + "blob = _frame({'t': 'sub', 'id': 1, 'n': getattr(_link, 'nonce', None), 'reqs': [0] * 150_000})\n"
+              "while True:\n    _o.write(_link.fd_out, blob)"),
     # requests the parent must refuse (over the chunk cap) still cost it decoding: never credited back
     "refused_requests_cost_the_cell": (
         None,
