@@ -16,7 +16,7 @@ from pathlib import Path
 from . import seccomp
 from ._kernel.wire import KIND_BYTES, KIND_JSON, FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
 from .cgroup import CgroupJail
-from .launch import Plan, kernel_env, python_command, wrapper_prefix
+from .launch import UNPRIVILEGED_UID, Plan, hide_bwrap_args, kernel_env, python_command, wrapper_prefix
 from .scratch import ScratchMount
 
 RAW_TAIL_BYTES = 16_384
@@ -67,7 +67,7 @@ class KernelProcess:
 
     def __init__(self, *, plan: Plan, scratch: Path, network: bool, max_frame: int, max_json: int,
                  max_blobs: int, max_message_bytes: int, raw_cap: int, jail: CgroupJail | None = None,
-                 holder: ScratchMount | None = None) -> None:
+                 holder: ScratchMount | None = None, uid: int = UNPRIVILEGED_UID) -> None:
         self.launcher = plan.launcher
         self.plan = plan
         self.jail = jail
@@ -76,12 +76,13 @@ class KernelProcess:
         self.max_message_bytes = max_message_bytes
         to_kernel_r, self._to_kernel_w = os.pipe()
         self._from_kernel_r, from_kernel_w = os.pipe()
-        filter_fd = seccomp.filter_fd() if plan.seccomp else None
-        argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=filter_fd) + python_command(
+        filter_fd = seccomp.filter_fd(network) if plan.seccomp else None
+        argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=filter_fd, uid=uid) + python_command(
             to_kernel_r, from_kernel_w)
+        argv, args_fd = hide_bwrap_args(argv)
         if jail is not None:
             argv = jail.wrap(argv)
-        keep = (to_kernel_r, from_kernel_w) + ((filter_fd,) if filter_fd is not None else ())
+        keep = (to_kernel_r, from_kernel_w) + tuple(fd for fd in (filter_fd, args_fd) if fd is not None)
         try:
             self.proc = subprocess.Popen(
                 argv, cwd="/", env=kernel_env(scratch), stdin=subprocess.DEVNULL,
@@ -356,4 +357,5 @@ class KernelProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         if self.jail is not None:
+            self.jail.kill_all()  # what left the process tree (setsid, double forks) is still in the group
             self.jail.remove()

@@ -15,11 +15,13 @@ import threading
 import time
 from pathlib import Path
 
-from . import seccomp
+from . import cleanup, seccomp
 from .cgroup import CgroupJail
 from .channel import KernelGone, KernelProcess
-from .launch import KERNEL_DIR, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch
+from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch, \
+    scratch_prefix
 from .scratch import ScratchMount, remove_tree
+from .uids import UidLease
 from .text import clean_text, clip, decode_blob
 from .types import CellResult, IsolationReport, SandboxError, SandboxLimits, SubCallHandler, SubCallReply, \
     SubCallRequest
@@ -51,13 +53,29 @@ def _restart_notice(reason: str) -> str:
 
 
 def _plans(lim: SandboxLimits) -> tuple[list[Plan], list[str]]:
+    cleanup.ensure_started()  # the janitor for this process, and leftovers of dead rigs removed
     try:
         return choose_plans(lim.launcher, network=lim.network, allow_weak=lim.allow_weak_launchers)
     except LauncherRefused as exc:
         raise SandboxError(f"could not start the REPL kernel; {exc}") from None
 
 
-def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchMount | None) -> KernelProcess:
+def _lease(plan: Plan) -> UidLease | None:
+    """A uid of its own for a kernel that drops root (uids.py); None where the plan keeps the user's uid."""
+    if not plan.drop_uid:
+        return None
+    try:
+        return UidLease.acquire()
+    except OSError as exc:
+        raise SandboxError(f"could not lease a kernel uid: {exc}") from None
+
+
+def _uid(lease: UidLease | None) -> int:
+    return lease.uid if lease is not None else UNPRIVILEGED_UID
+
+
+def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchMount | None,
+                 uid: int = UNPRIVILEGED_UID) -> KernelProcess:
     """Start a confined kernel process; it waits for its config and prompt on the pipe."""
     max_frame = 4 * max(lim.max_output_chars, lim.max_subcall_chars) + FRAME_OVERHEAD
     max_message = 4 * (lim.max_subcall_chars + 3 * lim.max_output_chars) + FRAME_OVERHEAD
@@ -66,15 +84,15 @@ def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchM
         return KernelProcess(plan=plan, scratch=scratch, network=lim.network, max_frame=max_frame,
                              max_json=JSON_FRAME_BASE + 256 * lim.max_batch, max_blobs=8 * lim.max_batch + 8192,
                              max_message_bytes=max_message, raw_cap=lim.max_output_chars, jail=jail,
-                             holder=holder if plan.scratch_tmpfs else None)
+                             holder=holder if plan.scratch_tmpfs else None, uid=uid)
     except OSError as exc:
         raise SandboxError(f"cannot spawn: {exc}") from None
 
 
-def _new_scratch(plan: Plan, lim: SandboxLimits) -> tuple[Path, ScratchMount | None]:
-    scratch = Path(tempfile.mkdtemp(prefix="rlm-repl-")).resolve()
+def _new_scratch(plan: Plan, lim: SandboxLimits, uid: int) -> tuple[Path, ScratchMount | None]:
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix())).resolve()
     try:
-        return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb)
+        return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb, uid=uid)
     except OSError:
         return scratch, None
 
@@ -154,10 +172,12 @@ class PreparedKernel:
         plans, self.notes = _plans(self.limits)
         self.plan = plans[0]
         self.launcher = self.plan.launcher
-        self.scratch, self.holder = _new_scratch(self.plan, self.limits)
+        self.lease = _lease(self.plan)
+        self.scratch, self.holder = _new_scratch(self.plan, self.limits, _uid(self.lease))
         self._lock = threading.Lock()
         try:
-            self._kernel: KernelProcess | None = spawn_kernel(self.limits, self.plan, self.scratch, self.holder)
+            self._kernel: KernelProcess | None = spawn_kernel(self.limits, self.plan, self.scratch, self.holder,
+                                                              _uid(self.lease))
         except SandboxError:
             self._drop_scratch()
             raise
@@ -175,6 +195,9 @@ class PreparedKernel:
         if self.holder is not None:
             self.holder.close()
         remove_tree(self.scratch)
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def discard(self) -> None:
         k = self.take()
@@ -205,6 +228,7 @@ class Sandbox:
             prepared = None
         self._owns_scratch = scratch_dir is None
         self._holder: ScratchMount | None = None
+        self._lease: UidLease | None = None
         self._lock = threading.RLock()
         self._kernel: KernelProcess | None = None
         self._closed = False
@@ -214,16 +238,22 @@ class Sandbox:
             self._plans, self._plan_notes = _plans(self.limits)
             if prepared is not None:
                 self.scratch, self._holder = prepared.scratch, prepared.holder
+                self._lease, prepared.lease = prepared.lease, None
                 self._owns_scratch = True
             elif scratch_dir is None:
-                self.scratch, self._holder = _new_scratch(self._plans[0], self.limits)
+                self._lease = _lease(self._plans[0])
+                self.scratch, self._holder = _new_scratch(self._plans[0], self.limits, _uid(self._lease))
                 self._owns_scratch = True
             else:  # a caller's folder stays on the host, so the caller can read it afterwards (no quota)
+                self._lease = _lease(self._plans[0])
                 self.scratch = Path(scratch_dir).resolve()
                 self.scratch.mkdir(parents=True, exist_ok=True)
-                prepare_scratch(self.scratch, dataclasses.replace(self._plans[0], scratch_tmpfs=False), size_mb=1)
+                prepare_scratch(self.scratch, dataclasses.replace(self._plans[0], scratch_tmpfs=False), size_mb=1,
+                                uid=_uid(self._lease))
         except BaseException:
             self._closed = True
+            if self._lease is not None:
+                self._lease.release()
             raise
         self._prompt_bytes = prompt.encode("utf-8", "surrogatepass")
         self._prompt_chars = len(prompt)
@@ -281,14 +311,14 @@ class Sandbox:
     def _start_with(self, plan: Plan) -> tuple[KernelProcess, dict]:
         if self._holder is not None and plan.scratch_tmpfs and not self._holder.alive():
             raise SandboxError("the scratch holder process is gone")
-        kernel = spawn_kernel(self.limits, plan, self.scratch, self._holder)
+        kernel = spawn_kernel(self.limits, plan, self.scratch, self._holder, _uid(self._lease))
         return kernel, self._handshake(kernel)
 
     def _handshake(self, kernel: KernelProcess) -> dict:
         """Send the config and the prompt; wait for the kernel's ready message (with its isolation facts)."""
         lim = self.limits
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
-               "nproc": nproc_limit(kernel.plan), "recursion_limit": lim.recursion_limit, "network": lim.network,
+               "nproc": nproc_limit(kernel.plan, _uid(self._lease)), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
                "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
                "probe_paths": _probe_paths(self.scratch), "seccomp": kernel_filter_hex(lim.network)}
@@ -597,6 +627,9 @@ class Sandbox:
             if self._kernel is not None:
                 self._kernel.kill()
                 self._kernel = None
+            if self._lease is not None:  # every process of the kernel's uid: setsid'd, double-forked, ...
+                self._lease.release()
+                self._lease = None
             if self._holder is not None:
                 self._holder.close()  # the tmpfs goes with its namespace, whatever is in it
                 self._holder = None
