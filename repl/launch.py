@@ -372,6 +372,9 @@ def choose_plans(requested: str, *, network: bool, allow_weak: bool) -> tuple[li
                               "be root on the host): " + INSTALL_HINT + ", or set sandbox.allow_weak_launchers: "
                               "true to accept unshare / a plain process (see docs/SANDBOX.md)")
     weak = [p for p in (plan_for("unshare", network=network), plan_for("none", network=network)) if p]
+    if not weak:
+        raise LauncherRefused(f"{why}; the weaker launchers do not work here either ("
+                              f"{plan_error('none', network=network)}): " + INSTALL_HINT)
     return weak, [f"{why}; weaker launcher used: " + INSTALL_HINT]
 
 

@@ -7,7 +7,6 @@ message is validated, and whatever goes wrong inside a cell comes back as a Cell
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ast
 import os
 import tempfile
@@ -15,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import cleanup, seccomp
+from . import cleanup
 from .cgroup import CgroupJail
 from .channel import KernelGone, KernelProcess
 from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch, \
@@ -95,15 +94,6 @@ def _new_scratch(plan: Plan, lim: SandboxLimits, uid: int) -> tuple[Path, Scratc
         return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb, uid=uid)
     except OSError:
         return scratch, None
-
-
-@functools.lru_cache(maxsize=4)
-def kernel_filter_hex(network: bool) -> str | None:
-    """The seccomp program the kernel loads itself before model code (no exec, no fork, only the
-    socket families it needs), under every launcher; None on an architecture without a table."""
-    if not seccomp.supported():
-        return None
-    return seccomp.build_filter(network=network, no_new_processes=True).hex()
 
 
 def _final_literals(code: str) -> set[str]:
@@ -321,7 +311,7 @@ class Sandbox:
                "nproc": nproc_limit(kernel.plan, _uid(self._lease)), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
                "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
-               "probe_paths": _probe_paths(self.scratch), "seccomp": kernel_filter_hex(lim.network)}
+               "probe_paths": _probe_paths(self.scratch)}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:
             kernel.queue_json(cfg)
@@ -382,9 +372,6 @@ class Sandbox:
             hidden_paths=not visible,
             visible_paths=visible,
         )
-        if isinstance(facts.get("kernel_seccomp_error"), str):
-            report.notes.append(f"the kernel's own seccomp stage (no exec/fork, socket families) is not active: "
-                                f"{clean_text(facts['kernel_seccomp_error'])[:200]}")
         if report.host_uid == 0:
             report.notes.append("the kernel runs as root on the host (uid 0): only the layers above protect "
                                 "root-owned files")

@@ -54,10 +54,12 @@ _BLOCKED_NAMES = (
     # user xattrs on the scratch tmpfs are not counted against its size cap
     "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
 )
-# Only in the kernel's own filter (installed by the kernel itself before model code runs): no new
-# program and no new process by any route, audited or not (libuv's spawn, a C library's fork).
-_NO_PROCESS_NAMES = ("execve", "execveat", "fork", "vfork")
-AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+# No new process by any route, audited or not (libuv's spawn, a C library's fork): bwrap loads the
+# filter just before it execs setpriv, which execs Python; none of them forks after that. exec
+# stays allowed (those two execs, and the kernel's own re-exec for a bigger stack): a process
+# that execs only replaces itself, inside the same confinement.
+_NO_PROCESS_NAMES = ("fork", "vfork")
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 CLONE_THREAD = 0x00010000
 
 _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
@@ -73,7 +75,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
         "memfd_create": 319, "memfd_secret": 447, "open_by_handle_at": 304, "name_to_handle_at": 303,
         "fanotify_init": 300, "clone": 56, "clone3": 435, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
-        "setxattrat": 463, "socket": 41, "socketpair": 53, "execve": 59, "execveat": 322, "fork": 57, "vfork": 58,
+        "setxattrat": 463, "socket": 41, "socketpair": 53, "fork": 57, "vfork": 58,
     }),
     "aarch64": (0xC00000B7, {
         "mknodat": 33, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_open": 434,
@@ -87,7 +89,6 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "io_uring_enter": 426, "io_uring_register": 427, "memfd_create": 279, "memfd_secret": 447,
         "open_by_handle_at": 265, "name_to_handle_at": 264, "fanotify_init": 262, "clone": 220, "clone3": 435,
         "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463, "socket": 198, "socketpair": 199,
-        "execve": 221, "execveat": 281,
     }),
 }
 
@@ -100,13 +101,14 @@ def supported() -> bool:
     return os.uname().machine in _ARCHES
 
 
-def build_filter(machine: str | None = None, *, network: bool = True, no_new_processes: bool = False) -> bytes:
+def build_filter(machine: str | None = None, *, network: bool = True, no_new_processes: bool = True) -> bytes:
     """The filter as raw `struct sock_filter` records (what bwrap's --seccomp and the kernel read).
 
-    Socket families: only AF_UNIX, AF_INET and AF_INET6 (plus AF_NETLINK when the network is on,
-    which name resolution uses): vsock, packet and netlink sockets reach past the network namespace.
-    `no_new_processes`: the kernel's own stage, which also refuses exec and any clone without
-    CLONE_THREAD (fork, vfork, posix_spawn), so a hook-free spawn from C code fails too.
+    Socket families: only AF_UNIX, AF_INET and AF_INET6, whatever `network` says: vsock reaches
+    past the network namespace, packet and netlink sockets talk to the host kernel (glibc's name
+    resolution works without netlink). `network` is kept for callers; it changes nothing here.
+    `no_new_processes`: also refuse fork, vfork and any clone without CLONE_THREAD (posix_spawn,
+    libuv's spawn), so a process start that raises no audit event fails too.
     """
     machine = machine or os.uname().machine
     if machine not in _ARCHES:
@@ -127,7 +129,7 @@ def build_filter(machine: str | None = None, *, network: bool = True, no_new_pro
             prog += [_insn(_JEQ_K, 0, 1, table[name]), _insn(_RET_K, 0, 0, eperm)]
     prog += [_insn(_JEQ_K, 0, 1, table["clone3"]), _insn(_RET_K, 0, 0, _ret_errno(errno.ENOSYS))]
     # socket/socketpair: the family is the low 32 bits of args[0] (little-endian offset 16)
-    families = (AF_UNIX, AF_INET, AF_INET6) + ((AF_NETLINK,) if network else ())
+    families = (AF_UNIX, AF_INET, AF_INET6)
     fam = [_insn(_LD_W_ABS, 0, 0, 16)]
     for i, family in enumerate(families):
         fam.append(_insn(_JEQ_K, len(families) - i, 0, family))  # -> the RET_ALLOW below

@@ -299,40 +299,6 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
     sys.addaudithook(hook)
 
 
-def install_seccomp(program_hex: str) -> str | None:
-    """Load the parent-built seccomp program into this process (no_new_privs first, as any process
-    may); every thread and process the kernel makes later inherits it. None on success, else why.
-
-    Why in the kernel too: under every launcher (not only bubblewrap) it refuses exec, fork and
-    the socket families outside the network namespace at the system-call level, where C code that
-    never raises an audit event (libuv's spawn) is caught as well. Runs before any model code,
-    with the real ctypes, which is then dropped from sys.modules so that a later import is an
-    import (and refused by the hook).
-    """
-    prog = bytes.fromhex(program_hex)
-    before = set(sys.modules)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-
-        class SockFprog(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-        buf = ctypes.create_string_buffer(prog, len(prog))
-        fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-            return f"prctl(PR_SET_NO_NEW_PRIVS) failed: errno {ctypes.get_errno()}"
-        if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
-            return f"prctl(PR_SET_SECCOMP) failed: errno {ctypes.get_errno()}"
-        return None
-    except (ImportError, OSError, AttributeError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
-
-
 def disarm_posixsubprocess() -> None:
     """Pre-load _posixsubprocess and stub fork_exec (it raises no audit event of its own);
     its re-import is then refused by the hook."""

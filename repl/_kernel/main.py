@@ -270,7 +270,6 @@ def main(fd_in: int, fd_out: int) -> None:
     os.chdir(cfg["scratch"])
     guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
     guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
-    seccomp_error = guard.install_seccomp(cfg["seccomp"]) if cfg.get("seccomp") else "no filter for this machine"
     guard.disarm_posixsubprocess()
     guard.disarm_unaudited()
     if not cfg.get("allow_ctypes"):
@@ -281,7 +280,6 @@ def main(fd_in: int, fd_out: int) -> None:
     link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024))
     kernel = Kernel(link, prompt, cfg)
     facts = _facts(cfg["scratch"], list(cfg.get("probe_paths") or []))
-    facts["kernel_seccomp_error"] = seccomp_error
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
                              protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")),
                              library_roots=tuple(sorted({sys.prefix, sys.base_prefix, sys.exec_prefix,
