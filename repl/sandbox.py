@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ast
 import os
+import random
 import tempfile
 import threading
 import time
@@ -248,6 +249,7 @@ class Sandbox:
         self._prompt_bytes = prompt.encode("utf-8", "surrogatepass")
         self._prompt_chars = len(prompt)
         self._fresh_kernel = False  # no model code has run in the current kernel yet
+        self._nonces = random.Random(os.urandom(32))  # parent-side state: the kernel cannot read it
         self._cell_seq = 0
         self.kernel_starts = 0
         self.isolation: IsolationReport | None = None
@@ -422,14 +424,14 @@ class Sandbox:
         seq = self._cell_seq
         # A fresh nonce per cell: a frame that does not carry it (a thread of an earlier cell, bytes
         # written between cells, a forgery) is a protocol violation, never this cell's result.
-        nonce = os.urandom(8).hex()
+        nonce = f"{self._nonces.getrandbits(64):016x}"
         fresh = self._fresh_kernel
         self._fresh_kernel = False
         kernel.take_raw()  # output left by background threads between cells is not this cell's
         kernel.begin_cell(lim.max_cell_frames, lim.max_cell_read_mb * 2**20)
         kernel.queue_json({"t": "run", "cell": seq, "n": nonce, "code": code})
         deadline = t0 + lim.cell_timeout_s
-        cpu0 = time.thread_time()
+        cpu0 = None  # parent CPU is counted from the cell's second message: one message is bounded anyway
         handler_cpu = 0.0
         sub_calls = 0
         notices: list[str] = []
@@ -441,7 +443,9 @@ class Sandbox:
                 if msg.get("n") != nonce:
                     raise KernelGone("protocol", f"a {clean_text(str(msg.get('t')))[:40]!r} frame without this "
                                      "cell's nonce (a thread of an earlier cell, or a forgery)")
-                if time.thread_time() - cpu0 - handler_cpu > lim.max_parent_cpu_s:
+                if cpu0 is None:
+                    cpu0 = time.thread_time()
+                elif time.thread_time() - cpu0 - handler_cpu > lim.max_parent_cpu_s:
                     raise KernelGone("budget", f"the kernel's frames cost the parent more than "
                                      f"{lim.max_parent_cpu_s:g}s of CPU in one cell")
                 kind = msg.get("t")
@@ -589,12 +593,11 @@ class Sandbox:
         if final is not None and len(final) > cap:
             final = final[:cap]
         restored = msg.get("prompt_restored") is True
-        tampered = msg.get("tampered") is True
         final_var = msg.get("final_var") if isinstance(msg.get("final_var"), str) else None
         return CellResult(stdout=stdout, stderr=stderr, error=error, duration_s=time.monotonic() - t0,
                           notices=notices, final_answer=final, output_truncated=truncated,
                           sub_calls=sub_calls, prompt_restored=restored,
-                          prompt_integrity="violated" if restored or tampered else (
+                          prompt_integrity="violated" if restored else (
                               "verified" if fresh else "claimed"),
                           final_integrity=None if final is None else (
                               "verified" if final in _final_literals(code) else "claimed"),

@@ -14,6 +14,7 @@ own module globals could be the ones that were patched.
 """
 from __future__ import annotations
 
+import itertools
 import operator
 import types
 
@@ -21,7 +22,7 @@ FunctionType = types.FunctionType
 # operator.call is 3.11+; the fallback is a plain function (its code cannot be swapped: the hook refuses)
 _call = getattr(operator, "call", None) or (lambda f, arg: f(arg))
 CHECK_TOOLS = (all, map, operator.is_, operator.eq, _call, vars, len, operator.attrgetter("cell_contents"),
-               operator.attrgetter("__defaults__"), operator.attrgetter("__kwdefaults__"))
+               operator.attrgetter("__defaults__"), operator.attrgetter("__kwdefaults__"), itertools.chain.from_iterable, operator.methodcaller("values"))
 FIX_TOOLS = (vars, len, type.__setattr__, type.__delattr__, object.__setattr__, zip, list)
 
 
@@ -44,8 +45,6 @@ def take(modules: list, classes: list, instances: list, functions: list, strict_
         strict = id(mod) in strict_ids
         keys = tuple(k for k in (names or tuple(d)) if k in d)
         out.append(("dict", d, keys, tuple(d[k] for k in keys), len(d) if strict else -1))
-        if strict:
-            fns += [v for v in d.values() if isinstance(v, FunctionType)]
     for cls in classes:
         d = vars(cls)
         keys = tuple(d)
@@ -62,13 +61,23 @@ def take(modules: list, classes: list, instances: list, functions: list, strict_
 
 
 def flatten(snap: tuple) -> tuple:
-    """The snapshot as flat tuples, so `intact` is a few C-level passes instead of a Python loop."""
+    """The snapshot as flat tuples, so `intact` is a few C-level passes instead of a Python loop.
+
+    A dict snapshotted whole (the kernel's own modules, its classes) is checked through its values
+    in order (cheap: no hashing); one snapshotted by name through `get`."""
+    whole, whole_ids = [], []
     getters, keys, vals, sized, sizes, objs, dicts, fns, defaults, kwdefaults, cells, contents = ([] for _ in range(12))
     for entry in snap:
         kind = entry[0]
         if kind in ("dict", "class"):
             _, target, ks, vs, n = entry
             d = target if kind == "dict" else vars(target)
+            if n >= 0 and len(ks) == n and tuple(d) == ks:
+                whole.append(d)
+                whole_ids += vs  # all values of the whole dicts, in order (`is` against a live chain)
+                sized.append(d)
+                sizes.append(n)
+                continue
             getters += [d.get] * len(ks)
             keys += ks
             vals += vs
@@ -90,14 +99,18 @@ def flatten(snap: tuple) -> tuple:
             cells += cs
             contents += cvs
     return tuple(map(tuple, (getters, keys, vals, sized, sizes, objs, dicts, fns, defaults, kwdefaults, cells,
-                             contents)))
+                             contents, whole, whole_ids)))
 
 
-def intact(flat: tuple, all_, map_, is_, eq, call, vars_, len_, get_contents, get_defaults, get_kwdefaults) -> bool:
+def intact(flat: tuple, all_, map_, is_, eq, call, vars_, len_, get_contents, get_defaults, get_kwdefaults,
+           chain, values) -> bool:
     """True when every binding in the snapshot is still the same object."""
-    getters, keys, vals, sized, sizes, objs, dicts, fns, defaults, kwdefaults, cells, contents = flat
-    return (all_(map_(is_, map_(call, getters, keys), vals))
-            and all_(map_(eq, map_(len_, sized), sizes))
+    getters, keys, vals, sized, sizes, objs, dicts, fns, defaults, kwdefaults, cells, contents, whole, whole_ids = flat
+    # a whole dict: the same size and the same value objects in the same order, so a key added,
+    # removed or rebound shows (insertion order is kept, a re-added key moves to the end)
+    return (all_(map_(eq, map_(len_, sized), sizes))
+            and all_(map_(is_, chain(map_(values, whole)), whole_ids))
+            and all_(map_(is_, map_(call, getters, keys), vals))
             and all_(map_(is_, map_(vars_, objs), dicts))
             and all_(map_(is_, map_(get_defaults, fns), defaults))
             and all_(map_(is_, map_(get_kwdefaults, fns), kwdefaults))

@@ -223,34 +223,27 @@ def send_done(link: KernelLink, reply: dict) -> None:
     link.finish_cell(head, [reply[k] for k in keys])
 
 
-# The builtins the kernel's own code calls on a cell's path (run, reply, traceback trimming).
-LOOP_BUILTINS = ("compile", "exec", "eval", "repr", "isinstance", "len", "str", "int", "dict", "list", "tuple",
-                 "type", "sum", "min", "max", "getattr", "hasattr", "id", "set", "bytes", "iter", "next", "zip",
-                 "enumerate", "callable", "super", "any", "all", "map", "range", "sorted", "BaseException",
-                 "Exception", "SyntaxError", "SystemExit", "MemoryError", "RecursionError", "TypeError",
-                 "ValueError", "NameError", "OSError", "EOFError", "KeyError", "IndexError", "AttributeError")
+# The builtins whose replacement would change what later cells run or report.
+LOOP_BUILTINS = ("compile", "exec", "eval", "repr", "isinstance", "len", "str", "dict", "list", "type")
 
 
 def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
-    """What later cells' code paths depend on: the kernel's modules and classes, the stdlib pieces
-    the loop calls (builtins, json, os, traceback, ...), the API functions' closures."""
+    """What later cells' code paths depend on most directly: the kernel's own modules and classes,
+    the API functions' closures, a few builtins and the json entry points. Deeper stdlib patching
+    (json's encoder internals, traceback) is not covered: the check runs after every cell and must
+    stay cheap, and an owned kernel's reply is a claim in any case (docs/SANDBOX.md)."""
     import ast as _ast
     import json
-    import json.decoder
-    import json.encoder
-    import json.scanner
 
     from . import api, capture, wire
     own = [sys.modules[__name__], api, wire, capture]
-    # only the names the loop's path looks up in the big stdlib modules: the check runs every cell
-    modules = own + [(builtins, LOOP_BUILTINS), json, json.encoder, json.decoder, json.scanner,
+    modules = own + [(builtins, LOOP_BUILTINS), (json, ("dumps", "loads", "_default_encoder", "_default_decoder")),
                      (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
                      (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
                      (_ast, ("PyCF_ONLY_AST", "Expr", "Expression"))]
-    classes = [Kernel, KernelLink, api.SubCallError, CappedStream, OutputBudget, json.JSONEncoder, json.JSONDecoder]
+    classes = [Kernel, KernelLink, api.SubCallError, CappedStream, OutputBudget]
     instances = [(kernel, ("link", "cfg", "ns", "protected")),
-                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch")),
-                 (json._default_encoder, None), (json._default_decoder, None)]
+                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch"))]
     functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
     return integrity.take(modules + [kernel.protected], classes, instances, functions, own + [kernel.protected])
 
@@ -300,6 +293,7 @@ def main(fd_in: int, fd_out: int) -> None:
     intact, restore = integrity.intact, integrity.restore
     check_tools, fix_tools = integrity.CHECK_TOOLS, integrity.FIX_TOOLS  # tuples: model code cannot change them
     _isinstance, _str, _exit = isinstance, str, os._exit
+    tampered = False
     while True:
         try:
             msg = next_cell()
@@ -309,24 +303,18 @@ def main(fd_in: int, fd_out: int) -> None:
             _exit(0)
         if msg.get("t") != "run" or not _isinstance(msg.get("code"), _str):
             continue
-        restored = False
+        restored = tampered
+        tampered = False
         if kernel.protected.get("prompt") is not canonical or kernel.ns.get("prompt") is not canonical:
             restored = True
             kernel.protected["prompt"] = canonical
             kernel.ns["prompt"] = canonical
         reply = run_cell(kernel, msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
-        # One check per cell, after it ran and before its reply: whatever this cell (or a thread)
-        # patched is put back before the reply is built, and this cell's record says so.
-        if not intact(flat, *check_tools):
-            restore(snap, *fix_tools)
-            reply["tampered"] = True
-            reply["notices"].append("The kernel's own functions or modules were altered (by this cell or a "
-                                    "thread); they have been restored. This cell's result is the kernel's word only.")
         if restored:
             reply["prompt_restored"] = True
-            reply["notices"].insert(0, "`prompt` had been altered inside the kernel; the original document was "
-                                       "restored before this cell.")
+            reply["notices"].insert(0, "`prompt` or the kernel's own functions had been altered inside the kernel; "
+                                       "they were restored before this cell.")
         try:
             finish(link, reply)
         except MemoryError:
@@ -338,3 +326,9 @@ def main(fd_in: int, fd_out: int) -> None:
                 _exit(70)
         except (EOFError, OSError):
             _exit(0)
+        # After the reply, while the parent works on it: whatever this cell (or a thread) patched
+        # is put back before the next cell runs, and that cell's reply says so. A cell that patches
+        # the reply path can only misreport its own result.
+        if not intact(flat, *check_tools):
+            restore(snap, *fix_tools)
+            tampered = True
