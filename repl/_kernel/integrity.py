@@ -44,11 +44,13 @@ def take(modules: list, classes: list, instances: list, functions: list, strict_
         d = mod if isinstance(mod, dict) else vars(mod)
         strict = id(mod) in strict_ids
         keys = tuple(k for k in (names or tuple(d)) if k in d)
-        out.append(("dict", d, keys, tuple(d[k] for k in keys), len(d) if strict else -1))
+        # strict: the size is checked and names added later are removed (all names known now kept)
+        out.append(("dict", d, keys, tuple(d[k] for k in keys), len(d) if strict else -1,
+                    frozenset(d) if strict else frozenset()))
     for cls in classes:
         d = vars(cls)
         keys = tuple(d)
-        out.append(("class", cls, keys, tuple(d[k] for k in keys), len(d)))
+        out.append(("class", cls, keys, tuple(d[k] for k in keys), len(d), frozenset(keys)))
     for obj, names in instances:
         d = vars(obj)
         keys = tuple(k for k in (names or tuple(d)) if k in d)
@@ -70,7 +72,7 @@ def flatten(snap: tuple) -> tuple:
     for entry in snap:
         kind = entry[0]
         if kind in ("dict", "class"):
-            _, target, ks, vs, n = entry
+            _, target, ks, vs, n, _known = entry
             d = target if kind == "dict" else vars(target)
             if n >= 0 and len(ks) == n and tuple(d) == ks:
                 whole.append(d)
@@ -122,23 +124,21 @@ def restore(snap: tuple, vars_, len_, type_setattr, type_delattr, obj_setattr, z
     for entry in snap:
         kind = entry[0]
         if kind == "dict":
-            _, d, keys, vals, n = entry
+            _, d, keys, vals, n, known = entry
             for k, v in zip_(keys, vals):
                 if d.get(k) is not v:
                     d[k] = v
             if n >= 0 and len_(d) != n:
-                known = set(keys)
                 for k in list_(d):
                     if k not in known:
                         del d[k]
         elif kind == "class":
-            _, cls, keys, vals, n = entry
+            _, cls, keys, vals, n, known = entry
             d = vars_(cls)
             for k, v in zip_(keys, vals):
                 if d.get(k) is not v:
                     type_setattr(cls, k, v)
             if len_(d) != n:
-                known = set(keys)
                 for k in list_(d):
                     if k not in known:
                         type_delattr(cls, k)

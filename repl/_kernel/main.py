@@ -227,16 +227,33 @@ def send_done(link: KernelLink, reply: dict) -> None:
 LOOP_BUILTINS = ("compile", "exec", "eval", "repr", "isinstance", "len", "str", "dict", "list", "type")
 
 
+def _names_used(*fns) -> tuple[str, ...]:
+    """Global names the given functions (and the functions defined inside them) look up."""
+    out: set[str] = set()
+    todo = [getattr(f, "__code__", None) for f in fns]
+    while todo:
+        code = todo.pop()
+        if code is None:
+            continue
+        out.update(code.co_names)
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return tuple(sorted(out))
+
+
 def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
-    """What later cells' code paths depend on most directly: the kernel's own modules and classes,
-    the API functions' closures, a few builtins and the json entry points. Deeper stdlib patching
-    (json's encoder internals, traceback) is not covered: the check runs after every cell and must
-    stay cheap, and an owned kernel's reply is a claim in any case (docs/SANDBOX.md)."""
+    """What later cells' code paths look up: the globals the kernel's loop functions use, its
+    classes, the API functions' closures, a few builtins and the json entry points. Deeper stdlib
+    patching (json's encoder internals, traceback) is not covered: the check runs after every cell
+    and must stay cheap, and an owned kernel's reply is a claim in any case (docs/SANDBOX.md)."""
     import ast as _ast
     import json
 
     from . import api, capture, wire
-    own = [sys.modules[__name__], api, wire, capture]
+    main_mod = sys.modules[__name__]
+    loop = [Kernel.run, send_done, _trim_traceback]
+    link_fns = [v for v in vars(KernelLink).values() if isinstance(v, types.FunctionType)] + [api.make_api]
+    wire_fns = [v for v in vars(wire).values() if isinstance(v, types.FunctionType)]
+    own = [(main_mod, _names_used(*loop)), (api, _names_used(*link_fns)), (wire, _names_used(*wire_fns))]
     modules = own + [(builtins, LOOP_BUILTINS), (json, ("dumps", "loads", "_default_encoder", "_default_decoder")),
                      (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
                      (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
@@ -245,7 +262,10 @@ def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
     instances = [(kernel, ("link", "cfg", "ns", "protected")),
                  (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch"))]
     functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
-    return integrity.take(modules + [kernel.protected], classes, instances, functions, own + [kernel.protected])
+    del capture
+    # strict: no name may be added to the kernel's own modules (it would shadow a builtin they call)
+    return integrity.take(modules + [kernel.protected], classes, instances, functions,
+                          [main_mod, api, wire, kernel.protected])
 
 
 # long: the kernel's request loop; every branch is one message kind of the protocol, read top to bottom
