@@ -21,7 +21,7 @@ from .channel import KernelGone, KernelProcess
 from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch, \
     scratch_prefix
 from .scratch import ScratchMount, remove_tree
-from .uids import UidLease
+from .uids import UidLease, kill_uid
 from .text import clean_text, clip, decode_blob
 from .types import CellResult, IsolationReport, SandboxError, SandboxLimits, SubCallHandler, SubCallReply, \
     SubCallRequest
@@ -134,6 +134,21 @@ def _probe_paths(scratch: Path) -> list[str]:
         if path.exists() and not text.startswith(str(scratch)) and text not in out:
             out.append(text)
     return out[:12]
+
+
+def _visible_to_kernel(kernel: KernelProcess, paths: list[str]) -> list[str]:
+    """Which of `paths` exist in the kernel's filesystem view, checked by the parent through
+    /proc/<pid>/root. Why here: the kernel never learns the names (they were in its start-up
+    config once, and model code could read them there), and its answer would be a claim."""
+    from .channel import descendants
+
+    pids = [kernel.proc.pid, *descendants(kernel.proc.pid)]
+    root = Path(f"/proc/{pids[-1]}/root")
+    try:
+        os.stat(root / ".")
+    except OSError:
+        return []  # cannot look (another user's kernel): nothing claimed either way
+    return [p for p in paths if os.path.lexists(str(root) + p)]
 
 
 def _host_uid_of_kernel(kernel: KernelProcess) -> int | None:
@@ -312,8 +327,7 @@ class Sandbox:
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
                "nproc": nproc_limit(kernel.plan, _uid(self._lease)), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
-               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
-               "probe_paths": _probe_paths(self.scratch)}
+               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:
             kernel.queue_json(cfg)
@@ -347,7 +361,7 @@ class Sandbox:
                         quota = int(float(value.rstrip("kKmMgG")) * mult)
                     except ValueError:
                         quota = None
-        visible = [p for p in (facts.get("visible") or []) if isinstance(p, str)]
+        visible = _visible_to_kernel(kernel, _probe_paths(self.scratch))
         notes = list(notes)
         if self._owns_scratch and kernel.plan.scratch_tmpfs and self._holder is None:
             notes.append("the scratch tmpfs could not be mounted: scratch is a host folder without a total quota")
@@ -362,7 +376,7 @@ class Sandbox:
             audit_hook=True,
             env_scrubbed=set(env_keys) <= allowed_env | {"PWD", "SHLVL", "_"},
             rlimits={k: int(v) for k, v in (facts.get("rlimits") or {}).items() if isinstance(v, int)},
-            kernel_uid=int(facts.get("uid", -1)),
+            kernel_uid=facts["uid"] if type(facts.get("uid")) is int else -1,
             cgroup=kernel.jail.describe() if kernel.jail is not None else None,
             notes=notes,
             host_uid=_host_uid_of_kernel(kernel),
@@ -383,6 +397,8 @@ class Sandbox:
         if self._kernel is not None:
             self._kernel.kill()
             self._kernel = None
+        if self._lease is not None:  # nothing of the old kernel may wait for the new one's pipes
+            kill_uid(self._lease.uid)
         notices.append(_restart_notice(reason))
         self._start()  # SandboxError propagates: the kernel cannot even be started
 
@@ -517,6 +533,9 @@ class Sandbox:
                           "per batch; split it into smaller batches", len(reqs_raw))
         if len(blobs) != 2 * len(reqs_raw):
             return refuse("malformed sub_call request", len(reqs_raw))
+        if sum(len(b) for b in blobs) > 4 * lim.max_subcall_chars:  # more bytes than the cap's chars can take
+            return refuse(f"sub_call payload exceeds the sandbox cap of {lim.max_subcall_chars} chars; "
+                          "send smaller chunks", len(reqs_raw))
         # the parent's own count of the characters it received, not the kernel's len()
         texts = [decode_blob(b) for b in blobs]
         if time.monotonic() > deadline:
@@ -563,7 +582,14 @@ class Sandbox:
         if isinstance(keys, list) and len(keys) == len(blobs):
             for key, data in zip(keys, blobs):
                 if key in ("stdout", "stderr", "error", "final") and key not in fields:
-                    fields[key] = decode_blob(data)
+                    # a character is at most 4 bytes: never decode more than the cap can keep (a
+                    # forged 90 MB of invalid bytes would otherwise become a 4-byte-per-char str)
+                    limit = 4 * (lim.max_error_chars if key == "error" else cap)
+                    if len(data) > 2 * limit and key == "error":  # the head and the tail are kept
+                        text = decode_blob(data[:limit]) + "\n[...]\n" + decode_blob(data[-limit:])
+                    else:
+                        text = decode_blob(data[:limit] if len(data) > limit else data)
+                    fields[key] = text
         stdout, stderr = fields.get("stdout", ""), fields.get("stderr", "")
         raw, raw_dropped = kernel.take_raw()
         if raw:

@@ -52,7 +52,7 @@ def _read_ns(kind: str) -> str | None:
 
 
 # long: one probe per isolation fact, each a few lines; together they are the isolation report
-def _facts(scratch: str, probe_paths: list) -> dict:
+def _facts(scratch: str) -> dict:
     """What the kernel can observe about its own confinement (the parent compares)."""
     cap_eff = None
     try:
@@ -97,13 +97,6 @@ def _facts(scratch: str, probe_paths: list) -> dict:
                                      "super": r[2].split(",") if len(r) > 2 else []}
     except OSError:
         pass
-    visible = []
-    for path in probe_paths:
-        try:
-            os.stat(path)
-            visible.append(path)
-        except OSError:
-            pass
     limits = {}
     for name in ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK"):
         soft, _hard = resource.getrlimit(getattr(resource, name))
@@ -114,7 +107,7 @@ def _facts(scratch: str, probe_paths: list) -> dict:
             "env_keys": sorted(os.environ), "recursion_limit": sys.getrecursionlimit(),
             "seccomp": status.get("Seccomp"), "no_new_privs": status.get("NoNewPrivs"),
             "proc_sys_writable": os.access("/proc/sys/kernel/core_pattern", os.W_OK),
-            "scratch_mount": scratch_mount, "visible": visible}
+            "scratch_mount": scratch_mount}
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -292,7 +285,7 @@ def main(fd_in: int, fd_out: int) -> None:
     threading.stack_size(THREAD_STACK_BYTES)
     link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024))
     kernel = Kernel(link, prompt, cfg)
-    facts = _facts(cfg["scratch"], list(cfg.get("probe_paths") or []))
+    facts = _facts(cfg["scratch"])
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
                              protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")),
                              library_roots=tuple(sorted({sys.prefix, sys.base_prefix, sys.exec_prefix,

@@ -34,7 +34,7 @@ OWN = textwrap.dedent(r'''
     import json as _j, os as _o, struct as _s, threading as _t, time as _tm
     _link = [c.cell_contents for c in sub_call.__closure__ if hasattr(c.cell_contents, 'fd_out')][0]
     def _frame(obj, kind=b'J'):
-        p = _j.dumps(obj).encode() if kind == b'J' else obj
+        p = obj if isinstance(obj, bytes) else _j.dumps(obj).encode()
         return _s.pack('>cI', kind, len(p)) + p
     def _drain():
         while True:
@@ -71,8 +71,20 @@ ATTACKS = {
     # a request the parent refuses for its size: the refusal must not cost more than the request
     "refusal_reply_amplify": (
         None,
-        OWN + "blob = _frame({'t': 'sub', 'id': 1, 'n': getattr(_link, 'nonce', None), 'reqs': [0] * 150_000})\n"
+        OWN + "blob = _frame({'t': 'sub', 'id': 1, 'n': getattr(_link, 'nonce', None), 'reqs': [0] * 100_000})\n"
               "while True:\n    _o.write(_link.fd_out, blob)"),
+    # a JSON frame nested deeper than the parser's recursion limit, under the JSON size cap
+    "json_nesting": (
+        None,
+        OWN + "_o.write(_link.fd_out, _frame(b'[' * 250_000, b'J'))\nimport time; time.sleep(5)"),
+    # a forged reply whose output is invalid bytes after one 4-byte character (a UCS-4 decode)
+    "done_decode_amplify": (
+        None,
+        OWN + "head = {'t': 'done', 'cell': -1, 'n': getattr(_link, 'nonce', None), 'blob_keys': ['stdout'], "
+              "'notices': [], 'n_blobs': 1}\n"
+              "import sys; head['cell'] = sys._getframe().f_back.f_locals.get('cell_id')\n"
+              "_o.write(_link.fd_out, _frame(head) + _frame('\U0001F600'.encode() + b'\\xff' * 9_000_000, b'B'))\n"
+              "import time; time.sleep(5)"),
     # requests the parent must refuse (over the chunk cap) still cost it decoding: never credited back
     "refused_requests_cost_the_cell": (
         None,
@@ -123,6 +135,8 @@ def test_flood_forge_and_amplify_leave_the_parent_within_its_bounds(launcher):
     rss = out.pop("_rss")
     growth = rss["peak_mib"] - rss["base_mib"]
     assert growth < RSS_BOUND_MIB, (growth, out)
+    forged = out.pop("done_decode_amplify")  # the kernel's own cell: accepted, but cut before decoding
+    assert forged["wall"] <= TIMEOUT_S + GRACE_S and len(forged["stdout"]) <= 100, forged
     for name, r in out.items():
         assert r["wall"] <= TIMEOUT_S + GRACE_S, (name, r)
         assert r["kill_reason"] in ("protocol", "budget", "timeout"), (name, r)
@@ -183,3 +197,16 @@ def test_integrity_labels_say_who_vouches_for_prompt_and_answer():
         r = box.run_cell("os = __import__('os'); os._exit(3)")
         assert r.restarted
         assert box.run_cell("print(prompt)").prompt_integrity == "verified"  # a fresh kernel again
+
+
+def test_the_kernel_is_not_told_host_paths_and_the_parent_checks_visibility_itself():
+    """The start-up config once carried host file names for the kernel to stat (issue 20)."""
+    from repl.launch import KERNEL_DIR
+    from repl.sandbox import _visible_to_kernel
+
+    with Sandbox("doc", handler=_echo, limits=SandboxLimits(cell_timeout_s=10)) as box:
+        r = box.run_cell("import sys\nprint(sorted(sys._getframe().f_back.f_locals['self'].cfg))")
+        assert "probe_paths" not in r.stdout and str(Path.home()) not in r.stdout, r
+        # the parent's own check sees what the kernel sees: its code is there, the project is not
+        assert _visible_to_kernel(box._kernel, [str(KERNEL_DIR / "main.py"), str(PROJECT / "pyproject.toml")]) == [
+            str(KERNEL_DIR / "main.py")]
