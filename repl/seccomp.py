@@ -53,6 +53,10 @@ _BLOCKED_NAMES = (
     "memfd_create", "memfd_secret", "open_by_handle_at", "name_to_handle_at", "fanotify_init",
     # user xattrs on the scratch tmpfs are not counted against its size cap
     "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
+    # symbolic links: one in a caller-supplied scratch folder (a host folder) would point the
+    # caller, reading it afterwards as root, at any host file; the hook's own check can be
+    # switched off from pure Python (docs/SANDBOX.md)
+    "symlink", "symlinkat",
 )
 # No new process by any route, audited or not (libuv's spawn, a C library's fork): bwrap loads the
 # filter just before it execs setpriv, which execs Python; none of them forks after that. exec
@@ -75,7 +79,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
         "memfd_create": 319, "memfd_secret": 447, "open_by_handle_at": 304, "name_to_handle_at": 303,
         "fanotify_init": 300, "clone": 56, "clone3": 435, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
-        "setxattrat": 463, "socket": 41, "socketpair": 53, "fork": 57, "vfork": 58,
+        "setxattrat": 463, "socket": 41, "socketpair": 53, "fork": 57, "vfork": 58, "symlink": 88, "symlinkat": 266,
     }),
     "aarch64": (0xC00000B7, {
         "mknodat": 33, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_open": 434,
@@ -89,6 +93,7 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "io_uring_enter": 426, "io_uring_register": 427, "memfd_create": 279, "memfd_secret": 447,
         "open_by_handle_at": 265, "name_to_handle_at": 264, "fanotify_init": 262, "clone": 220, "clone3": 435,
         "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463, "socket": 198, "socketpair": 199,
+        "symlinkat": 36,
     }),
 }
 

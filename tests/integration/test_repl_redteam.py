@@ -618,3 +618,17 @@ def test_nothing_outlives_a_rig_killed_with_sigkill(launcher):
         time.sleep(0.1)
     assert not left, left
     assert uid == 0 or not processes_of(uid)
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_no_symlink_in_a_callers_scratch_folder_even_with_the_hook_bypassed(launcher, tmp_path):
+    """A caller-supplied scratch folder is a host folder the caller reads afterwards: a link in it to a
+    root-only file would hand that file to the caller's reads."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    scratch = tmp_path / "scratch"
+    with Sandbox("doc", handler=echo, limits=limits(launcher), scratch_dir=scratch) as sb:
+        r = sb.run_cell(OWNED_HOOK + f"print(_owned_hook())\nimport os\nos.symlink({str(secret)!r}, 'link')")
+    assert r.stdout.startswith("True") and "Operation not permitted" in (r.error or ""), r
+    assert not os.path.lexists(scratch / "link")
