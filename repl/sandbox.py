@@ -347,6 +347,18 @@ class Sandbox:
         return msg.get("facts") if isinstance(msg.get("facts"), dict) else {}
 
     def _report(self, kernel: KernelProcess, facts: dict, notes: list[str]) -> IsolationReport:
+        """The isolation report; a malformed fact (a forged `ready`) gives a report that claims nothing."""
+        try:
+            return self._report_from(kernel, facts, notes)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            return IsolationReport(
+                launcher=kernel.plan.launcher, pid_namespace=False, network_namespace=False, readonly_root=False,
+                capabilities_dropped=False, user_namespace=False, audit_hook=True, env_scrubbed=False, rlimits={},
+                kernel_uid=-1, host_uid=_host_uid_of_kernel(kernel),
+                notes=list(notes) + [f"the kernel's start-up facts were malformed ({type(exc).__name__}); "
+                                     "nothing is claimed about its isolation"])
+
+    def _report_from(self, kernel: KernelProcess, facts: dict, notes: list[str]) -> IsolationReport:
         allowed_env = set(kernel_env(self.scratch))
         env_keys = facts.get("env_keys") or []
         ifaces = facts.get("ifaces") or []
