@@ -494,22 +494,27 @@ class Sandbox:
                 else:
                     raise KernelGone("protocol", f"unexpected {clean_text(str(kind))[:40]!r} frame")
         except KernelGone as gone:
-            raw, _ = kernel.take_raw()
-            if gone.reason in ("protocol", "budget"):
-                reason = gone.reason
-            else:
-                reason = kernel.exit_reason() or "protocol"
-            detail = {"protocol": f"the kernel broke the protocol ({clean_text(gone.detail)[:300]})",
-                      "budget": f"the kernel exceeded a parent-side budget ({clean_text(gone.detail)[:300]})",
-                      "exit": "the kernel process exited", "memory": "the kernel was killed (SIGKILL), "
-                      "most likely for exceeding the memory limit", "crash": "the kernel crashed"}[reason]
-            if reason == "exit" and kernel.proc.returncode is not None:
-                detail += f" with status {kernel.proc.returncode}"
-            self._restart(reason, notices)
-            return CellResult(stdout="", stderr=raw, error=f"KernelDied: {detail}\n",
-                              duration_s=time.monotonic() - t0, restarted=True, kill_reason=reason,
-                              notices=notices, sub_calls=sub_calls,
-                              prompt_integrity="verified" if fresh else "claimed")
+            return self._kernel_gone(kernel, gone, t0, notices, sub_calls, fresh)
+
+    def _kernel_gone(self, kernel: KernelProcess, gone: KernelGone, t0: float, notices: list[str], sub_calls: int,
+                     fresh: bool) -> CellResult:
+        """The kernel died or broke the protocol or a budget: replace it, and say why in the cell."""
+        raw, _ = kernel.take_raw()
+        if gone.reason in ("protocol", "budget"):
+            reason = gone.reason
+        else:
+            reason = kernel.exit_reason() or "protocol"
+        detail = {"protocol": f"the kernel broke the protocol ({clean_text(gone.detail)[:300]})",
+                  "budget": f"the kernel exceeded a parent-side budget ({clean_text(gone.detail)[:300]})",
+                  "exit": "the kernel process exited", "memory": "the kernel was killed (SIGKILL), "
+                  "most likely for exceeding the memory limit", "crash": "the kernel crashed"}[reason]
+        if reason == "exit" and kernel.proc.returncode is not None:
+            detail += f" with status {kernel.proc.returncode}"
+        self._restart(reason, notices)
+        return CellResult(stdout="", stderr=raw, error=f"KernelDied: {detail}\n",
+                          duration_s=time.monotonic() - t0, restarted=True, kill_reason=reason,
+                          notices=notices, sub_calls=sub_calls,
+                          prompt_integrity="verified" if fresh else "claimed")
 
     def _timed_out(self, kernel: KernelProcess, t0: float, notices: list[str], sub_calls: int) -> CellResult:
         lim = self.limits
@@ -564,6 +569,11 @@ class Sandbox:
             reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index))
         del texts, blobs
         msg.pop("_blobs", None)
+        out, spent, spent_cpu = self._call_handler(reqs)
+        return {"t": "subr", "id": call_id, "replies": out}, len(reqs), spent, spent_cpu
+
+    def _call_handler(self, reqs: list[SubCallRequest]) -> tuple[list[dict], float, float]:
+        """The controller's handler on validated requests: replies, its wall time and its CPU time."""
         h0, c0 = time.monotonic(), time.thread_time()
         try:
             replies = self.handler(reqs)
@@ -580,8 +590,7 @@ class Sandbox:
                             "error": None if err is None else str(err)})
         except Exception as exc:  # the handler's failure is the model's SubCallError, not ours
             out = [{"text": None, "error": f"{type(exc).__name__}: {exc}"}] * len(reqs)
-        spent, spent_cpu = time.monotonic() - h0, time.thread_time() - c0
-        return {"t": "subr", "id": call_id, "replies": out}, len(reqs), spent, spent_cpu
+        return out, time.monotonic() - h0, time.thread_time() - c0
 
     def _finish(self, msg: dict, kernel: KernelProcess, t0: float, sub_calls: int, code: str,
                 fresh: bool) -> CellResult:
