@@ -76,7 +76,7 @@ class KernelProcess:
         self.max_message_bytes = max_message_bytes
         to_kernel_r, self._to_kernel_w = os.pipe()
         self._from_kernel_r, from_kernel_w = os.pipe()
-        filter_fd = seccomp.filter_fd(network) if plan.seccomp else None
+        filter_fd = seccomp.filter_fd() if plan.seccomp else None
         argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=filter_fd, uid=uid) + python_command(
             to_kernel_r, from_kernel_w)
         argv, args_fd = hide_bwrap_args(argv)

@@ -106,12 +106,12 @@ def supported() -> bool:
     return os.uname().machine in _ARCHES
 
 
-def build_filter(machine: str | None = None, *, network: bool = True, no_new_processes: bool = True) -> bytes:
+def build_filter(machine: str | None = None, *, no_new_processes: bool = True) -> bytes:
     """The filter as raw `struct sock_filter` records (what bwrap's --seccomp and the kernel read).
 
-    Socket families: only AF_UNIX, AF_INET and AF_INET6, whatever `network` says: vsock reaches
+    Socket families: only AF_UNIX, AF_INET and AF_INET6, with or without the network: vsock reaches
     past the network namespace, packet and netlink sockets talk to the host kernel (glibc's name
-    resolution works without netlink). `network` is kept for callers; it changes nothing here.
+    resolution works without netlink).
     `no_new_processes`: also refuse fork, vfork and any clone without CLONE_THREAD (posix_spawn,
     libuv's spawn), so a process start that raises no audit event fails too.
     """
@@ -149,9 +149,9 @@ def build_filter(machine: str | None = None, *, network: bool = True, no_new_pro
     return b"".join(prog)
 
 
-def filter_fd(network: bool = True) -> int:
+def filter_fd() -> int:
     """A readable fd holding the program (a pipe: it is far below the pipe buffer size)."""
-    data = build_filter(network=network)
+    data = build_filter()
     r, w = os.pipe()
     try:
         os.write(w, data)
