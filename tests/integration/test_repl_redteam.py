@@ -528,6 +528,8 @@ def test_a_process_start_without_audit_event_is_refused_by_the_os(launcher):
         """)
     with Sandbox("doc", handler=echo, limits=limits(launcher)) as sb:
         r = sb.run_cell(code)
+    if "No module named 'uvloop'" in (r.error or ""):
+        pytest.skip("uvloop is not importable by the kernel's interpreter")
     assert "Operation not permitted" in r.stdout + (r.error or ""), r
 
 
