@@ -260,7 +260,8 @@ class _Run:
             stderr=res.stderr, error=res.error, duration_s=res.duration_s, timed_out=res.timed_out,
             restarted=res.restarted, kill_reason=res.kill_reason, notices=list(res.notices),
             final_answer=res.final_answer, output_truncated=res.output_truncated, sub_calls=res.sub_calls,
-            prompt_restored=res.prompt_restored,
+            prompt_restored=res.prompt_restored, prompt_integrity=res.prompt_integrity,
+            final_integrity=res.final_integrity, final_var=res.final_var,
         )
         if res.restarted and sandbox.isolation is not None:
             traj.isolation = sandbox.isolation.as_dict()

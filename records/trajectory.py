@@ -55,6 +55,11 @@ class CellRecord(BaseModel):
     sub_calls: int = 0
     final_answer: str | None = None
     prompt_restored: bool = Field(False, description="the kernel's `prompt` had been altered and was restored")
+    # Who vouches (docs/SANDBOX.md): "verified" by the parent, "claimed" by the kernel only, or
+    # "violated". Old records without these read as "claimed" / None.
+    prompt_integrity: str = Field("claimed", description="`prompt` at the cell's start: verified|claimed|violated")
+    final_integrity: str | None = Field(None, description="final answer: verified (a literal in the code)|claimed")
+    final_var: str | None = Field(None, description="the FINAL_VAR name the kernel resolved the answer from")
 
 
 class SubCallRecord(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,19 @@ def _own_paths() -> dict[str, str]:
                 out[c] = path
     except (OSError, ValueError):
         pass
+    return out
+
+
+def cgroup_parents() -> list[Path]:
+    """The folders under which kernel cgroups are made (v1 pids and memory, or the v2 group)."""
+    mounts, own = _mounts(), _own_paths()
+    out = []
+    for point, fstype, opts in mounts:
+        for ctrl in ("pids", "memory"):
+            if fstype == "cgroup" and ctrl in opts and ctrl in own:
+                out.append(Path(point) / own[ctrl].lstrip("/"))
+        if fstype == "cgroup2" and "" in own:
+            out.append(Path(point) / own[""].lstrip("/"))
     return out
 
 
@@ -131,6 +145,24 @@ class CgroupJail:
 
     def describe(self) -> str:
         return f"cgroup v{self.version}: pids.max={self.pids_max}, memory={self.memory_bytes // 2**20} MiB"
+
+    def kill_all(self, rounds: int = 50) -> None:
+        """SIGKILL every process in the group until it is empty (bounded)."""
+        for _ in range(rounds):
+            pids: set[int] = set()
+            for f in self.procs_files:
+                try:
+                    pids.update(int(p) for p in f.read_text().split())
+                except (OSError, ValueError):
+                    pass
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.005)
 
     def remove(self) -> None:
         """Remove the (by then empty) groups; retried briefly while the kernel finishes dying."""

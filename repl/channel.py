@@ -11,16 +11,17 @@ import selectors
 import signal
 import subprocess
 import time
-from collections import deque
 from pathlib import Path
 
 from . import seccomp
 from ._kernel.wire import KIND_BYTES, KIND_JSON, FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
 from .cgroup import CgroupJail
-from .launch import Plan, kernel_env, python_command, wrapper_prefix
+from .launch import UNPRIVILEGED_UID, Plan, hide_bwrap_args, kernel_env, python_command, wrapper_prefix
 from .scratch import ScratchMount
 
 RAW_TAIL_BYTES = 16_384
+READ_CHUNK = 1 << 20  # one read from the protocol pipe
+RAW_READS_PER_CALL = 16  # 64 KiB each: fd-level output read per wake-up
 
 
 def descendants(pid: int) -> list[int]:
@@ -66,7 +67,7 @@ class KernelProcess:
 
     def __init__(self, *, plan: Plan, scratch: Path, network: bool, max_frame: int, max_json: int,
                  max_blobs: int, max_message_bytes: int, raw_cap: int, jail: CgroupJail | None = None,
-                 holder: ScratchMount | None = None) -> None:
+                 holder: ScratchMount | None = None, uid: int = UNPRIVILEGED_UID) -> None:
         self.launcher = plan.launcher
         self.plan = plan
         self.jail = jail
@@ -76,11 +77,12 @@ class KernelProcess:
         to_kernel_r, self._to_kernel_w = os.pipe()
         self._from_kernel_r, from_kernel_w = os.pipe()
         filter_fd = seccomp.filter_fd() if plan.seccomp else None
-        argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=filter_fd) + python_command(
+        argv = wrapper_prefix(plan, scratch, network=network, holder=holder, seccomp_fd=filter_fd, uid=uid) + python_command(
             to_kernel_r, from_kernel_w)
+        argv, args_fd = hide_bwrap_args(argv)
         if jail is not None:
             argv = jail.wrap(argv)
-        keep = (to_kernel_r, from_kernel_w) + ((filter_fd,) if filter_fd is not None else ())
+        keep = (to_kernel_r, from_kernel_w) + tuple(fd for fd in (filter_fd, args_fd) if fd is not None)
         try:
             self.proc = subprocess.Popen(
                 argv, cwd="/", env=kernel_env(scratch), stdin=subprocess.DEVNULL,
@@ -104,7 +106,6 @@ class KernelProcess:
         self._out = bytearray()
         self._write_registered = False
         self._decoder = FrameDecoder(max_frame, max_json)
-        self._frames: deque[dict] = deque()
         self._pending: dict | None = None  # a J frame still waiting for its attached B frames
         self._pending_bytes = 0
         self._eof = False
@@ -114,6 +115,9 @@ class KernelProcess:
         self.raw_dropped = 0
         self.raw_tail = bytearray()  # last bytes ever written, for crash diagnostics
         self.closed = False
+        self._read_buf = bytearray(READ_CHUNK)
+        self._read_view = memoryview(self._read_buf)
+        self.begin_cell(max_frames=1 << 16, max_bytes=max_message_bytes + max_frame)  # start-up budget
 
     # ---- output side -------------------------------------------------------------------------
     def queue_json(self, obj: dict) -> None:
@@ -146,26 +150,50 @@ class KernelProcess:
             self._write_registered = want
 
     # ---- input side --------------------------------------------------------------------------
-    def _read_proto(self) -> None:
+    # Why one read at a time and one message at a time: a kernel that floods the pipe must not
+    # keep the parent reading (and buffering) past the cell's deadline. The parent only reads
+    # more when the bytes it holds do not yet make a whole message, so what it holds stays under
+    # one message's cap, and the caller checks the deadline and the budgets after every message.
+    def begin_cell(self, max_frames: int, max_bytes: int) -> None:
+        """Reset the per-cell budgets: frames decoded and bytes read from the protocol pipe."""
+        self.frames_read = 0
+        self.bytes_read = 0
+        self.max_cell_frames = max_frames
+        self.max_cell_bytes = max_bytes
+
+    def _read_once(self) -> None:
+        """One bounded read from the protocol pipe into the decoder."""
+        try:  # into a buffer kept for the kernel's life: a fresh 1 MiB bytes per read costs ~20 us
+            n = os.readv(self._from_kernel_r, [self._read_buf])
+        except BlockingIOError:
+            return
+        except OSError:
+            n = 0
+        if not n:
+            self._eof = True
+            return
+        self.bytes_read += n
+        if self.bytes_read > self.max_cell_bytes:
+            raise KernelGone("budget", f"the kernel sent more than {self.max_cell_bytes} bytes in one cell")
+        self._decoder.feed(self._read_view[:n])
+
+    def _message_from_buffer(self) -> dict | None:
+        """Decode frames already read until one message is whole; None if more bytes are needed."""
         while True:
             try:
-                data = os.read(self._from_kernel_r, 1 << 20)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._eof = True
-                return
-            self._decoder.feed(data)
-            while True:
                 frame = self._decoder.next_frame()  # raises ProtocolError on garbage
                 if frame is None:
-                    break
-                kind, payload = frame
-                self._take_frame(kind, payload)
+                    return None
+                self.frames_read += 1
+                if self.frames_read > self.max_cell_frames:
+                    raise KernelGone("budget", f"the kernel sent more than {self.max_cell_frames} frames in one cell")
+                msg = self._take_frame(*frame)
+            except ProtocolError as exc:
+                raise KernelGone("protocol", str(exc)) from None
+            if msg is not None:
+                return msg
 
-    def _take_frame(self, kind: bytes, payload: bytes) -> None:
+    def _take_frame(self, kind: bytes, payload: bytes) -> dict | None:
         """Assemble messages: a J frame plus the B frames it announces (kept raw in "_blobs")."""
         if self._pending is not None:
             if kind != KIND_BYTES:
@@ -175,9 +203,9 @@ class KernelProcess:
                 raise ProtocolError(f"message attachments exceed {self.max_message_bytes} bytes")
             self._pending["_blobs"].append(payload)
             if len(self._pending["_blobs"]) == self._pending["n_blobs"]:
-                self._frames.append(self._pending)
-                self._pending = None
-            return
+                msg, self._pending = self._pending, None
+                return msg
+            return None
         if kind != KIND_JSON:
             raise ProtocolError("a byte frame without a message announcing it")
         msg = decode_json(payload)
@@ -186,13 +214,15 @@ class KernelProcess:
             raise ProtocolError(f"bad attachment count {str(n)[:50]}")
         msg["_blobs"] = []
         if n == 0:
-            self._frames.append(msg)
-        else:
-            msg["n_blobs"] = n
-            self._pending, self._pending_bytes = msg, 0
+            return msg
+        msg["n_blobs"] = n
+        self._pending, self._pending_bytes = msg, 0
+        return None
 
     def _read_raw(self) -> None:
-        while not self._raw_eof:
+        for _ in range(RAW_READS_PER_CALL):  # bounded: a writer that never stops cannot pin us here
+            if self._raw_eof:
+                return
             try:
                 data = os.read(self._raw_r, 1 << 16)
             except BlockingIOError:
@@ -220,10 +250,11 @@ class KernelProcess:
         return text, dropped
 
     def next_message(self, deadline: float) -> dict | None:
-        """The next frame from the kernel, or None at the deadline. Raises KernelGone."""
+        """The next message from the kernel, or None at the deadline. Raises KernelGone."""
         while True:
-            if self._frames:
-                return self._frames.popleft()
+            msg = self._message_from_buffer()
+            if msg is not None:
+                return msg
             if self._eof:
                 raise KernelGone("eof", "the kernel closed its protocol pipe")
             now = time.monotonic()
@@ -236,21 +267,23 @@ class KernelProcess:
                 continue
             for key, _mask in events:
                 if key.data == "proto":
-                    try:
-                        self._read_proto()
-                    except ProtocolError as exc:
-                        raise KernelGone("protocol", str(exc)) from None
+                    self._read_once()
                 elif key.data == "raw":
                     self._read_raw()
                 elif key.data == "write":
                     self._try_write()
             if not events and self.proc.poll() is not None:
-                try:
-                    self._read_proto()
-                except ProtocolError as exc:
-                    raise KernelGone("protocol", str(exc)) from None
-                if not self._frames:
+                self._read_once()
+                msg = self._message_from_buffer()
+                if msg is not None:
+                    return msg
+                if not self._eof:
                     raise KernelGone("exit", f"the kernel exited with status {self.proc.returncode}")
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued for the kernel that it has not read yet."""
+        return len(self._out)
 
     def flush(self, deadline: float) -> bool:
         """Write everything queued (used for the prompt at start-up); False on timeout."""
@@ -264,11 +297,8 @@ class KernelProcess:
                     self._try_write()
                 elif key.data == "raw":
                     self._read_raw()
-                elif key.data == "proto":
-                    try:
-                        self._read_proto()
-                    except ProtocolError as exc:
-                        raise KernelGone("protocol", str(exc)) from None
+                elif key.data == "proto" and self._decoder.buffered < READ_CHUNK:
+                    self._read_once()  # start-up: only the ready message is expected; kept bounded
             if self.proc.poll() is not None and self._out:
                 raise KernelGone("exit", f"the kernel exited with status {self.proc.returncode}")
         if self._eof and self._out:
@@ -329,4 +359,5 @@ class KernelProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         if self.jail is not None:
+            self.jail.kill_all()  # what left the process tree (setsid, double forks) is still in the group
             self.jail.remove()

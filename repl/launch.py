@@ -19,6 +19,7 @@ process, because what works depends on the host (user namespaces, AppArmor, path
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -66,6 +67,12 @@ _plan_errors: dict[tuple, str] = {}
 _probe_lock = threading.Lock()
 
 
+def scratch_prefix() -> str:
+    """Name prefix of this process's scratch folders: the pid lets a later rig remove the leftovers
+    of a rig that was killed (see cleanup.py)."""
+    return f"rlm-repl-{os.getpid()}-"
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 
@@ -107,6 +114,7 @@ def _read_only_binds() -> list[str]:
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
+    argv += ["--perms", "0755", "--dir", "/etc"]  # bwrap would make it 0700: the binds below unreadable
     for etc in ("/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(etc):
             argv += ["--ro-bind", etc, etc]
@@ -129,14 +137,15 @@ def _read_only_binds() -> list[str]:
     return argv
 
 
-def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | None) -> list[str]:
+def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | None,
+                 uid: int = UNPRIVILEGED_UID) -> list[str]:
     above = [str(p) for p in reversed(scratch.parents[:-1]) if str(p) != "/tmp"]
     # /tmp first: the read-only binds that follow may live under /tmp (a clone and its venv in /tmp/...),
     # and a tmpfs mounted after them would hide them
     argv = ["bwrap", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *_read_only_binds(),
             *[a for p in above for a in ("--perms", "0755", "--dir", p)],
             "--bind", str(scratch), str(scratch),
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox",
             "--die-with-parent", "--new-session"]  # no --chdir: scratch may be closed to bwrap itself; the kernel enters it
     if not network:
         argv.append("--unshare-net")
@@ -144,6 +153,12 @@ def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | 
         for etc in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):
             if os.path.exists(etc):
                 argv += ["--ro-bind", etc, etc]
+    # the host's identity: the kernel command line reads empty, the boot id as zeros
+    masks = _identity_masks()
+    for leak, name in (("/proc/cmdline", "cmdline"), ("/proc/sys/kernel/random/boot_id", "boot_id"),
+                       ("/proc/loadavg", "loadavg")):
+        if os.path.exists(leak) and masks is not None:
+            argv += ["--ro-bind", str(masks / name), leak]
     # after every mount operation: bwrap applies them in order
     argv += ["--remount-ro", "/proc", "--remount-ro", "/dev", "--remount-ro", "/tmp", "--remount-ro", "/"]
     if seccomp_fd is not None:
@@ -151,7 +166,7 @@ def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | 
     if plan.drop_uid:
         # bwrap as real root builds the mounts, then setpriv becomes nobody on the host before Python.
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                 "setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups"]
+                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     else:
         argv += ["--unshare-user", "--uid", str(UNPRIVILEGED_UID), "--gid", str(UNPRIVILEGED_UID)]
         if is_root():
@@ -159,41 +174,87 @@ def bwrap_prefix(scratch: Path, *, network: bool, plan: Plan, seccomp_fd: int | 
     return argv + ["--"]
 
 
-def unshare_prefix(scratch: Path, *, network: bool, plan: Plan) -> list[str]:
+_masks: list[Path | None] = []
+_masks_lock = threading.Lock()
+
+
+def _identity_masks() -> Path | None:
+    """Plain files (bound over /proc entries; a device node cannot be opened on /proc's nodev mount),
+    made once per process and removed at exit (or by cleanup.py after a crash)."""
+    with _masks_lock:
+        if not _masks:
+            try:
+                folder = Path(tempfile.mkdtemp(prefix=f"{scratch_prefix()}masks-"))
+                os.chmod(folder, 0o755)
+                (folder / "cmdline").write_text("")
+                (folder / "boot_id").write_text("00000000-0000-0000-0000-000000000000\n")
+                (folder / "loadavg").write_text("0.00 0.00 0.00 1/1 1\n")
+                for f in folder.iterdir():
+                    os.chmod(f, 0o444)
+                atexit.register(shutil.rmtree, folder, True)
+                _masks.append(folder)
+            except OSError:
+                _masks.append(None)
+        return _masks[0]
+
+
+def hide_bwrap_args(argv: list[str]) -> tuple[list[str], int | None]:
+    """Move bubblewrap's options into a pipe read with `--args FD`: the sandbox's pid 1 is bwrap,
+    and its /proc/1/cmdline would otherwise list every host path it binds. Returns the new argv and
+    the fd to pass (the caller closes it after the start)."""
+    if "bwrap" not in argv:
+        return argv, None
+    i = argv.index("bwrap")
+    j = argv.index("--", i)
+    data = "".join(a + "\0" for a in argv[i + 1:j]).encode()
+    r, w = os.pipe()
+    try:
+        if len(data) >= 65536:  # would not fit the pipe buffer: keep the plain argv
+            os.close(r)
+            return argv, None
+        os.write(w, data)
+    finally:
+        os.close(w)
+    return argv[:i + 1] + ["--args", str(r)] + argv[j:], r
+
+
+def unshare_prefix(scratch: Path, *, network: bool, plan: Plan, uid: int = UNPRIVILEGED_UID) -> list[str]:
     # A user namespace even as root: the kernel's capabilities then only act inside it.
     argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
     if not network:
         argv.append("--net")
     argv.append("--")
     if plan.drop_uid:
-        argv = _setpriv() + argv
+        argv = _setpriv(uid) + argv
     return argv
 
 
-def _setpriv() -> list[str]:
-    return ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups", "--"]
+def _setpriv(uid: int = UNPRIVILEGED_UID) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
 
 def wrapper_prefix(plan: Plan, scratch: Path, *, network: bool, holder: ScratchMount | None = None,
-                   seccomp_fd: int | None = None) -> list[str]:
+                   seccomp_fd: int | None = None, uid: int = UNPRIVILEGED_UID) -> list[str]:
+    """`uid`: the kernel's host uid where the plan drops root (a per-kernel lease, see uids.py)."""
     enter = holder.enter_prefix() if holder is not None else []
     if plan.launcher == "bwrap":
-        return enter + bwrap_prefix(scratch, network=network, plan=plan, seccomp_fd=seccomp_fd)
+        return enter + bwrap_prefix(scratch, network=network, plan=plan, seccomp_fd=seccomp_fd, uid=uid)
     if plan.launcher == "unshare":
-        return enter + unshare_prefix(scratch, network=network, plan=plan)
+        return enter + unshare_prefix(scratch, network=network, plan=plan, uid=uid)
     if plan.launcher == "none":
-        return enter + (_setpriv() if plan.drop_uid else [])
+        return enter + (_setpriv(uid) if plan.drop_uid else [])
     raise ValueError(f"unknown launcher {plan.launcher!r}")
 
 
-def prepare_scratch(path: Path, plan: Plan, *, size_mb: int) -> ScratchMount | None:
+def prepare_scratch(path: Path, plan: Plan, *, size_mb: int, uid: int = UNPRIVILEGED_UID) -> ScratchMount | None:
     """Make `path` usable by the kernel: owned by its uid, and a capped tmpfs where the plan says so."""
     if plan.drop_uid:
-        os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+        os.chown(path, uid, uid)
+        os.chmod(path, 0o700)  # another kernel (another uid) cannot enter it
     if not plan.scratch_tmpfs:
         return None
     return ScratchMount.create(path, size_mb=size_mb, inodes=SCRATCH_INODES,
-                               owner_uid=UNPRIVILEGED_UID if plan.drop_uid else None)
+                               owner_uid=uid if plan.drop_uid else None)
 
 
 def _try(plan: Plan, network: bool) -> str | None:
@@ -202,7 +263,7 @@ def _try(plan: Plan, network: bool) -> str | None:
         return f"`{plan.launcher}` is not installed"
     if plan.drop_uid and not shutil.which("setpriv"):
         return "`setpriv` (util-linux) is not installed"
-    with tempfile.TemporaryDirectory(prefix="rlm-repl-probe-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{scratch_prefix()}probe-") as tmp:
         os.chmod(tmp, 0o711)
         scratch = Path(tmp) / "s"
         scratch.mkdir()
@@ -224,7 +285,11 @@ def _try(plan: Plan, network: bool) -> str | None:
                                  pass_fds=(fd,) if fd is not None else ())
             if res.returncode != 0:
                 tail = res.stderr.decode("utf-8", "replace").strip().splitlines()
-                return f"exit status {res.returncode}: {tail[-1][:300] if tail else 'no message'}"
+                why = f"exit status {res.returncode}: {tail[-1][:300] if tail else 'no message'}"
+                if plan.drop_uid and plan.launcher != "bwrap":
+                    why += (f"; as root, {plan.launcher!r} must switch to an unprivileged uid before Python starts, "
+                            f"and {sys.executable} must then be readable by any user")
+                return why
             return None
         except (OSError, subprocess.SubprocessError) as exc:
             return f"{type(exc).__name__}: {exc}"
@@ -242,9 +307,11 @@ def _candidates(launcher: str) -> list[Plan]:
     drops = [True, False] if root else [False]
     if launcher == "bwrap":
         return [Plan("bwrap", d, t, sc) for d in drops for t in (True, False)]
+    # As root, the weak launchers run only if they can drop to an unprivileged uid before Python
+    # starts: without bubblewrap's mounts a root kernel could read and write the whole host.
     if launcher == "unshare":
-        return [Plan("unshare", d, False, False) for d in drops]
-    return [Plan("none", d, False, False) for d in drops]
+        return [Plan("unshare", True, False, False)] if root else [Plan("unshare", False, False, False)]
+    return [Plan("none", True, False, False)] if root else [Plan("none", False, False, False)]
 
 
 def plan_key(launcher: str, network: bool) -> tuple:
@@ -305,6 +372,9 @@ def choose_plans(requested: str, *, network: bool, allow_weak: bool) -> tuple[li
                               "be root on the host): " + INSTALL_HINT + ", or set sandbox.allow_weak_launchers: "
                               "true to accept unshare / a plain process (see docs/SANDBOX.md)")
     weak = [p for p in (plan_for("unshare", network=network), plan_for("none", network=network)) if p]
+    if not weak:
+        raise LauncherRefused(f"{why}; the weaker launchers do not work here either ("
+                              f"{plan_error('none', network=network)}): " + INSTALL_HINT)
     return weak, [f"{why}; weaker launcher used: " + INSTALL_HINT]
 
 
@@ -322,10 +392,10 @@ def count_user_tasks(uid: int) -> int:
     return total
 
 
-def nproc_limit(plan: Plan | None = None) -> int | None:
+def nproc_limit(plan: Plan | None = None, uid: int = UNPRIVILEGED_UID) -> int | None:
     """RLIMIT_NPROC for the kernel; None where the kernel is root (Linux never enforces it then)."""
     if plan is not None and plan.drop_uid:
-        return count_user_tasks(UNPRIVILEGED_UID) + 256
+        return count_user_tasks(uid) + 256
     if is_root():
         return None
     return count_user_tasks(os.getuid()) + 256

@@ -7,17 +7,21 @@ message is validated, and whatever goes wrong inside a cell comes back as a Cell
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import ast
 import os
+import random
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from . import cleanup
 from .cgroup import CgroupJail
 from .channel import KernelGone, KernelProcess
-from .launch import KERNEL_DIR, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch
+from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch, \
+    scratch_prefix
 from .scratch import ScratchMount, remove_tree
+from .uids import UidLease, kill_uid
 from .text import clean_text, clip, decode_blob
 from .types import CellResult, IsolationReport, SandboxError, SandboxLimits, SubCallHandler, SubCallReply, \
     SubCallRequest
@@ -49,13 +53,29 @@ def _restart_notice(reason: str) -> str:
 
 
 def _plans(lim: SandboxLimits) -> tuple[list[Plan], list[str]]:
+    cleanup.ensure_started()  # the janitor for this process, and leftovers of dead rigs removed
     try:
         return choose_plans(lim.launcher, network=lim.network, allow_weak=lim.allow_weak_launchers)
     except LauncherRefused as exc:
         raise SandboxError(f"could not start the REPL kernel; {exc}") from None
 
 
-def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchMount | None) -> KernelProcess:
+def _lease(plan: Plan) -> UidLease | None:
+    """A uid of its own for a kernel that drops root (uids.py); None where the plan keeps the user's uid."""
+    if not plan.drop_uid:
+        return None
+    try:
+        return UidLease.acquire()
+    except OSError as exc:
+        raise SandboxError(f"could not lease a kernel uid: {exc}") from None
+
+
+def _uid(lease: UidLease | None) -> int:
+    return lease.uid if lease is not None else UNPRIVILEGED_UID
+
+
+def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchMount | None,
+                 uid: int = UNPRIVILEGED_UID) -> KernelProcess:
     """Start a confined kernel process; it waits for its config and prompt on the pipe."""
     max_frame = 4 * max(lim.max_output_chars, lim.max_subcall_chars) + FRAME_OVERHEAD
     max_message = 4 * (lim.max_subcall_chars + 3 * lim.max_output_chars) + FRAME_OVERHEAD
@@ -64,17 +84,39 @@ def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchM
         return KernelProcess(plan=plan, scratch=scratch, network=lim.network, max_frame=max_frame,
                              max_json=JSON_FRAME_BASE + 256 * lim.max_batch, max_blobs=8 * lim.max_batch + 8192,
                              max_message_bytes=max_message, raw_cap=lim.max_output_chars, jail=jail,
-                             holder=holder if plan.scratch_tmpfs else None)
+                             holder=holder if plan.scratch_tmpfs else None, uid=uid)
     except OSError as exc:
         raise SandboxError(f"cannot spawn: {exc}") from None
 
 
-def _new_scratch(plan: Plan, lim: SandboxLimits) -> tuple[Path, ScratchMount | None]:
-    scratch = Path(tempfile.mkdtemp(prefix="rlm-repl-")).resolve()
+def _new_scratch(plan: Plan, lim: SandboxLimits, uid: int) -> tuple[Path, ScratchMount | None]:
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix())).resolve()
     try:
-        return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb)
+        return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb, uid=uid)
     except OSError:
         return scratch, None
+
+
+def _final_literals(code: str) -> set[str]:
+    """String literals passed straight to FINAL(...) in the cell's code, as the parent parses it.
+
+    Why: the final answer comes back from the kernel, which may be owned; an answer equal to a
+    literal the controller itself wrote is one the parent can vouch for. Anything else (a
+    variable, FINAL_VAR, an expression) is the kernel's claim.
+    """
+    if "FINAL" not in code:
+        return set()
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return set()
+    out = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "FINAL"
+                and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
+            out.add(clean_text(node.args[0].value))
+    return out
 
 
 def _probe_paths(scratch: Path) -> list[str]:
@@ -92,6 +134,21 @@ def _probe_paths(scratch: Path) -> list[str]:
         if path.exists() and not text.startswith(str(scratch)) and text not in out:
             out.append(text)
     return out[:12]
+
+
+def _visible_to_kernel(kernel: KernelProcess, paths: list[str]) -> list[str]:
+    """Which of `paths` exist in the kernel's filesystem view, checked by the parent through
+    /proc/<pid>/root. Why here: the kernel never learns the names (they were in its start-up
+    config once, and model code could read them there), and its answer would be a claim."""
+    from .channel import descendants
+
+    pids = [kernel.proc.pid, *descendants(kernel.proc.pid)]
+    root = Path(f"/proc/{pids[-1]}/root")
+    try:
+        os.stat(root / ".")
+    except OSError:
+        return []  # cannot look (another user's kernel): nothing claimed either way
+    return [p for p in paths if os.path.lexists(str(root) + p)]
 
 
 def _host_uid_of_kernel(kernel: KernelProcess) -> int | None:
@@ -121,10 +178,12 @@ class PreparedKernel:
         plans, self.notes = _plans(self.limits)
         self.plan = plans[0]
         self.launcher = self.plan.launcher
-        self.scratch, self.holder = _new_scratch(self.plan, self.limits)
+        self.lease = _lease(self.plan)
+        self.scratch, self.holder = _new_scratch(self.plan, self.limits, _uid(self.lease))
         self._lock = threading.Lock()
         try:
-            self._kernel: KernelProcess | None = spawn_kernel(self.limits, self.plan, self.scratch, self.holder)
+            self._kernel: KernelProcess | None = spawn_kernel(self.limits, self.plan, self.scratch, self.holder,
+                                                              _uid(self.lease))
         except SandboxError:
             self._drop_scratch()
             raise
@@ -142,6 +201,9 @@ class PreparedKernel:
         if self.holder is not None:
             self.holder.close()
         remove_tree(self.scratch)
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def discard(self) -> None:
         k = self.take()
@@ -172,6 +234,7 @@ class Sandbox:
             prepared = None
         self._owns_scratch = scratch_dir is None
         self._holder: ScratchMount | None = None
+        self._lease: UidLease | None = None
         self._lock = threading.RLock()
         self._kernel: KernelProcess | None = None
         self._closed = False
@@ -181,20 +244,27 @@ class Sandbox:
             self._plans, self._plan_notes = _plans(self.limits)
             if prepared is not None:
                 self.scratch, self._holder = prepared.scratch, prepared.holder
+                self._lease, prepared.lease = prepared.lease, None
                 self._owns_scratch = True
             elif scratch_dir is None:
-                self.scratch, self._holder = _new_scratch(self._plans[0], self.limits)
+                self._lease = _lease(self._plans[0])
+                self.scratch, self._holder = _new_scratch(self._plans[0], self.limits, _uid(self._lease))
                 self._owns_scratch = True
             else:  # a caller's folder stays on the host, so the caller can read it afterwards (no quota)
+                self._lease = _lease(self._plans[0])
                 self.scratch = Path(scratch_dir).resolve()
                 self.scratch.mkdir(parents=True, exist_ok=True)
-                prepare_scratch(self.scratch, dataclasses.replace(self._plans[0], scratch_tmpfs=False), size_mb=1)
+                prepare_scratch(self.scratch, dataclasses.replace(self._plans[0], scratch_tmpfs=False), size_mb=1,
+                                uid=_uid(self._lease))
         except BaseException:
             self._closed = True
+            if self._lease is not None:
+                self._lease.release()
             raise
         self._prompt_bytes = prompt.encode("utf-8", "surrogatepass")
         self._prompt_chars = len(prompt)
-        self._prompt_sha: str | None = None  # computed the first time the kernel's copy differs
+        self._fresh_kernel = False  # no model code has run in the current kernel yet
+        self._nonces = random.Random(os.urandom(32))  # parent-side state: the kernel cannot read it
         self._cell_seq = 0
         self.kernel_starts = 0
         self.isolation: IsolationReport | None = None
@@ -223,6 +293,7 @@ class Sandbox:
         self._kernel = kernel
         self.startup_s = time.monotonic() - t0
         self.kernel_starts += 1
+        self._fresh_kernel = True
         self.isolation = self._report(kernel, facts, prepared.notes)
         return True
 
@@ -239,6 +310,7 @@ class Sandbox:
             self._kernel = kernel
             self.startup_s = time.monotonic() - t0
             self.kernel_starts += 1
+            self._fresh_kernel = True
             self.isolation = self._report(kernel, facts, self._plan_notes + [f"fell back from {e}" for e in errors])
             return
         raise SandboxError("could not start the REPL kernel; tried " + "; ".join(errors))
@@ -246,17 +318,16 @@ class Sandbox:
     def _start_with(self, plan: Plan) -> tuple[KernelProcess, dict]:
         if self._holder is not None and plan.scratch_tmpfs and not self._holder.alive():
             raise SandboxError("the scratch holder process is gone")
-        kernel = spawn_kernel(self.limits, plan, self.scratch, self._holder)
+        kernel = spawn_kernel(self.limits, plan, self.scratch, self._holder, _uid(self._lease))
         return kernel, self._handshake(kernel)
 
     def _handshake(self, kernel: KernelProcess) -> dict:
         """Send the config and the prompt; wait for the kernel's ready message (with its isolation facts)."""
         lim = self.limits
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
-               "nproc": nproc_limit(kernel.plan), "recursion_limit": lim.recursion_limit, "network": lim.network,
+               "nproc": nproc_limit(kernel.plan, _uid(self._lease)), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
-               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
-               "probe_paths": _probe_paths(self.scratch)}
+               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:
             kernel.queue_json(cfg)
@@ -276,6 +347,18 @@ class Sandbox:
         return msg.get("facts") if isinstance(msg.get("facts"), dict) else {}
 
     def _report(self, kernel: KernelProcess, facts: dict, notes: list[str]) -> IsolationReport:
+        """The isolation report; a malformed fact (a forged `ready`) gives a report that claims nothing."""
+        try:
+            return self._report_from(kernel, facts, notes)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            return IsolationReport(
+                launcher=kernel.plan.launcher, pid_namespace=False, network_namespace=False, readonly_root=False,
+                capabilities_dropped=False, user_namespace=False, audit_hook=True, env_scrubbed=False, rlimits={},
+                kernel_uid=-1, host_uid=_host_uid_of_kernel(kernel),
+                notes=list(notes) + [f"the kernel's start-up facts were malformed ({type(exc).__name__}); "
+                                     "nothing is claimed about its isolation"])
+
+    def _report_from(self, kernel: KernelProcess, facts: dict, notes: list[str]) -> IsolationReport:
         allowed_env = set(kernel_env(self.scratch))
         env_keys = facts.get("env_keys") or []
         ifaces = facts.get("ifaces") or []
@@ -290,7 +373,7 @@ class Sandbox:
                         quota = int(float(value.rstrip("kKmMgG")) * mult)
                     except ValueError:
                         quota = None
-        visible = [p for p in (facts.get("visible") or []) if isinstance(p, str)]
+        visible = _visible_to_kernel(kernel, _probe_paths(self.scratch))
         notes = list(notes)
         if self._owns_scratch and kernel.plan.scratch_tmpfs and self._holder is None:
             notes.append("the scratch tmpfs could not be mounted: scratch is a host folder without a total quota")
@@ -305,7 +388,7 @@ class Sandbox:
             audit_hook=True,
             env_scrubbed=set(env_keys) <= allowed_env | {"PWD", "SHLVL", "_"},
             rlimits={k: int(v) for k, v in (facts.get("rlimits") or {}).items() if isinstance(v, int)},
-            kernel_uid=int(facts.get("uid", -1)),
+            kernel_uid=facts["uid"] if type(facts.get("uid")) is int else -1,
             cgroup=kernel.jail.describe() if kernel.jail is not None else None,
             notes=notes,
             host_uid=_host_uid_of_kernel(kernel),
@@ -326,6 +409,8 @@ class Sandbox:
         if self._kernel is not None:
             self._kernel.kill()
             self._kernel = None
+        if self._lease is not None:  # nothing of the old kernel may wait for the new one's pipes
+            kill_uid(self._lease.uid)
         notices.append(_restart_notice(reason))
         self._start()  # SandboxError propagates: the kernel cannot even be started
 
@@ -365,53 +450,71 @@ class Sandbox:
         lim = self.limits
         self._cell_seq += 1
         seq = self._cell_seq
+        # A fresh nonce per cell: a frame that does not carry it (a thread of an earlier cell, bytes
+        # written between cells, a forgery) is a protocol violation, never this cell's result.
+        nonce = f"{self._nonces.getrandbits(64):016x}"
+        fresh = self._fresh_kernel
+        self._fresh_kernel = False
         kernel.take_raw()  # output left by background threads between cells is not this cell's
-        kernel.queue_json({"t": "run", "cell": seq, "code": code})
+        kernel.begin_cell(lim.max_cell_frames, lim.max_cell_read_mb * 2**20)
+        kernel.queue_json({"t": "run", "cell": seq, "n": nonce, "code": code})
         deadline = t0 + lim.cell_timeout_s
+        cpu0 = None  # parent CPU is counted from the cell's second message: one message is bounded anyway
+        handler_cpu = 0.0
         sub_calls = 0
         notices: list[str] = []
-        restored = False
         try:
             while True:
                 msg = kernel.next_message(deadline)
                 if msg is None or time.monotonic() > deadline:  # decoding counts against the deadline too
                     return self._timed_out(kernel, t0, notices, sub_calls)
+                if msg.get("n") != nonce:
+                    raise KernelGone("protocol", f"a {clean_text(str(msg.get('t')))[:40]!r} frame without this "
+                                     "cell's nonce (a thread of an earlier cell, or a forgery)")
+                if cpu0 is None:
+                    cpu0 = time.thread_time()
+                elif time.thread_time() - cpu0 - handler_cpu > lim.max_parent_cpu_s:
+                    raise KernelGone("budget", f"the kernel's frames cost the parent more than "
+                                     f"{lim.max_parent_cpu_s:g}s of CPU in one cell")
                 kind = msg.get("t")
                 if kind == "sub":
-                    h0 = time.monotonic()
-                    reply, n = self._handle_sub(msg, deadline)
-                    if reply is None:
+                    if kernel.unsent_bytes:  # legit code reads each reply before it asks again
+                        raise KernelGone("protocol", "a new sub_call request before the last reply was read")
+                    reply, n, spent, spent_cpu = self._handle_sub(msg, deadline)
+                    handler_cpu += spent_cpu
+                    if not lim.timeout_includes_subcalls:
+                        deadline += spent  # only the handler's own time, never the parent's decoding
+                    if reply is None or time.monotonic() > deadline:
                         return self._timed_out(kernel, t0, notices, sub_calls)
                     sub_calls += n
-                    if not lim.timeout_includes_subcalls:
-                        deadline += time.monotonic() - h0
+                    reply["n"] = nonce
                     kernel.queue_json(reply)
-                elif kind == "pcheck":
-                    if self._prompt_intact(msg):
-                        kernel.queue_json({"t": "pok"})
-                    else:
-                        kernel.queue_bytes(self._prompt_bytes)
-                        restored = True
                 elif kind == "done" and msg.get("cell") == seq:
-                    result = self._finish(msg, kernel, t0, sub_calls)
-                    result.prompt_restored = restored or msg.get("prompt_restored") is True
-                    return result
-                # anything else (stale or forged frames) is ignored
+                    return self._finish(msg, kernel, t0, sub_calls, code, fresh)
+                else:
+                    raise KernelGone("protocol", f"unexpected {clean_text(str(kind))[:40]!r} frame")
         except KernelGone as gone:
-            raw, _ = kernel.take_raw()
-            if gone.reason == "protocol":
-                reason = "protocol"
-            else:
-                reason = kernel.exit_reason() or "protocol"
-            detail = {"protocol": f"the kernel broke the protocol ({clean_text(gone.detail)[:300]})",
-                      "exit": "the kernel process exited", "memory": "the kernel was killed (SIGKILL), "
-                      "most likely for exceeding the memory limit", "crash": "the kernel crashed"}[reason]
-            if reason == "exit" and kernel.proc.returncode is not None:
-                detail += f" with status {kernel.proc.returncode}"
-            self._restart(reason, notices)
-            return CellResult(stdout="", stderr=raw, error=f"KernelDied: {detail}\n",
-                              duration_s=time.monotonic() - t0, restarted=True, kill_reason=reason,
-                              notices=notices, sub_calls=sub_calls, prompt_restored=restored)
+            return self._kernel_gone(kernel, gone, t0, notices, sub_calls, fresh)
+
+    def _kernel_gone(self, kernel: KernelProcess, gone: KernelGone, t0: float, notices: list[str], sub_calls: int,
+                     fresh: bool) -> CellResult:
+        """The kernel died or broke the protocol or a budget: replace it, and say why in the cell."""
+        raw, _ = kernel.take_raw()
+        if gone.reason in ("protocol", "budget"):
+            reason = gone.reason
+        else:
+            reason = kernel.exit_reason() or "protocol"
+        detail = {"protocol": f"the kernel broke the protocol ({clean_text(gone.detail)[:300]})",
+                  "budget": f"the kernel exceeded a parent-side budget ({clean_text(gone.detail)[:300]})",
+                  "exit": "the kernel process exited", "memory": "the kernel was killed (SIGKILL), "
+                  "most likely for exceeding the memory limit", "crash": "the kernel crashed"}[reason]
+        if reason == "exit" and kernel.proc.returncode is not None:
+            detail += f" with status {kernel.proc.returncode}"
+        self._restart(reason, notices)
+        return CellResult(stdout="", stderr=raw, error=f"KernelDied: {detail}\n",
+                          duration_s=time.monotonic() - t0, restarted=True, kill_reason=reason,
+                          notices=notices, sub_calls=sub_calls,
+                          prompt_integrity="verified" if fresh else "claimed")
 
     def _timed_out(self, kernel: KernelProcess, t0: float, notices: list[str], sub_calls: int) -> CellResult:
         lim = self.limits
@@ -423,36 +526,37 @@ class Sandbox:
                           duration_s=time.monotonic() - t0, timed_out=True, restarted=True,
                           kill_reason="timeout", notices=notices, sub_calls=sub_calls)
 
-    def _prompt_intact(self, msg: dict) -> bool:
-        """The kernel's copy of `prompt` (its length and SHA-256, as reported) against the parent's document."""
-        if self._prompt_sha is None:
-            self._prompt_sha = hashlib.sha256(self._prompt_bytes).hexdigest()
-        return msg.get("plen") == self._prompt_chars and msg.get("psha") == self._prompt_sha
-
-    def _handle_sub(self, msg: dict, deadline: float) -> tuple[dict | None, int]:
+    def _handle_sub(self, msg: dict, deadline: float) -> tuple[dict | None, int, float, float]:
         """Validate and cap a sub_call message by the parent's own count, then run the handler.
 
-        Returns (None, 0) when decoding the request ran past the cell's deadline.
+        Returns (reply, requests sent to the handler, handler wall time, handler CPU time); the
+        reply is None when decoding the request ran past the cell's deadline. Only the handler's
+        own time may be credited back to the cell: refusing a request is the kernel's cost.
         """
         lim = self.limits
         call_id = msg.get("id") if type(msg.get("id")) is int else None
         reqs_raw = msg.get("reqs")
         blobs = msg.get("_blobs") or []
 
-        def refuse(text: str, n: int) -> tuple[dict, int]:
-            return {"t": "subr", "id": call_id, "replies": [{"text": None, "error": text}] * n}, 0
+        def refuse(text: str, _n: int) -> tuple[dict, int, float, float]:
+            # one error for the whole request, whatever its size: a refusal must cost the parent no
+            # more than the request did (an error per request was a 60x amplifier)
+            return {"t": "subr", "id": call_id, "refused": text}, 0, 0.0, 0.0
 
         if not isinstance(reqs_raw, list) or not reqs_raw:
-            return {"t": "subr", "id": call_id, "replies": []}, 0
+            return {"t": "subr", "id": call_id, "replies": []}, 0, 0.0, 0.0
         if len(reqs_raw) > lim.max_batch:
             return refuse(f"sub_call_batch of {len(reqs_raw)} requests exceeds the sandbox cap of {lim.max_batch} "
                           "per batch; split it into smaller batches", len(reqs_raw))
         if len(blobs) != 2 * len(reqs_raw):
             return refuse("malformed sub_call request", len(reqs_raw))
+        if sum(len(b) for b in blobs) > 4 * lim.max_subcall_chars:  # more bytes than the cap's chars can take
+            return refuse(f"sub_call payload exceeds the sandbox cap of {lim.max_subcall_chars} chars; "
+                          "send smaller chunks", len(reqs_raw))
         # the parent's own count of the characters it received, not the kernel's len()
         texts = [decode_blob(b) for b in blobs]
         if time.monotonic() > deadline:
-            return None, 0
+            return None, 0, 0.0, 0.0
         total = sum(len(t) for t in texts)
         if total > lim.max_subcall_chars:
             return refuse(f"sub_call payload of {total} chars exceeds the sandbox cap of {lim.max_subcall_chars}; "
@@ -463,6 +567,14 @@ class Sandbox:
             if not (index is None or type(index) is int):
                 return refuse("malformed sub_call request", len(reqs_raw))
             reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index))
+        del texts, blobs
+        msg.pop("_blobs", None)
+        out, spent, spent_cpu = self._call_handler(reqs)
+        return {"t": "subr", "id": call_id, "replies": out}, len(reqs), spent, spent_cpu
+
+    def _call_handler(self, reqs: list[SubCallRequest]) -> tuple[list[dict], float, float]:
+        """The controller's handler on validated requests: replies, its wall time and its CPU time."""
+        h0, c0 = time.monotonic(), time.thread_time()
         try:
             replies = self.handler(reqs)
             if not isinstance(replies, list) or len(replies) != len(reqs):
@@ -478,9 +590,10 @@ class Sandbox:
                             "error": None if err is None else str(err)})
         except Exception as exc:  # the handler's failure is the model's SubCallError, not ours
             out = [{"text": None, "error": f"{type(exc).__name__}: {exc}"}] * len(reqs)
-        return {"t": "subr", "id": call_id, "replies": out}, len(reqs)
+        return out, time.monotonic() - h0, time.thread_time() - c0
 
-    def _finish(self, msg: dict, kernel: KernelProcess, t0: float, sub_calls: int) -> CellResult:
+    def _finish(self, msg: dict, kernel: KernelProcess, t0: float, sub_calls: int, code: str,
+                fresh: bool) -> CellResult:
         """Build the CellResult, enforcing every cap here: the kernel's own caps are not trusted."""
         lim = self.limits
         cap = lim.max_output_chars
@@ -490,7 +603,14 @@ class Sandbox:
         if isinstance(keys, list) and len(keys) == len(blobs):
             for key, data in zip(keys, blobs):
                 if key in ("stdout", "stderr", "error", "final") and key not in fields:
-                    fields[key] = decode_blob(data)
+                    # a character is at most 4 bytes: never decode more than the cap can keep (a
+                    # forged 90 MB of invalid bytes would otherwise become a 4-byte-per-char str)
+                    limit = 4 * (lim.max_error_chars if key == "error" else cap)
+                    if len(data) > 2 * limit and key == "error":  # the head and the tail are kept
+                        text = decode_blob(data[:limit]) + "\n[...]\n" + decode_blob(data[-limit:])
+                    else:
+                        text = decode_blob(data[:limit] if len(data) > limit else data)
+                    fields[key] = text
         stdout, stderr = fields.get("stdout", ""), fields.get("stderr", "")
         raw, raw_dropped = kernel.take_raw()
         if raw:
@@ -519,9 +639,16 @@ class Sandbox:
         final = fields.get("final")
         if final is not None and len(final) > cap:
             final = final[:cap]
+        restored = msg.get("prompt_restored") is True
+        final_var = msg.get("final_var") if isinstance(msg.get("final_var"), str) else None
         return CellResult(stdout=stdout, stderr=stderr, error=error, duration_s=time.monotonic() - t0,
                           notices=notices, final_answer=final, output_truncated=truncated,
-                          sub_calls=sub_calls)
+                          sub_calls=sub_calls, prompt_restored=restored,
+                          prompt_integrity="violated" if restored else (
+                              "verified" if fresh else "claimed"),
+                          final_integrity=None if final is None else (
+                              "verified" if final in _final_literals(code) else "claimed"),
+                          final_var=clean_text(final_var)[:200] if final is not None and final_var else None)
 
     # ---- misc --------------------------------------------------------------------------------
     def restart(self) -> None:
@@ -537,6 +664,9 @@ class Sandbox:
             if self._kernel is not None:
                 self._kernel.kill()
                 self._kernel = None
+            if self._lease is not None:  # every process of the kernel's uid: setsid'd, double-forked, ...
+                self._lease.release()
+                self._lease = None
             if self._holder is not None:
                 self._holder.close()  # the tmpfs goes with its namespace, whatever is in it
                 self._holder = None

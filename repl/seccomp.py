@@ -51,7 +51,20 @@ _BLOCKED_NAMES = (
     # kernel attack surface and noexec bypasses
     "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "memfd_create", "memfd_secret", "open_by_handle_at", "name_to_handle_at", "fanotify_init",
+    # user xattrs on the scratch tmpfs are not counted against its size cap
+    "setxattr", "lsetxattr", "fsetxattr", "setxattrat",
+    # symbolic links: one in a caller-supplied scratch folder (a host folder) would point the
+    # caller, reading it afterwards as root, at any host file; the hook's own check can be
+    # switched off from pure Python (docs/SANDBOX.md)
+    "symlink", "symlinkat",
 )
+# No new process by any route, audited or not (libuv's spawn, a C library's fork): bwrap loads the
+# filter just before it execs setpriv, which execs Python; none of them forks after that. exec
+# stays allowed (those two execs, and the kernel's own re-exec for a bigger stack): a process
+# that execs only replaces itself, inside the same confinement.
+_NO_PROCESS_NAMES = ("fork", "vfork")
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+CLONE_THREAD = 0x00010000
 
 _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
     "x86_64": (0xC000003E, {
@@ -65,7 +78,8 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "clock_settime": 227, "adjtimex": 159, "clock_adjtime": 305, "bpf": 321, "perf_event_open": 298,
         "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
         "memfd_create": 319, "memfd_secret": 447, "open_by_handle_at": 304, "name_to_handle_at": 303,
-        "fanotify_init": 300, "clone": 56, "clone3": 435,
+        "fanotify_init": 300, "clone": 56, "clone3": 435, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190,
+        "setxattrat": 463, "socket": 41, "socketpair": 53, "fork": 57, "vfork": 58, "symlink": 88, "symlinkat": 266,
     }),
     "aarch64": (0xC00000B7, {
         "mknodat": 33, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "pidfd_open": 434,
@@ -78,6 +92,8 @@ _ARCHES: dict[str, tuple[int, dict[str, int]]] = {
         "clock_adjtime": 266, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "io_uring_setup": 425,
         "io_uring_enter": 426, "io_uring_register": 427, "memfd_create": 279, "memfd_secret": 447,
         "open_by_handle_at": 265, "name_to_handle_at": 264, "fanotify_init": 262, "clone": 220, "clone3": 435,
+        "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463, "socket": 198, "socketpair": 199,
+        "symlinkat": 36,
     }),
 }
 
@@ -90,8 +106,15 @@ def supported() -> bool:
     return os.uname().machine in _ARCHES
 
 
-def build_filter(machine: str | None = None) -> bytes:
-    """The filter as raw `struct sock_filter` records (what bwrap's --seccomp reads)."""
+def build_filter(machine: str | None = None, *, no_new_processes: bool = True) -> bytes:
+    """The filter as raw `struct sock_filter` records (what bwrap's --seccomp and the kernel read).
+
+    Socket families: only AF_UNIX, AF_INET and AF_INET6, with or without the network: vsock reaches
+    past the network namespace, packet and netlink sockets talk to the host kernel (glibc's name
+    resolution works without netlink).
+    `no_new_processes`: also refuse fork, vfork and any clone without CLONE_THREAD (posix_spawn,
+    libuv's spawn), so a process start that raises no audit event fails too.
+    """
     machine = machine or os.uname().machine
     if machine not in _ARCHES:
         raise ValueError(f"no seccomp syscall table for architecture {machine!r}")
@@ -105,18 +128,24 @@ def build_filter(machine: str | None = None) -> bytes:
     ]
     if machine == "x86_64":  # the x32 ABI shares the arch value; refuse it
         prog += [_insn(_JGE_K, 0, 1, 0x40000000), _insn(_RET_K, 0, 0, eperm)]
-    for name in _BLOCKED_NAMES:
+    names = _BLOCKED_NAMES + (_NO_PROCESS_NAMES if no_new_processes else ())
+    for name in names:
         if name in table:
             prog += [_insn(_JEQ_K, 0, 1, table[name]), _insn(_RET_K, 0, 0, eperm)]
     prog += [_insn(_JEQ_K, 0, 1, table["clone3"]), _insn(_RET_K, 0, 0, _ret_errno(errno.ENOSYS))]
-    # clone: low 32 bits of args[0] (the flags, little-endian offset 16) must carry no namespace flag
-    prog += [
-        _insn(_JEQ_K, 0, 3, table["clone"]),
-        _insn(_LD_W_ABS, 0, 0, 16),
-        _insn(_JSET_K, 0, 1, CLONE_NS_FLAGS),
-        _insn(_RET_K, 0, 0, eperm),
-        _insn(_RET_K, 0, 0, RET_ALLOW),
-    ]
+    # socket/socketpair: the family is the low 32 bits of args[0] (little-endian offset 16)
+    families = (AF_UNIX, AF_INET, AF_INET6)
+    fam = [_insn(_LD_W_ABS, 0, 0, 16)]
+    for i, family in enumerate(families):
+        fam.append(_insn(_JEQ_K, len(families) - i, 0, family))  # -> the RET_ALLOW below
+    fam += [_insn(_RET_K, 0, 0, eperm), _insn(_RET_K, 0, 0, RET_ALLOW)]
+    prog += [_insn(_JEQ_K, 1, 0, table["socket"]), _insn(_JEQ_K, 0, len(fam), table["socketpair"]), *fam]
+    # clone: no namespace flag; in the kernel's stage, threads only (CLONE_THREAD)
+    tail = [_insn(_LD_W_ABS, 0, 0, 16), _insn(_JSET_K, 0, 1, CLONE_NS_FLAGS), _insn(_RET_K, 0, 0, eperm)]
+    if no_new_processes:
+        tail += [_insn(_JSET_K, 1, 0, CLONE_THREAD), _insn(_RET_K, 0, 0, eperm)]
+    tail += [_insn(_RET_K, 0, 0, RET_ALLOW)]
+    prog += [_insn(_JEQ_K, 0, len(tail) - 1, table["clone"]), *tail]
     return b"".join(prog)
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that reorder
+# what a terminal shows (a "Trojan Source" answer)
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(text: str) -> str:
@@ -32,3 +35,13 @@ def clip(text: str, limit: int) -> tuple[str, int]:
 def decode_blob(data: bytes) -> str:
     """Kernel bytes to text: invalid UTF-8 (lone surrogates included) becomes U+FFFD."""
     return data.decode("utf-8", "replace")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` for an operator's terminal: control and escape sequences shown as `\\x1b`-style escapes.
+
+    Why: an answer is model output, and model output may carry escape sequences that retitle the
+    window, rewrite earlier lines or hide text. Records keep the raw text; only what is printed
+    to a terminal passes through here.
+    """
+    return _TERMINAL_UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), clean_text(text))

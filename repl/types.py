@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 Launcher = Literal["auto", "bwrap", "unshare", "none"]
-KillReason = Literal["timeout", "memory", "exit", "crash", "protocol"]
+KillReason = Literal["timeout", "memory", "exit", "crash", "protocol", "budget"]
+# Who stands behind a fact in a CellResult: the parent checked it from outside the kernel
+# ("verified"), only the kernel says so ("claimed"), or the kernel admitted it was broken ("violated").
+Integrity = Literal["verified", "claimed", "violated"]
 
 
 class SandboxError(RuntimeError):
@@ -54,6 +57,12 @@ class SandboxLimits:
     # The timeout clock pauses while the parent runs the sub_call handler: a cell that waits on a
     # slow worker is not "hung". Set True to count handler time too.
     timeout_includes_subcalls: bool = False
+    # Parent-side budgets per cell, whatever the kernel sends: frames decoded, bytes read from the
+    # protocol pipe, and parent CPU spent on the kernel's frames (the handler's own time excluded).
+    # A kernel over one is killed and restarted (kill_reason="budget").
+    max_cell_frames: int = 200_000
+    max_cell_read_mb: int = 4096
+    max_parent_cpu_s: float = 20.0
 
     def __post_init__(self) -> None:
         if not self.cell_timeout_s > 0:
@@ -69,6 +78,9 @@ class SandboxLimits:
         if self.max_scratch_mb < 1 or self.max_batch < 1 or self.max_error_chars < 100 or self.max_notices < 1:
             raise ValueError("SandboxLimits: max_scratch_mb and max_batch must be >= 1, max_error_chars >= 100, "
                              "max_notices >= 1")
+        if self.max_cell_frames < 100 or self.max_cell_read_mb < 1 or not self.max_parent_cpu_s > 0:
+            raise ValueError("SandboxLimits: max_cell_frames must be >= 100, max_cell_read_mb >= 1, "
+                             "max_parent_cpu_s > 0")
         if self.launcher not in ("auto", "bwrap", "unshare", "none"):
             raise ValueError(f"SandboxLimits.launcher must be auto|bwrap|unshare|none, got {self.launcher!r}")
 
@@ -99,12 +111,21 @@ class CellResult:
     duration_s: float
     timed_out: bool = False
     restarted: bool = False  # kernel was killed and restarted; state lost, prompt reloaded
-    kill_reason: str | None = None  # "timeout" | "memory" | "exit" | "crash" | "protocol" | None
+    kill_reason: str | None = None  # "timeout" | "memory" | "exit" | "crash" | "protocol" | "budget" | None
     notices: list[str] = field(default_factory=list)
     final_answer: str | None = None  # set when code called FINAL(x) or FINAL_VAR("name")
     output_truncated: bool = False  # hard cap hit
     prompt_restored: bool = False  # the kernel's copy of `prompt` had changed and was restored before the cell
     sub_calls: int = 0  # requests sent to the handler during this cell (batch items counted)
+    # "verified": the first cell of a kernel the parent just loaded (no model code ran before it);
+    # "claimed": the kernel says `prompt` was intact; "violated": the kernel found it altered and
+    # restored it. See docs/SANDBOX.md, "What the parent verifies".
+    prompt_integrity: str = "claimed"
+    # "verified": the answer equals a string literal passed to FINAL(...) in this cell's code, as the
+    # parent parsed it; "claimed": any other answer (a variable, FINAL_VAR, an expression) is the
+    # kernel's word. None without a final answer.
+    final_integrity: str | None = None
+    final_var: str | None = None  # the name given to FINAL_VAR, when the answer came from one
 
 
 @dataclass

@@ -55,8 +55,13 @@ def ask(
     finally:
         held.release()
     err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")
+    from rich.markup import escape
+
+    from repl.text import terminal_safe
+
     if t.error:
-        err.print(f"[red]run error:[/] {t.error.splitlines()[0]}")
-    # plain print: rich would wrap long paths, and scripts read these two lines
-    print(f"answer: {t.final_answer}")
+        err.print(f"[red]run error:[/] {escape(terminal_safe(t.error.splitlines()[0]))}")
+    # plain print: rich would wrap long paths, and scripts read these two lines. The answer is model
+    # output: escape sequences are shown, not obeyed (trajectory.json keeps the raw text).
+    print(f"answer: {terminal_safe(t.final_answer) if t.final_answer is not None else None}")
     print(f"trajectory: {traj_path}")

@@ -36,6 +36,10 @@ class KernelLink:
         self.lock = threading.RLock()
         self._next_id = 0
         self.sub_calls = 0
+        # The running cell's nonce (from the parent's "run" message); None between cells. Every
+        # frame of a cell carries it, and a thread that outlives its cell gets a SubCallError
+        # instead of reading (and swallowing) the next cell's messages.
+        self.nonce: str | None = None
 
     def send(self, obj: dict) -> None:
         with self.lock:
@@ -45,12 +49,32 @@ class KernelLink:
         with self.lock:
             write_all(self.fd_out, encode_with_blobs(obj, blobs))
 
+    def finish_cell(self, obj: dict, blobs: list[str]) -> None:
+        """Send the cell's reply and close the cell, under one hold of the lock: a thread's sub_call
+        either reaches the parent before this reply or fails as outside any cell."""
+        with self.lock:
+            data = encode_with_blobs(dict(obj, n=self.nonce), blobs)  # a MemoryError here keeps the cell open
+            self.nonce = None
+            write_all(self.fd_out, data)
+
     def receive(self) -> dict:
         with self.lock:
-            while True:
-                kind, payload = read_frame(self.fd_in)
-                if kind == KIND_JSON:
-                    return decode_json(payload)
+            return self._receive()
+
+    def _receive(self) -> dict:
+        while True:
+            kind, payload = read_frame(self.fd_in)
+            if kind == KIND_JSON:
+                return decode_json(payload)
+
+    def next_cell(self) -> dict:
+        """Wait for the parent's next message between cells, WITHOUT the lock: a thread's sub_call
+        must fail at once (no cell is running), not wait for the next cell. No other thread reads
+        the pipe then, since request() refuses while no nonce is set."""
+        msg = self._receive()
+        with self.lock:
+            self.nonce = msg.get("n") if msg.get("t") == "run" and isinstance(msg.get("n"), str) else None
+        return msg
 
     def request(self, reqs: list[dict]) -> list[dict]:
         # The parent counts again on what it receives; these early refusals only save a round trip.
@@ -63,16 +87,23 @@ class KernelLink:
                 f"sub_call payload of {total} chars exceeds the sandbox cap of {self.max_request_chars}; "
                 "send smaller chunks")
         with self.lock:
+            if self.nonce is None:
+                raise SubCallError("sub_call was called outside a running cell (by a thread that outlived the "
+                                   "cell that started it); call sub_call from the cell itself, or wait for "
+                                   "your threads before the cell ends")
             self._next_id += 1
             call_id = self._next_id
             blobs = []
             for r in reqs:
                 blobs += [r["chunk"], r["instruction"]]
-            self.send_blobs({"t": "sub", "id": call_id, "reqs": [{"index": r["index"]} for r in reqs]}, blobs)
+            self.send_blobs({"t": "sub", "id": call_id, "n": self.nonce,
+                             "reqs": [{"index": r["index"]} for r in reqs]}, blobs)
             while True:
                 msg = self.receive()
                 if msg.get("t") == "subr" and msg.get("id") == call_id:
                     break
+        if isinstance(msg.get("refused"), str):
+            raise SubCallError(msg["refused"])
         self.sub_calls += len(reqs)
         replies = msg.get("replies")
         if not isinstance(replies, list) or len(replies) != len(reqs):
@@ -87,7 +118,7 @@ def _check_text(value: object, what: str, fn: str) -> str:
 
 
 # long: the REPL's API as closures over private references (sub_call, FINAL_VAR), so model code cannot rebind them
-def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str], None]) -> dict:
+def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | None"], None]) -> dict:
     """Build the functions bound to this kernel's link and namespace."""
 
     def sub_call(chunk: str, instruction: str) -> str:
@@ -140,7 +171,7 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str], None])
 
     def FINAL(answer) -> None:  # noqa: N802 - the name the RLM prompt teaches
         """Set the final answer of this run (the cell still runs to its end)."""
-        on_final(answer if isinstance(answer, str) else str(answer))
+        on_final(answer if isinstance(answer, str) else str(answer), None)
 
     def FINAL_VAR(name: str) -> None:  # noqa: N802
         """Set the final answer to the value of the variable called `name`."""
@@ -150,7 +181,8 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str], None])
         if key not in namespace:
             raise NameError(f"FINAL_VAR: no variable named {key!r} exists in the REPL; assign it first "
                             f"or call FINAL(value)", name=key)
-        FINAL(namespace[key])
+        value = namespace[key]
+        on_final(value if isinstance(value, str) else str(value), key)
 
     return {"sub_call": sub_call, "sub_call_batch": sub_call_batch, "FINAL": FINAL,
             "FINAL_VAR": FINAL_VAR, "SubCallError": SubCallError}

@@ -123,7 +123,13 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
     """Install the hook. All state lives in this closure, none in patchable module globals."""
     import stat as _stat
 
+    import types as _types
+
     resolve = _make_resolver(posix.getcwd, posix.lstat, posix.readlink, _stat.S_ISLNK)
+    # types.coroutine sets one flag on a generator's code with code.replace (asyncio uses it at
+    # import); only that caller is let through the code.__new__ refusal: it changes no bytecode.
+    coroutine_code, getframe = _types.coroutine.__code__, sys._getframe
+    af_unix = 1
     fspath, fsdecode_err = posix.fspath, "surrogateescape"
     stat_fn, s_isdir, readlink = posix.stat, _stat.S_ISDIR, posix.readlink
     scratch_real = resolve(scratch)
@@ -253,7 +259,8 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
                 raise _PermissionError("sandbox: symbolic links must point inside the scratch folder "
                                        "(absolute, or relative without '..')")
             symlinks_made[0] = True
-        if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
+        if event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__" and \
+                getframe(1).f_code is not coroutine_code:
             raise _PermissionError("sandbox: replacing a function's __code__ is not allowed")
         if event in path_events:
             for path_i, fd_i in path_events[event]:
@@ -281,7 +288,11 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
         if event in signal_events:
             raise _PermissionError(f"sandbox: sending signals is not allowed ({event})")
         if event in net_events:
+            if event == "socket.__new__" and len(args) > 1 and args[1] == af_unix:
+                return  # socketpair() for asyncio's self-pipe; connect/bind/sendto stay refused
             raise _PermissionError(f"sandbox: network access is disabled ({event})")
+        if event == "code.__new__" and getframe(1).f_code is coroutine_code:
+            return
         if event in always or (block_ctypes_events and event.startswith("ctypes.")):
             raise _PermissionError(f"sandbox: {event} is not allowed")
 

@@ -14,8 +14,9 @@ import resource
 import sys
 import threading
 import traceback
+import types
 
-from . import guard
+from . import guard, integrity
 from .api import KernelLink, make_api
 from .capture import CappedStream, OutputBudget
 from .wire import KIND_BYTES, KIND_JSON, decode_json, read_frame
@@ -51,7 +52,7 @@ def _read_ns(kind: str) -> str | None:
 
 
 # long: one probe per isolation fact, each a few lines; together they are the isolation report
-def _facts(scratch: str, probe_paths: list) -> dict:
+def _facts(scratch: str) -> dict:
     """What the kernel can observe about its own confinement (the parent compares)."""
     cap_eff = None
     try:
@@ -96,13 +97,6 @@ def _facts(scratch: str, probe_paths: list) -> dict:
                                      "super": r[2].split(",") if len(r) > 2 else []}
     except OSError:
         pass
-    visible = []
-    for path in probe_paths:
-        try:
-            os.stat(path)
-            visible.append(path)
-        except OSError:
-            pass
     limits = {}
     for name in ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_STACK"):
         soft, _hard = resource.getrlimit(getattr(resource, name))
@@ -113,7 +107,7 @@ def _facts(scratch: str, probe_paths: list) -> dict:
             "env_keys": sorted(os.environ), "recursion_limit": sys.getrecursionlimit(),
             "seccomp": status.get("Seccomp"), "no_new_privs": status.get("NoNewPrivs"),
             "proc_sys_writable": os.access("/proc/sys/kernel/core_pattern", os.W_OK),
-            "scratch_mount": scratch_mount, "visible": visible}
+            "scratch_mount": scratch_mount}
 
 
 def _trim_traceback(exc: BaseException) -> str:
@@ -146,6 +140,7 @@ class Kernel:
         self.link = link
         self.cfg = cfg
         self.final: str | None = None
+        self.final_var: str | None = None
         self.final_truncated = False
         self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
         api = make_api(link, self.ns, self._set_final)
@@ -154,14 +149,16 @@ class Kernel:
         self.ns.update({k: v for k, v in (cfg.get("globals") or {}).items() if k not in self.protected})
         self.cell_no = 0
 
-    def _set_final(self, answer: str) -> None:
+    def _set_final(self, answer: str, var: str | None = None) -> None:
         cap = int(self.cfg["max_output_chars"])
+        self.final_var = var
         self.final_truncated = len(answer) > cap
         self.final = answer[:cap]
 
     def run(self, code: str, cell_id: object = None) -> dict:
         self.cell_no += 1
         self.final = None
+        self.final_var = None
         self.final_truncated = False
         budget = OutputBudget(int(self.cfg["max_output_chars"]))
         out, err = CappedStream(budget, "<stdout>"), CappedStream(budget, "<stderr>")
@@ -203,7 +200,7 @@ class Kernel:
         if self.final_truncated:
             notices.append("The final answer was cut to max_output_chars.")
         return {"t": "done", "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error,
-                "final": self.final, "truncated": budget.truncated, "dropped": budget.dropped,
+                "final": self.final, "final_var": self.final_var, "truncated": budget.truncated, "dropped": budget.dropped,
                 "notices": notices, "sub_calls": self.link.sub_calls - subs_before}
 
 
@@ -216,7 +213,52 @@ def send_done(link: KernelLink, reply: dict) -> None:
     keys = [k for k in BLOB_KEYS if isinstance(reply.get(k), str) and (reply[k] or k in ("error", "final"))]
     head = {k: v for k, v in reply.items() if k not in BLOB_KEYS}
     head["blob_keys"] = keys
-    link.send_blobs(head, [reply[k] for k in keys])
+    link.finish_cell(head, [reply[k] for k in keys])
+
+
+# The builtins whose replacement would change what later cells run or report.
+LOOP_BUILTINS = ("compile", "exec", "eval", "repr", "isinstance", "len", "str", "dict", "list", "type")
+
+
+def _names_used(*fns) -> tuple[str, ...]:
+    """Global names the given functions (and the functions defined inside them) look up."""
+    out: set[str] = set()
+    todo = [getattr(f, "__code__", None) for f in fns]
+    while todo:
+        code = todo.pop()
+        if code is None:
+            continue
+        out.update(code.co_names)
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return tuple(sorted(out))
+
+
+def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
+    """What later cells' code paths look up: the globals the kernel's loop functions use, its
+    classes, the API functions' closures, a few builtins and the json entry points. Deeper stdlib
+    patching (json's encoder internals, traceback) is not covered: the check runs after every cell
+    and must stay cheap, and an owned kernel's reply is a claim in any case (docs/SANDBOX.md)."""
+    import ast as _ast
+    import json
+
+    from . import api, capture, wire
+    main_mod = sys.modules[__name__]
+    loop = [Kernel.run, send_done, _trim_traceback]
+    link_fns = [v for v in vars(KernelLink).values() if isinstance(v, types.FunctionType)] + [api.make_api]
+    wire_fns = [v for v in vars(wire).values() if isinstance(v, types.FunctionType)]
+    own = [(main_mod, _names_used(*loop)), (api, _names_used(*link_fns)), (wire, _names_used(*wire_fns))]
+    modules = own + [(builtins, LOOP_BUILTINS), (json, ("dumps", "loads", "_default_encoder", "_default_decoder")),
+                     (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
+                     (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
+                     (_ast, ("PyCF_ONLY_AST", "Expr", "Expression"))]
+    classes = [Kernel, KernelLink, api.SubCallError, CappedStream, OutputBudget]
+    instances = [(kernel, ("link", "cfg", "ns", "protected")),
+                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch"))]
+    functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
+    del capture
+    # strict: no name may be added to the kernel's own modules (it would shadow a builtin they call)
+    return integrity.take(modules + [kernel.protected], classes, instances, functions,
+                          [main_mod, api, wire, kernel.protected])
 
 
 # long: the kernel's request loop; every branch is one message kind of the protocol, read top to bottom
@@ -243,7 +285,7 @@ def main(fd_in: int, fd_out: int) -> None:
     threading.stack_size(THREAD_STACK_BYTES)
     link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024))
     kernel = Kernel(link, prompt, cfg)
-    facts = _facts(cfg["scratch"], list(cfg.get("probe_paths") or []))
+    facts = _facts(cfg["scratch"])
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
                              protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")),
                              library_roots=tuple(sorted({sys.prefix, sys.base_prefix, sys.exec_prefix,
@@ -251,52 +293,55 @@ def main(fd_in: int, fd_out: int) -> None:
     link.send({"t": "ready", "facts": facts, "prompt_chars": len(prompt)})
     # `canonical` is a fast local of this frame: model code can read it through the frame stack
     # but cannot rebind it (frame.f_locals is a snapshot; sys.settrace, which would write it
-    # back, is refused by the hook). Before each cell the kernel's `prompt` is checked against
-    # it, and by length and hash against the parent's document when they differ.
+    # back, is refused by the hook). Before each cell the kernel's `prompt` is put back to it if
+    # it changed. The parent never sends the document again: that is a claim of this kernel
+    # (see CellResult.prompt_integrity), and a kernel that lies is no cheaper to the parent.
     canonical = prompt
     del prompt
-    from _sha256 import sha256  # the C module itself (cheaper than hashlib), bound before model code runs
-    str_encode, str_len, _type, _str = str.encode, str.__len__, type, str
-    ask_parent, read_any = link.send, read_frame  # bound now: later patches of the class or module do not reach them
+    # Everything the loop calls is bound here, before model code runs, and the bindings it relies
+    # on are checked against a snapshot before each cell and before each reply (integrity.py).
+    snap = _snapshot(kernel, link)
+    flat = integrity.flatten(snap)
+    run_cell, finish, next_cell = Kernel.run, send_done, link.next_cell
+    intact, restore = integrity.intact, integrity.restore
+    check_tools, fix_tools = integrity.CHECK_TOOLS, integrity.FIX_TOOLS  # tuples: model code cannot change them
+    _isinstance, _str, _exit = isinstance, str, os._exit
+    tampered = False
     while True:
         try:
-            msg = link.receive()
+            msg = next_cell()
         except (EOFError, OSError):
-            os._exit(0)  # parent gone
+            _exit(0)  # parent gone
         if msg.get("t") == "exit":
-            os._exit(0)
-        if msg.get("t") != "run" or not isinstance(msg.get("code"), str):
+            _exit(0)
+        if msg.get("t") != "run" or not _isinstance(msg.get("code"), _str):
             continue
-        restored = False
-        current = kernel.protected.get("prompt")
-        if current is not canonical:
-            if _type(current) is _str:
-                plen, psha = str_len(current), sha256(str_encode(current, "utf-8", "surrogatepass")).hexdigest()
-            else:
-                plen, psha = -1, ""
-            ask_parent({"t": "pcheck", "plen": plen, "psha": psha})
-            with link.lock:
-                kind, payload = read_any(fd_in)
-            if kind == KIND_BYTES:  # it differed: this is the parent's document
-                canonical = payload.decode("utf-8", "surrogatepass")
-                restored = True
-            del payload
+        restored = tampered
+        tampered = False
+        if kernel.protected.get("prompt") is not canonical or kernel.ns.get("prompt") is not canonical:
+            restored = True
             kernel.protected["prompt"] = canonical
             kernel.ns["prompt"] = canonical
-        reply = kernel.run(msg["code"], msg.get("cell"))
+        reply = run_cell(kernel, msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
         if restored:
             reply["prompt_restored"] = True
-            reply["notices"].insert(0, "`prompt` had been altered inside the kernel; the original document was "
-                                       "restored from the controller before this cell.")
+            reply["notices"].insert(0, "`prompt` or the kernel's own functions had been altered inside the kernel; "
+                                       "they were restored before this cell.")
         try:
-            send_done(link, reply)
+            finish(link, reply)
         except MemoryError:
             try:
-                send_done(link, {"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
+                finish(link, {"t": "done", "cell": msg.get("cell"), "stdout": "", "stderr": "",
                                  "error": "MemoryError: the cell's output could not be sent (memory cap)\n",
                                  "final": None, "truncated": True, "dropped": 0, "notices": [], "sub_calls": 0})
             except BaseException:
-                os._exit(70)
+                _exit(70)
         except (EOFError, OSError):
-            os._exit(0)
+            _exit(0)
+        # After the reply, while the parent works on it: whatever this cell (or a thread) patched
+        # is put back before the next cell runs, and that cell's reply says so. A cell that patches
+        # the reply path can only misreport its own result.
+        if not intact(flat, *check_tools):
+            restore(snap, *fix_tools)
+            tampered = True

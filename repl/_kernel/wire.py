@@ -47,8 +47,8 @@ def encode_with_blobs(obj: dict, blobs: list[str]) -> bytes:
 def decode_json(payload: bytes) -> dict:
     try:
         obj = json.loads(payload.decode("utf-8", "surrogatepass"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"bad JSON frame: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: '[' nested 300k deep
+        raise ProtocolError(f"bad JSON frame: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
         raise ProtocolError("frame is not an object with a string 't' field")
     return obj
@@ -64,6 +64,11 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read but not yet returned as frames."""
+        return len(self._buf)
 
     def next_frame(self) -> tuple[bytes, bytes] | None:
         if len(self._buf) < HEADER.size:

@@ -223,3 +223,13 @@ def test_bad_arguments_are_rejected():
         SandboxLimits(cell_timeout_s=0)
     with pytest.raises(ValueError, match="launcher"):
         SandboxLimits(launcher="docker")  # type: ignore[arg-type]
+
+
+def test_asyncio_imports_and_runs_in_a_cell(sb):
+    """Legit code: asyncio's import sets a code flag (types.coroutine) and its loop uses a socketpair (issue 20)."""
+    r = sb.run_cell("import asyncio\nasync def twice(x):\n    await asyncio.sleep(0)\n    return 2 * x\n"
+                    "print(asyncio.run(twice(21)))")
+    assert r.error is None and r.stdout == "42\n", r
+    r = sb.run_cell("import asyncio\nasync def spawn():\n    await asyncio.create_subprocess_exec('/bin/true')\n"
+                    "asyncio.run(spawn())")
+    assert r.error is not None and "starting processes is not allowed" in r.error, r

@@ -1,6 +1,7 @@
 """The frame format and the parent's behaviour when a kernel cannot start."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -54,8 +55,14 @@ def _no_bwrap(monkeypatch):
 
 def test_auto_launcher_falls_back_when_allowed_and_reports(monkeypatch):
     """An unusable wrapper is skipped when weaker launchers are allowed; the report says which runs."""
+    from repl.launch import plan_for
+
     _no_bwrap(monkeypatch)
     limits = SandboxLimits(cell_timeout_s=5, allow_weak_launchers=True)
+    if plan_for("none", network=False) is None:  # root, and no unprivileged uid can run this interpreter
+        with pytest.raises(SandboxError, match="must switch to an unprivileged uid"):
+            Sandbox("p", handler=lambda reqs: [], limits=limits)
+        return
     with Sandbox("p", handler=lambda reqs: [], limits=limits) as box:
         assert box.isolation.launcher == "none"
         assert not box.isolation.pid_namespace
@@ -128,3 +135,19 @@ def test_keyboard_interrupt_in_handler_propagates_and_next_cell_gets_a_fresh_ker
         r = box.run_cell("print(len(prompt), sub_call('a', 'b'))")
         assert r.error is None and r.stdout == "6 ok\n"
         assert box.kernel_starts == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop of the weak launchers is for root parents")
+@pytest.mark.parametrize("launcher", ["unshare", "none"])
+def test_weak_launchers_as_root_drop_to_a_kernel_uid_or_are_refused(launcher):
+    """As root, `unshare` and `none` never leave the kernel root on the host (issue 20)."""
+    from repl.launch import plan_for
+    from repl.uids import UID_BASE, UID_COUNT
+
+    lim = SandboxLimits(cell_timeout_s=5, launcher=launcher)
+    if plan_for(launcher, network=False) is None:
+        with pytest.raises(SandboxError, match="must switch to an unprivileged uid before Python starts"):
+            Sandbox("p", handler=lambda reqs: [], limits=lim)
+        return
+    with Sandbox("p", handler=lambda reqs: [], limits=lim) as box:
+        assert UID_BASE <= box.isolation.host_uid < UID_BASE + UID_COUNT, box.isolation

@@ -446,9 +446,191 @@ def test_rig_refuses_before_starting_anything_when_no_allowed_launcher_works(mon
     with pytest.raises(SandboxError, match="apt-get install bubblewrap.*allow_weak_launchers"):
         rig.check_sandbox()
     allowed = load_config("cpu-tiny", overrides=["sandbox.allow_weak_launchers=true"])
+    if plan_for("none", network=False) is None:  # even asked for, root needs a uid drop (issue 20)
+        with pytest.raises(SandboxError, match="must switch to an unprivileged uid"):
+            Rig(allowed, run_dir=tmp_path / "run2").check_sandbox()
+        return
     Rig(allowed, run_dir=tmp_path / "run2").check_sandbox()  # asked for explicitly: accepted
 
 
 def test_probe_targets_exist_on_the_host() -> None:
     """A 'hidden' probe is only meaningful if the file is really there outside the sandbox."""
     assert GOLD.is_file() and (PROJECT / "README.md").is_file()
+
+
+# ---- issue 20: the OS layers against an owned kernel, per-kernel uids, what outlives a rig -------
+OWNED_HOOK = """
+def _owned_hook():
+    # a refused write leaves the audit hook's frame in the traceback; its helper's closure cell
+    # holding the scratch prefix is writable: pure Python, no native code
+    try:
+        open('/owned-hook-probe', 'w')
+    except PermissionError as exc:
+        tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == 'hook':
+            helper = tb.tb_frame.f_locals['inside']
+            helper.__closure__[helper.__code__.co_freevars.index('prefix')].cell_contents = '/'
+            return True
+        tb = tb.tb_next
+    return False
+"""
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_a_hook_bypassed_in_pure_python_still_cannot_write_the_host(launcher, tmp_path):
+    target = tmp_path / "written-by-the-kernel"
+    tmp_path.chmod(0o777)
+    with Sandbox("doc", handler=echo, limits=limits(launcher)) as sb:
+        r = sb.run_cell(OWNED_HOOK + f"print(_owned_hook())\nopen({str(target)!r}, 'w').write('x')")
+    assert r.stdout.startswith("True"), r  # the hook is not a boundary ...
+    assert r.error is not None and not target.exists(), r  # ... the mounts are
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_socket_families_outside_the_network_namespace_are_refused_by_the_os(launcher):
+    code = textwrap.dedent("""
+        import socket
+        out = []
+        for fam, kind in ((socket.AF_VSOCK, socket.SOCK_STREAM), (socket.AF_PACKET, socket.SOCK_RAW),
+                          (socket.AF_NETLINK, socket.SOCK_DGRAM), (socket.AF_INET, socket.SOCK_STREAM)):
+            try:
+                socket.socket(fam, kind).close(); out.append('ok')
+            except OSError as exc:
+                out.append(exc.errno)
+        print(out)
+        """)
+    # network=True: the hook lets sockets through, so only seccomp stands in the way
+    with Sandbox("doc", handler=echo, limits=limits(launcher, network=True)) as sb:
+        r = sb.run_cell(code)
+    assert r.stdout.strip() == "[1, 1, 1, 'ok']", r  # EPERM for vsock, packet, netlink
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_a_process_start_without_audit_event_is_refused_by_the_os(launcher):
+    pytest.importorskip("uvloop")
+    code = textwrap.dedent("""
+        import threading, types
+        types.coroutine = lambda f: f
+        import asyncio, uvloop
+        result = []
+        def run():
+            loop = uvloop.new_event_loop()
+            async def go():
+                proc = await asyncio.create_subprocess_exec('/bin/true')  # libuv's spawn: no audit event
+                return await proc.wait()
+            try:
+                result.append(loop.run_until_complete(go()))
+            except BaseException as exc:
+                result.append(f'{type(exc).__name__}: {exc}')
+        th = threading.Thread(target=run); th.start(); th.join()
+        print(result)
+        """)
+    with Sandbox("doc", handler=echo, limits=limits(launcher)) as sb:
+        r = sb.run_cell(code)
+    if "No module named 'uvloop'" in (r.error or ""):
+        pytest.skip("uvloop is not importable by the kernel's interpreter")
+    assert "Operation not permitted" in r.stdout + (r.error or ""), r
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_user_xattrs_cannot_grow_scratch_past_its_cap(launcher):
+    with Sandbox("doc", handler=echo, limits=limits(launcher)) as sb:
+        r = sb.run_cell("import os\nopen('f', 'w').close()\nos.setxattr('f', 'user.pad', b'x' * 60000)")
+    assert r.error is not None and "Operation not permitted" in r.error, r
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_host_identity_is_not_readable(launcher):
+    code = textwrap.dedent("""
+        import os
+        def rd(p):
+            with open(p) as f: return f.read()
+        print(os.uname().nodename, repr(rd('/proc/cmdline')), rd('/proc/sys/kernel/random/boot_id').strip(),
+              rd('/proc/loadavg').split()[0], '--ro-bind' in rd('/proc/1/cmdline'), oct(os.stat('/etc').st_mode)[-3:],
+              len(rd('/etc/ld.so.cache')) > 0 if False else os.access('/etc/localtime', os.R_OK))
+        """)
+    with Sandbox("doc", handler=echo, limits=limits(launcher)) as sb:
+        r = sb.run_cell(code)
+    assert r.stdout.split() == ["sandbox", "''", "00000000-0000-0000-0000-000000000000", "0.00", "False", "755",
+                                "True"], r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a uid per kernel needs a root parent")
+def test_each_kernel_runs_under_its_own_uid_and_cannot_reach_anothers_scratch():
+    lim = limits("bwrap")
+    hold = ("import threading\nev = threading.Event()\nts = [threading.Thread(target=ev.wait) for _ in range(100)]\n"
+            "[t.start() for t in ts]\nprint(len(ts))")
+    with Sandbox("a", handler=echo, limits=lim) as a, Sandbox("b", handler=echo, limits=lim) as b, \
+            Sandbox("c", handler=echo, limits=lim) as c:
+        uids = {a.isolation.host_uid, b.isolation.host_uid, c.isolation.host_uid}
+        assert len(uids) == 3 and uids.isdisjoint({0, 65534}), uids
+        a.run_cell("open('note.txt', 'w').write('private to a')")
+        r = b.run_cell(f"import os\nprint(os.path.exists({str(a.scratch / 'note.txt')!r}))")
+        assert r.stdout == "False\n", r
+        # RLIMIT_NPROC counts the tasks of a uid: two kernels holding threads must not starve a third
+        assert a.run_cell(hold).stdout == "100\n" and b.run_cell(hold).stdout == "100\n"
+        r = c.run_cell("import threading\nts = [threading.Thread(target=lambda: None) for _ in range(70)]\n"
+                       "[t.start() for t in ts]; [t.join() for t in ts]; print('ok')")
+        assert r.stdout == "ok\n", r
+        a.run_cell("ev.set()")
+        b.run_cell("ev.set()")
+
+
+def _owner(path: str) -> int | None:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
+
+
+RIG = textwrap.dedent("""
+    import json, sys
+    from repl import Sandbox, SandboxLimits
+    sb = Sandbox('doc', handler=lambda r: [], limits=SandboxLimits(launcher=sys.argv[1], cell_timeout_s=120))
+    k = sb._kernel
+    print(json.dumps({'scratch': str(sb.scratch), 'jail': [str(d) for d in (k.jail.dirs if k.jail else [])],
+                      'pid': k.proc.pid}), flush=True)
+    sb.run_cell('import time\\nwhile True: time.sleep(0.05)')
+    """)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_nothing_outlives_a_rig_killed_with_sigkill(launcher):
+    import json
+    import signal
+    import subprocess
+    import time
+
+    def processes_of(uid: int) -> list[str]:
+        return [e for e in os.listdir("/proc") if e.isdigit() and _owner(f"/proc/{e}") == uid]
+
+    rig = subprocess.Popen([sys.executable, "-c", RIG, launcher], stdout=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(PROJECT)))
+    info = json.loads(rig.stdout.readline())
+    uid = int(Path(f"/proc/{info['pid']}/status").read_text().split("Uid:")[1].split()[0])
+    time.sleep(0.5)
+    rig.send_signal(signal.SIGKILL)
+    rig.wait()
+    left = []
+    for _ in range(100):  # the janitor acts within moments; 10 s is generous
+        left = [p for p in (info["scratch"], *info["jail"]) if os.path.lexists(p)]
+        if not left and not (uid != 0 and processes_of(uid)):
+            break
+        time.sleep(0.1)
+    assert not left, left
+    assert uid == 0 or not processes_of(uid)
+
+
+@pytest.mark.parametrize("launcher", [p for p in LAUNCHERS if p.values[0] in OS])
+def test_no_symlink_in_a_callers_scratch_folder_even_with_the_hook_bypassed(launcher, tmp_path):
+    """A caller-supplied scratch folder is a host folder the caller reads afterwards: a link in it to a
+    root-only file would hand that file to the caller's reads."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    scratch = tmp_path / "scratch"
+    with Sandbox("doc", handler=echo, limits=limits(launcher), scratch_dir=scratch) as sb:
+        r = sb.run_cell(OWNED_HOOK + f"print(_owned_hook())\nimport os\nos.symlink({str(secret)!r}, 'link')")
+    assert r.stdout.startswith("True") and "Operation not permitted" in (r.error or ""), r
+    assert not os.path.lexists(scratch / "link")

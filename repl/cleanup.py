@@ -1,0 +1,151 @@
+"""Nothing of a rig process outlives it: a janitor for when it is killed, a sweep for older leftovers.
+
+Why: a rig killed with SIGKILL (the OOM killer, `kill -9`, a lost session) runs no `finally`.
+Its kernels (under `unshare` and `none`, which have no `--die-with-parent`), their cgroup folders
+and their scratch folders stayed behind, and nothing removed them later. Everything a rig makes
+carries its pid in the name (`rlm-repl-<pid>-...`), so:
+
+- the **janitor**, one tiny shell per rig process started with the first sandbox, waits for EOF
+  on a pipe only the rig holds; when the rig is gone it kills what is left in the rig's cgroups
+  and under its leased kernel uids, then removes those cgroups and its scratch folders;
+- the **sweep**, once per process at the first sandbox, removes what rigs that are no longer
+  alive left (say, when their janitor was killed too).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from .cgroup import cgroup_parents
+from .scratch import remove_tree
+from .uids import LEASE_DIR, kill_uid
+
+_NAME = re.compile(r"^rlm-repl-(\d+)-")
+_lock = threading.Lock()
+_started_for: set[int] = set()  # pids (this process, or a fork of it) whose janitor and sweep ran
+_janitor_w: list[int] = []
+
+JANITOR = r'''
+rig=$1; tmp=$2; leases=$3; shift 3
+cat >/dev/null 2>&1
+for parent in "$@"; do
+  for g in "$parent"/rlm-repl-"$rig"-*; do
+    [ -d "$g" ] || continue
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      for p in $(cat "$g/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+      rmdir "$g" 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+done
+for f in "$leases"/*; do
+  [ -f "$f" ] || continue
+  [ "$(cat "$f" 2>/dev/null)" = "$rig" ] || continue
+  uid=${f##*/}
+  for _ in 1 2 3; do
+    for p in $(awk -v u="$uid" '/^Uid:/ && $2 == u { split(FILENAME, a, "/"); print a[3]; nextfile }' \
+               /proc/[0-9]*/status 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  done
+done
+for s in "$tmp"/rlm-repl-"$rig"-*; do
+  [ -e "$s" ] && rm -rf --one-file-system "$s" 2>/dev/null
+done
+exit 0
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def sweep() -> list[str]:
+    """Remove cgroups and scratch folders of rig processes that are no longer alive; what was removed."""
+    removed = []
+    tmp = Path(tempfile.gettempdir())
+    try:
+        entries = list(tmp.iterdir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        m = _NAME.match(entry.name)
+        if m and not _alive(int(m.group(1))):
+            if remove_tree(entry):
+                removed.append(str(entry))
+    for parent in cgroup_parents():
+        try:
+            groups = list(parent.iterdir())
+        except OSError:
+            continue
+        for group in groups:
+            m = _NAME.match(group.name)
+            if not (m and group.is_dir() and not _alive(int(m.group(1)))):
+                continue
+            for _ in range(20):
+                try:
+                    pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+                except (OSError, ValueError):
+                    pids = []
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                try:
+                    group.rmdir()
+                    removed.append(str(group))
+                    break
+                except OSError:
+                    threading.Event().wait(0.02)
+    try:
+        leases = list(LEASE_DIR.iterdir())
+    except OSError:
+        leases = []
+    for lease in leases:
+        try:
+            owner = lease.read_text().strip()
+        except OSError:
+            continue
+        if owner.isdigit() and not _alive(int(owner)) and lease.name.isdigit():
+            kill_uid(int(lease.name))  # its file is cleared by the next lease of that uid
+    return removed
+
+
+def ensure_started() -> None:
+    """Start this process's janitor and run the sweep, once per process (a fork gets its own)."""
+    pid = os.getpid()
+    if pid in _started_for:
+        return
+    with _lock:
+        if pid in _started_for:
+            return
+        _started_for.add(pid)
+        try:
+            sweep()
+        except OSError:
+            pass
+        r, w = os.pipe()  # both ends close-on-exec: only this process (and its forks) hold `w`
+        try:
+            subprocess.Popen(["/bin/sh", "-c", JANITOR, "janitor", str(pid), tempfile.gettempdir(), str(LEASE_DIR),
+                              *map(str, cgroup_parents())],
+                             stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                             start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(w)
+        else:
+            _janitor_w.append(w)
+        finally:
+            os.close(r)
