@@ -3,6 +3,10 @@
 A kernel's start-up (namespaces, a fresh interpreter) costs ~0.1-0.3 s, which is most of the
 harness's own time per example on the CPU profiles. The pool keeps one kernel spawned and idle for
 the next run, and kills finished kernels in the background.
+
+The spare is only spawned from the second sandbox on: a single ``ask`` opens one sandbox, and a
+spare for a next example that never comes would be a third process (and ~30 MB) for nothing. An
+eval pays one unhidden start more than before; every later example finds its spare ready.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ class KernelPool:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._served = 0  # sandboxes opened so far: the first one alone spawns no spare
 
     def _background(self, fn: Any) -> None:
         t = threading.Thread(target=fn, daemon=True, name="kernel-pool")
@@ -48,7 +53,11 @@ class KernelPool:
 
     def sandbox(self, prompt: str, *, limits: SandboxLimits, **kw: Any) -> Sandbox:
         sb = Sandbox(prompt, limits=limits, prepared=self._take(limits), **kw)
-        self._refill(limits)
+        with self._lock:
+            self._served += 1
+            more = self._served > 1
+        if more:
+            self._refill(limits)
         return sb
 
     def retire(self, sb: Sandbox) -> None:

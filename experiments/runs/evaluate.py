@@ -156,7 +156,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
                 raise WorkerDeadError(_dead_line(rig, folder))
             traj = run_method(spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath,
                               instructions=ex.instructions)
-            n_tokens = rig.doc_index(ex.context).n_tokens if rig.doc_index is not None else rig.count_tokens(ex.context)
+            n_tokens = rig.doc_tokens(ex.context)  # cached by document hash: once per window, not per question
             row = sample_row(ex, spec.method, traj, str(tpath.relative_to(folder.path)), n_tokens)
             folder.append(row)
             progress.add(row)
