@@ -192,7 +192,7 @@ class Sandbox:
         except BaseException:
             self._closed = True
             raise
-        self._prompt_bytes = prompt.encode("utf-8", "surrogatepass")
+        self._prompt = prompt  # the caller's str: bytes are made only while they are sent (no second copy)
         self._prompt_chars = len(prompt)
         self._prompt_sha: str | None = None  # computed the first time the kernel's copy differs
         self._cell_seq = 0
@@ -205,6 +205,10 @@ class Sandbox:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _prompt_bytes(self) -> bytes:
+        return self._prompt.encode("utf-8", "surrogatepass")
 
     def scratch_view(self) -> Path:
         """Where the parent can read the scratch folder (inside the holder's namespace when there is one)."""
