@@ -4,9 +4,9 @@ A kernel's start-up (namespaces, a fresh interpreter) costs ~0.1-0.3 s, which is
 harness's own time per example on the CPU profiles. The pool keeps one kernel spawned and idle for
 the next run, and kills finished kernels in the background.
 
-The spare is only spawned from the second sandbox on: a single ``ask`` opens one sandbox, and a
-spare for a next example that never comes would be a third process (and ~30 MB) for nothing. An
-eval pays one unhidden start more than before; every later example finds its spare ready.
+A single ``ask`` opens one sandbox, and a spare for a next example that never comes would be a
+third process for nothing; so the pool spawns spares only when told more examples follow
+(``prefetch``, set by ``rlm-rig eval``) or from the second sandbox on.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from repl import PreparedKernel, Sandbox, SandboxError, SandboxLimits
 
 
 class KernelPool:
-    def __init__(self) -> None:
+    def __init__(self, prefetch: bool = False) -> None:
+        self.prefetch = prefetch  # more examples follow: keep a spare from the first sandbox on
         self._spares: list[PreparedKernel] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -55,7 +56,7 @@ class KernelPool:
         sb = Sandbox(prompt, limits=limits, prepared=self._take(limits), **kw)
         with self._lock:
             self._served += 1
-            more = self._served > 1
+            more = self.prefetch or self._served > 1
         if more:
             self._refill(limits)
         return sb

@@ -50,6 +50,7 @@ def main() -> None:
     try:
         cfg = load_config("cpu-tiny", rig_overrides(stubs.controller, stubs.worker) + ["eval.concurrency=4"])
         with tempfile.TemporaryDirectory() as tmp, Rig(cfg, run_dir=Path(tmp)) as rig:
+            rig.kernels.prefetch = True  # as `rlm-rig eval` sets it
             print(f"load average {os.getloadavg()[0]:.1f}; {args.chars:,}-char documents, K={args.k}")
             print(f"after start-up: {tree_now():.0f} MB")
             trim = rig_module.trim_heap

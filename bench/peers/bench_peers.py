@@ -5,7 +5,9 @@ controller (``stubs.py``) splits the document into K chunks, sends all K to the 
 call, sums the replies and answers. The stub worker answers at once, so what is timed is the harness.
 
 - warm: one process per harness and row; the first example warms it, the median of the next three is
-  reported. Each example has its own document.
+  reported. Each example has its own document. Twice: examples back to back, and with a 1 s untimed
+  pause between them (a real example spends seconds in the models; the rig boots the next example's
+  sandbox kernel meanwhile, and back to back that boot is what the rig waits for).
 - cold: a fresh process answering one question (the rig: ``rlm-rig ask``, the CLI), servers excluded.
 - memory: the private (resident minus shared) peak of the harness's whole process tree, sampled.
 - concurrency: the same program against a worker that takes 0.25 s a request; the most requests the
@@ -120,14 +122,15 @@ def peer_env(peers_python: str) -> dict:
             "PYTHONPATH": str(REPO)}
 
 
-def warm(harness: str, chars: int, k: int, stubs: Stubs, worker: str, args: argparse.Namespace) -> dict:
+def warm(harness: str, chars: int, k: int, stubs: Stubs, worker: str, args: argparse.Namespace,
+         pause: float = 0.0) -> dict:
     py = python_for(harness, args.peers_python)
     stubs.stats(), stubs.stats(stubs.controller)  # reset the counters
     cmd = [py, str(HERE / "harnesses.py"), harness, "--controller", stubs.controller, "--worker", worker,
-           "--chars", str(chars), "--k", str(k), "--examples", str(args.examples)]
+           "--chars", str(chars), "--k", str(k), "--examples", str(args.examples), "--pause", str(pause)]
     out, _, mem, rc = run_tree(cmd, peer_env(args.peers_python))
     rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    times = [r["seconds"] for r in rows[1:]]
+    times = [r["seconds"] for r in (rows[1:] if len(rows) > 1 else rows)]
     ok = rc == 0 and len(rows) == args.examples and all(r["answer"].strip() == str(k) for r in rows)
     stats = stubs.stats() if worker == stubs.worker else {}
     return {"s": statistics.median(times) if times else float("nan"), "mb": mem / 2**20, "ok": ok, **stats}
@@ -175,9 +178,12 @@ def table(title: str, results: dict, rows: list[tuple[int, int]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers-python", default=str(HERE / ".venv" / "bin" / "python"))
-    ap.add_argument("--examples", type=int, default=4, help="per warm process: 1 warm-up + the rest timed")
+    ap.add_argument("--examples", type=int, default=4,
+                    help="per warm process: 1 warm-up + the rest timed (1: the one example is timed)")
     ap.add_argument("--quick", action="store_true", help="only the 100K and 1M rows at K=16")
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--pause", type=float, default=1.0,
+                    help="for the second warm table: untimed seconds between examples")
     ap.add_argument("--real-worker", help="a vLLM-CPU server serving the tiny model as 'worker': one row, K=16, 1M")
     args = ap.parse_args()
     rows = [(100_000, 16), (1_000_000, 16)] if args.quick else ROWS
@@ -185,17 +191,26 @@ def main() -> None:
     stubs = Stubs(sys.executable)
     try:
         if args.real_worker:
-            real = {(h, 1_000_000, 16): warm(h, 1_000_000, 16, stubs, args.real_worker, args) for h in HARNESSES}
-            table(f"real vLLM-CPU worker (tiny model), warm per example, median of {args.examples - 1}",
+            real = {}
+            for h in HARNESSES:
+                real[(h, 1_000_000, 16)] = warm(h, 1_000_000, 16, stubs, args.real_worker, args)
+                print(f"real {h:5s}: {fmt(real[(h, 1_000_000, 16)])}", flush=True)
+            n = max(1, args.examples - 1)
+            table(f"real vLLM-CPU worker (tiny model), per example, median of {n} (imports and start-up excluded)",
                   real, [(1_000_000, 16)])
             return
-        results_w, results_c = {}, {}
+        results_w, results_p, results_c = {}, {}, {}
         for chars, k in rows:
             for h in HARNESSES:
                 results_w[(h, chars, k)] = warm(h, chars, k, stubs, stubs.worker, args)
+                results_p[(h, chars, k)] = warm(h, chars, k, stubs, stubs.worker, args, pause=args.pause)
                 print(f"warm {h:5s} {chars:>9,} K={k:<3}: {fmt(results_w[(h, chars, k)])}  "
-                      f"worker requests {results_w[(h, chars, k)].get('requests')}", flush=True)
-        table(f"warm per example (median of {args.examples - 1}), private peak of the process tree", results_w, rows)
+                      f"worker requests {results_w[(h, chars, k)].get('requests')}; with {args.pause:g} s "
+                      f"between examples: {fmt(results_p[(h, chars, k)])}", flush=True)
+        table(f"warm per example (median of {args.examples - 1}), back to back, private peak of the process tree",
+              results_w, rows)
+        table(f"warm per example (median of {args.examples - 1}), {args.pause:g} s between examples (untimed: "
+              "the model time of a real example), private peak of the process tree", results_p, rows)
         if not args.skip_cold:
             sys.path.insert(0, str(HERE))
             from harnesses import make_doc

