@@ -67,21 +67,44 @@ def counter_for(tokenizer: Any) -> Callable[[str], int]:
 class ChunkTokens:
     """The router's chunk cap: settle it from the length when the bound allows, count exactly otherwise."""
 
-    def __init__(self, count_tokens: Callable[[str], int], form: str | None = None):
+    def __init__(self, count_tokens: Callable[[str], int], form: str | None = None,
+                 count_many: Callable[[list[str]], list[int]] | None = None):
         self.count_tokens = count_tokens
         self.form = form
+        # several chunks at once: `tokenizers` spreads a batch over the cores
+        self.count_many = count_many or (lambda texts: [count_tokens(t) for t in texts])
 
     def check(self, chunk: str, budget: int) -> tuple[int | None, bool]:
         """(exact token count or None when not needed, over the budget?)."""
-        # A chunk 20x over budget in characters is over budget in tokens for any tokenizer we serve;
-        # skip tokenizing megabytes just to refuse them (the estimate is only for the message).
-        if len(chunk) > 20 * budget:
-            return len(chunk) // 4, True
-        bound = token_bound(chunk, self.form)
-        if bound is not None and bound <= budget:
-            return None, False
-        n = self.count_tokens(chunk)
-        return n, n > budget
+        return self.check_many([chunk], budget)[0]
+
+    def check_many(self, chunks: list[str], budget: int) -> list[tuple[int | None, bool]]:
+        """:meth:`check` for a batch; the chunks that need an exact count are counted together."""
+        out: list[tuple[int | None, bool] | None] = []
+        todo: list[int] = []
+        for i, chunk in enumerate(chunks):
+            # A chunk 20x over budget in characters is over budget in tokens for any tokenizer we serve;
+            # skip tokenizing megabytes just to refuse them (the estimate is only for the message).
+            if len(chunk) > 20 * budget:
+                out.append((len(chunk) // 4, True))
+                continue
+            bound = token_bound(chunk, self.form)
+            if bound is not None and bound <= budget:
+                out.append((None, False))
+                continue
+            out.append(None)
+            todo.append(i)
+        for i, n in zip(todo, self.count_many([chunks[i] for i in todo]) if todo else []):
+            out[i] = (n, n > budget)
+        return out  # type: ignore[return-value]
+
+
+def batch_counter_for(tokenizer: Any) -> Callable[[list[str]], list[int]] | None:
+    """Exact tokens of several texts in one call (a raw ``tokenizers.Tokenizer``: parallel, no offsets)."""
+    fast = getattr(tokenizer, "encode_batch_fast", None)
+    if fast is None:
+        return None
+    return lambda texts: [len(e.ids) for e in fast(texts, add_special_tokens=False)]
 
 
 def _doc_key(text: str) -> str:
@@ -95,12 +118,19 @@ class DocTokenCounts:
     per tokenizer), so a count survives the process; a torn or foreign file is just recounted.
     """
 
-    def __init__(self, count_tokens: Callable[[str], int], folder: Path | None = None, size: int = 64):
+    def __init__(self, count_tokens: Callable[[str], int], folder: Path | Callable[[], Path | None] | None = None,
+                 size: int = 64):
         self.count_tokens = count_tokens
-        self.folder = folder
+        self._folder = folder  # a callable is resolved on first use: `ask` never needs the folder
         self.size = size
         self._items: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def folder(self) -> Path | None:
+        if callable(self._folder):
+            self._folder = self._folder()
+        return self._folder
 
     def _read(self, key: str) -> int | None:
         if self.folder is None:

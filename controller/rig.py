@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from configs.schema import RigConfig, ServerConfig
-from controller.doctokens import ChunkTokens, DocTokenCounts, counter_for, normalizer_form, token_cache_folder
+from controller.doctokens import (ChunkTokens, DocTokenCounts, batch_counter_for, counter_for, normalizer_form,
+                                  token_cache_folder)
 from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
 from controller.memory import trim_heap
@@ -101,8 +102,9 @@ class Rig:
         self.worker_model_path = resolve_model(w.model)
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
-        self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok))
-        self.doc_tokens = DocTokenCounts(self.count_tokens, token_cache_folder(Path(self.worker_model_path) / "tokenizer.json"))
+        self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
+        tok_file = Path(self.worker_model_path) / "tokenizer.json"
+        self.doc_tokens = DocTokenCounts(self.count_tokens, lambda: token_cache_folder(tok_file))
         if w.backend == "transformers":
             from worker.hf import TransformersWorker
 

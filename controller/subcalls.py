@@ -102,8 +102,8 @@ class SubCallRouter:
             self._batch_no += 1
         spans = [self._span(r.chunk) for r in reqs]
         # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
-        checks = [(None, False) if self.nested is not None else self.chunk_tokens.check(r.chunk, self.budget_tokens)
-                  for r in reqs]
+        checks = ([(None, False)] * len(reqs) if self.nested is not None
+                  else self.chunk_tokens.check_many([r.chunk for r in reqs], self.budget_tokens))
         tokens = [t for t, _ in checks]
         over = [(i, t) for i, (t, is_over) in enumerate(checks) if is_over]
         if over:

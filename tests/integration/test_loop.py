@@ -176,7 +176,7 @@ def test_chunk_tokens_bound_never_undercounts(tiny_model_path, count_tokens):
     ASCII, accented and composed/decomposed Unicode text alike; near the cap the count is exact."""
     import random
 
-    from controller.doctokens import ChunkTokens, counter_for, normalizer_form, token_bound
+    from controller.doctokens import ChunkTokens, batch_counter_for, counter_for, normalizer_form, token_bound
     from worker import load_fast_tokenizer
 
     fast = load_fast_tokenizer(str(tiny_model_path))
@@ -192,6 +192,10 @@ def test_chunk_tokens_bound_never_undercounts(tiny_model_path, count_tokens):
     sizer = ChunkTokens(counter_for(fast), form)
     assert sizer.check(chunk, len(chunk) + 1) == (None, False)  # the bound settles it: nothing tokenized
     assert sizer.check(chunk, n) == (n, False) and sizer.check(chunk, n - 1) == (n, True)
+    batched = ChunkTokens(counter_for(fast), form, batch_counter_for(fast))  # counted together, in parallel
+    chunks = [DOC[:700], DOC[5:900], "x" * 100, DOC]  # DOC is over 20x the cap in characters: refused unread
+    assert batched.check_many(chunks, n) == [sizer.check(c, n) for c in chunks] == [
+        (n, False), (count_tokens(DOC[5:900]), True), (None, False), (len(DOC) // 4, True)]
 
 
 def test_doc_token_counts_are_exact_and_cached_by_hash(tiny_model_path, count_tokens, tmp_path):
