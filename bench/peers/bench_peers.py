@@ -132,6 +132,8 @@ def warm(harness: str, chars: int, k: int, stubs: Stubs, worker: str, args: argp
     rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     times = [r["seconds"] for r in (rows[1:] if len(rows) > 1 else rows)]
     ok = rc == 0 and len(rows) == args.examples and all(r["answer"].strip() == str(k) for r in rows)
+    if not ok:
+        sys.stderr.write(f"[{harness} {chars} K={k}] exit {rc}, answers {[r['answer'][:80] for r in rows]}\n")
     stats = stubs.stats() if worker == stubs.worker else {}
     return {"s": statistics.median(times) if times else float("nan"), "mb": mem / 2**20, "ok": ok, **stats}
 

@@ -25,15 +25,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 INSTRUCTION = "How many chunks is this? Reply with a number."
 
 def program(dialect: str, k: int) -> str:
-    """Turn 1 in each dialect: split into k chunks, one batched call of k, sum. The stub worker replies "1";
-    a real (random tiny) model's reply that is not a number counts as 1, so the answer is k either way."""
+    """Turn 1 in each dialect: split into k chunks, one batched call of k, sum one per reply (the stub
+    worker replies "1"; a real random tiny model's reply is no count), so the answer is k either way."""
     doc = "prompt" if dialect == "rig" else "context"
     call = (f"sub_call_batch(chunks, {INSTRUCTION!r})" if dialect == "rig"
             else f"llm_query_batched([c + '\\n\\n' + {INSTRUCTION!r} for c in chunks])")
     return (f"step = -(-len({doc}) // {k})\n"
             f"chunks = [{doc}[i * step:(i + 1) * step] for i in range({k})]\n"
             f"replies = {call}\n"
-            "total = sum(int(r) if r.strip().isdigit() else 1 for r in replies)\n"
+            "total = sum(1 for r in replies if r is not None)\n"
             "print('TOTAL=' + str(total))\n")
 
 
