@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from configs import load_config
-from controller.doctokens import DocTokenCache, counter_for
+from controller.doctokens import ChunkTokens, counter_for, normalizer_form
 from controller.prompts import worker_messages
 from records.trajectory import Trajectory
 from controller.subcalls import SubCallBudget, SubCallRouter
@@ -32,19 +32,19 @@ from experiments.datasets import load_examples
 from records.runlog import EvalSpec
 from experiments.runs.evaluate import run_eval
 from repl import Sandbox, SandboxLimits
-from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_smollm2, ensure_tiny_model, load_tokenizer
+from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_smollm2, ensure_tiny_model, load_fast_tokenizer
 
 # worker name -> (model builder, dtype vLLM serves it in; float32 for tiny matches the transformers numerics)
 WORKERS = {"tiny": (ensure_tiny_model, "float32"), "smollm2": (ensure_smollm2, "bfloat16")}
 
 
 def _router(doc: str, client: SyncWorker, tok, max_tokens: int) -> SubCallRouter:
-    """The router exactly as the rig builds it: caps checked, spans located, tokens from the doc index."""
+    """The router exactly as the rig builds it: caps checked, spans located, chunk tokens bounded or counted."""
     traj = Trajectory(run_id="bench", question="", doc_chars=len(doc), doc_sha256="", config={}, config_hash="",
                       models={}, versions={}, started_at="")
     return SubCallRouter(doc=doc, traj=traj, worker=client, count_tokens=counter_for(tok), budget_tokens=4096,
                          budget=SubCallBudget(10**9), depth=0, worker_max_tokens=max_tokens,
-                         doc_index=DocTokenCache(tok)(doc))
+                         chunk_tokens=ChunkTokens(counter_for(tok), normalizer_form(tok)))
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
     build, dtype = WORKERS[args.worker]
     model = build()
     name = args.worker
-    tok = load_tokenizer(str(model))
+    tok = load_fast_tokenizer(str(model))
     doc = next(iter(load_examples("oolong-real", "toy"))).context
     cc, bc = args.chunk_chars, args.batch_chunk_chars
     chunks = [doc[i * cc : (i + 1) * cc] for i in range(args.n)]

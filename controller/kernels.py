@@ -3,6 +3,10 @@
 A kernel's start-up (namespaces, a fresh interpreter) costs ~0.1-0.3 s, which is most of the
 harness's own time per example on the CPU profiles. The pool keeps one kernel spawned and idle for
 the next run, and kills finished kernels in the background.
+
+A single ``ask`` opens one sandbox, and a spare for a next example that never comes would be a
+third process for nothing; so the pool spawns spares only when told more examples follow
+(``prefetch``, set by ``rlm-rig eval``) or from the second sandbox on.
 """
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ from repl import PreparedKernel, Sandbox, SandboxError, SandboxLimits
 
 
 class KernelPool:
-    def __init__(self) -> None:
+    def __init__(self, prefetch: bool = False) -> None:
+        self.prefetch = prefetch  # more examples follow: keep a spare from the first sandbox on
         self._spares: list[PreparedKernel] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._served = 0  # sandboxes opened so far: the first one alone spawns no spare
 
     def _background(self, fn: Any) -> None:
         t = threading.Thread(target=fn, daemon=True, name="kernel-pool")
@@ -48,7 +54,11 @@ class KernelPool:
 
     def sandbox(self, prompt: str, *, limits: SandboxLimits, **kw: Any) -> Sandbox:
         sb = Sandbox(prompt, limits=limits, prepared=self._take(limits), **kw)
-        self._refill(limits)
+        with self._lock:
+            self._served += 1
+            more = self.prefetch or self._served > 1
+        if more:
+            self._refill(limits)
         return sb
 
     def retire(self, sb: Sandbox) -> None:

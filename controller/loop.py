@@ -18,6 +18,7 @@ from configs.schema import RigConfig
 from controller import prompts
 from controller.caps import RunCaps, cell_failed
 from controller.backends import ControllerLM, ReplayLM
+from controller.doctokens import ChunkTokens
 from controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
 from controller.parsing import parse_turn
 from records.trajectory import CapEvent, CellRecord, ControllerTurn, Trajectory
@@ -56,7 +57,8 @@ class RunContext:
     models: dict[str, str]
     versions: dict[str, str]
     sub_calls_enabled: bool = True
-    doc_index: Callable[[str], Any] | None = None  # text -> DocTokenIndex (cached), for span token counts
+    # the chunk cap's token check (controller/doctokens.py); None: every chunk is counted with count_tokens
+    chunk_tokens: ChunkTokens | None = None
     kernels: Any = None  # a KernelPool: kernels spawned ahead of time (None: start each on demand)
     # progress hook for live displays: called with ("turn" | "cell" | "cell_done" | "done", trajectory), root run only
     on_event: Callable[[str, Trajectory], None] | None = None
@@ -122,13 +124,11 @@ class _Run:
         self.doc, self.question, self.save_to = doc, question, save_to
         self.t0 = time.perf_counter()
         self.traj = self._new_trajectory(run_id, instructions)
-        index = self.ctx.doc_index(doc) if self.ctx.doc_index is not None else None
-        cpt = (index.chars_per_token if index is not None and index.n_tokens
-               else estimate_chars_per_token(doc, self.ctx.count_tokens))
+        cpt = estimate_chars_per_token(doc, self.ctx.count_tokens)  # sampled: never the whole document
         budget_tokens = self.cfg.chunk_budget()
         self.budget_chars = int(budget_tokens * cpt * 0.9)
         nested = rlm._nested_runner()
-        self.router = self._router(budget_tokens, nested, index)
+        self.router = self._router(budget_tokens, nested)
         system = prompts.system_prompt(
             prompts.describe_shape(doc, cpt),
             chunk_budget_tokens=budget_tokens,
@@ -171,7 +171,7 @@ class _Run:
             started_at=_now(),
         )
 
-    def _router(self, budget_tokens: int, nested: Any, index: Any) -> SubCallRouter:
+    def _router(self, budget_tokens: int, nested: Any) -> SubCallRouter:
         cfg = self.cfg
         return SubCallRouter(
             doc=self.doc,
@@ -185,7 +185,7 @@ class _Run:
             worker_system=cfg.worker.system_prompt,
             nested=nested,
             concurrency=cfg.worker.max_connections,
-            doc_index=index,
+            chunk_tokens=self.ctx.chunk_tokens,
         )
 
     def _open_sandbox(self) -> Sandbox:

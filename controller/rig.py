@@ -11,9 +11,11 @@ from typing import Any, Callable
 
 from configs.schema import RigConfig
 from worker.settings import ServerSettings
-from controller.doctokens import DocTokenCache, counter_for
+from controller.doctokens import (ChunkTokens, DocTokenCounts, batch_counter_for, counter_for, normalizer_form,
+                                  token_cache_folder)
 from controller.kernels import KernelPool
 from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
+from controller.memory import trim_heap
 from controller.loop import RLM, RunContext, replay_lm_for
 from records.trajectory import Trajectory, atomic_write_text
 from records.runlog import RunFolder, package_versions
@@ -33,7 +35,8 @@ class Rig:
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
-        self.doc_index: Any = None
+        self.chunk_tokens: ChunkTokens | None = None
+        self.doc_tokens: Callable[[str], int] = self.count_tokens  # whole-document counts (eval rows), cached
         self.kernels = KernelPool()
         self.worker_url: str | None = None
         self._worker_server: Any = None  # the VLLMServer we started for the worker (restartable), if any
@@ -66,14 +69,18 @@ class Rig:
         return [srv.url]
 
     def start_worker(self) -> None:
-        from worker import SyncWorker, TransformersWorker, WorkerClient, load_tokenizer
+        from worker import SyncWorker, WorkerClient, load_fast_tokenizer
 
         w = self.cfg.worker
         self.worker_model_path = resolve_model(w.model)
-        tok = load_tokenizer(self.worker_model_path)
+        tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
-        self.doc_index = DocTokenCache(tok)
+        self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
+        tok_file = Path(self.worker_model_path) / "tokenizer.json"
+        self.doc_tokens = DocTokenCounts(self.count_tokens, lambda: token_cache_folder(tok_file))
         if w.backend == "transformers":
+            from worker.hf import TransformersWorker
+
             backend: Any = TransformersWorker(self.worker_model_path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens)
         else:
             served = w.served_name or "worker"
@@ -217,7 +224,7 @@ class Rig:
             models=self.models(),
             versions=package_versions(),
             sub_calls_enabled=sub_calls,
-            doc_index=self.doc_index,
+            chunk_tokens=self.chunk_tokens,
             kernels=self.kernels,
             context_window=self.context_window(),
         )
@@ -228,4 +235,7 @@ class Rig:
     ) -> Trajectory:
         ctx = self.context(sub_calls=sub_calls)
         ctx.on_event = on_event
-        return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to, instructions=instructions)
+        try:
+            return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to, instructions=instructions)
+        finally:
+            trim_heap()  # keeps a long eval's memory flat across documents

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from controller.doctokens import ChunkTokens
 from controller.prompts import worker_messages
 from records.trajectory import CapEvent, SubCallRecord, Trajectory
 from worker.watch import failure_kind
@@ -64,7 +65,7 @@ class SubCallRouter:
         worker_system: str | None = None,
         nested: NestedRunner | None = None,
         concurrency: int = 8,
-        doc_index: Any = None,
+        chunk_tokens: ChunkTokens | None = None,
     ):
         self.doc = doc
         self.traj = traj
@@ -77,7 +78,9 @@ class SubCallRouter:
         self.worker_system = worker_system
         self.nested = nested
         self.concurrency = concurrency
-        self.doc_index = doc_index
+        # the cap check: from the chunk's length where its bound settles it, else an exact count
+        self.chunk_tokens = chunk_tokens if chunk_tokens is not None else ChunkTokens(count_tokens)
+        self._next = 0  # where the last located chunk ended: the next one usually starts there
         self.cell = 0
         self.turn = 0
         self._batch_no = 0
@@ -86,19 +89,15 @@ class SubCallRouter:
         self.traj.caps_hit.append(CapEvent(cap=cap, turn=self.turn, detail=detail))  # type: ignore[arg-type]
 
     def _span(self, chunk: str) -> tuple[int | None, int | None]:
-        i = self.doc.find(chunk) if chunk else -1
-        return (i, i + len(chunk)) if i >= 0 else (None, None)
-
-    def _tokens(self, chunk: str, span: tuple[int | None, int | None]) -> int:
-        # A chunk 20x over budget in characters is over budget in tokens for any tokenizer we serve;
-        # skip tokenizing megabytes just to refuse them.
-        if len(chunk) > 20 * self.budget_tokens:
-            return len(chunk) // 4
-        if self.doc_index is not None and span[0] is not None:
-            n = self.doc_index.count(span[0], span[1])
-            if n < self.budget_tokens - 8:  # edge tokens may differ by one or two: count exactly near the cap
-                return n
-        return self.count_tokens(chunk)
+        """Where ``chunk`` sits in the document. Programs send consecutive slices, so the place after the
+        previous chunk is checked first (O(chunk)); a search of the whole document is the fallback."""
+        if not chunk:
+            return None, None
+        i = self._next if self.doc.startswith(chunk, self._next) else self.doc.find(chunk)
+        if i < 0:
+            return None, None
+        self._next = i + len(chunk)
+        return i, i + len(chunk)
 
     # long: the parent-side caps checked in order (count, batch, chunk size, depth) before any request leaves
     def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
@@ -109,9 +108,11 @@ class SubCallRouter:
             batch_id = self._batch_no
             self._batch_no += 1
         spans = [self._span(r.chunk) for r in reqs]
-        tokens = [self._tokens(r.chunk, sp) for r, sp in zip(reqs, spans)]
         # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
-        over = [] if self.nested is not None else [(i, t) for i, t in enumerate(tokens) if t > self.budget_tokens]
+        checks = ([(None, False)] * len(reqs) if self.nested is not None
+                  else self.chunk_tokens.check_many([r.chunk for r in reqs], self.budget_tokens))
+        tokens = [t for t, _ in checks]
+        over = [(i, t) for i, (t, is_over) in enumerate(checks) if is_over]
         if over:
             detail = ", ".join(f"#{i}: {t} tokens" for i, t in over[:5])
             msg = (

@@ -261,7 +261,7 @@ class Sandbox:
             if self._lease is not None:
                 self._lease.release()
             raise
-        self._prompt_bytes = prompt.encode("utf-8", "surrogatepass")
+        self._prompt = prompt  # the caller's str: bytes are made only while they are sent (no second copy)
         self._prompt_chars = len(prompt)
         self._fresh_kernel = False  # no model code has run in the current kernel yet
         self._nonces = random.Random(os.urandom(32))  # parent-side state: the kernel cannot read it
@@ -275,6 +275,10 @@ class Sandbox:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _prompt_bytes(self) -> bytes:
+        return self._prompt.encode("utf-8", "surrogatepass")
 
     def scratch_view(self) -> Path:
         """Where the parent can read the scratch folder (inside the holder's namespace when there is one)."""

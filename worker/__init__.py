@@ -11,7 +11,7 @@ from worker.server import ServerSpec, VLLMServer, find_free_port, list_models, n
 from worker.smollm2 import SmolLM2Error, ensure_smollm2
 from worker.sync import AsyncChatWorker, SyncWorker
 from worker.tiny import build_tiny_model, ensure_tiny_model
-from worker.tokens import count_chat_tokens, count_tokens, load_tokenizer
+from worker.tokens import count_chat_tokens, count_tokens, load_fast_tokenizer, load_tokenizer
 from worker.watch import WorkerDeadError, WorkerWatch, failure_kind
 
 
@@ -47,6 +47,7 @@ __all__ = [
     "ensure_tiny_model",
     "find_free_port",
     "list_models",
+    "load_fast_tokenizer",
     "load_tokenizer",
     "normalize_base_url",
     "validate_messages",

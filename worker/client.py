@@ -81,6 +81,10 @@ def _error_message(resp: httpx.Response) -> str:
     return resp.text[:2000]
 
 
+_UNENCODABLE = "Out of range float values are not JSON compliant"  # vLLM's 400 for NaN/inf logprobs
+_LOGPROB_KEYS = ("logprobs", "return_tokens_as_token_ids")
+
+
 def _token_logprobs(choice: dict) -> dict[str, Any]:
     """{"token_ids": [...], "token_logprobs": [...]} from an OpenAI chat choice's `logprobs.content`, whose
     tokens are "token_id:N" (vLLM's `return_tokens_as_token_ids`). Empty when the server sent none or
@@ -277,6 +281,15 @@ class WorkerClient:
                 if resp.status_code == 200:
                     return self._parse(resp, url, attempt + 1)
                 msg = _error_message(resp)
+                if resp.status_code == 400 and "logprobs" in payload and _UNENCODABLE in msg:
+                    # vLLM could not JSON-encode the logprobs it computed (NaN/inf: a model gone numerically
+                    # bad, e.g. a random tiny model past its trained positions); the completion itself is
+                    # fine, so ask once more without logprobs (interp then has no recorded tokens for it).
+                    payload = {k: v for k, v in payload.items() if k not in _LOGPROB_KEYS}
+                    resp = await client.post(url + "/chat/completions", json=payload)
+                    if resp.status_code == 200:
+                        return self._parse(resp, url, attempt + 1)
+                    msg = _error_message(resp)
                 if resp.status_code >= 500 or resp.status_code in _RETRY_STATUS:
                     errors.append(f"{url}: HTTP {resp.status_code}: {msg[:300]}")
                 else:

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["count_chat_tokens", "count_tokens", "load_tokenizer"]
+__all__ = ["count_chat_tokens", "count_tokens", "load_fast_tokenizer", "load_tokenizer"]
 
 _LOCK = threading.Lock()
 
@@ -39,6 +39,27 @@ def load_tokenizer(name_or_path: str | Path):
             return _load(name, looks_local)
         except OSError as exc:
             raise OSError(f"cannot load a tokenizer from {name!r}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _load_file(path: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def load_fast_tokenizer(name_or_path: str | Path):
+    """The model folder's ``tokenizer.json`` through `tokenizers` alone (cached), else :func:`load_tokenizer`.
+
+    WHY: the harness only counts tokens, and importing transformers to do so cost a cold ``ask``
+    ~7-9 s. A folder without ``tokenizer.json`` (or a hub id) still goes through transformers.
+    """
+    path = Path(str(name_or_path)).expanduser()
+    file = path / "tokenizer.json"
+    if file.is_file():
+        with _LOCK:
+            return _load_file(str(file.resolve()))
+    return load_tokenizer(name_or_path)
 
 
 def _tok(tokenizer: Any):

@@ -146,6 +146,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
             prev = folder.read_results()
             folder.write_results({**(prev.model_dump() if prev else {}), "status": "running"})
         todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
+        rig.kernels.prefetch = len(todo) > 1  # a spare kernel ready for each next example
         if not resume:
             from experiments.datasets.views import model_views
 
@@ -161,7 +162,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
                 raise WorkerDeadError(_dead_line(rig, folder))
             traj = run_method(spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath,
                               instructions=ex.instructions)
-            n_tokens = rig.doc_index(ex.context).n_tokens if rig.doc_index is not None else rig.count_tokens(ex.context)
+            n_tokens = rig.doc_tokens(ex.context)  # cached by document hash: once per window, not per question
             row = sample_row(ex, spec.method, traj, str(tpath.relative_to(folder.path)), n_tokens)
             folder.append(row)
             progress.add(row)

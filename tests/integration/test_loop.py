@@ -171,29 +171,58 @@ def test_rlm_chars_per_token_and_budget_in_repl(hf_worker, count_tokens):
     assert re.search(r"about \d+ characters", t.turns[0].messages_in[0]["content"])
 
 
-def test_doc_token_index_counts_spans(tiny_model_path, count_tokens):
+def test_chunk_tokens_bound_never_undercounts(tiny_model_path, count_tokens):
+    """The length bound that spares tokenizing a chunk is an upper bound on its real token count, for
+    ASCII, accented and composed/decomposed Unicode text alike; near the cap the count is exact."""
     import random
 
-    from controller.doctokens import DocTokenCache
+    from controller.doctokens import ChunkTokens, batch_counter_for, counter_for, normalizer_form, token_bound
+    from worker import load_fast_tokenizer
 
-    cache = DocTokenCache(load_tokenizer(str(tiny_model_path)))
-    idx = cache(DOC)
-    assert cache(DOC) is idx and idx.n_tokens == count_tokens(DOC)
+    fast = load_fast_tokenizer(str(tiny_model_path))
+    form = normalizer_form(fast)
+    assert form == "NFC"
     rng = random.Random(0)
-    for _ in range(50):
-        a = rng.randrange(len(DOC))
-        b = rng.randrange(a, len(DOC) + 1)
-        assert abs(idx.count(a, b) - count_tokens(DOC[a:b])) <= 4  # edge tokens split differently
+    alphabet = "ab 12\n\t.,;'e\u0301\u00e9\u00df\u0958\u2126\u4e2d\U0001f600"
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        assert count_tokens(text) <= token_bound(text, form)
+    chunk = DOC[:700]
+    n = count_tokens(chunk)
+    sizer = ChunkTokens(counter_for(fast), form)
+    assert sizer.check(chunk, len(chunk) + 1) == (None, False)  # the bound settles it: nothing tokenized
+    assert sizer.check(chunk, n) == (n, False) and sizer.check(chunk, n - 1) == (n, True)
+    batched = ChunkTokens(counter_for(fast), form, batch_counter_for(fast))  # counted together, in parallel
+    chunks = [DOC[:700], DOC[5:900], "x" * 100, DOC]  # DOC is over 20x the cap in characters: refused unread
+    assert batched.check_many(chunks, n) == [sizer.check(c, n) for c in chunks] == [
+        (n, False), (count_tokens(DOC[5:900]), True), (None, False), (len(DOC) // 4, True)]
 
 
-def test_loop_with_doc_index_keeps_chunks_under_the_cap(hf_worker, count_tokens, tiny_model_path):
-    from controller.doctokens import DocTokenCache
+def test_doc_token_counts_are_exact_and_cached_by_hash(tiny_model_path, count_tokens, tmp_path):
+    from controller.doctokens import DocTokenCounts
 
+    calls = []
+
+    def counting(s):
+        calls.append(len(s))
+        return count_tokens(s)
+
+    counts = DocTokenCounts(counting, tmp_path)
+    assert counts(DOC) == count_tokens(DOC) and counts("".join(DOC)) == count_tokens(DOC) and len(calls) == 1
+    again = DocTokenCounts(counting, tmp_path)  # a new process: the count comes from the disk cache
+    assert again(DOC) == count_tokens(DOC) and len(calls) == 1
+
+
+def test_loop_with_chunk_tokens_keeps_chunks_under_the_cap(hf_worker, count_tokens, tiny_model_path):
+    from controller.doctokens import ChunkTokens, counter_for, normalizer_form
+    from worker import load_fast_tokenizer
+
+    fast = load_fast_tokenizer(str(tiny_model_path))
     cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "rlm.chunk_budget_tokens=300"])
     code = ("out = []\nfor n in (800, 900, 1000, 5000):\n    try:\n        sub_call(prompt[:n], 'x'); out.append('ok')\n"
             "    except SubCallError:\n        out.append('refused')\nprint(out)")
     ctx = RunContext(cfg=cfg, lm=ReplayLM([cell(code), "FINAL(1)"]), worker=hf_worker, count_tokens=count_tokens,
-                     models={}, versions={}, doc_index=DocTokenCache(load_tokenizer(str(tiny_model_path))))
+                     models={}, versions={}, chunk_tokens=ChunkTokens(counter_for(fast), normalizer_form(fast)))
     t = RLM(ctx).run(DOC, "q")
     verdicts = eval(t.cells[0].stdout)
     for n, v in zip((800, 900, 1000, 5000), verdicts):

@@ -47,3 +47,23 @@ def test_pool_hands_out_prespawned_kernels_and_cleans_up():
     assert pool._spares == [] and all(sb._closed for sb in boxes)
     for sb in boxes:
         assert not sb.scratch.exists()
+
+
+def test_pool_spawns_a_spare_only_when_more_examples_follow():
+    """A single `ask` opens one sandbox: no spare kernel for a next example that never comes. An eval
+    (prefetch) keeps one ready from its first sandbox; without being told, from the second on."""
+    lim = SandboxLimits(cell_timeout_s=5)
+
+    def spares_after(pool: KernelPool, n: int) -> int:
+        boxes = [pool.sandbox("doc", handler=handler, limits=lim) for _ in range(n)]
+        for t in list(pool._threads):
+            t.join(timeout=60)
+        count = len(pool._spares)
+        for sb in boxes:
+            sb.close()
+        pool.close()
+        return count
+
+    assert spares_after(KernelPool(), 1) == 0
+    assert spares_after(KernelPool(prefetch=True), 1) == 1
+    assert spares_after(KernelPool(), 2) == 1

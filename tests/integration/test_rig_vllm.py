@@ -46,7 +46,8 @@ def test_chunk_count_replay_against_vllm(vllm_server, toy, tmp_path):
         assert prev.chunk_end == nxt.chunk_start
     for s in subs:
         assert s.response is not None and s.prompt_tokens > 0 and s.completion_tokens > 0 and s.latency_s > 0
-        assert s.chunk_tokens <= cfg.chunk_budget()
+        # counted exactly when near the cap, else its length bound (chars + 1: ASCII) settled it
+        assert (s.chunk_tokens if s.chunk_tokens is not None else s.chunk_chars + 1) <= cfg.chunk_budget()
     # the final answer is exactly what the strategy computes from the recorded worker replies
     total = sum(int(m.group()) if (m := re.search(r"-?\d+", s.response)) else 0 for s in subs)
     assert a.final_answer == "\\boxed{" + str(total) + "}"
@@ -162,3 +163,61 @@ def test_serve_worker_runs_until_interrupted(tmp_path):
             raise
     assert p.returncode == 130
     assert _vllm_procs("serve-worker-test") == []
+
+
+def test_token_figures_match_the_workers_own_counts(vllm_server, toy, tmp_path):
+    """Every recorded token figure agrees with the worker's tokenizer, as the server itself reports it:
+    a sub_call's prompt_tokens with the server's count of the recorded messages, and a counted
+    chunk_tokens with the server's count of the chunk alone. The chunks are cut mid-word and sized
+    so that the cap check must count them (a cap between their tokens and their bytes)."""
+    import httpx
+
+    cuts = [7 + 997 * i for i in range(5)]
+    code = (f"cuts = {cuts}\nchunks = [prompt[a:b] for a, b in zip(cuts, cuts[1:])]\n"
+            "replies = sub_call_batch(chunks, 'How many rolls? Reply with a number.')\nprint(len(replies))")
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps([f"```repl\n{code}\n```", "FINAL(done)"]))
+    cfg = attached(vllm_server, "rlm.chunk_budget_tokens=990", "worker.max_tokens=4")
+    with Rig(cfg, run_dir=tmp_path, controller_replay=replay) as rig:
+        t = rig.ask(toy.context, toy.question)
+    assert t.error is None and t.cells[0].error is None and len(t.sub_calls) == 4, t.cells[0].error
+    root = vllm_server[: -len("/v1")] if vllm_server.endswith("/v1") else vllm_server
+    with httpx.Client(base_url=root, timeout=60) as http:
+        def server_count(**body) -> int:
+            r = http.post("/tokenize", json={"model": "tiny", **body})
+            r.raise_for_status()
+            return r.json()["count"]
+
+        for s in t.sub_calls:
+            chunk = toy.context[s.chunk_start:s.chunk_end]
+            assert s.chunk_tokens == server_count(prompt=chunk, add_special_tokens=False)
+            assert s.prompt_tokens == server_count(messages=s.messages, add_generation_prompt=True)
+
+
+def test_ask_imports_no_transformers_and_spawns_one_kernel(vllm_server, toy, tmp_path):
+    """A single `ask` (the CLI, in a fresh process) loads its tokenizer without transformers (a ~7 s
+    import) and starts exactly the one sandbox kernel it uses: no spare for a next example."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text(toy.context)
+    script = f"""
+import runpy, sys
+import repl.sandbox as sandbox
+spawned = []
+_spawn = sandbox.spawn_kernel
+def counting(*a, **kw):
+    spawned.append(1)
+    return _spawn(*a, **kw)
+sandbox.spawn_kernel = counting
+sys.argv = ["rlm-rig", "ask", "--config", "cpu-tiny", "--doc", {str(doc)!r}, "-q", {toy.question!r},
+            "--out", {str(tmp_path / "run")!r}, "--set", "worker.server.url={vllm_server}",
+            "--set", "worker.served_name=tiny"]
+try:
+    runpy.run_module("experiments.cli", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("RESULT", "transformers" in sys.modules, len(spawned))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "answer: \\boxed{" in r.stdout, r.stdout[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "RESULT False 1"
