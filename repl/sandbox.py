@@ -7,9 +7,8 @@ message is validated, and whatever goes wrong inside a cell comes back as a Cell
 from __future__ import annotations
 
 import dataclasses
-import ast
 import os
-import random
+import secrets
 import tempfile
 import threading
 import time
@@ -95,28 +94,6 @@ def _new_scratch(plan: Plan, lim: SandboxLimits, uid: int) -> tuple[Path, Scratc
         return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb, uid=uid)
     except OSError:
         return scratch, None
-
-
-def _final_literals(code: str) -> set[str]:
-    """String literals passed straight to FINAL(...) in the cell's code, as the parent parses it.
-
-    Why: the final answer comes back from the kernel, which may be owned; an answer equal to a
-    literal the controller itself wrote is one the parent can vouch for. Anything else (a
-    variable, FINAL_VAR, an expression) is the kernel's claim.
-    """
-    if "FINAL" not in code:
-        return set()
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return set()
-    out = set()
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "FINAL"
-                and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)):
-            out.add(clean_text(node.args[0].value))
-    return out
 
 
 def _probe_paths(scratch: Path) -> list[str]:
@@ -264,7 +241,7 @@ class Sandbox:
         self._prompt = prompt  # the caller's str: bytes are made only while they are sent (no second copy)
         self._prompt_chars = len(prompt)
         self._fresh_kernel = False  # no model code has run in the current kernel yet
-        self._nonces = random.Random(os.urandom(32))  # parent-side state: the kernel cannot read it
+        # (secrets, not a seeded Mersenne Twister: a kernel that reads enough nonces could predict the next)
         self._cell_seq = 0
         self.kernel_starts = 0
         self.isolation: IsolationReport | None = None
@@ -456,7 +433,7 @@ class Sandbox:
         seq = self._cell_seq
         # A fresh nonce per cell: a frame that does not carry it (a thread of an earlier cell, bytes
         # written between cells, a forgery) is a protocol violation, never this cell's result.
-        nonce = f"{self._nonces.getrandbits(64):016x}"
+        nonce = secrets.token_hex(16)
         fresh = self._fresh_kernel
         self._fresh_kernel = False
         kernel.take_raw()  # output left by background threads between cells is not this cell's
@@ -650,8 +627,9 @@ class Sandbox:
                           sub_calls=sub_calls, prompt_restored=restored,
                           prompt_integrity="violated" if restored else (
                               "verified" if fresh else "claimed"),
-                          final_integrity=None if final is None else (
-                              "verified" if final in _final_literals(code) else "claimed"),
+                          # a FINAL the kernel executed is what the kernel chose to report: even a literal of the
+                          # cell's code is picked by code the kernel may have rewritten (probe: a patched decoder)
+                          final_integrity=None if final is None else "claimed",
                           final_var=clean_text(final_var)[:200] if final is not None and final_var else None)
 
     # ---- misc --------------------------------------------------------------------------------

@@ -106,12 +106,18 @@ def remove_tree(path: Path) -> bool:
     path = Path(path)
     if not os.path.lexists(path):
         return True
+    if os.path.islink(path):  # a kernel can swap its scratch for a link: remove the link, never follow it
+        os.unlink(path)
+        return True
     _rmtree_quiet(path)
     if not os.path.lexists(path):
         return True
     # shutil recurses in Python (RecursionError on deep trees) and cannot enter a mode-000
     # folder as a normal user; GNU chmod/rm walk iteratively and relative to each folder.
     for argv in (["chmod", "-R", "u+rwx", "--", str(path)], ["rm", "-rf", "--one-file-system", "--", str(path)]):
+        if os.path.islink(path):  # chmod follows a link named on its command line (coreutils has no -P for it)
+            os.unlink(path)
+            break
         try:
             subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=600, check=False)

@@ -187,7 +187,7 @@ def test_integrity_labels_say_who_vouches_for_prompt_and_answer():
         assert first.prompt_integrity == "verified"  # no model code ran in this kernel before
         r = box.run_cell("FINAL('literal answer')")
         assert (r.prompt_integrity, r.final_answer, r.final_integrity, r.final_var) == (
-            "claimed", "literal answer", "verified", None)
+            "claimed", "literal answer", "claimed", None)  # executed by the kernel: never the parent's word
         r = box.run_cell("FINAL_VAR('x')")
         assert (r.final_answer, r.final_integrity, r.final_var) == ("from a variable", "claimed", "x")
         r = box.run_cell("import sys\nsys._getframe(0).f_back.f_locals['self'].protected['prompt'] = 'forged'")
@@ -210,3 +210,31 @@ def test_the_kernel_is_not_told_host_paths_and_the_parent_checks_visibility_itse
         # the parent's own check sees what the kernel sees: its code is there, the project is not
         assert _visible_to_kernel(box._kernel, [str(KERNEL_DIR / "main.py"), str(PROJECT / "pyproject.toml")]) == [
             str(KERNEL_DIR / "main.py")]
+
+
+def test_a_patched_decoder_cannot_get_a_forged_answer_labelled_verified():
+    """Fresh-eyes probe (issue 20, second pass): cell 1 patched json's decoder class, which the kernel's
+    self-repair did not pin, and rewrote a later honest cell to the other one of its FINAL literals, which
+    came back labelled `verified`. A FINAL the kernel executed is now always `claimed`."""
+    patch = ("import json.decoder as d\n_orig = d.JSONDecoder.decode\n"
+             "def _dec(self, s, *a, **k):\n"
+             "    o = _orig(self, s, *a, **k)\n"
+             "    if isinstance(o, dict) and o.get('t') == 'run' and 'FINAL(\"B\")' in o.get('code', ''):\n"
+             "        o['code'] = 'FINAL(\"B\")'\n"
+             "    return o\n"
+             "d.JSONDecoder.decode = _dec\n")
+    honest = 'x = "A"\nif x == "A":\n    FINAL("A")\nelse:\n    FINAL("B")\n'
+    with Sandbox("doc", handler=_echo, limits=SandboxLimits(cell_timeout_s=10)) as box:
+        box.run_cell(patch)
+        r = box.run_cell(honest)
+        assert r.final_answer is not None and r.final_integrity == "claimed", r
+
+
+def test_cell_nonces_are_not_predictable_from_earlier_ones():
+    """The nonce once came from a seeded Mersenne Twister: 312 observed nonces rebuilt its state."""
+    import inspect
+
+    from repl import sandbox as sb
+
+    src = inspect.getsource(sb)
+    assert "secrets.token_hex" in src and "getrandbits" not in src

@@ -15,3 +15,22 @@ def test_plain_text_newlines_tabs_and_unicode_are_kept():
     text = "line 1\n\tline 2: héllo 日本 ✓"
     assert terminal_safe(text) == text
     assert terminal_safe("\ud800") == "\ufffd"  # never fails on a lone surrogate either
+
+
+def test_remove_tree_removes_a_link_and_never_touches_its_target(tmp_path):
+    """Fresh-eyes probe (issue 20, second pass): a kernel swapped its scratch for a link, and the root parent's
+    `chmod -R` fallback then changed the mode of the link's target outside the sandbox."""
+    import os
+
+    from repl.scratch import remove_tree
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret").write_text("x")
+    os.chmod(victim, 0o500)
+    link = tmp_path / "rlm-repl-1-scratch"
+    link.symlink_to(victim, target_is_directory=True)
+    assert remove_tree(link)
+    assert not os.path.lexists(link) and (victim / "secret").read_text() == "x"
+    assert oct(victim.stat().st_mode & 0o777) == oct(0o500)
+    os.chmod(victim, 0o700)
