@@ -300,3 +300,15 @@ def test_a_folder_made_for_another_command_is_its_own(tmp_path):
     claim(sweep / "report", "report", replace_own=True)
     with pytest.raises(OutDirError, match="holds the outputs of `rlm-rig eval sweep`"):
         claim(sweep, "eval")
+
+
+def test_a_second_eval_into_a_running_evals_folder_is_refused(tmp_path):
+    """Fresh-eyes probe: a second `eval --out D` while the first is on its first example (no samples line yet)
+    passed the claim. The running eval holds the folder's lock for its whole run."""
+    from records.runlog import RunFolder
+
+    held = RunFolder(tmp_path / "D").claim("eval")
+    with pytest.raises(OutDirError, match="in use by another rig command"):
+        RunFolder(tmp_path / "D").claim("eval")
+    held.release()
+    RunFolder(tmp_path / "D").claim("eval").release()  # once the first run ended, the folder is free again
