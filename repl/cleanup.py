@@ -33,6 +33,12 @@ _janitor_w: list[int] = []
 JANITOR = r'''
 rig=$1; tmp=$2; leases=$3; shift 3
 cat >/dev/null 2>&1
+# EOF: the rig exited or exec'd. Act only if its pid is really gone (or a zombie): a live pid is the same
+# rig after an exec, or a new process that reused the pid, maybe a new rig whose names look the same;
+# its leftovers are the sweep's, once that pid is gone for good.
+if st=$(cat /proc/"$rig"/stat 2>/dev/null); then
+  case "${st##*) }" in Z*|X*) ;; *) exit 0 ;; esac
+fi
 for parent in "$@"; do
   for g in "$parent"/rlm-repl-"$rig"-*; do
     [ -d "$g" ] || continue

@@ -34,3 +34,31 @@ def test_remove_tree_removes_a_link_and_never_touches_its_target(tmp_path):
     assert not os.path.lexists(link) and (victim / "secret").read_text() == "x"
     assert oct(victim.stat().st_mode & 0o777) == oct(0o500)
     os.chmod(victim, 0o700)
+
+
+def test_the_janitor_leaves_a_live_pids_things_alone(tmp_path):
+    """Fresh-eyes probe (issue 20, second pass): a rig that exec'd (same pid, new image) or a new rig on a reused
+    pid lost its scratch and kernels to the old rig's janitor, which knew its rig by pid alone."""
+    import os
+    import subprocess
+
+    from repl.cleanup import JANITOR
+
+    leases = tmp_path / "leases"
+    leases.mkdir()
+
+    def janitor_for(pid: int) -> None:
+        subprocess.run(["/bin/sh", "-c", JANITOR, "janitor", str(pid), str(tmp_path), str(leases)],
+                       stdin=subprocess.DEVNULL, timeout=60, check=True)
+
+    live = tmp_path / f"rlm-repl-{os.getpid()}-scratch"
+    live.mkdir()
+    janitor_for(os.getpid())  # this pid is alive: a rig that exec'd, or a new one on a reused pid
+    assert live.is_dir()
+    dead_pid = subprocess.Popen(["true"]).pid
+    subprocess.run(["true"])
+    os.waitpid(dead_pid, 0)
+    gone = tmp_path / f"rlm-repl-{dead_pid}-scratch"
+    gone.mkdir()
+    janitor_for(dead_pid)
+    assert not gone.exists()
