@@ -344,7 +344,6 @@ class VLLMServer:
             cmd = self.command()
             # appended, never truncated: a restart or a resumed run keeps the earlier server's log
             self._log_fh = open(self.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            self._log_fh.write(f"===== rlm-rig: {self.name} server starting, {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n")
             self._log_fh.write(f"# rlm-rig {self.name}: {shlex.join(cmd)}\n")
             self._log_fh.flush()
             full = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), str(self.grace_s)] + cmd[1:]
