@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ from .probes import run_probes
 from .outputs import claim_out, staged_dir
 from .selection import Selection, collect_sub_calls, load_gold_file
 from .faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
+from .fanout import PairMapper, local_map
 from .provenance import model_provenance
 from .selection import NothingToStudyError
 from .stats import aggregate_ratio, pair_denominator_warnings, small_denominator_pairs
@@ -110,9 +112,10 @@ def study_pairs(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selec
 def patch_job(
     run_dir: str | Path, out_dir: str | Path, cfg: InterpConfig, spec: WorkerModelSpec, *,
     selection: Selection | None = None, model: ReplayModel | None = None, pairs: list[Pair] | None = None,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None, mapper: PairMapper | None = None,
 ) -> PatchSummary:
-    """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot.
+    """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot. The sweep of
+    each pair runs where `mapper` sends it (default: here; interp.fanout).
 
     Output appears only when finished (staged folder). Each row carries its pair's chunk and the
     faithfulness of the sub_call it came from; pairs below `min_denominator` are reported and left out."""
@@ -120,17 +123,22 @@ def patch_job(
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
+    n_rows = 0
+
+    def tick(k: int, got: list[dict]) -> None:
+        nonlocal n_rows
+        n_rows += len(got)
+        if progress:
+            progress(k, len(pairs), n_rows)  # pairs done, pairs, patches done
+
+    per_pair = (mapper or local_map)(partial(patch_pair_rows, layers=layers, cfg=cfg), pairs, model, tick)
     rows: list[dict] = []
-    for k, pair in enumerate(pairs):
-        specs = sweep_specs(pair, layers, cfg.components, cfg.patch_positions, cfg.attn_mlp_positions)
+    for pair, got in zip(pairs, per_pair):
         f = faith.get((pair.sample, pair.sub_call))
-        for r in patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
-                            offload_reference=cfg.offload_reference):
+        for r in got:
             r.update(chunk=pair.chunk, faithful=None if f is None else f.faithful,
                      max_abs_dlogprob=None if f is None else f.max_abs_dlogprob)
             rows.append(r)
-        if progress:
-            progress(k + 1, len(pairs), len(rows))  # pairs done, pairs, patches done
     df = pd.DataFrame(rows)
     df["denominator"] = df["logit_diff_clean"] - df["logit_diff_corrupt"]
     df["small_denominator"] = df["denominator"].abs() < cfg.min_denominator
@@ -155,6 +163,13 @@ def patch_job(
             unfaithful_pairs=[p.pair_id for p in pairs if (f := faith.get((p.sample, p.sub_call))) and not f.faithful],
             config=cfg.model_dump(mode="json")), indent=1))
     return PatchSummary(Path(out_dir), len(pairs), len(df), skipped, [str(p) for p in pngs], warn)
+
+
+def patch_pair_rows(model: ReplayModel, pair: Pair, *, layers: list[int], cfg: InterpConfig) -> list[dict]:
+    """One pair's patching sweep (every layer, component, position and direction the config asks for)."""
+    specs = sweep_specs(pair, layers, cfg.components, cfg.patch_positions, cfg.attn_mlp_positions)
+    return list(patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
+                           offload_reference=cfg.offload_reference))
 
 
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from .attribution import attribute_pair, compare, exact_sites, top_k_sites
 from .config import InterpConfig, WorkerModelSpec
+from .fanout import PairMapper, local_map
 from .jobs import dtype_name, load_model, study_items, study_pairs
 from .lens import lens_one
 from .model import ReplayModel
@@ -44,43 +46,28 @@ class MapSummary:
 
 
 def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
-                  model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None) -> MapSummary:
+                  model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None,
+                  mapper: PairMapper | None = None) -> MapSummary:
     """Attribution patching of every pair (token x layer x component), exact patching of the top-k
     sites per (component, layer), and, for pairs up to `attr_validate_max_tokens`, exact patching of
     every site to measure how well the linear estimate ranks and signs the true effects."""
     out_dir = claim_out(out_dir, "interp attribute", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
-    rows, topk, cmp = [], [], []
     vlayers = model.resolve_layers(cfg.attr_validate_layers)  # checked before any pair runs
-    figs_data = []
-    for n, pair in enumerate(pairs):
+    per_pair = (mapper or local_map)(partial(attribute_pair_all, cfg=cfg, vlayers=vlayers), pairs, model,
+                                     (lambda k, _: progress(k, len(pairs))) if progress else None)
+    rows, topk, cmp, figs_data = [], [], [], []
+    for n, (pair, got) in enumerate(zip(pairs, per_pair)):
         f = faith.get((pair.sample, pair.sub_call))
-        for direction in cfg.directions:
-            res = attribute_pair(model, pair, components=cfg.attr_components, direction=direction,
-                                 offload=cfg.offload_reference)
-            small = abs(res.denominator) < cfg.min_denominator
-            fr = res.frame()
+        for direction, fr, small, tk_rows, cmp_rows, res in got:
             fr["faithful"] = None if f is None else f.faithful
             fr["small_denominator"] = small
             rows.append(fr)
-            sites = top_k_sites(res, cfg.attr_top_k)
-            exact = exact_sites(model, pair, sites, direction=direction, batch_size=cfg.batch_size)
-            for (c, li, t), e in exact.items():
-                topk.append(dict(pair=pair.pair_id, chunk=pair.chunk, direction=direction, component=c, layer=li,
-                                 token=t, attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator))
-            scope = [("top_k", exact)]
-            if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
-                every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
-                scope.append(("all_sites", exact_sites(model, pair, every, direction=direction,
-                                                       batch_size=cfg.batch_size)))
-            for name, ex in scope:
-                for r in compare(res, ex, k=cfg.attr_top_k):
-                    cmp.append(dict(r, scope=name, small_denominator=small))
+            topk += tk_rows
+            cmp += cmp_rows
             if n < 3:
                 figs_data.append((n, direction, res))
-        if progress:
-            progress(n + 1, len(pairs))
     df, tk, cm = pd.concat(rows, ignore_index=True), pd.DataFrame(topk), pd.DataFrame(cmp)
     summ = _cmp_summary(cm)
     warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
@@ -99,6 +86,29 @@ def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *,
     return MapSummary(str(out_dir), len(pairs), len(df), figs, summ, warn)
 
 
+def attribute_pair_all(model: ReplayModel, pair: Pair, *, cfg: InterpConfig, vlayers: list[int]) -> list[tuple]:
+    """One pair, each direction: the attribution map, exact patching of its top-k sites (and of every site of a
+    short pair), and their comparison rows. The caller adds the pair's faithfulness."""
+    out = []
+    for direction in cfg.directions:
+        res = attribute_pair(model, pair, components=cfg.attr_components, direction=direction,
+                             offload=cfg.offload_reference)
+        small = abs(res.denominator) < cfg.min_denominator
+        fr = res.frame()
+        exact = exact_sites(model, pair, top_k_sites(res, cfg.attr_top_k), direction=direction,
+                            batch_size=cfg.batch_size)
+        topk = [dict(pair=pair.pair_id, chunk=pair.chunk, direction=direction, component=c, layer=li, token=t,
+                     attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator)
+                for (c, li, t), e in exact.items()]
+        scope = [("top_k", exact)]
+        if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
+            every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
+            scope.append(("all_sites", exact_sites(model, pair, every, direction=direction, batch_size=cfg.batch_size)))
+        cmp = [dict(r, scope=name, small_denominator=small) for name, ex in scope for r in compare(res, ex, k=cfg.attr_top_k)]
+        out.append((direction, fr, small, topk, cmp, res))
+    return out
+
+
 def _cmp_summary(cm: pd.DataFrame) -> dict:
     """Median over pairs and layers of the rank correlation and sign agreement, per scope and component."""
     if cm.empty:
@@ -115,23 +125,21 @@ def _cmp_summary(cm: pd.DataFrame) -> dict:
 
 
 def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
-              model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None) -> MapSummary:
+              model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None,
+              mapper: PairMapper | None = None) -> MapSummary:
     """Patch every attention head (layer x head) at each of `head_positions`; heatmaps per position."""
-    from .heads import patch_heads
-
     out_dir = claim_out(out_dir, "interp heads", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
+    per_pair = (mapper or local_map)(partial(heads_pair_rows, layers=layers, cfg=cfg), pairs, model,
+                                     (lambda k, _: progress(k, len(pairs))) if progress else None)
     rows = []
-    for n, pair in enumerate(pairs):
+    for pair, got in zip(pairs, per_pair):
         f = faith.get((pair.sample, pair.sub_call))
-        for r in patch_heads(model, pair, layers, cfg.head_positions, directions=list(cfg.directions),
-                             batch_size=cfg.batch_size, min_denominator=cfg.min_denominator):
+        for r in got:
             r["faithful"] = None if f is None else f.faithful
             rows.append(r)
-        if progress:
-            progress(n + 1, len(pairs))
     df = pd.DataFrame(rows)
     df["kl_recovery"] = kl_recovery(df)
     by = ("component", "layer", "head", "position", "direction")
@@ -148,6 +156,14 @@ def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, sel
         (out / "heads.json").write_text(json.dumps(dict(**model_provenance(model), n_pairs=len(pairs),
                                                         skipped=skipped, layers=layers, warnings=warn), indent=1))
     return MapSummary(str(out_dir), len(pairs), len(df), figs, {}, warn)
+
+
+def heads_pair_rows(model: ReplayModel, pair: Pair, *, layers: list[int], cfg: InterpConfig) -> list[dict]:
+    """One pair's per-head patching at every position group and direction."""
+    from .heads import patch_heads
+
+    return list(patch_heads(model, pair, layers, cfg.head_positions, directions=list(cfg.directions),
+                            batch_size=cfg.batch_size, min_denominator=cfg.min_denominator))
 
 
 def kl_mean(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:

@@ -113,15 +113,35 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
     from interp.jobs import summary_dict
 
     cfg, spec, profile = setup
+    ray = kw.pop("ray", None)
     target = _out(out, run_dir, name, force)  # before the worker is stopped or a model loads
     _release(cfg, stop_server, run_dir, profile)
     try:
-        s = job(run_dir, target, cfg, spec, selection=selection, **kw)
+        if ray:
+            s = _on_ray(ray, job, run_dir, target, cfg, spec, selection, kw)
+        else:
+            s = job(run_dir, target, cfg, spec, selection=selection, **kw)
     except (RunDirError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     typer.echo(json.dumps(summary_dict(s), indent=1))
     for line in getattr(s, "warnings", None) or []:
         typer.echo(f"warning: {line}", err=True)
+
+
+def _on_ray(address: str, job: Any, run_dir: Path, target: Any, cfg, spec, selection: Selection, kw: dict) -> Any:
+    """The job with its pairs' sweeps as Ray tasks (experiments/runs/cluster_interp.py); cluster failures are one
+    line, exit 2."""
+    from experiments.runs.cluster import ClusterError
+    from experiments.runs.cluster_interp import RayPairMapper, ray_session
+
+    try:
+        with ray_session(address):
+            return job(run_dir, target, cfg, spec, selection=selection, mapper=RayPairMapper(cfg, spec, address), **kw)
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
+
+
+RayOpt = typer.Option(None, "--ray", help="sweep the pairs as Ray tasks: HOST:PORT of a running head, auto, or local")
 
 
 def _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device, **more) -> dict:
@@ -157,7 +177,7 @@ def patch(
     limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
     layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt,
     directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
+    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt, ray: Optional[str] = RayOpt,
 ) -> None:
     """Build counting pairs from the run's sub_calls and sweep activation patching; writes Parquet + heatmaps."""
     from interp.jobs import patch_job
@@ -167,7 +187,7 @@ def patch(
                                            components=_csv(components)), run_dir)
     with PairProgress() as progress:
         _run_job(patch_job, "patch", run_dir, out, setup, stop_server,
-                 _selection(question_type, correct, sub_call, limit), force=force, progress=progress)
+                 _selection(question_type, correct, sub_call, limit), force=force, progress=progress, ray=ray)
 
 
 @interp_app.command()
@@ -181,7 +201,7 @@ def attribute(
     validate_max_tokens: Optional[int] = typer.Option(None, help="exact-patch EVERY site of pairs up to this length"),
     validate_layers: Optional[str] = typer.Option(None, help="layers of that every-site check, e.g. 0,15 (default all)"),
     batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt, device: Optional[str] = DeviceOpt,
-    stop_server: Optional[str] = StopOpt,
+    stop_server: Optional[str] = StopOpt, ray: Optional[str] = RayOpt,
 ) -> None:
     """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
     of the top-k sites, and the rank correlation / sign agreement of the two."""
@@ -193,7 +213,7 @@ def attribute(
                                            attr_validate_layers=_csv_ints(validate_layers, "--validate-layers")), run_dir)
     _run_job(attribute_job, "attribute", run_dir, out, setup, stop_server,
              _selection(question_type, correct, sub_call, limit), force=force,
-             progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+             progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True), ray=ray)
 
 
 @interp_app.command()
@@ -204,7 +224,7 @@ def heads(
     limit: Optional[int] = LimitOpt, n_pairs: Optional[int] = NPairsOpt, corruptions: Optional[str] = CorruptionsOpt,
     layers: Optional[str] = LayersOpt, positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
     directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt, seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt,
+    device: Optional[str] = DeviceOpt, stop_server: Optional[str] = StopOpt, ray: Optional[str] = RayOpt,
 ) -> None:
     """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
     from interp.jobs_maps import heads_job
@@ -212,7 +232,7 @@ def heads(
     setup = _setup(config, _pair_overrides(n_pairs, corruptions, layers, directions, batch_size, seed, device,
                                            head_positions=_csv(positions)), run_dir)
     _run_job(heads_job, "heads", run_dir, out, setup, stop_server, _selection(question_type, correct, sub_call, limit),
-             force=force, progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True))
+             force=force, progress=lambda k, n: typer.echo(f"pair {k}/{n}", err=True), ray=ray)
 
 
 @interp_app.command()

@@ -117,6 +117,19 @@ def connect(address: str, *, local_cpus: float) -> bool:
     return False
 
 
+def disconnect(started_local: bool) -> None:
+    """Leave the cluster; a local one this process started goes down (and its temp dir with it)."""
+    import ray
+
+    if not started_local:
+        ray.shutdown()
+        return
+    ray.shutdown()
+    for tmp in _LOCAL_TMP:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _LOCAL_TMP.clear()
+
+
 def check_fits(cfg: RigConfig, address: str) -> int:
     """Refuse a replica that no node can hold; return how many fit in the cluster now (the rest wait for nodes)."""
     import ray
@@ -230,8 +243,6 @@ class _Driver:
 
     # -- run --------------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        import ray
-
         started_local = connect(self.address, local_cpus=self.n * self.cfg.cluster.cpus)
         status, created = "failed", False
         try:
@@ -259,11 +270,7 @@ class _Driver:
         finally:
             self._stop_replicas()
             result = self._finish(status) if created else {}
-            if started_local:
-                ray.shutdown()
-                for tmp in _LOCAL_TMP:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                _LOCAL_TMP.clear()
+            disconnect(started_local)
         return result
 
     def _write_start(self, first: Example | None) -> None:
