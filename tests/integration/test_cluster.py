@@ -28,8 +28,23 @@ N = 6  # examples of the bundled sample
 EVAL = ["eval", "--config", "cpu-tiny", "--dataset", "oolong-real", "--source", "toy", "--limit", str(N), "--no-report"]
 
 
+_TOKEN: list[Path] = []
+
+
+def _token() -> Path:
+    """One Ray auth token for this module's clusters and drivers (Ray 2.60 enables token auth; a head and its
+    drivers must share the token), never the user's ~/.ray/auth_token."""
+    if not _TOKEN:
+        import secrets
+
+        path = Path(tempfile_short()) / "token"
+        path.write_text(secrets.token_hex(32))
+        _TOKEN.append(path)
+    return _TOKEN[0]
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(_token()))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -43,7 +58,8 @@ def _wait(cond, p: subprocess.Popen | None, what: str, limit: float = 900) -> No
     deadline = time.time() + limit
     while not cond():
         if p is not None and p.poll() is not None:
-            raise AssertionError(f"exited ({p.returncode}) before {what}: {p.stderr.read()[-3000:]}")
+            tail = p.stderr.read()[-3000:] if p.stderr else ""
+            raise AssertionError(f"exited ({p.returncode}) before {what}: {tail}")
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
 
@@ -91,13 +107,16 @@ def _finish(p: subprocess.Popen, timeout: float = 1200) -> tuple[str, str]:
 def head(tmp_path_factory: pytest.TempPathFactory):
     """`ray start --head` on 127.0.0.1 (its own temp dir, no dashboard); stopped by its own PIDs, never `ray stop`
     (which would stop every Ray cluster of this user on the machine)."""
-    port = find_free_port(ports=range(18300, 18400))
+    port, client, agent = (find_free_port(ports=range(b, b + 100)) for b in (26300, 26400, 26500))
     tmp = Path(tempfile_short())
     ray = Path(sys.executable).with_name("ray")
+    # ports outside Ray's default worker range (10002-19999), none of its fixed defaults (10001, 52365): never
+    # another session's cluster
     p = subprocess.Popen([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                          "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
                           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(tmp),
                           "--disable-usage-stats", "--block"], env=_env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+                         stderr=open(tmp / "ray-start.log", "w"), start_new_session=True)
     try:
         _wait(lambda: _answers(port), p, "the Ray head", 180)
         time.sleep(3)
