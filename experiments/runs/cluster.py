@@ -207,6 +207,7 @@ class _Driver:
         self.retry: deque[Example] = deque()
         self.attempts: Counter[str] = Counter()
         self.stream: Iterator[Example] | None = None
+        self.stream_done = False
         self.written = 0
         self.t0 = time.perf_counter()
 
@@ -236,10 +237,13 @@ class _Driver:
         return counter_for(load_tokenizer(resolve_model(self.cfg.worker.model)))
 
     def next_example(self) -> Example | None:
+        """A requeued example first (a dead replica's), else the next of the stream; None when neither has one."""
         if self.retry:
             return self.retry.popleft()
         assert self.stream is not None
-        return next(self.stream, None)
+        ex = None if self.stream_done else next(self.stream, None)
+        self.stream_done = ex is None
+        return ex
 
     # -- run --------------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -292,25 +296,22 @@ class _Driver:
         import ray
 
         conc = self.cfg.eval.concurrency
-        exhausted = False
         with ReplicaLines(self.show) as live:
             while True:
                 for r in self.replicas:  # pull: every free slot of a running replica takes the next example
-                    while r.ready and len(r.in_flight) < conc and not exhausted:
+                    while r.ready and len(r.in_flight) < conc:
                         ex = self.next_example()
                         if ex is None:
-                            exhausted = True
                             break
                         r.in_flight[r.actor.run.remote(ex)] = ex
                 in_flight = sum(len(r.in_flight) for r in self.replicas)
-                if exhausted and not in_flight and not self.retry:
+                if self.stream_done and not self.retry and not in_flight:
                     return "complete"
                 starting = [r for r in self.replicas if r.status == "starting"]
-                if not in_flight and not starting:
-                    left = "examples remain" if (self.retry or not exhausted) else "nothing ran"
+                if not any(r.ready for r in self.replicas) and not starting:
                     reasons = "; ".join(f"replica {r.id}: {r.reason}" for r in self.replicas)
-                    raise ReplicasDeadError(f"every replica is gone and {left} ({reasons}); samples finished so far "
-                                            f"are kept: continue with rlm-rig eval --resume {self.folder.path} "
+                    raise ReplicasDeadError(f"every replica is gone and examples remain ({reasons}); samples finished "
+                                            f"so far are kept: continue with rlm-rig eval --resume {self.folder.path} "
                                             f"--ray {self.address}")
                 refs = [r.start_ref for r in starting] + [ref for r in self.replicas for ref in r.in_flight]
                 ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
