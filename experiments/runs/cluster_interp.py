@@ -9,6 +9,7 @@ function, same pairs, same order: the merged tables are the files a single-node 
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Iterator
 
 from experiments.runs.cluster import ClusterError, check_reachable, connect, disconnect
@@ -54,6 +55,7 @@ class RayPairMapper:
         bounds = [round(i * len(pairs) / k) for i in range(k + 1)]
         slices = [pairs[bounds[i]:bounds[i + 1]] for i in range(k)]
         task = ray.remote(run_slice).options(num_cpus=1, num_gpus=self.gpus, max_retries=1)
+        print(f"ray: {len(pairs)} pairs in {k} task(s) on {self.address}", file=sys.stderr, flush=True)
         refs = [task.remote(self.spec.model, self.spec.dtype, self.cfg.device, fn, sl) for sl in slices]
         results: dict[int, list[Any]] = {}
         pending, done = list(refs), 0

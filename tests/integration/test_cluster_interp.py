@@ -28,6 +28,7 @@ def test_ray_sweep_writes_the_single_node_tables(tmp_path, command, table):
         res = r.invoke(interp_app, [command, str(run), "--config", str(cfg), "--out", str(out), *more])
         assert res.exit_code == 0, res.output + repr(res.exception)
         outs[tag] = out
+        assert ("pairs in" in res.output and "task(s) on local" in res.output) == (tag == "ray"), res.output
     one, ray = (pd.read_parquet(outs[t] / table) for t in ("one", "ray"))
     assert one["pair"].nunique() == 3 and len(one) > 0
     pd.testing.assert_frame_equal(one, ray)
