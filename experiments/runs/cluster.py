@@ -329,7 +329,8 @@ class _Driver:
                 try:
                     r.info = ray.get(ref)
                     r.status, r.t_ready = "running", time.perf_counter()
-                    self.log(f"replica {r.id} started: host={r.info['host']} pid={r.info['pid']} "
+                    self.log(f"replica {r.id} started: host={r.info['host']} node={r.info['node']} "
+                             f"pid={r.info['pid']} "
                              f"gpus={r.info['gpus']} resources={r.info['resources']} in {r.info['start_s']} s "
                              f"(its logs come to RUN/logs/replica{r.id}-* when it stops)")
                 except (RayActorError, RayTaskError) as e:
@@ -343,8 +344,10 @@ class _Driver:
                     r.in_flight[ref] = ex  # handed back with the rest of its in-flight examples
                     self._lose(r, "dead", _first_line(e))
                     return
-                except RayTaskError as e:  # a harness bug inside the replica: stop, as the single-box eval does
-                    raise RuntimeError(f"replica {r.id} failed on example {ex.id}: {_first_line(e)}") from None
+                except RayTaskError as e:  # raised inside the replica, which lives on: retry the example elsewhere
+                    self.log(f"replica {r.id} raised on example {ex.id}:\n{e}")
+                    self._retry_or_fail(ex, r, f"raised {_first_line(e)}")
+                    return
                 if "retired" in res:
                     r.in_flight[ref] = ex
                     self._lose(r, "retired", res["retired"])
@@ -359,19 +362,23 @@ class _Driver:
         r.status, r.reason = status, reason
         self.log(f"replica {r.id} {status}: {reason}")
         for ex in r.in_flight.values():
-            self.attempts[ex.id] += 1
-            if self.attempts[ex.id] <= self.cfg.cluster.max_example_retries:
-                r.requeued += 1
-                self.retry.appendleft(ex)
-                self.log(f"example {ex.id}: requeued after replica {r.id} {status} "
-                         f"(try {self.attempts[ex.id] + 1} of {self.cfg.cluster.max_example_retries + 1})")
-            else:
-                self._write_replica_error(ex, r)
+            self._retry_or_fail(ex, r, status)
         r.in_flight.clear()
         try:
             ray.kill(r.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+
+    def _retry_or_fail(self, ex: Example, r: ReplicaState, why: str) -> None:
+        """Give the example to another replica (first in line), or after the retry limit write it as error: replica."""
+        self.attempts[ex.id] += 1
+        if self.attempts[ex.id] <= self.cfg.cluster.max_example_retries:
+            r.requeued += 1
+            self.retry.appendleft(ex)
+            self.log(f"example {ex.id}: requeued after replica {r.id} {why} "
+                     f"(try {self.attempts[ex.id] + 1} of {self.cfg.cluster.max_example_retries + 1})")
+        else:
+            self._write_replica_error(ex, r, why)
 
     def _check_start_timeouts(self) -> None:
         limit = self.cfg.cluster.start_timeout_s
@@ -392,14 +399,14 @@ class _Driver:
             r.done += 1
             r.score_sum += row.score
 
-    def _write_replica_error(self, ex: Example, r: ReplicaState) -> None:
+    def _write_replica_error(self, ex: Example, r: ReplicaState, why: str) -> None:
         tries = self.attempts[ex.id]
         self.log(f"example {ex.id}: error: replica after {tries} replica failure(s); --resume redoes it")
         self.folder.append(SampleRow(
             id=ex.id, dataset=ex.dataset, method=self.spec.method, question=ex.question, question_type=ex.question_type,
             episodes=ex.episodes, context_chars=ex.context_chars, gold=ex.gold, answer=None, score=0.0,
             error=REPLICA_FAILURE, replica={"id": r.id, "host": r.info.get("host", "")},
-            extra={"replica_failures": tries, "last_failure": r.reason,
+            extra={"replica_failures": tries, "last_failure": why if why not in ("dead", "retired") else r.reason,
                    **({"answer_type": ex.answer_type} if ex.answer_type else {})}))
 
     def _total_line(self) -> str:
@@ -442,7 +449,8 @@ class _Driver:
     def _finish(self, status: str) -> dict[str, Any]:
         from experiments.runs.evaluate import summarize
 
-        reps = [{"id": r.id, "host": r.info.get("host"), "pid": r.info.get("pid"), "gpus": r.info.get("gpus"),
+        reps = [{"id": r.id, "host": r.info.get("host"), "node": r.info.get("node"), "pid": r.info.get("pid"),
+                 "gpus": r.info.get("gpus"),
                  "resources": r.info.get("resources"), "status": r.status, "reason": r.reason or None,
                  "examples": r.done, "requeued_from": r.requeued, "start_s": r.info.get("start_s"),
                  "busy_s": r.info.get("busy_s"),
@@ -479,10 +487,17 @@ class ReplicasDeadError(ClusterError):
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    """The cause of a Ray error in one line: the remote exception's own message when there is one (a RayTaskError
+    carries the replica's exception as ``cause``), without Ray's traceback, colours or actor repr."""
+    import re
+
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and cause is not e:
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"[:300]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     for line in text.splitlines():
         line = line.strip()
-        if line and not line.startswith(("Traceback", "File ", "ray::")):
+        if line and not line.startswith(("Traceback", "File ", "ray::", "actor_id=", "repr=")):
             return line[:300]
     return type(e).__name__
 

@@ -75,13 +75,15 @@ class RigReplica:
             import ray
 
             assigned = [str(g) for g in ray.get_gpu_ids()]
-            resources = ray.get_runtime_context().get_assigned_resources()
+            ctx = ray.get_runtime_context()
+            resources, node = ctx.get_assigned_resources(), ctx.get_node_id()[:12]
         except Exception:  # noqa: BLE001 - outside an actor (tests of this class alone)
-            assigned, resources = [], {}
+            assigned, resources, node = [], {}, None
         cfg = pin_to_assigned_gpus(validate_config(self.cfg_data, "<driver's profile>"), assigned)
         self.rig = Rig(cfg, run_dir=self.scratch, controller_replay=self.spec.controller_replay)
         self.rig.__enter__()
-        return {"id": self.id, "host": self.host, "pid": os.getpid(), "gpus": assigned, "resources": resources,
+        return {"id": self.id, "host": self.host, "node": node, "pid": os.getpid(), "gpus": assigned,
+                "resources": resources,
                 "worker_url": self.rig.worker_url, "logs": str(self.scratch / "logs"),
                 "start_s": round(time.time() - self.t0, 2)}
 

@@ -103,34 +103,50 @@ def _finish(p: subprocess.Popen, timeout: float = 1200) -> tuple[str, str]:
         raise
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory):
-    """`ray start --head` on 127.0.0.1 (its own temp dir, no dashboard); stopped by its own PIDs, never `ray stop`
-    (which would stop every Ray cluster of this user on the machine)."""
-    port, client, agent = (find_free_port(ports=range(b, b + 100)) for b in (26300, 26400, 26500))
+def _start_node(*args: str, **env: str) -> subprocess.Popen:
+    """One node through scripts/slurm/ray-cluster.sh (the Ray part of the SLURM script), on 127.0.0.1."""
     tmp = Path(tempfile_short())
-    ray = Path(sys.executable).with_name("ray")
-    # ports outside Ray's default worker range (10002-19999), none of its fixed defaults (10001, 52365): never
-    # another session's cluster
-    p = subprocess.Popen([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                          "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-                          "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(tmp),
-                          "--disable-usage-stats", "--block"], env=_env(), stdout=subprocess.DEVNULL,
-                         stderr=open(tmp / "ray-start.log", "w"), start_new_session=True)
+    log = open(tmp / "node.log", "w")
+    proc = subprocess.Popen([str(REPO / "scripts" / "slurm" / "ray-cluster.sh"), *args],
+                            env={**_env(), "RAY": str(Path(sys.executable).with_name("ray")), "RAY_NODE_IP": "127.0.0.1",
+                                 "RAY_TMP": str(tmp), "RAY_NUM_CPUS": "1", "RAY_NUM_GPUS": "0", **env},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.rlm_tmp = tmp  # type: ignore[attr-defined]
+    return proc
+
+
+def _stop_node(p: subprocess.Popen) -> None:
+    """Stop a node by its own PIDs (the script's `ray start` and every descendant), never `ray stop`, which would
+    stop every Ray cluster of this user on the machine."""
+    kids = psutil.Process(p.pid).children(recursive=True) if p.poll() is None else []
+    terminate_procs([psutil.Process(p.pid), *kids] if p.poll() is None else kids, 10)
     try:
-        _wait(lambda: _answers(port), p, "the Ray head", 180)
-        time.sleep(3)
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    import shutil
+
+    shutil.rmtree(p.rlm_tmp, ignore_errors=True)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A two-node cluster on loopback started by scripts/slurm/ray-cluster.sh: a head and a worker node, one CPU
+    each (so the two replicas land on different raylets), joined and counted by its `wait` step."""
+    port, client, agent, agent2 = (find_free_port(ports=range(b, b + 100)) for b in (26300, 26400, 26500, 26600))
+    # ports outside Ray's default worker range (10002-19999) and its fixed defaults (10001, 52365)
+    nodes = [_start_node("head", str(port), RAY_CLIENT_PORT=str(client), RAY_AGENT_PORT=str(agent))]
+    try:
+        _wait(lambda: _answers(port), nodes[0], "the Ray head", 180)
+        nodes.append(_start_node("worker", f"127.0.0.1:{port}", RAY_AGENT_PORT=str(agent2)))
+        waited = subprocess.run([str(REPO / "scripts" / "slurm" / "ray-cluster.sh"), "wait", f"127.0.0.1:{port}", "2",
+                                 "240"], env={**_env(), "RAY": str(Path(sys.executable).with_name("ray"))},
+                                capture_output=True, text=True, timeout=300)
+        assert waited.returncode == 0 and "2 node(s) alive" in waited.stdout, waited.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        kids = psutil.Process(p.pid).children(recursive=True) if p.poll() is None else []
-        terminate_procs([psutil.Process(p.pid), *kids] if p.poll() is None else kids, 10)
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        for p in reversed(nodes):
+            _stop_node(p)
 
 
 def tempfile_short() -> str:
@@ -171,6 +187,7 @@ def test_two_replicas_on_a_head_survive_a_killed_replica(head, tmp_path):
     res = json.loads((rd / "results.json").read_text())
     reps = {r["id"]: r for r in res["cluster_runs"][-1]["replicas"]}
     assert res["status"] == "complete" and reps[0]["status"] == "dead" and reps[1]["status"] == "stopped"
+    assert reps[0]["node"] != reps[1]["node"], "both replicas ran on one Ray node"
     if "requeued after replica 0" not in log:
         pytest.fail("the kill hit no in-flight example: nothing was requeued (test did not test)")
     assert not _all_gone(its_servers), "the killed replica's vLLM server was left running"
