@@ -10,6 +10,7 @@ sandboxes), then kills the actors; a cluster this driver started (``local``) goe
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -104,6 +105,8 @@ def connect(address: str, *, local_cpus: float) -> bool:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address == "local":
+        # its token-auth notice is about a cluster nobody else joins; one less line between the user and progress
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         # a short temp dir: Ray's unix sockets live under it and their paths must stay under ~107 bytes
         tmp = tempfile.mkdtemp(prefix="rlmray-", dir="/tmp")
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(local_cpus + 0.999)), include_dashboard=False,
@@ -210,6 +213,7 @@ class _Driver:
         self.stream_done = False
         self.written = 0
         self.t0 = time.perf_counter()
+        self.t_last_row: float | None = None
 
     def log(self, line: str) -> None:
         """One line into the run log (RUN/logs/rig.log), as the single-box rig writes it."""
@@ -395,6 +399,7 @@ class _Driver:
         row.trajectory = str(tpath.relative_to(self.folder.path))
         self.folder.append(row)
         self.written += 1
+        self.t_last_row = time.perf_counter()
         if row.error is None or row.error not in ("worker", REPLICA_FAILURE):
             r.done += 1
             r.score_sum += row.score
@@ -461,8 +466,12 @@ class _Driver:
         summary = summarize(self.folder)
         prev = self.folder.read_results() if self.resume else None
         runs = list(getattr(prev, "cluster_runs", None) or [])
+        ready = [r.t_ready for r in self.replicas if r.t_ready is not None]
         runs.append({"address": self.address, "replicas": reps, "status": status,
-                     "wall_s": round(time.perf_counter() - self.t0, 2), "examples_written": self.written})
+                     "wall_s": round(time.perf_counter() - self.t0, 2), "examples_written": self.written,
+                     # from the driver's start: every replica up, the last row written (bench/bench_cluster.py)
+                     "all_ready_s": round(max(ready) - self.t0, 2) if ready else None,
+                     "last_row_s": round(self.t_last_row - self.t0, 2) if self.t_last_row else None})
         self.folder.write_results({**summary, "status": status, "method": self.spec.method,
                                    "dataset": self.spec.dataset, "cluster_runs": runs})
         self.replicas_summary = reps
