@@ -24,8 +24,11 @@ from worker.server import find_free_port, terminate_procs
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-N = 6  # examples of the bundled sample
-EVAL = ["eval", "--config", "cpu-tiny", "--dataset", "oolong-real", "--source", "toy", "--limit", str(N), "--no-report"]
+N = 8  # examples of the bundled sample
+# one example at a time per replica, 64-token answers: on a quiet box a tiny-model example takes ~1 s, and the first
+# replica up would finish the run alone before the second has booted (pull-based work), leaving nothing to kill
+EVAL = ["eval", "--config", "cpu-tiny", "--dataset", "oolong-real", "--source", "toy", "--limit", str(N), "--no-report",
+        "--set", "eval.concurrency=1", "--set", "worker.max_tokens=64"]
 
 
 _TOKEN: list[Path] = []
@@ -165,6 +168,7 @@ def _answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.timeout(1800)  # two vLLM-CPU boots on a shared 2-core box
 def test_two_replicas_on_a_head_survive_a_killed_replica(head, tmp_path):
     """Two replicas of cpu-tiny, each with its own vLLM-CPU server, on a `ray start --head` cluster; replica 0's
     actor process is SIGKILLed (by PID) once it has finished an example: its in-flight examples are requeued and
@@ -210,6 +214,7 @@ def test_bad_cluster_input_is_one_line(head, tmp_path):
         assert not _rows(rd)
 
 
+@pytest.mark.timeout(2400)  # three runs, five vLLM-CPU boots
 def test_local_cluster_driver_sigkill_then_ctrl_c_then_resume(tmp_path):
     """`--ray local`: the driver SIGKILLed mid-run leaves nothing running and a run `--resume` continues; Ctrl-C of
     the resumed run stops every Ray worker, vLLM server and sandbox; a last --resume completes, each id once."""
