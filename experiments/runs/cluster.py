@@ -255,6 +255,8 @@ class _Driver:
         status, created = "failed", False
         try:
             fit = check_fits(self.cfg, self.address)
+            if self.resume:
+                self.folder.repair()  # a torn last row (a driver killed mid-append) before the done ids are read
             self.stream = self._examples()
             first = next(self.stream, None)
             self._write_start(first)
@@ -285,7 +287,6 @@ class _Driver:
         flags = {"ray": self.address, "replicas": self.n, "cluster": self.cfg.cluster.model_dump(mode="json"),
                  "worker_server": self.cfg.worker.server.model_dump(mode="json")}
         if self.resume:
-            self.folder.repair()
             self.folder.write_env(self.cfg, flags)
             prev = self.folder.read_results()
             self.folder.write_results({**(prev.model_dump() if prev else {}), "status": "running"})
