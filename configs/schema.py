@@ -38,6 +38,20 @@ class EvalSettings(Strict):
     direct_truncation: Literal["head", "tail", "middle"] = "head"
 
 
+class ClusterConfig(Strict):
+    """What one rig replica asks of a Ray cluster (`rlm-rig eval --ray ADDRESS --replicas N`).
+
+    A replica is what one box runs: its own worker server, its served controller where the profile has one, its
+    sandboxes. WHY GPUs are one STRICT_PACK bundle: the controller and the worker of one replica talk over loopback
+    and each server is pinned to one card of the same node, so the replica's cards must sit on one node."""
+
+    cpus: float = Field(1.0, gt=0, description="CPUs one replica reserves (its sandboxes, its client threads)")
+    gpus: int = Field(0, ge=0, description="GPUs one replica reserves, all on one node (STRICT_PACK)")
+    max_example_retries: int = Field(
+        2, ge=0, description="re-runs of an example whose replica died mid-example; then `error: replica`")
+    start_timeout_s: float = Field(1800.0, gt=0, description="how long the driver waits for a replica's servers")
+
+
 class RigConfig(Strict):
     name: str
     description: str = ""
@@ -46,6 +60,7 @@ class RigConfig(Strict):
     rlm: RLMSettings = Field(default_factory=RLMSettings)
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     interp: InterpConfig = Field(default_factory=InterpConfig)
     runs_dir: str = "runs"
 

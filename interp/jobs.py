@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ from interp.data.pairs import Pair, build_counting_pairs
 from interp.methods.patching import patch_pair, sweep_specs
 from interp.methods.probes import run_probes
 from .outputs import claim_out, staged_dir
+from .fanout import PairMapper, local_map
 from interp.data.selection import NothingToStudyError, Selection, collect_sub_calls, load_gold_file
 from interp.methods.faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
 from .provenance import model_provenance
@@ -119,9 +121,10 @@ def study_pairs(run_dir, cfg: InterpConfig, model: ReplayModel, selection: Selec
 def patch_job(
     run_dir: str | Path, out_dir: str | Path, cfg: InterpConfig, spec: WorkerModelSpec, *,
     selection: Selection | None = None, model: ReplayModel | None = None, pairs: list[Pair] | None = None,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None, mapper: PairMapper | None = None,
 ) -> PatchSummary:
-    """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot.
+    """Build default counting pairs from the run (unless `pairs` is given), sweep, aggregate, plot. The sweep of
+    each pair runs where `mapper` sends it (default: here; interp.fanout).
 
     Output appears only when finished (staged folder). Each row carries its pair's chunk and the
     faithfulness of the sub_call it came from; pairs below `min_denominator` are reported and left out."""
@@ -129,17 +132,22 @@ def patch_job(
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
+    n_rows = 0
+
+    def tick(k: int, got: list[dict]) -> None:
+        nonlocal n_rows
+        n_rows += len(got)
+        if progress:
+            progress(k, len(pairs), n_rows)  # pairs done, pairs, patches done
+
+    per_pair = (mapper or local_map)(partial(patch_pair_rows, layers=layers, cfg=cfg), pairs, model, tick)
     rows: list[dict] = []
-    for k, pair in enumerate(pairs):
-        specs = sweep_specs(pair, layers, cfg.components, cfg.patch_positions, cfg.attn_mlp_positions)
+    for pair, got in zip(pairs, per_pair):
         f = faith.get((pair.sample, pair.sub_call))
-        for r in patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
-                            offload_reference=cfg.offload_reference):
+        for r in got:
             r.update(chunk=pair.chunk, faithful=None if f is None else f.faithful,
                      max_abs_dlogprob=None if f is None else f.max_abs_dlogprob)
             rows.append(r)
-        if progress:
-            progress(k + 1, len(pairs), len(rows))  # pairs done, pairs, patches done
     df = pd.DataFrame(rows)
     df["denominator"] = df["logit_diff_clean"] - df["logit_diff_corrupt"]
     df["small_denominator"] = df["denominator"].abs() < cfg.min_denominator
@@ -164,6 +172,13 @@ def patch_job(
             unfaithful_pairs=[p.pair_id for p in pairs if (f := faith.get((p.sample, p.sub_call))) and not f.faithful],
             config=cfg.model_dump(mode="json")), indent=1))
     return PatchSummary(Path(out_dir), len(pairs), len(df), skipped, [str(p) for p in pngs], warn)
+
+
+def patch_pair_rows(model: ReplayModel, pair: Pair, *, layers: list[int], cfg: InterpConfig) -> list[dict]:
+    """One pair's patching sweep (every layer, component, position and direction the config asks for)."""
+    specs = sweep_specs(pair, layers, cfg.components, cfg.patch_positions, cfg.attn_mlp_positions)
+    return list(patch_pair(model, pair, specs, directions=cfg.directions, batch_size=cfg.batch_size,
+                           offload_reference=cfg.offload_reference))
 
 
 def probe_job(capture_dir: str | Path, out_dir: str | Path, cfg: InterpConfig) -> pd.DataFrame:
@@ -219,43 +234,28 @@ class MapSummary:
 
 
 def attribute_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
-                  model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None) -> MapSummary:
+                  model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None,
+                  mapper: PairMapper | None = None) -> MapSummary:
     """Attribution patching of every pair (token x layer x component), exact patching of the top-k
     sites per (component, layer), and, for pairs up to `attr_validate_max_tokens`, exact patching of
     every site to measure how well the linear estimate ranks and signs the true effects."""
     out_dir = claim_out(out_dir, "interp attribute", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
-    rows, topk, cmp = [], [], []
     vlayers = model.resolve_layers(cfg.attr_validate_layers)  # checked before any pair runs
-    figs_data = []
-    for n, pair in enumerate(pairs):
+    per_pair = (mapper or local_map)(partial(attribute_pair_all, cfg=cfg, vlayers=vlayers), pairs, model,
+                                     (lambda k, _: progress(k, len(pairs))) if progress else None)
+    rows, topk, cmp, figs_data = [], [], [], []
+    for n, (pair, got) in enumerate(zip(pairs, per_pair)):
         f = faith.get((pair.sample, pair.sub_call))
-        for direction in cfg.directions:
-            res = attribute_pair(model, pair, components=cfg.attr_components, direction=direction,
-                                 offload=cfg.offload_reference)
-            small = abs(res.denominator) < cfg.min_denominator
-            fr = res.frame()
+        for direction, fr, small, tk_rows, cmp_rows, res in got:
             fr["faithful"] = None if f is None else f.faithful
             fr["small_denominator"] = small
             rows.append(fr)
-            sites = top_k_sites(res, cfg.attr_top_k)
-            exact = exact_sites(model, pair, sites, direction=direction, batch_size=cfg.batch_size)
-            for (c, li, t), e in exact.items():
-                topk.append(dict(pair=pair.pair_id, chunk=pair.chunk, direction=direction, component=c, layer=li,
-                                 token=t, attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator))
-            scope = [("top_k", exact)]
-            if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
-                every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
-                scope.append(("all_sites", exact_sites(model, pair, every, direction=direction,
-                                                       batch_size=cfg.batch_size)))
-            for name, ex in scope:
-                for r in compare(res, ex, k=cfg.attr_top_k):
-                    cmp.append(dict(r, scope=name, small_denominator=small))
+            topk += tk_rows
+            cmp += cmp_rows
             if n < 3:
                 figs_data.append((n, direction, res))
-        if progress:
-            progress(n + 1, len(pairs))
     df, tk, cm = pd.concat(rows, ignore_index=True), pd.DataFrame(topk), pd.DataFrame(cmp)
     summ = _cmp_summary(cm)
     warn = pair_denominator_warnings(df, dtype_name(model), cfg.min_denominator)
@@ -289,24 +289,48 @@ def _cmp_summary(cm: pd.DataFrame) -> dict:
     return out
 
 
-def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
-              model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None) -> MapSummary:
-    """Patch every attention head (layer x head) at each of `head_positions`; heatmaps per position."""
-    from interp.methods.heads import patch_heads
+def attribute_pair_all(model: ReplayModel, pair: Pair, *, cfg: InterpConfig, vlayers: list[int]) -> list[tuple]:
+    """One pair, each direction: the attribution map, exact patching of its top-k sites (and of every site of a
+    short pair), and their comparison rows. The caller adds the pair's faithfulness. A plain function of
+    (model, pair), so a mapper can run it anywhere (interp.fanout)."""
+    out = []
+    for direction in cfg.directions:
+        res = attribute_pair(model, pair, components=cfg.attr_components, direction=direction,
+                             offload=cfg.offload_reference)
+        small = abs(res.denominator) < cfg.min_denominator
+        fr = res.frame()
+        exact = exact_sites(model, pair, top_k_sites(res, cfg.attr_top_k), direction=direction,
+                            batch_size=cfg.batch_size)
+        topk = [dict(pair=pair.pair_id, chunk=pair.chunk, direction=direction, component=c, layer=li, token=t,
+                     attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator)
+                for (c, li, t), e in exact.items()]
+        scope = [("top_k", exact)]
+        if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
+            every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
+            scope.append(("all_sites", exact_sites(model, pair, every, direction=direction,
+                                                   batch_size=cfg.batch_size)))
+        cmp = [dict(r, scope=name, small_denominator=small) for name, ex in scope
+               for r in compare(res, ex, k=cfg.attr_top_k)]
+        out.append((direction, fr, small, topk, cmp, res))
+    return out
 
+
+def heads_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
+              model: ReplayModel | None = None, pairs: list[Pair] | None = None, progress=None,
+              mapper: PairMapper | None = None) -> MapSummary:
+    """Patch every attention head (layer x head) at each of `head_positions`; heatmaps per position."""
     out_dir = claim_out(out_dir, "interp heads", [run_dir])
     model = model or load_model(cfg, spec)
     pairs, skipped, faith = study_pairs(run_dir, cfg, model, selection, pairs)
     layers = model.resolve_layers(cfg.layers)
+    per_pair = (mapper or local_map)(partial(heads_pair_rows, layers=layers, cfg=cfg), pairs, model,
+                                     (lambda k, _: progress(k, len(pairs))) if progress else None)
     rows = []
-    for n, pair in enumerate(pairs):
+    for pair, got in zip(pairs, per_pair):
         f = faith.get((pair.sample, pair.sub_call))
-        for r in patch_heads(model, pair, layers, cfg.head_positions, directions=list(cfg.directions),
-                             batch_size=cfg.batch_size, min_denominator=cfg.min_denominator):
+        for r in got:
             r["faithful"] = None if f is None else f.faithful
             rows.append(r)
-        if progress:
-            progress(n + 1, len(pairs))
     df = pd.DataFrame(rows)
     df["kl_recovery"] = kl_recovery(df)
     by = ("component", "layer", "head", "position", "direction")
@@ -332,6 +356,14 @@ def kl_mean(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
     g = df.groupby(list(by), sort=True)
     out = g.agg(n=("pair", "nunique"), n_chunks=("chunk", "nunique"), mean=("kl_recovery", "mean")).reset_index()
     return out.assign(metric=KL_METRIC, n_excluded=0)
+
+
+def heads_pair_rows(model: ReplayModel, pair: Pair, *, layers: list[int], cfg: InterpConfig) -> list[dict]:
+    """One pair's per-head patching at every position group and direction (a plain function of (model, pair))."""
+    from interp.methods.heads import patch_heads
+
+    return list(patch_heads(model, pair, layers, cfg.head_positions, directions=list(cfg.directions),
+                            batch_size=cfg.batch_size, min_denominator=cfg.min_denominator))
 
 
 def lens_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,

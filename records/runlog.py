@@ -38,7 +38,7 @@ from records.trajectory import SampleRow, Trajectory, append_jsonl, atomic_write
 
 RUNLOG_VERSION = 1
 
-RunStatus = Literal["running", "complete", "interrupted", "failed", "partial", "worker_dead"]
+RunStatus = Literal["running", "complete", "interrupted", "failed", "partial", "worker_dead", "replicas_dead"]
 
 
 class EvalSpec(BaseModel):
@@ -145,10 +145,15 @@ def current_env(cfg: Any, server_flags: dict[str, Any]) -> RunEnv:
                   config_hash=cfg.hash())
 
 
+# Errors that make a row no answer at all: its sub_calls failed for worker reasons (worker/watch.py), or every
+# cluster replica that took it died mid-example (experiments/runs/cluster.py). Reports leave them out; --resume redoes them.
+REDO_ERRORS = ("worker", "replica")
+
+
 def is_worker_invalid(row: SampleRow | dict[str, Any]) -> bool:
-    """A row whose sub_calls failed for worker reasons: not a valid answer (worker/watch.py)."""
+    """A row that is not a valid answer (see REDO_ERRORS): never scored, redone by ``--resume``."""
     err = row.get("error") if isinstance(row, dict) else row.error
-    return err == "worker"
+    return err in REDO_ERRORS
 
 
 def pick_rows(rows: list[Any]) -> list[Any]:
@@ -346,7 +351,7 @@ class RunFolder:
             return None
 
     def done_ids(self) -> set[str]:
-        """Ids with a valid row: a row marked ``error="worker"`` is not done, so ``--resume`` redoes it."""
+        """Ids with a valid row: a row marked ``error="worker"`` or ``"replica"`` is not done, so ``--resume`` redoes it."""
         return {r["id"] for r in read_jsonl(self.samples_path) if not is_worker_invalid(r)}
 
     def rows(self) -> list[dict[str, Any]]:

@@ -206,9 +206,11 @@ class SampleRow(BaseModel):
     wall_s: float = 0.0
     model_s: float = 0.0
     trajectory: str | None = None
-    error: str | None = Field(None, description='"worker" marks a sample hit by worker failures: not a valid answer')
+    error: str | None = Field(None, description='"worker" marks a sample hit by worker failures, "replica" one whose '
+                              'cluster replicas kept dying under it: not a valid answer, --resume redoes it')
     n_sub_call_failures: int = Field(0, description="failed sub_calls, all depths")
     sub_call_failures: dict[str, int] = Field(default_factory=dict, description="failed sub_calls by error_kind")
+    replica: dict[str, Any] | None = Field(None, description="the cluster replica that ran it: {id, host} (--ray runs)")
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

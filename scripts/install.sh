@@ -76,17 +76,19 @@ pip install -q --upgrade pip
 case "$FLAVOUR" in
   cpu)
     pip install -q "torch==2.13.0"
-    pip install -q -e ".[cpu,test]"
+    pip install -q -e ".[cpu,test,cluster]"
     pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
     ;;
   gpu)
     pip install -q -e ".[gpu,test]"
     ;;
 esac
-"$VENV/bin/python" - <<'PY'
-import importlib
+RLM_RIG_FLAVOUR="$FLAVOUR" "$VENV/bin/python" - <<'PY'
+import importlib, importlib.util, os
 for name in ("torch", "transformers", "vllm", "nnsight", "bitsandbytes", "datasets", "repl", "worker", "controller"):
     importlib.import_module(name)
+if os.environ["RLM_RIG_FLAVOUR"] == "cpu" and importlib.util.find_spec("ray") is None:
+    raise SystemExit("[install] error: ray (the cluster extra) did not install")
 import torch, transformers
 print(f"[install] ok: torch {torch.__version__}, transformers {transformers.__version__}")
 PY

@@ -220,12 +220,42 @@ def _install_hooks() -> None:
 # child and, if OUR process disappears (even by SIGKILL, when no handler of ours can run), takes the whole
 # group down: vLLM ignores SIGTERM while its engine boots, so PR_SET_PDEATHSIG on vLLM itself is not
 # enough. It polls getppid(), which tracks the parent process (PDEATHSIG tracks the parent *thread*).
+# It has two levels (a fork): a cluster may SIGKILL the direct children of a process it ends (Ray does so for a dead
+# actor), and a supervisor killed outright can take nothing down; the inner level then sees its parent go and does.
+# vLLM's frontend also gets PDEATHSIG=SIGKILL from the (single-threaded) inner level; vLLM's engine does not follow a
+# frontend killed that way, so the group kill stays the real path.
 _SUPERVISOR = """
 import os, signal, subprocess, sys, time
 ppid, grace = int(sys.argv[1]), float(sys.argv[2])
 if os.getppid() != ppid:
     sys.exit(70)
-child = subprocess.Popen([sys.executable] + sys.argv[3:])
+inner = os.fork()
+if inner:  # outer level: mirrors the inner one; if it is killed outright, the inner one takes the group down
+    def fwd(signum, frame):
+        try:
+            os.kill(inner, signum)
+        except ProcessLookupError:
+            pass
+    signal.signal(signal.SIGTERM, fwd)
+    signal.signal(signal.SIGINT, fwd)
+    while True:
+        pid, status = os.waitpid(inner, os.WNOHANG)
+        if pid:
+            rc = os.waitstatus_to_exitcode(status)
+            sys.exit(rc if rc >= 0 else 128 - rc)
+        if os.getppid() != ppid:
+            os._exit(0)
+        time.sleep(0.5)
+ppid, me = os.getppid(), os.getpid()
+def tie():  # vLLM gets SIGKILL if this level is itself killed outright
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != me:
+        os._exit(70)
+child = subprocess.Popen([sys.executable] + sys.argv[3:], preexec_fn=tie)
 def down(signum, frame):
     try:
         child.send_signal(signal.SIGTERM)

@@ -62,6 +62,10 @@ def eval_cmd(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="key=v1,v2,...: one run per value, e.g. rlm.max_depth=1,2,3"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue a killed run folder"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="run on a Ray cluster: HOST:PORT of its head, auto, or "
+                                      "local (a cluster on this machine); one rig replica per --replicas"),
+    replicas: int = typer.Option(1, "--replicas", help="with --ray: rig replicas (each its own servers, the "
+                                 "profile's cluster: resources)"),
     report: bool = typer.Option(True, "--report/--no-report", help="write the report when the run ends"),
     length: Optional[list[str]] = typer.Option(None, "--length", help="generated sets: document length(s), e.g. 4000,16000 (repeatable)"),
     position: Optional[list[str]] = typer.Option(None, "--position", "--depth", help="generated sets: needle depth(s)/position(s) in [0,1], e.g. 0.1,0.5"),
@@ -74,13 +78,18 @@ def eval_cmd(
 ) -> None:
     """Evaluate a method on a dataset; results land in one run folder (resumable)."""
     from records.runlog import EvalSpec
+    from experiments.runs.cluster import resume_cluster_eval, run_cluster_eval
     from experiments.runs.evaluate import resume_eval, run_eval
 
     sigterm_as_interrupt()
+    if replicas < 1:
+        raise UserError(f"--replicas {replicas}: need at least 1")
+    if replicas > 1 and ray is None:
+        raise UserError("--replicas needs --ray (local, auto or HOST:PORT)")
     if resume is not None:
         if not resume.is_dir():
             raise UserError(f"--resume {str(resume)!r} is not a folder")
-        res = resume_eval(resume)
+        res = _cluster(lambda: resume_cluster_eval(resume, address=ray, replicas=replicas)) if ray else resume_eval(resume)
         _finish([resume], res, report)
         return
     if not dataset:
@@ -122,7 +131,10 @@ def eval_cmd(
         if tag:
             rd = Path(rd) / tag
         run_dirs.append(rd)
-        res = run_eval(cfg, spec, rd)
+        if ray:
+            res = _cluster(lambda: run_cluster_eval(cfg, spec, rd, address=ray, replicas=replicas))
+        else:
+            res = run_eval(cfg, spec, rd)
         _finish([rd], res, report)
     if len(run_dirs) > 1 and report:
         run_report(run_dirs, Path(run_dirs[0]).parent / "report")
@@ -214,6 +226,17 @@ def loader_options(dataset: str, *, length: Optional[list[str]] = None, position
     if bad:
         raise ValueError(f"{', '.join(bad)} do(es) not apply to --dataset {dataset}")
     return {key: v for (_, key), v in given.items() if v is not None}
+
+
+def _cluster(fn: Callable[[], Any]) -> Any:
+    """A cluster run; its expected failures (unreachable address, a replica no node holds, every replica dead)
+    are one line and exit 2."""
+    from experiments.runs.cluster import ClusterError
+
+    try:
+        return fn()
+    except ClusterError as e:
+        raise UserError(str(e)) from None
 
 
 def _user(fn: Callable[..., Any], arg: Any) -> Any:

@@ -118,6 +118,7 @@ SeedOpt = typer.Option(None, help="pair-sampling seed (run twice to check reprod
 DeviceOpt = typer.Option(None, help="torch device (default: the profile's interp.device)")
 StopOpt = typer.Option(None, help="stop the vLLM worker at this URL or PID first")
 GoldOpt = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}")
+RayOpt = typer.Option(None, "--ray", help="sweep the pairs as Ray tasks: HOST:PORT of a running head, auto, or local")
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Study:
     device: Optional[str]
     stop_server: Optional[str]
     force: bool = False
+    ray: Optional[str] = None  # pair commands only: sweep the pairs as Ray tasks
     pairs: dict[str, Any] = field(default_factory=dict)  # the pair options' overrides (pair commands only)
 
     def setup(self, overrides: dict[str, Any]) -> tuple:
@@ -139,7 +141,7 @@ class Study:
 
     def run(self, job: Any, name: str, overrides: dict[str, Any], **kw: Any) -> None:
         _run_job(job, name, self.run_dir, self.out, self.setup(overrides), self.stop_server, self.selection,
-                 force=self.force, **kw)
+                 force=self.force, ray=self.ray, **kw)
 
 
 # (name, type, typer option) of the shared options, appended to each study command's own (inspect_ai's
@@ -156,7 +158,7 @@ _STUDY_OPTIONS = [
 _PAIR_OPTIONS = [
     ("n_pairs", Optional[int], NPairsOpt), ("corruptions", Optional[str], CorruptionsOpt),
     ("directions", Optional[str], DirectionsOpt), ("batch_size", Optional[int], BatchOpt),
-    ("seed", Optional[int], SeedOpt),
+    ("seed", Optional[int], SeedOpt), ("ray", Optional[str], RayOpt),
 ]
 
 
@@ -183,6 +185,7 @@ def study_command(fn: Callable[..., None] | None = None, *, pairs: bool = False)
             study.pairs = dict(n_pairs=kw.pop("n_pairs"), corruptions=_csv(kw.pop("corruptions")),
                                directions=_csv(kw.pop("directions")), batch_size=kw.pop("batch_size"),
                                seed=kw.pop("seed"))
+            study.ray = kw.pop("ray")
         fn(study, **kw)
 
     params = [run_arg] + [p.replace(kind=kw_only) for p in own] + shared
@@ -193,7 +196,7 @@ def study_command(fn: Callable[..., None] | None = None, *, pairs: bool = False)
 
 
 def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tuple, stop_server: Optional[str],
-             selection: Selection, force: bool = False, **kw: Any) -> None:
+             selection: Selection, force: bool = False, ray: Optional[str] = None, **kw: Any) -> None:
     """Free the worker's GPU, run one interp job into its folder, print its summary; a run with
     nothing to study or a bad option is one line and exit 2 (the CLI's contract)."""
     from interp.jobs import summary_dict
@@ -202,7 +205,10 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
     target = _out(out, run_dir, name, force)  # before the worker is stopped or a model loads
     try:
         _release(cfg, stop_server, run_dir, profile)
-        s = job(run_dir, target, cfg, spec, selection=selection, **kw)
+        if ray:
+            s = _on_ray(ray, job, run_dir, target, cfg, spec, selection, kw)
+        else:
+            s = job(run_dir, target, cfg, spec, selection=selection, **kw)
     except (RunDirError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     finally:
@@ -210,6 +216,19 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
     typer.echo(json.dumps(summary_dict(s), indent=1))
     for line in s.warnings if isinstance(s, HasWarnings) else []:
         typer.echo(f"warning: {line}", err=True)
+
+
+def _on_ray(address: str, job: Any, run_dir: Path, target: Any, cfg, spec, selection: Selection, kw: dict) -> Any:
+    """The job with its pairs' sweeps as Ray tasks (experiments/runs/cluster_interp.py); cluster failures are one
+    line, exit 2."""
+    from experiments.runs.cluster import ClusterError
+    from experiments.runs.cluster_interp import RayPairMapper, ray_session
+
+    try:
+        with ray_session(address):
+            return job(run_dir, target, cfg, spec, selection=selection, mapper=RayPairMapper(cfg, spec, address), **kw)
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
 
 
 @interp_app.command()

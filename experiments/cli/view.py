@@ -33,7 +33,7 @@ def view_cmd(
             raise UserError(f"{str(r)!r} is not a run folder (no samples.jsonl, config.yaml or trajectory.json)")
     out = out_dir or runs[0] / "view"
     try:
-        res = build_site(list(runs), out, report=report)
+        res = build_site(list(runs), out, report=report, live=serve)
     except ValueError as e:
         raise UserError(str(e)) from None
     for w in res.warnings:
@@ -42,11 +42,77 @@ def view_cmd(
     print(f"site: {res.index}")
     url = res.index.resolve().as_uri()
     if serve:
-        _serve(res.out_dir, port, open_browser)
+        watcher = LiveSite(list(runs), out, report=report)
+        watcher.start()
+        try:
+            _serve(res.out_dir, port, open_browser)
+        finally:
+            watcher.stop()
     elif open_browser:
         import webbrowser
 
         webbrowser.open(url)
+
+
+class LiveSite:
+    """For `--serve`: rebuild the site when a run's samples.jsonl or results.json changes (a running eval), and bump
+    RUN/view/live.json, which each served page polls (static/live.js) to reload itself. Polls while any run's status
+    is "running"; a finished run's site is built once."""
+
+    def __init__(self, runs: list[Path], out: Path, *, report: bool, every_s: float = 2.0):
+        import threading
+
+        self.runs, self.out, self.report, self.every_s = runs, out, report, every_s
+        self.version = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="view-live", daemon=True)
+        self._last = self._stamp()
+        self._write()
+
+    def _stamp(self) -> tuple:
+        from records.runlog import RunFolder
+
+        out = []
+        for r in self.runs:
+            for p in (RunFolder(r).samples_path, RunFolder(r).results_path):
+                st = p.stat() if p.exists() else None
+                out.append((st.st_size, st.st_mtime_ns) if st else None)
+        return tuple(out)
+
+    def running(self) -> bool:
+        from records.runlog import RunFolder
+
+        return any(getattr(RunFolder(r).read_results(), "status", None) == "running" for r in self.runs)
+
+    def _write(self) -> None:
+        import json
+
+        from records.trajectory import atomic_write_text
+
+        atomic_write_text(self.out / "live.json", json.dumps({"version": self.version, "running": self.running()}))
+
+    def _loop(self) -> None:
+        from experiments.view import build_site
+
+        while not self._stop.wait(self.every_s):
+            now = self._stamp()
+            if now == self._last:
+                continue
+            self._last = now
+            try:
+                build_site(self.runs, self.out, report=self.report, live=True)
+            except Exception as e:  # noqa: BLE001 - a half-written run must not end the server; the next change retries
+                err.print(f"[yellow]view: rebuild failed ({type(e).__name__}: {e}); retrying on the next change[/]")
+                continue
+            self.version += 1
+            self._write()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def _serve(folder: Path, port: int, open_browser: bool) -> None:

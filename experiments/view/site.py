@@ -35,7 +35,7 @@ from experiments.view.text import code_html, highlight_css, response_html
 
 STATIC = Path(__file__).parent / "static"
 SAMPLE_COLUMNS = ["id", "href", "question_type", "length", "gold", "answer", "score", "lenient_score", "stop_reason",
-                  "failure", "n_sub_calls", "wall_s", "question"]
+                  "failure", "n_sub_calls", "wall_s", "question", "replica"]
 TABLE_TEXT_MAX = 300  # characters of question / answer kept in the samples table (the sample page has all)
 INSTRUCTION_KEYS = ("task_instructions", "instructions")
 
@@ -73,33 +73,35 @@ class SiteResult:
 
 
 class _Writer:
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, live: bool = False):
         self.out = out
         self.env = _env()
+        self.live = live  # served by `view --serve`: pages poll live.json and reload when the site is rebuilt
 
     def page(self, rel: str, template: str, **ctx: Any) -> Path:
         path = self.out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         root = "../" * rel.count("/")
-        path.write_text(self.env.get_template(template).render(root=root, **ctx), encoding="utf-8")
+        path.write_text(self.env.get_template(template).render(root=root, live=self.live, **ctx), encoding="utf-8")
         return path
 
 
-def build_site(run_dirs: list[Path], out_dir: Path, *, report: bool = True) -> SiteResult:
-    """Write the site for ``run_dirs`` into ``out_dir``; return where its index is."""
+def build_site(run_dirs: list[Path], out_dir: Path, *, report: bool = True, live: bool = False) -> SiteResult:
+    """Write the site for ``run_dirs`` into ``out_dir``; return where its index is. ``live``: pages reload themselves
+    when `view --serve` rebuilds the site (static/live.js)."""
     if not run_dirs:
         raise ValueError("view needs at least one run folder")
     # beside whatever else is in --out, replacing only an earlier site's own files (records.outdirs)
     dest = claim(out_dir, "view", inputs=run_dirs, replace_own=True)
     runs = [load_run(Path(d)) for d in run_dirs]
     with staged(dest, "view", replace_own=True) as tmp:
-        res = _build(runs, tmp, report)
+        res = _build(runs, tmp, report, live)
     return relocate(res, tmp, dest.path)
 
 
-def _build(runs: list[RunData], out: Path, report: bool) -> SiteResult:
+def _build(runs: list[RunData], out: Path, report: bool, live: bool = False) -> SiteResult:
     _unique(runs)
-    w = _Writer(out)
+    w = _Writer(out, live)
     static = out / "static"
     static.mkdir(exist_ok=True)
     for f in STATIC.iterdir():
@@ -188,7 +190,45 @@ def _spec(run: RunData) -> dict[str, Any]:
                                                             "sample", "seed", "shard") and v is not None},
         "status": run.status,
         "config_yaml": yaml.safe_dump(cfg, sort_keys=False) if cfg else "",
+        "env": _environment(run.path),
+        "replicas": _replicas(run.path),
     }
+
+
+def replica_label(replica: dict[str, Any] | None) -> str | None:
+    """'1 @ node-a' for a row a cluster replica ran (eval --ray); None on one box."""
+    if not replica:
+        return None
+    return f"{replica.get('id')} @ {replica.get('host') or '?'}"
+
+
+def _environment(path: Path) -> dict[str, Any] | None:
+    """env.json as key/value lines: git revision (and whether the tree was dirty), host, GPUs, versions."""
+    try:
+        env = RunFolder(path).read_env()
+    except ValueError:
+        return None
+    if env is None:
+        return None
+    git = env.git or {}
+    sha = git.get("sha")
+    return {"git revision": f"{sha}{' (dirty tree)' if git.get('dirty') else ''}" if sha else None,
+            "host": env.host or None, "platform": env.platform or None, "CPUs": env.cpu_count,
+            "GPUs": ", ".join(env.gpus) if env.gpus else "none", "config hash": env.config_hash,
+            "versions": ", ".join(f"{k} {v}" for k, v in env.versions.items()) or None,
+            "cluster": (f"Ray at {env.server_flags['ray']}, {env.server_flags.get('replicas')} replica(s)"
+                        if env.server_flags.get("ray") else None)}
+
+
+def _replicas(path: Path) -> list[dict[str, Any]]:
+    """The replicas of the run's last cluster session (results.json), one row each."""
+    res = RunFolder(path).read_results()
+    runs = getattr(res, "cluster_runs", None) or []
+    if not runs:
+        return []
+    return [{"replica": r.get("id"), "host": r.get("host"), "status": r.get("status"), "examples": r.get("examples"),
+             "GPUs": ",".join(r.get("gpus") or []) or None, "resources": json.dumps(r.get("resources") or {}),
+             "wall s": r.get("wall_s"), "busy s": r.get("busy_s")} for r in runs[-1].get("replicas", [])]
 
 
 def _seen_by_models(run: RunData) -> dict[str, Any]:
@@ -242,10 +282,11 @@ def _run_pages(w: _Writer, run: RunData, base: str) -> tuple[dict[str, Any], int
         table.append([row.id, f"sample/{names[row.id]}.html", row.question_type, length, row.gold,
                       None if row.answer is None else row.answer[:TABLE_TEXT_MAX], row.score, row.lenient_score,
                       row.stop_reason, _failure(raw_rows.get(row.id, {}), f), row.n_sub_calls, round(row.wall_s, 2),
-                      row.question[:TABLE_TEXT_MAX]])
+                      row.question[:TABLE_TEXT_MAX], replica_label(row.replica)])
     classes = sorted({r[9] for r in table if r[9]})
     w.page(f"{base}/samples.html", "samples.html", title=f"samples: {run.label}", run=rv,
-           data={"columns": SAMPLE_COLUMNS, "rows": table, "length_unit": unit}, classes=classes)
+           data={"columns": SAMPLE_COLUMNS, "rows": table, "length_unit": unit,
+                 "has_replica": any(r[-1] for r in table)}, classes=classes)
     for row in run.rows:
         traj = run.trajectories.get(row.id)
         tdict = _raw_trajectory(run, row, traj)

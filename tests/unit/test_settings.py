@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from configs import RENAMED, ConfigError, load_config, validate_config
-from configs.schema import EvalSettings, RigConfig
+from configs.schema import ClusterConfig, EvalSettings, RigConfig
 from controller.settings import ControllerSettings, RLMSettings
 from interp.config import InterpConfig
 from repl.types import SandboxLimits
@@ -93,13 +93,13 @@ def test_configs_mirrors_no_room_field():
     """configs' own types (the eval section, the profile) hold no field a room's settings type owns."""
     owned = {f for t in ROOM_TYPES for f in defaults_of(t)} | {"model", "backend"}
     sections = set(RigConfig.model_fields)
-    for t in (EvalSettings, RigConfig):
+    for t in (EvalSettings, ClusterConfig, RigConfig):
         mirrored = set(t.model_fields) - sections & owned if t is RigConfig else set(t.model_fields) & owned
         assert not mirrored, f"{t.__name__} mirrors {sorted(mirrored)}"
     for name, f in RigConfig.model_fields.items():
         ann = f.annotation
         if isinstance(ann, type) and (dataclasses.is_dataclass(ann) or issubclass(ann, BaseModel)):
-            assert ann in ROOM_TYPES + (EvalSettings,), f"section {name} is {ann.__name__}, not a room's type"
+            assert ann in ROOM_TYPES + (EvalSettings, ClusterConfig), f"section {name} is {ann.__name__}, not a room's type"
 
 
 @pytest.mark.parametrize("old,new", sorted(RENAMED.items()))

@@ -8,6 +8,7 @@
   var PAGE = 100, page = 0, sortCol = null, sortDir = 1, view = rows.slice();
   var tbody = document.querySelector("#samples tbody");
   var shown = ["id", "question_type", "length", "gold", "answer", "score", "stop_reason", "failure", "n_sub_calls", "wall_s", "question"];
+  if (data.has_replica) shown.splice(shown.length - 1, 0, "replica");
   var lower = rows.map(function (r) { return ((r[C.question] || "") + " " + r[C.id]).toLowerCase(); });
   var index = rows.map(function (_r, i) { return i; });
 
