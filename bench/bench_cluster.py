@@ -25,15 +25,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from records.runlog import RunFolder  # noqa: E402
-from records.trajectory import read_jsonl  # noqa: E402
+from rlm_rig.records.runlog import RunFolder  # noqa: E402
+from rlm_rig.records.trajectory import read_jsonl  # noqa: E402
 TEST_SPLIT = 6072          # OOLONG-real test examples (issue 23)
 TEST_CONTEXT_TOKENS = 383_000  # their mean context, worker tokens (issue 23)
 
 
 def one_pass(replicas: int, examples: int, out: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-    cmd = [sys.executable, "-m", "experiments.cli", "eval", "-c", "cpu-tiny", "--dataset", "oolong-real", "--source",
+    cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "eval", "-c", "cpu-tiny", "--dataset", "oolong-real", "--source",
            "toy", "--limit", str(examples), "--ray", "local", "--replicas", str(replicas), "--out", str(out),
            "--no-report"]
     t0 = time.perf_counter()

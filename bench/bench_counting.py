@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.studies.counting import (  # noqa: E402
+from rlm_rig.experiments.studies.counting import (  # noqa: E402
     COUNT_INSTRUCTION,
     constant_baseline,
     format_summary,
@@ -27,8 +27,8 @@ from experiments.studies.counting import (  # noqa: E402
     run_counting_eval,
     summarize_counting,
 )
-from experiments.studies.counting_run import profile_worker  # noqa: E402
-from worker.smollm2 import ensure_smollm2, smollm2_dir  # noqa: E402
+from rlm_rig.experiments.studies.counting_run import profile_worker  # noqa: E402
+from rlm_rig.worker.smollm2 import ensure_smollm2, smollm2_dir  # noqa: E402
 
 SERVED = "smollm2"
 PORTS = range(18400, 18500)  # this builder's range

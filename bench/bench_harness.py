@@ -23,16 +23,22 @@ from pathlib import Path
 
 import httpx
 
-from configs import load_config
-from controller.doctokens import ChunkTokens, counter_for, normalizer_form
-from controller.prompts import worker_messages
-from records.trajectory import Trajectory
-from controller.subcalls import SubCallBudget, SubCallRouter
-from experiments.datasets import load_examples
-from records.runlog import EvalSpec
-from experiments.runs.evaluate import run_eval
-from repl import Sandbox, SandboxLimits
-from worker import ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_smollm2, ensure_tiny_model, load_fast_tokenizer
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.doctokens import ChunkTokens, counter_for, normalizer_form
+from rlm_rig.controller.prompts import worker_messages
+from rlm_rig.records.trajectory import Trajectory
+from rlm_rig.controller.subcalls import SubCallBudget, SubCallRouter
+from rlm_rig.experiments.datasets.registry import load_examples
+from rlm_rig.records.runlog import EvalSpec
+from rlm_rig.experiments.runs.evaluate import run_eval
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.types import SandboxLimits
+from rlm_rig.worker.server import ServerSpec, VLLMServer
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.client import WorkerClient
+from rlm_rig.worker.smollm2 import ensure_smollm2
+from rlm_rig.worker.tiny import ensure_tiny_model
+from rlm_rig.worker.tokens import load_fast_tokenizer
 
 # worker name -> (model builder, dtype vLLM serves it in; float32 for tiny matches the transformers numerics)
 WORKERS = {"tiny": (ensure_tiny_model, "float32"), "smollm2": (ensure_smollm2, "bfloat16")}
@@ -135,7 +141,7 @@ def main() -> None:
         t = time.perf_counter()
         run_eval(cfg, EvalSpec(dataset="oolong-real", source="toy", limit=args.samples), rd, show_progress=False)
         eval_wall = time.perf_counter() - t
-        from records.runlog import RunFolder
+        from rlm_rig.records.runlog import RunFolder
 
         rows = RunFolder(rd).rows()
         wall = sum(r["wall_s"] for r in rows)

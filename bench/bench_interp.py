@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from interp.methods.capture import attach_gold, capture_batch, plain_forward, prepare
-from interp.config import InterpConfig
+from rlm_rig.interp.methods.capture import attach_gold, capture_batch, plain_forward, prepare
+from rlm_rig.interp.config import InterpConfig
 from tests.demo_run import make_demo_run
-from interp.model import ReplayModel
-from worker.models import resolve_model
-from interp.data.pairs import build_counting_pairs
-from interp.methods.patching import patch_pair, sweep_specs
-from interp.data.selection import iter_sub_calls
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.worker.models import resolve_model
+from rlm_rig.interp.data.pairs import build_counting_pairs
+from rlm_rig.interp.methods.patching import patch_pair, sweep_specs
+from rlm_rig.interp.data.selection import iter_sub_calls
 
 
 def mid_model(dest: Path) -> str:

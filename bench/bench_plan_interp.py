@@ -93,8 +93,8 @@ def _id_tokenizer():
 
 def _replay_model(hf: Any):
     """interp's ReplayModel around an in-memory model (no tokenizer: patching and capture take token ids)."""
-    from interp._nnsight import nnsight
-    from interp.model import ReplayModel
+    from rlm_rig.interp._nnsight import nnsight
+    from rlm_rig.interp.model import ReplayModel
 
 
     m = ReplayModel.__new__(ReplayModel)
@@ -128,12 +128,12 @@ def run_one(shape: dict[str, Any]) -> dict[str, Any]:
     ids = torch.randint(100, 150000, (T,), generator=g).tolist()
     layers = list(range(shape["layers"]))
     if shape["job"] == "capture":
-        from interp.methods.capture import Prepared, capture_batch
+        from rlm_rig.interp.methods.capture import Prepared, capture_batch
 
         batch = [Prepared(item=None, prompt_ids=ids, seq=ids, positions=[("last", T - 1, -1)]) for _ in range(n)]
         capture_batch(model, batch, layers, ["resid"])
     else:
-        from interp.methods.patching import PatchSpec, patched_logits, reference_run
+        from rlm_rig.interp.methods.patching import PatchSpec, patched_logits, reference_run
 
         corrupt = list(ids)
         corrupt[T // 2] = corrupt[T // 2] + 1
@@ -159,8 +159,8 @@ def measure(shape: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
 
 def predicted(shape: dict[str, Any]) -> float:
     """`rlm-rig plan`'s interp transient (GiB) for the same shape."""
-    from configs.archs import Arch
-    from configs.memplan import interp_capture_bytes, interp_patch_bytes
+    from rlm_rig.configs.archs import Arch
+    from rlm_rig.configs.memplan import interp_capture_bytes, interp_patch_bytes
 
     a = Arch(layers=shape["layers"], hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064)
     b = 2 if shape.get("dtype", "bfloat16") in ("bfloat16", "float16") else 4

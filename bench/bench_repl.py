@@ -12,8 +12,9 @@ import json
 import statistics
 import time
 
-from repl import Sandbox, SandboxLimits, SubCallReply
-from repl.launch import probe
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.types import SandboxLimits, SubCallReply
+from rlm_rig.repl.launch import probe
 
 
 def echo(reqs):

@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 
 
 def config(iterations: int, concurrency: int):
-    from configs import load_config
+    from rlm_rig.configs.load import load_config
 
     return load_config("cpu-tiny", [
         "controller.backend=openai", "controller.model=tiny", "controller.dtype=float32",
@@ -50,7 +50,7 @@ def one_pass(rig, docs: list[tuple[str, str]], concurrency: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from controller import Rig
+    from rlm_rig.controller.rig import Rig
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=8)

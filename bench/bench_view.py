@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.view import build_site
-from records.runlog import EvalSpec, RunFolder
+from rlm_rig.experiments.view.site import build_site
+from rlm_rig.records.runlog import EvalSpec, RunFolder
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]

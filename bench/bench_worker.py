@@ -19,7 +19,10 @@ import time
 
 import httpx
 
-from worker import Completion, ServerSpec, SyncWorker, VLLMServer, WorkerClient, ensure_tiny_model, find_free_port
+from rlm_rig.worker.client import Completion, WorkerClient
+from rlm_rig.worker.server import ServerSpec, VLLMServer, find_free_port
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.tiny import ensure_tiny_model
 
 NAME = "tiny"
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from configs.schema import RigConfig
+from rlm_rig.configs.schema import RigConfig
 
 PROFILE_DIR = Path(__file__).resolve().parent
 

@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from configs.archs import Arch, arch_for
-from configs.schema import RigConfig
-from worker.settings import ServerSettings
+from rlm_rig.configs.archs import Arch, arch_for
+from rlm_rig.configs.schema import RigConfig
+from rlm_rig.worker.settings import ServerSettings
 
 GiB = 2**30
 CUDA_CONTEXT = 0.5 * GiB  # CUDA context + cuBLAS workspace per process, outside torch's allocator

@@ -14,10 +14,10 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
-from controller.settings import ControllerSettings, RLMSettings, Strict
-from interp.config import InterpConfig
-from repl.types import SandboxLimits
-from worker.settings import WorkerSettings
+from rlm_rig.controller.settings import ControllerSettings, RLMSettings, Strict
+from rlm_rig.interp.config import InterpConfig
+from rlm_rig.repl.types import SandboxLimits
+from rlm_rig.worker.settings import WorkerSettings
 
 
 # The eval methods by name (experiments/runs/methods.py implements each; its METHODS is this tuple).

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from controller.parsing import closed_cell_end, truncate_cell
-from worker.sync import SyncWorker
+from rlm_rig.controller.parsing import closed_cell_end, truncate_cell
+from rlm_rig.worker.sync import SyncWorker
 
 Messages = list[dict[str, str]]
 
@@ -200,7 +200,7 @@ class OpenAILM:
     def count_tokens(self, messages: Messages) -> int:
         """Exact prompt tokens from the server's own chat template (vLLM's /tokenize); a high estimate
         when the server has no such endpoint."""
-        from controller.context import estimate_tokens
+        from rlm_rig.controller.context import estimate_tokens
 
         if self._http is None:
             return estimate_tokens(messages)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from records.trajectory import CapEvent, Trajectory
+from rlm_rig.records.trajectory import CapEvent, Trajectory
 
 
 class RunCaps:

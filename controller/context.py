@@ -85,7 +85,7 @@ def guarded_generate(lm, messages: Messages, max_new_tokens: int, guard: Context
     (or halve the reply budget) and retry. Raises ContextFull when nothing is left to give."""
     if guard is None:
         return lm.generate(messages, max_new_tokens=max_new_tokens)
-    from worker.errors import ContextLengthError
+    from rlm_rig.worker.errors import ContextLengthError
 
     budget = guard.fit(messages, max_new_tokens)
     while True:

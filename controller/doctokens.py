@@ -174,6 +174,6 @@ def token_cache_folder(tokenizer_file: Path | None) -> Path | None:
     """``<model cache>/doc-tokens/<sha256 of tokenizer.json>``: a count is only valid for one tokenizer."""
     if tokenizer_file is None or not tokenizer_file.is_file():
         return None
-    from worker.cache import file_sha256, models_root
+    from rlm_rig.worker.cache import file_sha256, models_root
 
     return models_root().parent / "doc-tokens" / file_sha256(tokenizer_file)[:16]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from repl import PreparedKernel, Sandbox, SandboxError, SandboxLimits
+from rlm_rig.repl.sandbox import PreparedKernel, Sandbox
+from rlm_rig.repl.types import SandboxError, SandboxLimits
 
 
 class KernelPool:

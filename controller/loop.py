@@ -14,17 +14,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from configs.schema import RigConfig
-from controller import prompts
-from controller.caps import RunCaps, cell_failed
-from controller.backends import ControllerLM, ReplayLM
-from controller.doctokens import ChunkTokens
-from controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
-from controller.parsing import parse_turn
-from records.trajectory import CapEvent, CellRecord, ControllerTurn, Trajectory
-from controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
-from repl import Sandbox
-from worker.watch import WorkerDeadError, failure_kind
+from rlm_rig.configs.schema import RigConfig
+from rlm_rig.controller import prompts
+from rlm_rig.controller.caps import RunCaps, cell_failed
+from rlm_rig.controller.backends import ControllerLM, ReplayLM
+from rlm_rig.controller.doctokens import ChunkTokens
+from rlm_rig.controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
+from rlm_rig.controller.parsing import parse_turn
+from rlm_rig.records.trajectory import CapEvent, CellRecord, ControllerTurn, Trajectory
+from rlm_rig.controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.worker.watch import WorkerDeadError, failure_kind
 
 
 def _now() -> str:

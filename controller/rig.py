@@ -9,18 +9,18 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from configs.schema import RigConfig
-from worker.settings import ServerSettings
-from controller.doctokens import (ChunkTokens, DocTokenCounts, batch_counter_for, counter_for, normalizer_form,
+from rlm_rig.configs.schema import RigConfig
+from rlm_rig.worker.settings import ServerSettings
+from rlm_rig.controller.doctokens import (ChunkTokens, DocTokenCounts, batch_counter_for, counter_for, normalizer_form,
                                   token_cache_folder)
-from controller.kernels import KernelPool
-from controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
-from controller.memory import trim_heap
-from controller.loop import RLM, RunContext, replay_lm_for
-from records.trajectory import Trajectory, atomic_write_text
-from records.runlog import RunFolder, package_versions
-from worker.models import resolve_model
-from worker.watch import WorkerWatch
+from rlm_rig.controller.kernels import KernelPool
+from rlm_rig.controller.backends import ControllerLM, OpenAILM, ReplayLM, TransformersLM
+from rlm_rig.controller.memory import trim_heap
+from rlm_rig.controller.loop import RLM, RunContext, replay_lm_for
+from rlm_rig.records.trajectory import Trajectory, atomic_write_text
+from rlm_rig.records.runlog import RunFolder, package_versions
+from rlm_rig.worker.models import resolve_model
+from rlm_rig.worker.watch import WorkerWatch
 
 
 class Rig:
@@ -55,7 +55,7 @@ class Rig:
 
     def _server(self, server: ServerSettings, model: str, served: str, dtype: str, name: str) -> list[str]:
         """Base URLs for a model: attach when ``url`` is given, else start a server we own."""
-        from worker import ServerSpec, VLLMServer
+        from rlm_rig.worker.server import ServerSpec, VLLMServer
 
         if server.url:
             return [VLLMServer.attach(server.url)]
@@ -69,7 +69,9 @@ class Rig:
         return [srv.url]
 
     def start_worker(self) -> None:
-        from worker import SyncWorker, WorkerClient, load_fast_tokenizer
+        from rlm_rig.worker.sync import SyncWorker
+        from rlm_rig.worker.client import WorkerClient
+        from rlm_rig.worker.tokens import load_fast_tokenizer
 
         w = self.cfg.worker
         self.worker_model_path = resolve_model(w.model)
@@ -79,7 +81,7 @@ class Rig:
         tok_file = Path(self.worker_model_path) / "tokenizer.json"
         self.doc_tokens = DocTokenCounts(self.count_tokens, lambda: token_cache_folder(tok_file))
         if w.backend == "transformers":
-            from worker.hf import TransformersWorker
+            from rlm_rig.worker.hf import TransformersWorker
 
             backend: Any = TransformersWorker(self.worker_model_path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens)
         else:
@@ -145,7 +147,8 @@ class Rig:
         elif c.backend == "transformers":
             self.lm = TransformersLM(resolve_model(c.model or ""), device=c.device, dtype=c.dtype, quantization=c.quantization)
         else:
-            from worker import SyncWorker, WorkerClient
+            from rlm_rig.worker.sync import SyncWorker
+            from rlm_rig.worker.client import WorkerClient
 
             assert c.server is not None and c.model is not None
             served = c.served_name or "controller"
@@ -180,8 +183,8 @@ class Rig:
 
     def check_sandbox(self) -> None:
         """Refuse now, with what to install, if no launcher the profile allows works here (SandboxError)."""
-        from repl import SandboxError
-        from repl.launch import LauncherRefused, choose_plans
+        from rlm_rig.repl.types import SandboxError
+        from rlm_rig.repl.launch import LauncherRefused, choose_plans
 
         sb = self.cfg.sandbox
         try:

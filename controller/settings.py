@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker.models import check_model_ref
-from worker.settings import ServerSettings
+from rlm_rig.worker.models import check_model_ref
+from rlm_rig.worker.settings import ServerSettings
 
 
 class Strict(BaseModel):

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from controller.doctokens import ChunkTokens
-from controller.prompts import worker_messages
-from records.trajectory import CapEvent, SubCallRecord, Trajectory
-from worker.watch import failure_kind
-from repl import SubCallReply, SubCallRequest
+from rlm_rig.controller.doctokens import ChunkTokens
+from rlm_rig.controller.prompts import worker_messages
+from rlm_rig.records.trajectory import CapEvent, SubCallRecord, Trajectory
+from rlm_rig.worker.watch import failure_kind
+from rlm_rig.repl.types import SubCallReply, SubCallRequest
 
 
 class ChatMany(Protocol):

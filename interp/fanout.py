@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 from .model import ReplayModel
-from interp.data.pairs import Pair
+from rlm_rig.interp.data.pairs import Pair
 
 PairFn = Callable[[ReplayModel, Pair], Any]
 Tick = Callable[[int, Any], None]  # (pairs done so far, the result just finished)

@@ -20,9 +20,9 @@ from urllib.parse import urlparse
 
 import psutil
 
-from worker.server import terminate_procs
+from rlm_rig.worker.server import terminate_procs
 
-from records.runlog import RunFolder
+from rlm_rig.records.runlog import RunFolder
 
 from .config import InterpConfig
 

@@ -16,24 +16,24 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from interp.methods.aggregation import diagnose_aggregation
-from interp.methods.capture import CaptureSummary, attach_gold, run_capture
+from rlm_rig.interp.methods.aggregation import diagnose_aggregation
+from rlm_rig.interp.methods.capture import CaptureSummary, attach_gold, run_capture
 from .config import InterpConfig
 from .profile import WorkerModelSpec
 from .model import ReplayModel
-from interp.data.pairs import Pair, build_counting_pairs
-from interp.methods.patching import patch_pair, sweep_specs
-from interp.methods.probes import run_probes
+from rlm_rig.interp.data.pairs import Pair, build_counting_pairs
+from rlm_rig.interp.methods.patching import patch_pair, sweep_specs
+from rlm_rig.interp.methods.probes import run_probes
 from .outputs import claim_out, staged_dir
 from .fanout import PairMapper, local_map
-from interp.data.selection import NothingToStudyError, Selection, collect_sub_calls, load_gold_file
-from interp.methods.faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
+from rlm_rig.interp.data.selection import NothingToStudyError, Selection, collect_sub_calls, load_gold_file
+from rlm_rig.interp.methods.faithfulness import Faithfulness, check_one, faithfulness_flags, flag_faithful
 from .provenance import model_provenance
-from interp.stats.means import KL_METRIC, RATIO_METRIC, aggregate_ratio, pair_denominator_warnings, small_denominator_pairs
-from interp.methods.attribution import attribute_pair, compare, exact_sites, top_k_sites
-from interp.methods.lens import lens_one
-from interp.report.plots import attribution_map, head_heatmap, heatmaps, lens_plot, probe_plot
-from interp.stats.heatmap_structure import kl_recovery
+from rlm_rig.interp.stats.means import KL_METRIC, RATIO_METRIC, aggregate_ratio, pair_denominator_warnings, small_denominator_pairs
+from rlm_rig.interp.methods.attribution import attribute_pair, compare, exact_sites, top_k_sites
+from rlm_rig.interp.methods.lens import lens_one
+from rlm_rig.interp.report.plots import attribution_map, head_heatmap, heatmaps, lens_plot, probe_plot
+from rlm_rig.interp.stats.heatmap_structure import kl_recovery
 
 PATCH_FILE = "patching.parquet"
 AGG_FILE = "patching_agg.parquet"
@@ -360,7 +360,7 @@ def kl_mean(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
 
 def heads_pair_rows(model: ReplayModel, pair: Pair, *, layers: list[int], cfg: InterpConfig) -> list[dict]:
     """One pair's per-head patching at every position group and direction (a plain function of (model, pair))."""
-    from interp.methods.heads import patch_heads
+    from rlm_rig.interp.methods.heads import patch_heads
 
     return list(patch_heads(model, pair, layers, cfg.head_positions, directions=list(cfg.directions),
                             batch_size=cfg.batch_size, min_denominator=cfg.min_denominator))
@@ -369,8 +369,8 @@ def heads_pair_rows(model: ReplayModel, pair: Pair, *, layers: list[int], cfg: I
 def lens_job(run_dir, out_dir, cfg: InterpConfig, spec: WorkerModelSpec, *, selection: Selection | None = None,
              model: ReplayModel | None = None, gold_map: dict | None = None) -> MapSummary:
     """Logit lens at the answer position of every sub_call whose answer has a number."""
-    from interp.methods.capture import attach_gold
-    from interp.methods.faithfulness import check_one
+    from rlm_rig.interp.methods.capture import attach_gold
+    from rlm_rig.interp.methods.faithfulness import check_one
 
     out_dir = claim_out(out_dir, "interp lens", [run_dir])
     model = model or load_model(cfg, spec)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from worker.settings import DEFAULT_DTYPE
+from rlm_rig.worker.settings import DEFAULT_DTYPE
 
 _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -49,11 +49,11 @@ class ReplayModel:
     """The worker model in nnsight: one object owns the HF model, its tokenizer and the wrapper."""
 
     def __init__(self, model: str, *, dtype: str | None = DEFAULT_DTYPE, device: str = "cpu") -> None:
-        from interp._nnsight import nnsight
+        from rlm_rig.interp._nnsight import nnsight
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = model
-        from worker.models import resolve_model
+        from rlm_rig.worker.models import resolve_model
 
         path = resolve_model(model)
         self.path = path

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from typing import Iterable
 
-from records.outdirs import OutDir, claim, staged
+from rlm_rig.records.outdirs import OutDir, claim, staged
 
 # Commands whose outputs are cheap to rebuild replace their own earlier files without --force.
 _CHEAP = {"interp report", "interp aggregation"}

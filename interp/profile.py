@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from interp.config import InterpConfig, InterpConfigError
-from worker.models import check_model_ref
-from worker.settings import DEFAULT_DTYPE
+from rlm_rig.interp.config import InterpConfig, InterpConfigError
+from rlm_rig.worker.models import check_model_ref
+from rlm_rig.worker.settings import DEFAULT_DTYPE
 
 
 class WorkerModelSpec(BaseModel):
@@ -41,7 +41,7 @@ def load_interp_config(
 ) -> tuple[InterpConfig, WorkerModelSpec, dict[str, Any]]:
     """A profile (name, path, or a run folder's config.yaml; None: defaults + overrides) -> (interp
     settings, the weights to replay, the profile as a dict). ``None`` overrides are ignored."""
-    from configs import ConfigError, load_config
+    from rlm_rig.configs.load import ConfigError, load_config
 
     ov = {k: v for k, v in (overrides or {}).items() if v is not None}
     rig, source, base = None, "<defaults>", {}

@@ -9,7 +9,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
-from worker.cache import file_sha256
+from rlm_rig.worker.cache import file_sha256
 
 _FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 

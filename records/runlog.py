@@ -33,8 +33,8 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from records.outdirs import OutDir, claim, record
-from records.trajectory import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
+from rlm_rig.records.outdirs import OutDir, claim, record
+from rlm_rig.records.trajectory import SampleRow, Trajectory, append_jsonl, atomic_write_text, read_jsonl
 
 RUNLOG_VERSION = 1
 

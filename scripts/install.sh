@@ -85,7 +85,7 @@ case "$FLAVOUR" in
 esac
 RLM_RIG_FLAVOUR="$FLAVOUR" "$VENV/bin/python" - <<'PY'
 import importlib, importlib.util, os
-for name in ("torch", "transformers", "vllm", "nnsight", "bitsandbytes", "datasets", "repl", "worker", "controller"):
+for name in ("torch", "transformers", "vllm", "nnsight", "bitsandbytes", "datasets", "rlm_rig.repl", "rlm_rig.worker", "rlm_rig.controller"):
     importlib.import_module(name)
 if os.environ["RLM_RIG_FLAVOUR"] == "cpu" and importlib.util.find_spec("ray") is None:
     raise SystemExit("[install] error: ray (the cluster extra) did not install")

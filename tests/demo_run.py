@@ -12,9 +12,9 @@ import hashlib
 import random
 from pathlib import Path
 
-from interp.data.rolls import count_roll_lines
-from records.runlog import RunFolder
-from records.trajectory import SampleRow, SubCallRecord, Trajectory
+from rlm_rig.interp.data.rolls import count_roll_lines
+from rlm_rig.records.runlog import RunFolder
+from rlm_rig.records.trajectory import SampleRow, SubCallRecord, Trajectory
 
 DEMO_SCHEMA = 1  # what this folder claims: schema-1 records carry no token ids
 

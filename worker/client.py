@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from worker.errors import ContextLengthError, WorkerError, WorkerRequestError
-from worker.server import normalize_base_url
-from worker.settings import WorkerSettings
+from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError
+from rlm_rig.worker.server import normalize_base_url
+from rlm_rig.worker.settings import WorkerSettings
 
 __all__ = ["Completion", "WorkerClient", "validate_messages"]
 

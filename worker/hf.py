@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.client import Completion, validate_messages
-from worker.settings import WorkerSettings
+from rlm_rig.worker.client import Completion, validate_messages
+from rlm_rig.worker.settings import WorkerSettings
 
 __all__ = ["TransformersWorker"]
 
@@ -38,7 +38,7 @@ class TransformersWorker:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from worker.tokens import load_tokenizer
+        from rlm_rig.worker.tokens import load_tokenizer
 
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")

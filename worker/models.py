@@ -56,11 +56,11 @@ def resolve_model(ref: str) -> str:
     ref = check_model_ref(ref)
     name = builtin_name(ref)
     if name == "tiny":
-        from worker.tiny import ensure_tiny_model
+        from rlm_rig.worker.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model(seed=int(ref.partition(":")[2] or 0)))
     if name == "smollm2":
-        from worker.smollm2 import ensure_smollm2
+        from rlm_rig.worker.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
     return ref
@@ -68,9 +68,9 @@ def resolve_model(ref: str) -> str:
 
 def built_model_folder(ref: str) -> Path | None:
     """The cached folder of a builtin model (``tiny[:seed]``, ``smollm2``) if it was built; never builds."""
-    from worker.cache import models_root
-    from worker.smollm2 import smollm2_dir
-    from worker.tiny import TINY_MODEL_DIRNAME
+    from rlm_rig.worker.cache import models_root
+    from rlm_rig.worker.smollm2 import smollm2_dir
+    from rlm_rig.worker.tiny import TINY_MODEL_DIRNAME
 
     name, _, arg = ref.strip().partition(":")
     if name == "tiny":

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from worker.errors import ServerStartError, WorkerError
-from worker.settings import DEFAULT_DTYPE, ServerSettings
+from rlm_rig.worker.errors import ServerStartError, WorkerError
+from rlm_rig.worker.settings import DEFAULT_DTYPE, ServerSettings
 
 __all__ = ["ServerSpec", "VLLMServer", "find_free_port", "list_models", "normalize_base_url"]
 

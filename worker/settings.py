@@ -108,6 +108,6 @@ class WorkerSettings:
 
 
 def _check(ref: str) -> str:
-    from worker.models import check_model_ref
+    from rlm_rig.worker.models import check_model_ref
 
     return check_model_ref(ref)

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from worker.cache import ensure_ours, file_sha256, models_root
+from rlm_rig.worker.cache import ensure_ours, file_sha256, models_root
 
 __all__ = [
     "SMOLLM2_DIRNAME",

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from worker.client import Completion
+from rlm_rig.worker.client import Completion
 
 __all__ = ["AsyncChatWorker", "SyncWorker"]
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worker.cache import ensure_ours, file_sha256, models_root
+from rlm_rig.worker.cache import ensure_ours, file_sha256, models_root
 
 __all__ = [
     "CHATML_TEMPLATE",

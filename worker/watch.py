@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from worker.errors import ContextLengthError, WorkerError, WorkerRequestError
-from worker.settings import WatchSettings
+from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError
+from rlm_rig.worker.settings import WatchSettings
 
 __all__ = ["WORKER_FAILURE", "WorkerDeadError", "WorkerWatch", "failure_kind"]
 

@@ -40,9 +40,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--examples", type=int, default=6)
     args = ap.parse_args()
-    from configs import load_config
-    import controller.rig as rig_module
-    from controller import Rig
+    from rlm_rig.configs.load import load_config
+    import rlm_rig.controller.rig as rig_module
+    from rlm_rig.controller.rig import Rig
 
     stubs = Stubs(sys.executable)
     q = QUESTION.format(k=args.k)

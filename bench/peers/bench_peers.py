@@ -146,7 +146,7 @@ def cold(harness: str, chars: int, k: int, stubs: Stubs, worker: str, args: argp
     if harness == "rig":
         sets = [x for o in rig_overrides(stubs.controller, worker) for x in ("--set", o)]
         out_dir = Path(tempfile.mkdtemp(prefix="peers-ask-"))
-        cmd = [sys.executable, "-m", "experiments.cli", "ask", "--config", "cpu-tiny", "--doc", str(doc), "-q", q,
+        cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "ask", "--config", "cpu-tiny", "--doc", str(doc), "-q", q,
                "--out", str(out_dir / "run"), *sets]
     else:
         cmd = [args.peers_python, str(HERE / "harnesses.py"), harness, "--controller", stubs.controller,

@@ -51,8 +51,8 @@ def make_doc(chars: int, seed: int) -> str:
 
 def rig_runner(controller: str, worker: str, run_dir: Path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from configs import load_config
-    from controller import Rig
+    from rlm_rig.configs.load import load_config
+    from rlm_rig.controller.rig import Rig
 
     cfg = load_config("cpu-tiny", rig_overrides(controller, worker))
     rig = Rig(cfg, run_dir=run_dir).__enter__()

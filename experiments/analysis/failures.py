@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from records.answers import as_int, find_int
+from rlm_rig.records.answers import as_int, find_int
 
 FAILURE_PRECEDENCE: tuple[str, ...] = (
     "run_error",
@@ -85,9 +85,9 @@ def count_format_errors(traj: Any) -> int:
 
 def answer_unparsed(dataset: str, answer: str) -> bool:
     """True when the official parser of ``dataset`` finds no answer span in ``answer``."""
-    from experiments.datasets.boxed import extract_boxed
-    from experiments.datasets.oolong_synth.score import parse_synth_response
-    from experiments.datasets.scoring import (
+    from rlm_rig.experiments.datasets.boxed import extract_boxed
+    from rlm_rig.experiments.datasets.oolong_synth.score import parse_synth_response
+    from rlm_rig.experiments.datasets.scoring import (
         OOLONG_REAL,
         OOLONG_SYNTH,
         canonical_dataset,

@@ -26,11 +26,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from records.trajectory import SampleRow, Trajectory
-from records.runlog import RunFolder, is_worker_invalid
-from records.stats import bootstrap_means
-from experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
-from experiments.analysis.code_strategies import classify_trajectory
+from rlm_rig.records.trajectory import SampleRow, Trajectory
+from rlm_rig.records.runlog import RunFolder, is_worker_invalid
+from rlm_rig.records.stats import bootstrap_means
+from rlm_rig.experiments.analysis.failures import classify_failure, count_format_errors, model_sub_calls
+from rlm_rig.experiments.analysis.code_strategies import classify_trajectory
 
 BOOTSTRAP_RESAMPLES = 2000
 DEFAULT_SEED = 0

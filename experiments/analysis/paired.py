@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.analysis.metrics import DEFAULT_SEED, bootstrap_ci, length_bucket_order
+from rlm_rig.experiments.analysis.metrics import DEFAULT_SEED, bootstrap_ci, length_bucket_order
 
 PAIRED_COLUMNS = [
     "reference", "run", "by", "group", "n_shared", "mean_reference", "mean_run", "diff", "ci_low", "ci_high",
@@ -92,7 +92,7 @@ def paired_table(frames: dict[str, pd.DataFrame], *, unit: str = "tokens", seed:
 
 def paired_markdown(table: pd.DataFrame) -> str:
     """The report's section: one table per compared run."""
-    from experiments.analysis.render import fmt as _fmt, md_table
+    from rlm_rig.experiments.analysis.render import fmt as _fmt, md_table
 
     if table.empty:
         return "_one run, or no shared ids: nothing to pair_"
@@ -111,7 +111,7 @@ def paired_markdown(table: pd.DataFrame) -> str:
 def plot_score_vs_length(frames: dict[str, pd.DataFrame], unit: str, path: Any, *, seed: int = DEFAULT_SEED) -> Any:
     """One line per run: mean score per context-length bin with its 95% bootstrap CI, drawn at the
     bin's median length (log x); the points are the examples."""
-    from experiments.analysis.render import figure as _figure, save as _save
+    from rlm_rig.experiments.analysis.render import figure as _figure, save as _save
 
     col = "context_tokens" if unit == "tokens" else "context_chars"
     fig = _figure(8.0, 4.5)

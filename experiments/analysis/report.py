@@ -22,9 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from records.outdirs import claim, relocate, staged
-from experiments.analysis.failures import FAILURE_PRECEDENCE
-from experiments.analysis.metrics import (
+from rlm_rig.records.outdirs import claim, relocate, staged
+from rlm_rig.experiments.analysis.failures import FAILURE_PRECEDENCE
+from rlm_rig.experiments.analysis.metrics import (
     ALL_DEPTH_TOKEN_COLUMNS,
     BOOTSTRAP_RESAMPLES,
     TOKEN_COLUMNS,
@@ -39,11 +39,11 @@ from experiments.analysis.metrics import (
     summarize_frame,
     summarize_run,
 )
-from experiments.analysis.render import fmt as _fmt, figure as _figure, md_table, save as _save, yerr as _yerr
-from experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
-from experiments.analysis.metrics import worker_failure_summary
-from experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
-from records.runlog import RunFolder
+from rlm_rig.experiments.analysis.render import fmt as _fmt, figure as _figure, md_table, save as _save, yerr as _yerr
+from rlm_rig.experiments.analysis.paired import paired_markdown, paired_table, plot_score_vs_length
+from rlm_rig.experiments.analysis.metrics import worker_failure_summary
+from rlm_rig.experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE
+from rlm_rig.records.runlog import RunFolder
 
 # (key in summarize_frame, row label, format)
 COMPARISON_METRICS: list[tuple[str, str, str]] = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from experiments.cli import ask, config, doctor, evaluate, export, interp, plan, report, serve, view
+from rlm_rig.experiments.cli import ask, config, doctor, evaluate, export, interp, plan, report, serve, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlm-rig: a research rig for Recursive Language Models")
@@ -19,5 +19,3 @@ for _group in (ask, evaluate, report, view, export, interp, plan, doctor, serve,
 def main() -> None:
     app()
 
-
-__all__ = ["app", "main"]

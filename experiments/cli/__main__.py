@@ -1,4 +1,4 @@
 """`python -m experiments.cli ...` is `rlm-rig ...`."""
-from experiments.cli import main
+from rlm_rig.experiments.cli import main
 
 main()

@@ -28,16 +28,16 @@ class UserError(Exception):
 
 
 def _expected() -> tuple[type[BaseException], ...]:
-    from configs import ConfigError
-    from records.outdirs import OutDirError
-    from experiments.runs.preflight import DiskFullError, RunInputError
+    from rlm_rig.configs.load import ConfigError
+    from rlm_rig.records.outdirs import OutDirError
+    from rlm_rig.experiments.runs.preflight import DiskFullError, RunInputError
 
-    from repl import SandboxError
+    from rlm_rig.repl.types import SandboxError
 
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
                                         RunInputError, DiskFullError, SandboxError, OutDirError, FileExistsError]
     try:
-        from worker import ServerStartError, WorkerError
+        from rlm_rig.worker.errors import ServerStartError, WorkerError
 
         kinds += [ServerStartError, WorkerError]
     except ImportError:
@@ -75,7 +75,7 @@ def sigterm_as_interrupt() -> None:
 
 def load_cfg(config: str, overrides: Optional[list[str]]) -> Any:
     """Load and validate a profile (the one loader; its `interp:` section is interp's own settings type)."""
-    from configs import load_config
+    from rlm_rig.configs.load import load_config
 
     return load_config(config, overrides or [])
 
@@ -92,7 +92,7 @@ def default_run_dir(cfg: Any, kind: str) -> Path:
 
 def run_report(runs: list[Path], out_dir: Path) -> None:
     """Write the report of one or more runs and say where it is (also used by eval and demo)."""
-    from experiments.analysis.report import write_report
+    from rlm_rig.experiments.analysis.report import write_report
 
     write_report([Path(r) for r in runs], Path(out_dir))
     out.print(f"report: {Path(out_dir) / 'report.md'}")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import (
+from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
     UserError,
@@ -32,8 +32,8 @@ def ask(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Answer one question about one long document with the RLM."""
-    from controller import Rig
-    from records.runlog import RunFolder
+    from rlm_rig.controller.rig import Rig
+    from rlm_rig.records.runlog import RunFolder
 
     cfg = load_cfg(config, overrides)
     if not doc.is_file():
@@ -45,7 +45,7 @@ def ask(
     folder = RunFolder(run_dir)
     held = folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files
     sigterm_as_interrupt()
-    from experiments.cli.live import AskProgress
+    from rlm_rig.experiments.cli.live import AskProgress
 
     try:
         with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
@@ -57,7 +57,7 @@ def ask(
     err.print(f"stop: {t.stop_reason}  turns: {len(t.turns)}  cells: {len(t.cells)}  sub_calls: {len(t.sub_calls)}")
     from rich.markup import escape
 
-    from repl.text import terminal_safe
+    from rlm_rig.repl.text import terminal_safe
 
     if t.error:
         err.print(f"[red]run error:[/] {escape(terminal_safe(t.error.splitlines()[0]))}")

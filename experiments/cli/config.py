@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import ConfigOpt, SetOpt, guarded, load_cfg, out
+from rlm_rig.experiments.cli._common import ConfigOpt, SetOpt, guarded, load_cfg, out
 
 
 def register(app: typer.Typer) -> None:

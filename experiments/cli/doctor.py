@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import ConfigOpt, SetOpt, guarded, interp_section, load_cfg
+from rlm_rig.experiments.cli._common import ConfigOpt, SetOpt, guarded, interp_section, load_cfg
 
 
 def register(app: typer.Typer) -> None:
@@ -14,9 +14,9 @@ def register(app: typer.Typer) -> None:
 
 def doctor_cmd(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOpt) -> None:
     """Check GPUs against the plan, torch's CUDA build, vllm/bitsandbytes/nnsight, bubblewrap, ports, models, disk."""
-    from configs.memplan import make_plan
-    from worker.models import built_model_folder
-    from experiments.runs.doctor import FAIL, diagnose, why_not_here
+    from rlm_rig.configs.memplan import make_plan
+    from rlm_rig.worker.models import built_model_folder
+    from rlm_rig.experiments.runs.doctor import FAIL, diagnose, why_not_here
 
     cfg = load_cfg(config, overrides)
     icfg = interp_section(cfg)

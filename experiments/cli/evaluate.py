@@ -6,10 +6,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from configs.schema import METHOD_NAMES
-from experiments.datasets.registry import names
+from rlm_rig.configs.schema import METHOD_NAMES
+from rlm_rig.experiments.datasets.registry import names
 
-from experiments.cli._common import (
+from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
     UserError,
@@ -77,9 +77,9 @@ def eval_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Evaluate a method on a dataset; results land in one run folder (resumable)."""
-    from records.runlog import EvalSpec
-    from experiments.runs.cluster import resume_cluster_eval, run_cluster_eval
-    from experiments.runs.evaluate import resume_eval, run_eval
+    from rlm_rig.records.runlog import EvalSpec
+    from rlm_rig.experiments.runs.cluster import resume_cluster_eval, run_cluster_eval
+    from rlm_rig.experiments.runs.evaluate import resume_eval, run_eval
 
     sigterm_as_interrupt()
     if replicas < 1:
@@ -121,7 +121,7 @@ def eval_cmd(
         variants = [(f"{key.split('.')[-1]}{v}", base + [f"{key}={v}"]) for v in vals.split(",")]
     run_dirs = []
     if sweep and out_dir is not None:  # the sweep's parent folder holds one run per value and their report
-        from records.outdirs import claim, record
+        from rlm_rig.records.outdirs import claim, record
 
         rooms = [f"{tag}/" for tag, _ in variants] + ["report/"]  # each run's folder, and the sweep's report
         record(claim(out_dir, "eval sweep", replace_own=True, writes=rooms), rooms)
@@ -144,7 +144,7 @@ def merge_cmd(
     out_dir: Path = typer.Option(..., "--out"),
 ) -> None:
     """Merge the shards of one evaluation into one run folder."""
-    from experiments.runs.evaluate import merge_runs
+    from rlm_rig.experiments.runs.evaluate import merge_runs
 
     for r in runs:
         if not r.is_dir():
@@ -162,8 +162,8 @@ def demo_cmd(
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """The CPU main job: evaluate the bundled OOLONG-real sample, then write a report."""
-    from records.runlog import EvalSpec
-    from experiments.runs.evaluate import run_eval
+    from rlm_rig.records.runlog import EvalSpec
+    from rlm_rig.experiments.runs.evaluate import run_eval
 
     cfg = load_cfg(config, overrides)
     tiny = cfg.worker.model.startswith("tiny")
@@ -207,7 +207,7 @@ def loader_options(dataset: str, *, length: Optional[list[str]] = None, position
                    context_len: Optional[int] = None, subset: Optional[str] = None) -> dict[str, Any]:
     """The eval command's generator/loader knobs as the dataset's loader options. An option the dataset
     does not take (its registry entry lists what it takes) is an error, not silently ignored."""
-    from experiments.datasets.registry import lookup
+    from rlm_rig.experiments.datasets.registry import lookup
 
     ds = lookup(dataset)
     takes = set(ds.options) if ds else set()
@@ -231,7 +231,7 @@ def loader_options(dataset: str, *, length: Optional[list[str]] = None, position
 def _cluster(fn: Callable[[], Any]) -> Any:
     """A cluster run; its expected failures (unreachable address, a replica no node holds, every replica dead)
     are one line and exit 2."""
-    from experiments.runs.cluster import ClusterError
+    from rlm_rig.experiments.runs.cluster import ClusterError
 
     try:
         return fn()
@@ -257,7 +257,7 @@ def _finish(run_dirs: list[Path], res: dict[str, Any], report: bool) -> None:
 def _show_samples(rd: Path) -> None:
     from rich.table import Table
 
-    from records.runlog import RunFolder
+    from rlm_rig.records.runlog import RunFolder
 
     t = Table(title="samples", show_lines=False)
     for col in ("question", "gold", "answer", "score", "sub_calls"):

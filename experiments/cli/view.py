@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from experiments.cli._common import UserError, err, guarded
+from rlm_rig.experiments.cli._common import UserError, err, guarded
 
 
 def register(app: typer.Typer) -> None:
@@ -22,8 +22,8 @@ def view_cmd(
     report: bool = typer.Option(True, "--report/--no-report", help="include the report's tables and plots"),
 ) -> None:
     """Write a static site (opens from disk, no server) for one or more run folders."""
-    from experiments.view import build_site
-    from records.runlog import RunFolder
+    from rlm_rig.experiments.view.site import build_site
+    from rlm_rig.records.runlog import RunFolder
 
 
     for r in runs:
@@ -70,7 +70,7 @@ class LiveSite:
         self._write()
 
     def _stamp(self) -> tuple:
-        from records.runlog import RunFolder
+        from rlm_rig.records.runlog import RunFolder
 
         out = []
         for r in self.runs:
@@ -80,19 +80,19 @@ class LiveSite:
         return tuple(out)
 
     def running(self) -> bool:
-        from records.runlog import RunFolder
+        from rlm_rig.records.runlog import RunFolder
 
         return any(getattr(RunFolder(r).read_results(), "status", None) == "running" for r in self.runs)
 
     def _write(self) -> None:
         import json
 
-        from records.trajectory import atomic_write_text
+        from rlm_rig.records.trajectory import atomic_write_text
 
         atomic_write_text(self.out / "live.json", json.dumps({"version": self.version, "running": self.running()}))
 
     def _loop(self) -> None:
-        from experiments.view import build_site
+        from rlm_rig.experiments.view.site import build_site
 
         while not self._stop.wait(self.every_s):
             now = self._stamp()

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
-from experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.example import Example
 
 # A tokenizer callable may return the token count or the tokens themselves.
 TokenCounter = Callable[[str], Union[int, Sequence]]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from experiments.datasets.example import Example
-from experiments.datasets.filters import ExampleFilter
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.filters import ExampleFilter
 
 # (source, *, split, filters, **options) -> examples
 Loader = Callable[..., Iterator[Example]]
@@ -54,7 +54,7 @@ def _discover() -> None:
     _LOADED = True
     for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.ispkg:
-            importlib.import_module(f"experiments.datasets.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")  # this package, however it is installed
 
 
 def lookup(name: str) -> Dataset | None:

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.datasets import registry
-from experiments.datasets.result import ScoreResult
-from experiments.datasets.rows import iter_jsonl
+from rlm_rig.experiments.datasets import registry
+from rlm_rig.experiments.datasets.result import ScoreResult
+from rlm_rig.experiments.datasets.rows import iter_jsonl
 
 OOLONG_REAL = "oolong-real"
 OOLONG_SYNTH = "oolong-synth"
@@ -95,7 +95,7 @@ def score_file(dataset: str | None, in_path: str | Path, out_path: str | Path | 
     the mean official score (0.0 for an empty file). ``dataset`` is any name accepted by
     :func:`canonical_dataset`, or ``None`` to use each row's ``dataset`` field.
     """
-    from records.trajectory import atomic_write_text
+    from rlm_rig.records.trajectory import atomic_write_text
 
     if dataset is not None:
         canonical_dataset(dataset)  # fail on a bad name before reading anything

@@ -64,7 +64,7 @@ METHOD_VIEWS: dict[str, dict[str, str]] = {
 def model_views(dataset: str, method: str, example_instructions: str | None = None) -> dict[str, Any]:
     """The record kept in the run folder: the dataset's split, what each model of ``method`` sees, and
     the first example's instructions verbatim (they are the same for every row of an OOLONG dataset)."""
-    from experiments.datasets.registry import lookup
+    from rlm_rig.experiments.datasets.registry import lookup
 
     ds = lookup(dataset)
     split = ds.split if ds else "no instructions"

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from configs.schema import RigConfig
-from records.trajectory import SampleRow, atomic_write_text
-from records.runlog import EvalSpec, RunFolder
-from experiments.datasets import Example
-from experiments.runs.examples import iter_examples, resolve_dataset
-from experiments.runs.methods import METHODS
-from experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
-from interp.progress import LiveLine
+from rlm_rig.configs.schema import RigConfig
+from rlm_rig.records.trajectory import SampleRow, atomic_write_text
+from rlm_rig.records.runlog import EvalSpec, RunFolder
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.runs.examples import iter_examples, resolve_dataset
+from rlm_rig.experiments.runs.methods import METHODS
+from rlm_rig.experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
+from rlm_rig.interp.progress import LiveLine
 from rich.text import Text
 
 _LOCAL_TMP: list[str] = []  # temp dirs of local clusters this process started (removed after ray.shutdown)
@@ -163,7 +163,7 @@ def spawn(cfg: RigConfig, spec: EvalSpec, replica_id: int) -> ReplicaState:
     start in ``start()``, whose result the driver waits for alongside the examples."""
     import ray
 
-    from experiments.runs.replica import RigReplica
+    from rlm_rig.experiments.runs.replica import RigReplica
 
     c = cfg.cluster
     opts: dict[str, Any] = dict(num_cpus=c.cpus, num_gpus=c.gpus, max_concurrency=cfg.eval.concurrency + 2,
@@ -234,9 +234,9 @@ class _Driver:
         """The worker's tokenizer, loaded on the driver only when a filter or a generator counts tokens."""
         if self.spec.max_context_tokens is None and self.spec.loader_options.get("unit") != "tokens":
             return None
-        from controller.doctokens import counter_for
-        from worker.models import resolve_model
-        from worker import load_tokenizer
+        from rlm_rig.controller.doctokens import counter_for
+        from rlm_rig.worker.models import resolve_model
+        from rlm_rig.worker.tokens import load_tokenizer
 
         return counter_for(load_tokenizer(resolve_model(self.cfg.worker.model)))
 
@@ -291,7 +291,7 @@ class _Driver:
             prev = self.folder.read_results()
             self.folder.write_results({**(prev.model_dump() if prev else {}), "status": "running"})
             return
-        from experiments.datasets.views import model_views
+        from rlm_rig.experiments.datasets.views import model_views
 
         self.spec.model_views = model_views(resolve_dataset(self.spec)[0], self.spec.method,
                                             first.instructions if first else None)
@@ -453,7 +453,7 @@ class _Driver:
                 r.status = "stopped" if r.status != "retired" else r.status
 
     def _finish(self, status: str) -> dict[str, Any]:
-        from experiments.runs.evaluate import summarize
+        from rlm_rig.experiments.runs.evaluate import summarize
 
         reps = [{"id": r.id, "host": r.info.get("host"), "node": r.info.get("node"), "pid": r.info.get("pid"),
                  "gpus": r.info.get("gpus"),
@@ -514,7 +514,7 @@ def _first_line(e: BaseException) -> str:
 
 def resume_cluster_eval(run_dir: str | Path, *, address: str, replicas: int, show_progress: bool = True
                         ) -> dict[str, Any]:
-    from configs.load import validate_config
+    from rlm_rig.configs.load import validate_config
 
     folder = RunFolder(run_dir)
     cfg_data, spec = folder.load_spec()

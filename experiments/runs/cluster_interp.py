@@ -12,10 +12,10 @@ import contextlib
 import sys
 from typing import Any, Iterator
 
-from experiments.runs.cluster import ClusterError, check_reachable, connect, disconnect
-from interp.config import InterpConfig
-from interp.profile import WorkerModelSpec
-from interp.fanout import PairFn, Tick, run_slice
+from rlm_rig.experiments.runs.cluster import ClusterError, check_reachable, connect, disconnect
+from rlm_rig.interp.config import InterpConfig
+from rlm_rig.interp.profile import WorkerModelSpec
+from rlm_rig.interp.fanout import PairFn, Tick, run_slice
 
 
 @contextlib.contextmanager

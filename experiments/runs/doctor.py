@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs.schema import RigConfig
+from rlm_rig.configs.schema import RigConfig
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -157,7 +157,7 @@ def check_packages(cfg: RigConfig, cfg_needs_gpu: bool) -> list[Check]:
 
 
 def check_bubblewrap() -> Check:
-    from repl.launch import probe
+    from rlm_rig.repl.launch import probe
 
     if not shutil.which("bwrap"):
         return Check("bubblewrap", WARN, "bwrap not found: the sandbox falls back to unshare or rlimits + audit hook only",
@@ -191,8 +191,8 @@ def check_ports(cfg: RigConfig) -> list[Check]:
 
 
 def check_models(cfg: RigConfig, interp_model: str | None) -> list[Check]:
-    from configs.archs import arch_for
-    from worker.models import locate_model
+    from rlm_rig.configs.archs import arch_for
+    from rlm_rig.worker.models import locate_model
 
     out = []
     for role, ref in models(cfg, interp_model):

@@ -13,16 +13,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from configs.schema import RigConfig
-from records.trajectory import SampleRow, Trajectory
-from controller.rig import Rig
-from records.runlog import EvalSpec, RunFolder
-from experiments.datasets import Example
-from experiments.datasets.scoring import score_output, score_output_lenient
-from experiments.runs.examples import iter_examples, resolve_dataset
-from experiments.runs.methods import METHODS, run_method
-from experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
-from worker.watch import WORKER_FAILURE, WorkerDeadError
+from rlm_rig.configs.schema import RigConfig
+from rlm_rig.records.trajectory import SampleRow, Trajectory
+from rlm_rig.controller.rig import Rig
+from rlm_rig.records.runlog import EvalSpec, RunFolder
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.scoring import score_output, score_output_lenient
+from rlm_rig.experiments.runs.examples import iter_examples, resolve_dataset
+from rlm_rig.experiments.runs.methods import METHODS, run_method
+from rlm_rig.experiments.runs.preflight import DiskFullError, check_inputs, disk_full_message, is_disk_full
+from rlm_rig.worker.watch import WORKER_FAILURE, WorkerDeadError
 
 
 def sub_call_failures(traj: Trajectory) -> dict[str, int]:
@@ -148,7 +148,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
         todo = [ex for ex in iter_examples(spec, rig.count_tokens) if ex.id not in done]
         rig.kernels.prefetch = len(todo) > 1  # a spare kernel ready for each next example
         if not resume:
-            from experiments.datasets.views import model_views
+            from rlm_rig.experiments.datasets.views import model_views
 
             spec.model_views = model_views(resolve_dataset(spec)[0], spec.method,
                                            todo[0].instructions if todo else None)
@@ -228,7 +228,7 @@ def _drive(todo: list[Example], one: Any, concurrency: int, progress: Progress, 
 def summarize(folder: RunFolder) -> dict[str, Any]:
     rows = folder.rows()
     try:
-        from experiments.analysis.report import summarize_run
+        from rlm_rig.experiments.analysis.report import summarize_run
 
         return summarize_run(folder.path)
     except ImportError:
@@ -237,7 +237,7 @@ def summarize(folder: RunFolder) -> dict[str, Any]:
 
 
 def resume_eval(run_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
-    from configs.load import validate_config
+    from rlm_rig.configs.load import validate_config
 
     folder = RunFolder(run_dir)
     cfg_data, spec = folder.load_spec()
@@ -251,7 +251,7 @@ def merge_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any
 
     import yaml
 
-    from records.trajectory import append_jsonl
+    from rlm_rig.records.trajectory import append_jsonl
 
     folders = [RunFolder(d) for d in run_dirs]
     out = RunFolder(out_dir)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from records.runlog import EvalSpec
-from experiments.datasets import Example, ExampleFilter, load_examples
-from experiments.datasets.registry import lookup, names
-from experiments.datasets.views import split_instructions
+from rlm_rig.records.runlog import EvalSpec
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.filters import ExampleFilter
+from rlm_rig.experiments.datasets.registry import load_examples
+from rlm_rig.experiments.datasets.registry import lookup, names
+from rlm_rig.experiments.datasets.views import split_instructions
 
 
 def resolve_dataset(spec: EvalSpec) -> tuple[str, str | None]:

@@ -14,12 +14,12 @@ import time
 import uuid
 from typing import Any, Callable
 
-from configs.schema import METHOD_NAMES
-from controller.loop import _now
-from records.trajectory import SubCallRecord, Trajectory
-from controller.backends import ReplayLM
-from controller.rig import Rig
-from worker.watch import failure_kind
+from rlm_rig.configs.schema import METHOD_NAMES
+from rlm_rig.controller.loop import _now
+from rlm_rig.records.trajectory import SubCallRecord, Trajectory
+from rlm_rig.controller.backends import ReplayLM
+from rlm_rig.controller.rig import Rig
+from rlm_rig.worker.watch import failure_kind
 
 METHODS = METHOD_NAMES  # one list of names, in configs (a profile's eval.method is checked against it)
 
@@ -133,7 +133,7 @@ def split_chunks(doc: str, max_chars: int) -> list[tuple[int, int]]:
 
 
 def _chunk_chars(rig: Rig, doc: str) -> int:
-    from controller.loop import estimate_chars_per_token
+    from rlm_rig.controller.loop import estimate_chars_per_token
 
     if rig.cfg.eval.chunk_chars:
         return rig.cfg.eval.chunk_chars
@@ -161,7 +161,7 @@ def run_direct(rig: Rig, doc: str, question: str, run_id: str, instructions: str
         text = head + text
         start = 0 if start == len(head) else start
     if truncated:
-        from records.trajectory import CapEvent
+        from rlm_rig.records.trajectory import CapEvent
 
         traj.caps_hit.append(CapEvent(cap="chunk_tokens", turn=0, detail=f"document truncated by rule {rule!r}: kept {len(text)} of {len(doc)} chars"))
     traj.final_answer = ans.ask(text + "\n" + question, span=(start, end), chunk_chars=len(text))
@@ -181,7 +181,7 @@ def run_chunk_aggregate(rig: Rig, doc: str, question: str, run_id: str, instruct
     traj = _base_traj(rig, doc, question, run_id, "", instructions)
     t0 = time.perf_counter()
     spans = split_chunks(doc, _chunk_chars(rig, doc))
-    from controller.prompts import worker_messages
+    from rlm_rig.controller.prompts import worker_messages
 
     instruction = (
         f"{question}\nAnswer only from this excerpt of the document (it is one part of many). "

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from records.runlog import RunFolder
+from rlm_rig.records.runlog import RunFolder
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -27,8 +27,8 @@ class DiskFullError(RuntimeError):
 
 def check_inputs(spec: Any, methods: Any) -> None:
     """Resolve the dataset and read its first example, without loading any model."""
-    from experiments.datasets import SchemaError
-    from experiments.runs.examples import iter_examples, resolve_dataset
+    from rlm_rig.experiments.datasets.rows import SchemaError
+    from rlm_rig.experiments.runs.examples import iter_examples, resolve_dataset
 
     if spec.method not in methods:
         raise RunInputError(f"unknown method {spec.method!r}; expected one of {', '.join(methods)}")

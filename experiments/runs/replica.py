@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from configs.schema import RigConfig
-from controller.rig import Rig
-from records.runlog import EvalSpec, RunFolder
-from experiments.datasets import Example
+from rlm_rig.configs.schema import RigConfig
+from rlm_rig.controller.rig import Rig
+from rlm_rig.records.runlog import EvalSpec, RunFolder
+from rlm_rig.experiments.datasets.example import Example
 
 
 def pin_to_assigned_gpus(cfg: RigConfig, assigned: list[str]) -> RigConfig:
@@ -69,7 +69,7 @@ class RigReplica:
 
     def start(self) -> dict[str, Any]:
         """Start the servers on this node; the replica's facts for the run log."""
-        from configs.load import validate_config
+        from rlm_rig.configs.load import validate_config
 
         try:
             import ray
@@ -90,8 +90,8 @@ class RigReplica:
     def run(self, ex: Example) -> dict[str, Any]:
         """One example: its sample row (with this replica named) and its trajectory's JSON text. A replica whose
         worker is gone for good answers ``{"retired": why}`` instead, and the driver gives the example to another."""
-        from experiments.runs.evaluate import sample_row
-        from experiments.runs.methods import run_method
+        from rlm_rig.experiments.runs.evaluate import sample_row
+        from rlm_rig.experiments.runs.methods import run_method
 
         rig = self.rig
         assert rig is not None, "replica not started"

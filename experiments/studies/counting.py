@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
-from records.answers import find_int, partial_credit
+from rlm_rig.records.answers import find_int, partial_credit
 
 __all__ = [
     "COUNT_INSTRUCTION",

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from records.trajectory import SampleRow, SubCallRecord, Trajectory, atomic_write_text
-from records.runlog import RunFolder
+from rlm_rig.records.trajectory import SampleRow, SubCallRecord, Trajectory, atomic_write_text
+from rlm_rig.records.runlog import RunFolder
 
 from .counting import CountingItem, count_messages, score_count, validate_counts
 
@@ -49,9 +49,9 @@ def profile_worker(profile: str, log_dir: Path, *, url: str | None = None, ports
     profile; now the profile is the one source of the dtype, window and flags, and a port in ``ports``
     keeps concurrent builders apart. Yields the Rig (``rig.worker`` has ``chat_many``); stops the server.
     """
-    from configs import load_config
-    from controller.rig import Rig
-    from worker.server import find_free_port
+    from rlm_rig.configs.load import load_config
+    from rlm_rig.controller.rig import Rig
+    from rlm_rig.worker.server import find_free_port
 
     sets = list(overrides)
     if served_name:
@@ -107,7 +107,7 @@ def write_counting_run(
     validate_counts(items)
     folder = RunFolder(run_dir)
     run_id = run_id or folder.path.name
-    config = {"worker": dict(worker_config), "source": "experiments.studies.counting_run"}
+    config = {"worker": dict(worker_config), "source": "rlm_rig.experiments.studies.counting_run"}
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     samples, gold = [], []
     for it, ans in zip(items, answers):

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from records.outdirs import OutDirError, claim, record
+from rlm_rig.records.outdirs import OutDirError, claim, record
 
 from .counting import CountingItem, make_counting_set
-from records.runlog import RunFolder
+from rlm_rig.records.runlog import RunFolder
 
 from .counting_run import answer_items, profile_worker, write_counting_run
 
@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only after the worker calls: with interp.jobs (torch, nnsight) imported first, every request
     # of this process failed with "TypeError: Attribute 'save' is missing its type annotation" (cause not
     # pinned down; a fresh process answers fine).
-    from interp.profile import load_interp_config
-    from interp.jobs import capture_job, load_model, probe_job
-    from interp.outputs import claim_out
+    from rlm_rig.interp.profile import load_interp_config
+    from rlm_rig.interp.jobs import capture_job, load_model, probe_job
+    from rlm_rig.interp.outputs import claim_out
 
     cfg, spec, _ = load_interp_config(PROFILE, {"n_pairs": args.n_pairs})
     model = None
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def cli(step: str, pdir: Path, *extra: str) -> None:
         """The CLI itself, exactly as a user runs it: `rlm-rig interp STEP RUN --config cpu-small ...`."""
-        cmd = [sys.executable, "-m", "experiments.cli", "interp", step, str(run), "--config", PROFILE,
+        cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "interp", step, str(run), "--config", PROFILE,
                "--out", str(pdir), "--force", *extra]
         print(f"[{step}] " + " ".join(cmd), flush=True)
         t0 = time.perf_counter()

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from experiments.analysis.render import md_table
-from records.runlog import RunFolder
+from rlm_rig.experiments.analysis.render import md_table
+from rlm_rig.records.runlog import RunFolder
 
-from interp.config import PATCH_POSITIONS
-from interp.stats.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
+from rlm_rig.interp.config import PATCH_POSITIONS
+from rlm_rig.interp.stats.heatmap_structure import Heatmap, focus_table, heatmap_correlation, heatmap_from_rows
 
 FOCUS = ("edit", "last")
 GROUPS = tuple(p for p in PATCH_POSITIONS if p != "all")  # the heatmap columns, in reading order

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from experiments.analysis.metrics import covered_chars
+from rlm_rig.experiments.analysis.metrics import covered_chars
 
 CELL_COLOURS = ["#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
 VERDICT_COLOURS = {"right": "#2e9d4f", "wrong": "#d62728"}

@@ -25,9 +25,9 @@ MAX_ROWS_PER_TABLE = 400
 
 
 def _file_names() -> dict[str, str]:
-    from interp.methods.capture import REPLAY_FILE
-    from interp.jobs import AGG_FILE, PATCH_FILE, PROBE_FILE
-    from interp.data.shards import INDEX_FILE
+    from rlm_rig.interp.methods.capture import REPLAY_FILE
+    from rlm_rig.interp.jobs import AGG_FILE, PATCH_FILE, PROBE_FILE
+    from rlm_rig.interp.data.shards import INDEX_FILE
 
     return {"replay": REPLAY_FILE, "index": INDEX_FILE, "patch": PATCH_FILE, "agg": AGG_FILE, "probe": PROBE_FILE}
 
@@ -98,7 +98,7 @@ class InterpData:
                 layers = sorted(int(x) for x in g["layer"].unique())
                 positions = sorted(str(x) for x in g["position"].unique())
                 try:
-                    from interp.report.plots import POSITION_ORDER
+                    from rlm_rig.interp.report.plots import POSITION_ORDER
 
                     positions.sort(key=lambda s: POSITION_ORDER.index(s) if s in POSITION_ORDER else len(POSITION_ORDER))
                 except ImportError:
@@ -162,7 +162,7 @@ def _read_folder(folder: Path, names: dict[str, str], data: InterpData) -> None:
                         cur[f] = r[f]
     pairs = folder / "pairs.jsonl"
     if pairs.exists():
-        from records.trajectory import read_jsonl
+        from rlm_rig.records.trajectory import read_jsonl
 
         tag = folder.name
         for p in read_jsonl(pairs):

@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from records.outdirs import claim, relocate, staged
-from records.trajectory import CellRecord, SubCallRecord, Trajectory
+from rlm_rig.records.outdirs import claim, relocate, staged
+from rlm_rig.records.trajectory import CellRecord, SubCallRecord, Trajectory
 
 ENVIRONMENT_TYPE = "rlm-rig-sandbox"
 
@@ -118,8 +118,8 @@ def write_rlm_jsonl(traj: Trajectory, path: str | Path) -> Path:
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Every trajectory of a run folder (or the trajectory.json of an `ask` folder) into ``out_dir``."""
-    from records.runlog import RunFolder
-    from records.trajectory import read_jsonl
+    from rlm_rig.records.runlog import RunFolder
+    from rlm_rig.records.trajectory import read_jsonl
 
     run = Path(run_dir)
     claim(out_dir, "export", inputs=[run], replace_own=True)  # a bad --out fails before any reading

@@ -25,13 +25,13 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from records.trajectory import read_jsonl
-from experiments.analysis.metrics import RunData, add_length_buckets, group_scores, length_unit, load_run, sample_frame, summarize_frame
-from records.outdirs import claim, relocate, staged
-from records.runlog import RunFolder
-from experiments.view.docmap import build_docmap
-from experiments.view.interp_data import InterpData, chunk_verdict, load_interp
-from experiments.view.text import code_html, highlight_css, response_html
+from rlm_rig.records.trajectory import read_jsonl
+from rlm_rig.experiments.analysis.metrics import RunData, add_length_buckets, group_scores, length_unit, load_run, sample_frame, summarize_frame
+from rlm_rig.records.outdirs import claim, relocate, staged
+from rlm_rig.records.runlog import RunFolder
+from rlm_rig.experiments.view.docmap import build_docmap
+from rlm_rig.experiments.view.interp_data import InterpData, chunk_verdict, load_interp
+from rlm_rig.experiments.view.text import code_html, highlight_css, response_html
 
 STATIC = Path(__file__).parent / "static"
 SAMPLE_COLUMNS = ["id", "href", "question_type", "length", "gold", "answer", "score", "lenient_score", "stop_reason",
@@ -41,7 +41,7 @@ INSTRUCTION_KEYS = ("task_instructions", "instructions")
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("experiments.view", "templates"),
+    env = Environment(loader=PackageLoader("rlm_rig.experiments.view", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["response"] = response_html
     env.filters["code"] = code_html
@@ -142,7 +142,7 @@ def _report(runs: list[RunData], rep_dir: Path, warnings: list[str]) -> tuple[li
     """The report's PNGs and its side-by-side table; any paired-comparison table it wrote is shown too."""
     import pandas as pd
 
-    from experiments.analysis.report import write_report
+    from rlm_rig.experiments.analysis.report import write_report
 
     try:
         rep = write_report([r.path for r in runs], rep_dir)
@@ -336,7 +336,7 @@ def _instructions(row: dict[str, Any], traj: dict[str, Any] | None) -> str | Non
 
 def _traj_view(t: dict[str, Any], path: list[int], sample_key: str, interp: InterpData) -> dict[str, Any]:
     """Everything a trajectory template needs, nested runs included (recursively)."""
-    from interp.data.selection import locate_chunk
+    from rlm_rig.interp.data.selection import locate_chunk
 
     ikey = "/".join([sample_key, *map(str, path)])
     anchor = lambda i: "sc-" + "-".join(map(str, [*path, i]))  # noqa: E731

@@ -16,9 +16,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from interp.model import Prompt, ReplayModel
-from interp.data.rolls import CORRUPTIONS, ChunkEdit, count_roll_lines, first_number_span, is_roll_count_instruction, parse_roll_query
-from interp.data.selection import SubCallItem
+from rlm_rig.interp.model import Prompt, ReplayModel
+from rlm_rig.interp.data.rolls import CORRUPTIONS, ChunkEdit, count_roll_lines, first_number_span, is_roll_count_instruction, parse_roll_query
+from rlm_rig.interp.data.selection import SubCallItem
 
 ChunkCorruption = Callable[[str, random.Random], Iterable["str | ChunkEdit"]]
 TokenCorruption = Callable[[list[int]], list[int]]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from records.answers import find_int, int_spans
+from rlm_rig.records.answers import find_int, int_spans
 
 ROLL_MENTION = re.compile(
     r"(?P<verb>\broll(?:s|ed|ing)?\b(?:\s+(?:a|an)\s+(?:natural\s+)?(?P<vval>\d{1,3})\b)?)"

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
-from records.runlog import RunFolder
-from records.trajectory import SubCallRecord, Trajectory
+from rlm_rig.records.runlog import RunFolder
+from rlm_rig.records.trajectory import SubCallRecord, Trajectory
 
 
 class RunDirError(ValueError):

@@ -19,9 +19,9 @@ from typing import Callable
 
 import pandas as pd
 
-from interp.data.rolls import is_roll_count_instruction, parse_count
-from interp.data.selection import SubCallItem, load_samples, load_trajectory, locate_chunk, trajectory_paths
-from interp.methods.capture import attach_gold
+from rlm_rig.interp.data.rolls import is_roll_count_instruction, parse_count
+from rlm_rig.interp.data.selection import SubCallItem, load_samples, load_trajectory, locate_chunk, trajectory_paths
+from rlm_rig.interp.methods.capture import attach_gold
 
 
 # long: per sample, the three verdicts (worker miscount, aggregation, both) computed side by side from the same items

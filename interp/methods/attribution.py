@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from interp.model import ReplayModel
-from interp.data.pairs import Pair, check_equal_length
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.pairs import Pair, check_equal_length
 
 COMPONENTS = ("resid", "attn", "mlp")
 
@@ -208,7 +208,7 @@ def exact_sites(model: ReplayModel, pair: Pair, sites: list[tuple[str, int, int]
     the cost of an every-token validation (tested against the computed values)."""
     from dataclasses import replace
 
-    from interp.methods.patching import PatchSpec, patch_pair
+    from rlm_rig.interp.methods.patching import PatchSpec, patch_pair
 
     out: dict[tuple[str, int, int], float] = {}
     if skip_shared_prefix:

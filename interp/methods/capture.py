@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from interp._nnsight import nnsight
+from rlm_rig.interp._nnsight import nnsight
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from interp.config import InterpConfig
-from interp.model import ReplayModel, component_output, ordered_sites
-from interp.methods.replay import ReplayResult, agreement_summary, replay_one
-from interp.data.rolls import chunk_gold, first_number_span, parse_count
-from interp.methods.faithfulness import FAITHFULNESS_FILE, Faithfulness, check_one, summary as faith_summary
-from interp.data.selection import NothingToStudyError, SubCallItem
-from interp.data.shards import ShardWriter
+from rlm_rig.interp.config import InterpConfig
+from rlm_rig.interp.model import ReplayModel, component_output, ordered_sites
+from rlm_rig.interp.methods.replay import ReplayResult, agreement_summary, replay_one
+from rlm_rig.interp.data.rolls import chunk_gold, first_number_span, parse_count
+from rlm_rig.interp.methods.faithfulness import FAITHFULNESS_FILE, Faithfulness, check_one, summary as faith_summary
+from rlm_rig.interp.data.selection import NothingToStudyError, SubCallItem
+from rlm_rig.interp.data.shards import ShardWriter
 
 REPLAY_FILE = "replay.parquet"
 

@@ -22,8 +22,8 @@ from typing import Any, Iterable
 
 import torch
 
-from interp.model import ReplayModel
-from interp.data.selection import SubCallItem
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.selection import SubCallItem
 
 FAITHFULNESS_FILE = "faithfulness.parquet"
 

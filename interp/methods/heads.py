@@ -11,9 +11,9 @@ from collections import defaultdict
 
 import torch
 
-from interp.stats.patch_metrics import patch_metrics
-from interp.model import ReplayModel
-from interp.data.pairs import Pair, check_equal_length
+from rlm_rig.interp.stats.patch_metrics import patch_metrics
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.pairs import Pair, check_equal_length
 
 
 @torch.no_grad()

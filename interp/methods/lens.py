@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from interp.methods.capture import answer_tokens
-from interp.model import ReplayModel
-from interp.data.rolls import first_number_span
-from interp.data.selection import SubCallItem
+from rlm_rig.interp.methods.capture import answer_tokens
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.rolls import first_number_span
+from rlm_rig.interp.data.selection import SubCallItem
 
 
 def number_position(model: ReplayModel, item: SubCallItem) -> tuple[list[int], list[int], int] | None:

@@ -11,12 +11,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from interp._nnsight import nnsight
+from rlm_rig.interp._nnsight import nnsight
 import torch
 
-from interp.model import COMPONENT_ORDER, ReplayModel, component_output
-from interp.stats.patch_metrics import patch_metrics
-from interp.data.pairs import Pair, check_equal_length
+from rlm_rig.interp.model import COMPONENT_ORDER, ReplayModel, component_output
+from rlm_rig.interp.stats.patch_metrics import patch_metrics
+from rlm_rig.interp.data.pairs import Pair, check_equal_length
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from interp.data.shards import load_rows, read_index
+from rlm_rig.interp.data.shards import load_rows, read_index
 
 
 @dataclass
@@ -137,7 +137,7 @@ def run_probes(
 ) -> pd.DataFrame:
     """One probe per captured layer on rows with a known gold; returns the per-layer table, with how
     many probed sub_calls were faithful to what vLLM generated (and, with `faithful_only`, only those)."""
-    from interp.methods.faithfulness import faithfulness_flags, flag_faithful
+    from rlm_rig.interp.methods.faithfulness import faithfulness_flags, flag_faithful
 
     idx = read_index(capture_dir)
     idx = idx[(idx["component"] == component) & (idx["position"] == position) & idx["gold"].notna()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from interp.model import ReplayModel
+from rlm_rig.interp.model import ReplayModel
 
 
 @dataclass

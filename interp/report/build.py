@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from interp.methods.aggregation import diagnose_aggregation
-from interp.methods.faithfulness import FAITHFULNESS_FILE, faithfulness_flags, flag_faithful, summary
-from interp.methods.capture import REPLAY_FILE
-from interp.jobs import AGG_FILE, PROBE_FILE
-from interp.report.plots import heatmaps, probe_plot
-from interp.methods.replay import ReplayResult, agreement_summary
-from interp.outputs import claim_out, staged_dir
-from interp.data.selection import load_gold_file, trajectory_paths
-from interp.report.tables import md_table as _md
+from rlm_rig.interp.methods.aggregation import diagnose_aggregation
+from rlm_rig.interp.methods.faithfulness import FAITHFULNESS_FILE, faithfulness_flags, flag_faithful, summary
+from rlm_rig.interp.methods.capture import REPLAY_FILE
+from rlm_rig.interp.jobs import AGG_FILE, PROBE_FILE
+from rlm_rig.interp.report.plots import heatmaps, probe_plot
+from rlm_rig.interp.methods.replay import ReplayResult, agreement_summary
+from rlm_rig.interp.outputs import claim_out, staged_dir
+from rlm_rig.interp.data.selection import load_gold_file, trajectory_paths
+from rlm_rig.interp.report.tables import md_table as _md
 
 
 def build_report(

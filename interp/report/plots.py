@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from interp.stats.means import KL_METRIC, RATIO_METRIC  # noqa: E402
+from rlm_rig.interp.stats.means import KL_METRIC, RATIO_METRIC  # noqa: E402
 
 POSITION_ORDER = ["chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last", "all", "none"]
 

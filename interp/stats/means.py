@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from records.stats import mean_ci
+from rlm_rig.records.stats import mean_ci
 
 
 def aggregate(

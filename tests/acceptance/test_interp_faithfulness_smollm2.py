@@ -20,7 +20,7 @@ MAX_TOKENS = 16
 
 @pytest.fixture(scope="module")
 def smollm2_path():
-    from worker import ensure_smollm2
+    from rlm_rig.worker.smollm2 import ensure_smollm2
 
     return ensure_smollm2()
 
@@ -28,9 +28,10 @@ def smollm2_path():
 @pytest.fixture(scope="module")
 def recorded(smollm2_path, tmp_path_factory) -> list:
     """16 counting sub_calls answered by the real vLLM server, as SubCallItems with schema-2 fields."""
-    from experiments.studies.counting import count_messages, make_counting_set
-    from interp.data.selection import SubCallItem
-    from worker import SyncWorker, WorkerClient
+    from rlm_rig.experiments.studies.counting import count_messages, make_counting_set
+    from rlm_rig.interp.data.selection import SubCallItem
+    from rlm_rig.worker.sync import SyncWorker
+    from rlm_rig.worker.client import WorkerClient
 
     items = make_counting_set(seed=0, ks=[1, 3, 5, 7], lengths=(10, 20), per_cell=2)
     msgs = [count_messages(it.passage, it.instruction) for it in items]
@@ -55,8 +56,8 @@ def recorded(smollm2_path, tmp_path_factory) -> list:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_smollm2_faithfulness(recorded, dtype):
-    from interp.methods.faithfulness import check_many, summary
-    from interp.model import ReplayModel
+    from rlm_rig.interp.methods.faithfulness import check_many, summary
+    from rlm_rig.interp.model import ReplayModel
 
     model = ReplayModel("smollm2", dtype=dtype)
     rows = check_many(model, recorded, max_dlogprob=0.5)

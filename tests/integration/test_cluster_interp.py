@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli.interp import interp_app
+from rlm_rig.experiments.cli.interp import interp_app
 from demo_run import make_demo_run
 
 pytest.importorskip("ray")

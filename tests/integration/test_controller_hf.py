@@ -5,9 +5,12 @@ counts, the loop reaching a recorded stop), not answers.
 """
 import pytest
 
-from configs import load_config
-from controller import RLM, RunContext, TransformersLM
-from worker import SyncWorker, TransformersWorker, load_tokenizer
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.loop import RLM, RunContext
+from rlm_rig.controller.backends import TransformersLM
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.hf import TransformersWorker
+from rlm_rig.worker.tokens import load_tokenizer
 
 
 @pytest.fixture(scope="module")

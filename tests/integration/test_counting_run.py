@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from experiments.studies.counting import count_messages, make_counting_set
-from experiments.studies.counting_run import WorkerAnswer, answer_items, write_counting_run
-from interp.methods.capture import attach_gold
-from interp.data.selection import iter_sub_calls, load_gold_file
+from rlm_rig.experiments.studies.counting import count_messages, make_counting_set
+from rlm_rig.experiments.studies.counting_run import WorkerAnswer, answer_items, write_counting_run
+from rlm_rig.interp.methods.capture import attach_gold
+from rlm_rig.interp.data.selection import iter_sub_calls, load_gold_file
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,8 @@ def items():
 
 
 def test_run_folder_round_trips_through_interp(tmp_path, items, tiny_model_path):
-    from worker import SyncWorker, TransformersWorker
+    from rlm_rig.worker.sync import SyncWorker
+    from rlm_rig.worker.hf import TransformersWorker
 
     with SyncWorker(TransformersWorker(tiny_model_path, max_tokens=6)) as sync:
         answers = answer_items(sync, items, max_tokens=6)

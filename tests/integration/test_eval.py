@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from configs import load_config
-from records.trajectory import read_jsonl
-from experiments.datasets import load_examples
-from records.runlog import EvalSpec
-from experiments.runs.evaluate import merge_runs, resume_eval, run_eval
-from experiments.datasets import score_output
+from rlm_rig.configs.load import load_config
+from rlm_rig.records.trajectory import read_jsonl
+from rlm_rig.experiments.datasets.registry import load_examples
+from rlm_rig.records.runlog import EvalSpec
+from rlm_rig.experiments.runs.evaluate import merge_runs, resume_eval, run_eval
+from rlm_rig.experiments.datasets.scoring import score_output
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_eval_run_folder(rlm_run, toy_rows):
 
 def test_report_on_the_run(rlm_run, tmp_path):
     rd, _ = rlm_run
-    from experiments.analysis.report import write_report
+    from rlm_rig.experiments.analysis.report import write_report
 
     out = write_report([rd], tmp_path / "rep")
     assert (tmp_path / "rep" / "report.md").exists()
@@ -101,7 +101,7 @@ def test_baselines(vllm_server, tmp_path, method):
 
 def test_resume_after_sigkill(vllm_server, tmp_path):
     rd = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
+    cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
            "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report",
            "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--set", "eval.max_samples=1"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -162,7 +162,7 @@ def test_score_command(tmp_path):
         {"gold": "12", "output": "\\boxed{13}"},
         {"gold": "Grog, Pike", "output": "\\boxed{Pike, Vex}"},
     ]) + "\n")
-    r = subprocess.run([sys.executable, "-m", "experiments.cli", "score", "--dataset", "oolong-real", str(src)],
+    r = subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", "score", "--dataset", "oolong-real", str(src)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     scored = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
@@ -174,7 +174,7 @@ def test_interp_on_a_real_rig_run(rlm_run):
     """interp capture -> patch -> probe -> report on the trajectories of a real eval (tiny vLLM worker)."""
     from typer.testing import CliRunner
 
-    from experiments.cli.interp import interp_app
+    from rlm_rig.experiments.cli.interp import interp_app
 
     rd, _ = rlm_run
     r = CliRunner()
@@ -203,7 +203,7 @@ def test_depth_sweep_makes_one_run_per_value_and_a_comparison(vllm_server, tmp_p
     import yaml
 
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
+    cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
            "--source", "toy", "--limit", "1", "--out", str(out), "--sweep", "rlm.max_depth=1,2",
            "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

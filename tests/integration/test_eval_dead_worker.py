@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from records.trajectory import read_jsonl
-from records.trajectory import Trajectory
+from rlm_rig.records.trajectory import read_jsonl
+from rlm_rig.records.trajectory import Trajectory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _eval_and_kill(rd: Path, *more: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
+    cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
            "--source", "toy", "--limit", "8", "--out", str(rd), "--no-report", "--set", "eval.max_samples=1",
            "--set", "worker.watch.backoff_s=0.5", *more]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -75,8 +75,8 @@ def test_killed_server_is_restarted_and_the_eval_completes(tmp_path):
 
 
 def test_unrecoverable_worker_stops_the_eval_and_resume_redoes_it(tmp_path):
-    from records.runlog import RunFolder
-    from experiments.runs.evaluate import resume_eval
+    from rlm_rig.records.runlog import RunFolder
+    from rlm_rig.experiments.runs.evaluate import resume_eval
 
     rd = tmp_path / "dead"
     res = _eval_and_kill(rd, "--set", "worker.watch.max_restarts=0")

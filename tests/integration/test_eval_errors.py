@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from records.trajectory import read_jsonl
+from rlm_rig.records.trajectory import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def rig(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -77,7 +77,7 @@ def fill(disk: Path) -> Path:
 @pytest.mark.vllm
 def test_full_disk_mid_eval_names_disk_kept_samples_and_resume(vllm_server: str, small_disk: Path) -> None:
     rd = small_disk / "run"
-    cmd = [sys.executable, "-m", "experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
+    cmd = [sys.executable, "-m", "rlm_rig.experiments.cli", "eval", "--config", "cpu-tiny", "--dataset", "oolong-real",
            "--source", "toy", "--limit", "6", "--out", str(rd), "--no-report",
            "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--set", "eval.max_samples=1"]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

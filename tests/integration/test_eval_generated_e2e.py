@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from configs import load_config
-from records.trajectory import read_jsonl
-from records.runlog import EvalSpec
-from experiments.runs.evaluate import run_eval
+from rlm_rig.configs.load import load_config
+from rlm_rig.records.trajectory import read_jsonl
+from rlm_rig.records.runlog import EvalSpec
+from rlm_rig.experiments.runs.evaluate import run_eval
 
 pytestmark = pytest.mark.vllm
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli.interp import interp_app
+from rlm_rig.experiments.cli.interp import interp_app
 from demo_run import make_demo_run
-from interp.outputs import staged_dir
-from interp.data.selection import NothingToStudyError, collect_sub_calls, iter_sub_calls
-from interp.stats.means import aggregate_ratio, small_denominator_pairs
+from rlm_rig.interp.outputs import staged_dir
+from rlm_rig.interp.data.selection import NothingToStudyError, collect_sub_calls, iter_sub_calls
+from rlm_rig.interp.stats.means import aggregate_ratio, small_denominator_pairs
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def test_refused_capture_leaves_no_output(tmp_path):
 
 
 def test_staged_dir_is_all_or_nothing(tmp_path):
-    from records.outdirs import claim
+    from rlm_rig.records.outdirs import claim
 
     out = tmp_path / "o"
     with staged_dir(out, "interp capture") as d:
@@ -78,7 +78,7 @@ def test_staged_dir_is_all_or_nothing(tmp_path):
 
 
 def test_schema_2_reads_version_1_and_refuses_unknown(tmp_path):
-    from records.trajectory import SCHEMA_VERSION, SubCallRecord, Trajectory
+    from rlm_rig.records.trajectory import SCHEMA_VERSION, SubCallRecord, Trajectory
 
     run = make_demo_run(tmp_path / "r", n_samples=1, chunks_per_sample=1)
     p = next((run / "trajectories").glob("*.json"))
@@ -115,14 +115,14 @@ def test_ratio_of_sums_floor_and_chunks():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from interp.model import ReplayModel
+    from rlm_rig.interp.model import ReplayModel
 
     return ReplayModel("tiny", dtype="float32")
 
 
 def test_pairs_spread_over_chunks_and_are_reproducible(tiny, tmp_path):
-    from interp.methods.capture import attach_gold
-    from interp.data.pairs import build_counting_pairs
+    from rlm_rig.interp.methods.capture import attach_gold
+    from rlm_rig.interp.data.pairs import build_counting_pairs
 
     run = make_demo_run(tmp_path / "r", n_samples=2, chunks_per_sample=3, lines_per_chunk=6)
     items = [attach_gold(i) for i in iter_sub_calls(run)]
@@ -140,9 +140,9 @@ def test_pairs_spread_over_chunks_and_are_reproducible(tiny, tmp_path):
 
 def test_unequal_lengths_are_refused(tiny, tmp_path):
 
-    from interp.methods.capture import attach_gold
-    from interp.data.pairs import Pair, UnequalLengthError, build_counting_pairs
-    from interp.methods.patching import patch_pair, sweep_specs
+    from rlm_rig.interp.methods.capture import attach_gold
+    from rlm_rig.interp.data.pairs import Pair, UnequalLengthError, build_counting_pairs
+    from rlm_rig.interp.methods.patching import patch_pair, sweep_specs
 
     with pytest.raises(UnequalLengthError, match="equal lengths"):
         Pair("p", "r", "s", 0, "x", "", [1, 2, 3], [1, 2], "1", "2", 5, 6, 2, {})

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from demo_run import make_demo_run
-from interp.data.selection import iter_sub_calls
+from rlm_rig.interp.data.selection import iter_sub_calls
 
 # Floor for the rank correlation of attribution vs exact patching, over the sites at or after the edit
 # (before it both are exactly 0, which would inflate the figure), per component at layer 0, and for
@@ -25,7 +25,7 @@ SIGN_FLOOR = 0.7
 
 @pytest.fixture(scope="module")
 def tiny():
-    from interp.model import ReplayModel
+    from rlm_rig.interp.model import ReplayModel
 
     return ReplayModel("tiny", dtype="float32")
 
@@ -37,8 +37,8 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs(tiny, run):
-    from interp.methods.capture import attach_gold
-    from interp.data.pairs import build_counting_pairs
+    from rlm_rig.interp.methods.capture import attach_gold
+    from rlm_rig.interp.data.pairs import build_counting_pairs
 
     ps, skipped = build_counting_pairs(tiny, [attach_gold(i) for i in iter_sub_calls(run)], n_pairs=2,
                                        corruptions=["remove", "add"], seed=0)
@@ -47,7 +47,7 @@ def pairs(tiny, run):
 
 
 def test_attribution_matches_exact_patching(tiny, pairs):
-    from interp.methods.attribution import attribute_pair, compare, exact_sites
+    from rlm_rig.interp.methods.attribution import attribute_pair, compare, exact_sites
 
     for pair in pairs:
         res = attribute_pair(tiny, pair, direction="denoise")
@@ -67,7 +67,7 @@ def test_attribution_matches_exact_patching(tiny, pairs):
 def test_exact_sites_skips_the_shared_prefix_without_changing_a_value(tiny, pairs):
     """The shortcut answers 0 for sites before the first differing token; computed, they are 0 too, and
     every other site is the same forward pass either way."""
-    from interp.methods.attribution import exact_sites, first_difference
+    from rlm_rig.interp.methods.attribution import exact_sites, first_difference
 
     pair = pairs[0]
     lo = first_difference(pair)
@@ -85,7 +85,7 @@ def test_exact_sites_skips_the_shared_prefix_without_changing_a_value(tiny, pair
 def test_attribution_total_at_the_last_layer_is_the_logit_difference_change(tiny, pairs):
     """At the last layer's residual only the answer position reaches the logits, and the metric is
     nearly linear there (only the final norm bends it): attribution ~ exact, and all else is 0."""
-    from interp.methods.attribution import attribute_pair, exact_sites
+    from rlm_rig.interp.methods.attribution import attribute_pair, exact_sites
 
     pair = pairs[0]
     res = attribute_pair(tiny, pair, components=["resid"], direction="noise")
@@ -100,8 +100,8 @@ def test_attribution_total_at_the_last_layer_is_the_logit_difference_change(tiny
 
 def test_all_heads_equal_the_attention_output_patch(tiny, pairs):
     """Patching every head's slice of o_proj's input at every position = patching the attention output."""
-    from interp.methods.heads import head_sources, _last_logits
-    from interp.methods.patching import PatchSpec, patch_pair
+    from rlm_rig.interp.methods.heads import head_sources, _last_logits
+    from rlm_rig.interp.methods.patching import PatchSpec, patch_pair
 
     pair = pairs[0]
     n_heads, hd = tiny.head_geometry()
@@ -122,7 +122,7 @@ def test_all_heads_equal_the_attention_output_patch(tiny, pairs):
 
 
 def test_head_patching_rows_and_extremes(tiny, pairs):
-    from interp.methods.heads import patch_heads
+    from rlm_rig.interp.methods.heads import patch_heads
 
     pair = pairs[0]
     n_heads, _ = tiny.head_geometry()
@@ -133,9 +133,9 @@ def test_head_patching_rows_and_extremes(tiny, pairs):
 
 
 def test_logit_lens_last_layer_is_the_model(tiny, run):
-    from interp.methods.capture import attach_gold
-    from interp.methods.faithfulness import answer_logits
-    from interp.methods.lens import lens_one, number_position
+    from rlm_rig.interp.methods.capture import attach_gold
+    from rlm_rig.interp.methods.faithfulness import answer_logits
+    from rlm_rig.interp.methods.lens import lens_one, number_position
 
     it = attach_gold(next(iter(iter_sub_calls(run))))
     rows = lens_one(tiny, it)
@@ -147,7 +147,7 @@ def test_logit_lens_last_layer_is_the_model(tiny, run):
 
 
 def test_cli_maps_and_report(run, tmp_path):
-    from experiments.cli.interp import interp_app
+    from rlm_rig.experiments.cli.interp import interp_app
 
     r = CliRunner()
     base = ["--config", "cpu-tiny"]
@@ -176,7 +176,7 @@ def test_cli_maps_and_report(run, tmp_path):
     assert bad.exit_code == 2 and "--validate-layers" in bad.output
 
     # the SmolLM2 study's tables (docs/INTERP_SMOLLM2.md) read these same outputs
-    from experiments.studies.smollm2_interp_report import (attribution_summary, heads_summary, lens_summary,
+    from rlm_rig.experiments.studies.smollm2_interp_report import (attribution_summary, heads_summary, lens_summary,
                                                             maps_md)
 
     a = attribution_summary(attr_dir)
@@ -195,9 +195,9 @@ def test_cli_maps_and_report(run, tmp_path):
 def test_heads_keep_a_bounded_map_when_every_pair_is_under_the_floor(tiny, run, pairs, tmp_path):
     """A worker whose edit barely moves the two answer tokens (SmolLM2) leaves every pair under
     `min_denominator`: the ratio-of-sums map is then empty, and the KL-recovery map still answers."""
-    from interp.profile import load_interp_config
-    from interp.jobs import KL_METRIC, heads_job
-    from interp.stats.means import RATIO_METRIC
+    from rlm_rig.interp.profile import load_interp_config
+    from rlm_rig.interp.jobs import KL_METRIC, heads_job
+    from rlm_rig.interp.stats.means import RATIO_METRIC
 
     cfg, spec, _ = load_interp_config("cpu-tiny", dict(min_denominator=1e9, head_positions=["last"],
                                                        directions=["denoise"], layers=[0, 1]))

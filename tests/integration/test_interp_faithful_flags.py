@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli.interp import interp_app
+from rlm_rig.experiments.cli.interp import interp_app
 from demo_run import make_demo_run
-from interp.methods.faithfulness import FAITHFULNESS_FILE
-from interp.methods.probes import run_probes
+from rlm_rig.interp.methods.faithfulness import FAITHFULNESS_FILE
+from rlm_rig.interp.methods.probes import run_probes
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_probes_count_and_can_drop_unfaithful_sub_calls(captured):
 
 def test_aggregation_flags_each_sub_call(captured, tmp_path):
     run, cap, cfg, victim, _ = captured
-    from interp.jobs import aggregation_job
+    from rlm_rig.interp.jobs import aggregation_job
 
     aggregation_job(run, tmp_path / "agg")
     per_sub = pd.read_csv(tmp_path / "agg" / "aggregation_by_sub_call.csv")

@@ -11,9 +11,9 @@ import json
 import pytest
 
 from demo_run import make_demo_run
-from interp.methods.faithfulness import check_many, summary
-from interp.model import ReplayModel
-from interp.data.selection import iter_sub_calls
+from rlm_rig.interp.methods.faithfulness import check_many, summary
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.selection import iter_sub_calls
 
 pytestmark = pytest.mark.vllm
 
@@ -34,7 +34,8 @@ def _record(run, client):
 
 @pytest.fixture(scope="module")
 def recorded_run(vllm_server, vllm_served_name, tmp_path_factory):
-    from worker import SyncWorker, WorkerClient
+    from rlm_rig.worker.sync import SyncWorker
+    from rlm_rig.worker.client import WorkerClient
 
     run = make_demo_run(tmp_path_factory.mktemp("faith") / "run", n_samples=2, chunks_per_sample=4, lines_per_chunk=6)
     with SyncWorker(WorkerClient(vllm_server, vllm_served_name, concurrency=4, timeout_s=120,
@@ -85,10 +86,10 @@ def test_ask_run_records_ids_and_interp_captures_it(vllm_server, tmp_path):
     """The issue's user story: `ask` against the real worker, then `interp capture` on the ask folder."""
     from typer.testing import CliRunner
 
-    from configs import load_config
-    from controller import Rig
-    from experiments.datasets import load_examples
-    from experiments.cli.interp import interp_app
+    from rlm_rig.configs.load import load_config
+    from rlm_rig.controller.rig import Rig
+    from rlm_rig.experiments.datasets.registry import load_examples
+    from rlm_rig.experiments.cli.interp import interp_app
 
     toy = next(iter(load_examples("oolong-real", "toy")))
     cfg = load_config("cpu-tiny", [f"worker.server.url={vllm_server}", "worker.served_name=tiny"])

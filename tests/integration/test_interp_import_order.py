@@ -5,8 +5,9 @@ from pathlib import Path
 
 CODE = """
 import asyncio
-import interp.methods.capture, interp.methods.patching  # nnsight first, through interp
-from worker import WorkerClient, WorkerError
+import rlm_rig.interp.methods.capture, rlm_rig.interp.methods.patching  # nnsight first, through interp
+from rlm_rig.worker.client import WorkerClient
+from rlm_rig.worker.errors import WorkerError
 
 async def main():
     c = WorkerClient("http://127.0.0.1:9/v1", "m", max_tokens=1, max_retries=0)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.methods.capture import attach_gold, capture_batch, prepare
-from interp.config import InterpConfig
+from rlm_rig.interp.methods.capture import attach_gold, capture_batch, prepare
+from rlm_rig.interp.config import InterpConfig
 from demo_run import make_demo_run
-from interp.model import ReplayModel
-from interp.data.pairs import build_counting_pairs
-from interp.methods.patching import PatchSpec, patched_logits, reference_run
-from interp.data.selection import iter_sub_calls
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.pairs import build_counting_pairs
+from rlm_rig.interp.methods.patching import PatchSpec, patched_logits, reference_run
+from rlm_rig.interp.data.selection import iter_sub_calls
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from interp.methods.capture import attach_gold, prepare, run_capture
-from interp.config import InterpConfig
+from rlm_rig.interp.methods.capture import attach_gold, prepare, run_capture
+from rlm_rig.interp.config import InterpConfig
 from demo_run import make_demo_run
-from interp.model import ReplayModel
-from interp.data.pairs import build_counting_pairs, build_token_pair
-from interp.methods.patching import PatchSpec, patch_pair, patched_logits, reference_run, sweep_specs
-from interp.methods.replay import first_divergence, replay_one
-from interp.data.rolls import count_roll_lines
-from interp.data.selection import iter_sub_calls
-from interp.data.shards import read_index
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.pairs import build_counting_pairs, build_token_pair
+from rlm_rig.interp.methods.patching import PatchSpec, patch_pair, patched_logits, reference_run, sweep_specs
+from rlm_rig.interp.methods.replay import first_divergence, replay_one
+from rlm_rig.interp.data.rolls import count_roll_lines
+from rlm_rig.interp.data.selection import iter_sub_calls
+from rlm_rig.interp.data.shards import read_index
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_capture_shapes_index_and_values(model, run, tmp_path):
     p = prepare(model, it, cfg)
     with torch.no_grad():
         hs = model.hf(**model.batch([p.seq]), output_hidden_states=True).hidden_states
-    from interp.data.shards import load_rows
+    from rlm_rig.interp.data.shards import load_rows
 
     for layer in range(L - 1):  # HF's last hidden state has the final norm applied: compare the others
         r = idx[(idx["sample"] == it.sample) & (idx["sub_call"] == it.sub_call) & (idx["component"] == "resid")

@@ -8,11 +8,11 @@ import json
 import pandas as pd
 import pytest
 
-from interp.methods.capture import run_capture
-from interp.config import InterpConfig
+from rlm_rig.interp.methods.capture import run_capture
+from rlm_rig.interp.config import InterpConfig
 from demo_run import make_demo_run
-from interp.model import ReplayModel
-from interp.data.selection import iter_sub_calls
+from rlm_rig.interp.model import ReplayModel
+from rlm_rig.interp.data.selection import iter_sub_calls
 
 pytestmark = pytest.mark.vllm
 

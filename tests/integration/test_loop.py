@@ -9,9 +9,12 @@ import re
 
 import pytest
 
-from configs import load_config
-from controller import RLM, ReplayLM, RunContext
-from worker import SyncWorker, TransformersWorker, load_tokenizer
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.loop import RLM, RunContext
+from rlm_rig.controller.backends import ReplayLM
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.hf import TransformersWorker
+from rlm_rig.worker.tokens import load_tokenizer
 
 DOC = "".join(f"Line {i}: Travis rolls a d20 and gets {i % 20 + 1}.\n" for i in range(300))
 
@@ -69,7 +72,7 @@ def test_full_loop_records_everything(hf_worker, count_tokens, tmp_path):
     system = t.turns[0].messages_in[0]["content"]
     assert f"{len(DOC):,} characters" in system and "Travis" not in system
     # saved, loadable, identical
-    from records.trajectory import Trajectory
+    from rlm_rig.records.trajectory import Trajectory
 
     assert Trajectory.load(path).model_dump() == t.model_dump()
 
@@ -176,8 +179,8 @@ def test_chunk_tokens_bound_never_undercounts(tiny_model_path, count_tokens):
     ASCII, accented and composed/decomposed Unicode text alike; near the cap the count is exact."""
     import random
 
-    from controller.doctokens import ChunkTokens, batch_counter_for, counter_for, normalizer_form, token_bound
-    from worker import load_fast_tokenizer
+    from rlm_rig.controller.doctokens import ChunkTokens, batch_counter_for, counter_for, normalizer_form, token_bound
+    from rlm_rig.worker.tokens import load_fast_tokenizer
 
     fast = load_fast_tokenizer(str(tiny_model_path))
     form = normalizer_form(fast)
@@ -199,7 +202,7 @@ def test_chunk_tokens_bound_never_undercounts(tiny_model_path, count_tokens):
 
 
 def test_doc_token_counts_are_exact_and_cached_by_hash(tiny_model_path, count_tokens, tmp_path):
-    from controller.doctokens import DocTokenCounts
+    from rlm_rig.controller.doctokens import DocTokenCounts
 
     calls = []
 
@@ -214,8 +217,8 @@ def test_doc_token_counts_are_exact_and_cached_by_hash(tiny_model_path, count_to
 
 
 def test_loop_with_chunk_tokens_keeps_chunks_under_the_cap(hf_worker, count_tokens, tiny_model_path):
-    from controller.doctokens import ChunkTokens, counter_for, normalizer_form
-    from worker import load_fast_tokenizer
+    from rlm_rig.controller.doctokens import ChunkTokens, counter_for, normalizer_form
+    from rlm_rig.worker.tokens import load_fast_tokenizer
 
     fast = load_fast_tokenizer(str(tiny_model_path))
     cfg = load_config("cpu-tiny", ["worker.max_tokens=8", "rlm.chunk_budget_tokens=300"])

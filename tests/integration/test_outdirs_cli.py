@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from experiments.cli import app
+from rlm_rig.experiments.cli import app
 from demo_run import make_demo_run
 from tests.unit.test_outdirs import hashes, read_only, write
 
@@ -36,7 +36,8 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the output folder was checked")
 
-    import interp.jobs
+    import rlm_rig.interp.jobs
+    from rlm_rig import interp
 
     monkeypatch.setattr(interp.jobs, "load_model", refuse)
 
@@ -172,8 +173,8 @@ def test_eval_ask_merge_refuse_other_work_before_any_server(tiny_run, tmp_path):
 
 
 def test_models_never_replace_a_cache_folder_they_did_not_build(tmp_path):
-    from worker import ensure_tiny_model
-    from worker.tiny import TINY_MODEL_DIRNAME
+    from rlm_rig.worker.tiny import ensure_tiny_model
+    from rlm_rig.worker.tiny import TINY_MODEL_DIRNAME
 
     theirs = tmp_path / TINY_MODEL_DIRNAME.format(seed=0)
     write(theirs, {"config.json": "{}", "weights.bin": "theirs"})
@@ -191,7 +192,7 @@ def test_serve_worker_never_touches_a_runs_logs(tiny_run):
 
 
 def test_a_model_cache_folder_with_a_users_file_is_refused_before_building(tmp_path, monkeypatch):
-    import worker.tiny as tiny
+    import rlm_rig.worker.tiny as tiny
 
     target = tmp_path / tiny.TINY_MODEL_DIRNAME.format(seed=0)
     write(target, {tiny._MARKER: json.dumps({"recipe_version": -1}), "config.json": "{}", "NOTES.md": "mine"})
@@ -203,7 +204,7 @@ def test_a_model_cache_folder_with_a_users_file_is_refused_before_building(tmp_p
 
 
 def test_the_study_refuses_in_one_line(tiny_run, tmp_path, capsys):
-    from experiments.studies.smollm2_interp import main
+    from rlm_rig.experiments.studies.smollm2_interp import main
 
     _, run, _ = tiny_run
     before = hashes(run)

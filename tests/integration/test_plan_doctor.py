@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from configs import load_config
-from configs.archs import arch_for
-from experiments.cli._common import interp_section
-from configs.memplan import GiB, make_plan, render
+from rlm_rig.configs.load import load_config
+from rlm_rig.configs.archs import arch_for
+from rlm_rig.experiments.cli._common import interp_section
+from rlm_rig.configs.memplan import GiB, make_plan, render
 
 REPO = Path(__file__).resolve().parents[2]
-RIG = [sys.executable, "-m", "experiments.cli"]
+RIG = [sys.executable, "-m", "rlm_rig.experiments.cli"]
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from repl import CellResult, Sandbox, SandboxLimits, SubCallReply, SubCallRequest
+from rlm_rig.repl.types import CellResult, SandboxLimits, SubCallReply, SubCallRequest
+from rlm_rig.repl.sandbox import Sandbox
 
 PROMPT = "The quick brown fox.\nJumps over the lazy dog.\n" * 10
 

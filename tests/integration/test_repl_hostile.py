@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from repl import CellResult, Sandbox, SandboxLimits, SubCallReply
-from repl.launch import plan_for
+from rlm_rig.repl.types import CellResult, SandboxLimits, SubCallReply
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.launch import plan_for
 
 # As root, "none" runs only where it can drop to an unprivileged uid (issue 20); elsewhere it is refused.
 LAUNCHERS = ["auto", pytest.param("none", marks=pytest.mark.skipif(
@@ -92,7 +93,8 @@ def test_memory_blowup_is_contained(launcher):
 
 def test_cgroup_oom_kill_is_reported_as_memory(monkeypatch):
     """Where a memory cgroup exists, an OOM kill (not just MemoryError) is contained and named."""
-    import repl.sandbox
+    import rlm_rig.repl.sandbox
+    from rlm_rig import repl
 
     # Put the cgroup limit below the address-space cap so the OOM killer, not malloc, stops it.
     monkeypatch.setattr(repl.sandbox, "CGROUP_MEMORY_HEADROOM", -400 * 2**20)

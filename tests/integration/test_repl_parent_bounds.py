@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from repl import Sandbox, SandboxLimits, SubCallReply
-from repl.launch import plan_for
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.types import SandboxLimits, SubCallReply
+from rlm_rig.repl.launch import plan_for
 
 PROJECT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 3.0
@@ -97,7 +98,8 @@ ATTACKS = {
 
 RUNNER = textwrap.dedent(r'''
     import json, sys, time
-    from repl import Sandbox, SandboxLimits, SubCallReply
+    from rlm_rig.repl.sandbox import Sandbox
+    from rlm_rig.repl.types import SandboxLimits, SubCallReply
     attacks = json.loads(sys.argv[1]); launcher = sys.argv[2]; timeout = float(sys.argv[3])
     def status(key):
         for line in open('/proc/self/status'):
@@ -201,8 +203,8 @@ def test_integrity_labels_say_who_vouches_for_prompt_and_answer():
 
 def test_the_kernel_is_not_told_host_paths_and_the_parent_checks_visibility_itself():
     """The start-up config once carried host file names for the kernel to stat (issue 20)."""
-    from repl.launch import KERNEL_DIR
-    from repl.sandbox import _visible_to_kernel
+    from rlm_rig.repl.launch import KERNEL_DIR
+    from rlm_rig.repl.sandbox import _visible_to_kernel
 
     with Sandbox("doc", handler=_echo, limits=SandboxLimits(cell_timeout_s=10)) as box:
         r = box.run_cell("import sys\nprint(sorted(sys._getframe().f_back.f_locals['self'].cfg))")
@@ -234,7 +236,7 @@ def test_cell_nonces_are_not_predictable_from_earlier_ones():
     """The nonce once came from a seeded Mersenne Twister: 312 observed nonces rebuilt its state."""
     import inspect
 
-    from repl import sandbox as sb
+    from rlm_rig.repl import sandbox as sb
 
     src = inspect.getsource(sb)
     assert "secrets.token_hex" in src and "getrandbits" not in src

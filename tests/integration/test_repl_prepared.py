@@ -1,11 +1,12 @@
 """Kernels spawned ahead of time (PreparedKernel) and the rig's KernelPool."""
 
-from controller.kernels import KernelPool
-from repl import PreparedKernel, Sandbox, SandboxLimits
+from rlm_rig.controller.kernels import KernelPool
+from rlm_rig.repl.sandbox import PreparedKernel, Sandbox
+from rlm_rig.repl.types import SandboxLimits
 
 
 def handler(reqs):
-    from repl import SubCallReply
+    from rlm_rig.repl.types import SubCallReply
 
     return [SubCallReply(text=r.chunk.upper()) for r in reqs]
 

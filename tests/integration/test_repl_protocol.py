@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from repl import Sandbox, SandboxError, SandboxLimits
-from repl._kernel.wire import FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.types import SandboxError, SandboxLimits
+from rlm_rig.repl._kernel.wire import FrameDecoder, ProtocolError, decode_json, encode_bytes, encode_json
 
 
 def test_frames_round_trip_in_pieces():
@@ -46,7 +47,7 @@ def test_unstartable_kernel_raises_sandbox_error(monkeypatch):
 
 
 def _no_bwrap(monkeypatch):
-    import repl.launch as launch
+    import rlm_rig.repl.launch as launch
 
     for name in ("bwrap", "unshare"):
         monkeypatch.setitem(launch._plan_cache, launch.plan_key(name, False), None)
@@ -55,7 +56,7 @@ def _no_bwrap(monkeypatch):
 
 def test_auto_launcher_falls_back_when_allowed_and_reports(monkeypatch):
     """An unusable wrapper is skipped when weaker launchers are allowed; the report says which runs."""
-    from repl.launch import plan_for
+    from rlm_rig.repl.launch import plan_for
 
     _no_bwrap(monkeypatch)
     limits = SandboxLimits(cell_timeout_s=5, allow_weak_launchers=True)
@@ -73,7 +74,7 @@ def test_auto_launcher_falls_back_when_allowed_and_reports(monkeypatch):
 
 def test_auto_launcher_as_root_refuses_weaker_launchers(monkeypatch):
     """As root, "auto" does not silently fall back below bubblewrap: the error says what to install."""
-    import repl.launch as launch
+    import rlm_rig.repl.launch as launch
 
     monkeypatch.setattr(launch, "is_root", lambda: True)
     _no_bwrap(monkeypatch)
@@ -97,7 +98,7 @@ def test_run_cell_rejects_non_str():
 
 
 def test_bad_handler_results_become_subcall_errors():
-    from repl import SubCallReply
+    from rlm_rig.repl.types import SubCallReply
 
     def wrong_length(reqs):
         return [SubCallReply(text="only one")]
@@ -112,14 +113,14 @@ def test_repl_imports_no_heavy_dependencies():
     """The rig's controller imports repl early; it must stay stdlib-only (no torch, numpy, ...)."""
     import subprocess
 
-    code = ("import sys, repl\n"
+    code = ("import sys, rlm_rig.repl.sandbox\n"
             "print(sorted(m for m in ('torch', 'numpy', 'transformers', 'pydantic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_keyboard_interrupt_in_handler_propagates_and_next_cell_gets_a_fresh_kernel():
-    from repl import SubCallReply
+    from rlm_rig.repl.types import SubCallReply
 
     calls = []
 
@@ -141,8 +142,8 @@ def test_keyboard_interrupt_in_handler_propagates_and_next_cell_gets_a_fresh_ker
 @pytest.mark.parametrize("launcher", ["unshare", "none"])
 def test_weak_launchers_as_root_drop_to_a_kernel_uid_or_are_refused(launcher):
     """As root, `unshare` and `none` never leave the kernel root on the host (issue 20)."""
-    from repl.launch import plan_for
-    from repl.uids import UID_BASE, UID_COUNT
+    from rlm_rig.repl.launch import plan_for
+    from rlm_rig.repl.uids import UID_BASE, UID_COUNT
 
     lim = SandboxLimits(cell_timeout_s=5, launcher=launcher)
     if plan_for(launcher, network=False) is None:

@@ -20,9 +20,10 @@ from typing import Callable
 
 import pytest
 
-from records.trajectory import CellRecord, Trajectory
-from repl import CellResult, Sandbox, SandboxLimits, SubCallReply
-from repl.launch import plan_for
+from rlm_rig.records.trajectory import CellRecord, Trajectory
+from rlm_rig.repl.types import CellResult, SandboxLimits, SubCallReply
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.launch import plan_for
 
 ALL = ("bwrap", "unshare", "none")
 OS = ("bwrap",)  # outcomes that rest on the OS layers only bubblewrap gives here
@@ -432,10 +433,10 @@ def test_glob_of_dynload_found():
 
 def test_rig_refuses_before_starting_anything_when_no_allowed_launcher_works(monkeypatch, tmp_path):
     """The CLI path: as root without bubblewrap, Rig.start fails first with what to install (exit 2 in the CLI)."""
-    import repl.launch as launch
-    from configs import load_config
-    from controller.rig import Rig
-    from repl import SandboxError
+    import rlm_rig.repl.launch as launch
+    from rlm_rig.configs.load import load_config
+    from rlm_rig.controller.rig import Rig
+    from rlm_rig.repl.types import SandboxError
 
     monkeypatch.setattr(launch, "is_root", lambda: True)
     for name in ("bwrap", "unshare"):
@@ -586,7 +587,8 @@ def _owner(path: str) -> int | None:
 
 RIG = textwrap.dedent("""
     import json, sys
-    from repl import Sandbox, SandboxLimits
+    from rlm_rig.repl.sandbox import Sandbox
+    from rlm_rig.repl.types import SandboxLimits
     sb = Sandbox('doc', handler=lambda r: [], limits=SandboxLimits(launcher=sys.argv[1], cell_timeout_s=120))
     k = sb._kernel
     print(json.dumps({'scratch': str(sb.scratch), 'jail': [str(d) for d in (k.jail.dirs if k.jail else [])],

@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from configs import load_config
-from controller import Rig
-from records.trajectory import Trajectory
-from experiments.datasets import load_examples
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.rig import Rig
+from rlm_rig.records.trajectory import Trajectory
+from rlm_rig.experiments.datasets.registry import load_examples
 from conftest import interruptible
 
 pytestmark = pytest.mark.vllm
@@ -66,7 +66,7 @@ def _vllm_procs(tag: str) -> list[psutil.Process]:
 
 
 def rlm_rig(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -109,7 +109,7 @@ def test_dead_worker_url_is_a_clear_error(tmp_path):
 
 def test_worker_dying_mid_run_is_recorded_not_fatal(toy, tmp_path, tiny_model_path):
     """A worker that dies after the run started: sub_calls fail with recorded errors, the run still ends cleanly."""
-    from worker import ServerSpec, VLLMServer
+    from rlm_rig.worker.server import ServerSpec, VLLMServer
 
     srv = VLLMServer(ServerSpec(model=str(tiny_model_path), served_name="tiny", port=0, dtype="float32",
                                 max_model_len=2048, enforce_eager=True, offline=True), log_dir=tmp_path, name="doomed")
@@ -143,7 +143,7 @@ def test_serve_worker_runs_until_interrupted(tmp_path):
 
     import httpx
 
-    p = subprocess.Popen([sys.executable, "-m", "experiments.cli", "serve-worker", "-c", "cpu-tiny", "--log-dir",
+    p = subprocess.Popen([sys.executable, "-m", "rlm_rig.experiments.cli", "serve-worker", "-c", "cpu-tiny", "--log-dir",
                           str(tmp_path), "--set", "worker.served_name=serve-worker-test"], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     try:
@@ -201,7 +201,7 @@ def test_ask_imports_no_transformers_and_spawns_one_kernel(vllm_server, toy, tmp
     doc.write_text(toy.context)
     script = f"""
 import runpy, sys
-import repl.sandbox as sandbox
+import rlm_rig.repl.sandbox as sandbox
 spawned = []
 _spawn = sandbox.spawn_kernel
 def counting(*a, **kw):

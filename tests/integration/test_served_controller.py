@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from configs import load_config
-from controller import Rig
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.rig import Rig
 from gauges import metric, running_on_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

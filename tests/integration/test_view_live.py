@@ -8,11 +8,14 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from configs import load_config
-from controller import RLM, ReplayLM, RunContext
-from experiments.cli.live import AskProgress
-from interp.progress import PairProgress
-from worker import SyncWorker, TransformersWorker, load_tokenizer
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.loop import RLM, RunContext
+from rlm_rig.controller.backends import ReplayLM
+from rlm_rig.experiments.cli.live import AskProgress
+from rlm_rig.interp.progress import PairProgress
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.hf import TransformersWorker
+from rlm_rig.worker.tokens import load_tokenizer
 
 DOC = "".join(f"line {i}: Grog rolls a {i % 20}.\n" for i in range(300))
 

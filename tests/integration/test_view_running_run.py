@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from records.runlog import RunEnv, RunFolder
-from experiments.cli.view import LiveSite
-from experiments.view import build_site
+from rlm_rig.records.runlog import RunEnv, RunFolder
+from rlm_rig.experiments.cli.view import LiveSite
+from rlm_rig.experiments.view.site import build_site
 from demo_run import make_demo_run
 
 

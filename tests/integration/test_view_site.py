@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 
-from experiments.view import build_site
-from experiments.view.docmap import build_docmap
+from rlm_rig.experiments.view.site import build_site
+from rlm_rig.experiments.view.docmap import build_docmap
 from demo_run import make_demo_run
 from conftest import interruptible
 
@@ -83,7 +83,7 @@ def test_optional_fields_show_when_present(tmp_path):
 def test_view_cli_bad_input(tmp_path):
     from typer.testing import CliRunner
 
-    from experiments.cli import app
+    from rlm_rig.experiments.cli import app
 
     r = CliRunner().invoke(app, ["view", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "is not a folder" in r.output
@@ -103,7 +103,7 @@ def test_serve_is_loopback_only_and_serves_the_site(tmp_path):
 
     rd = make_demo_run(tmp_path / "run", n_samples=2)
     repo = Path(__file__).resolve().parents[2]
-    p = subprocess.Popen([sys.executable, "-m", "experiments.cli", "view", str(rd), "--no-report", "--serve"],
+    p = subprocess.Popen([sys.executable, "-m", "rlm_rig.experiments.cli", "view", str(rd), "--no-report", "--serve"],
                          cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                              preexec_fn=interruptible)
     try:

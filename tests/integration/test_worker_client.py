@@ -10,16 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker import (
-    Completion,
-    ContextLengthError,
-    SyncWorker,
-    WorkerClient,
-    WorkerError,
-    WorkerRequestError,
-    count_chat_tokens,
-    find_free_port,
-)
+from rlm_rig.worker.client import Completion, WorkerClient
+from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.tokens import count_chat_tokens
+from rlm_rig.worker.server import find_free_port
 
 from gauges import running, running_on_server
 

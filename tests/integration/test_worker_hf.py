@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from worker import Completion, SyncWorker, TransformersWorker, count_chat_tokens, count_tokens, load_tokenizer
+from rlm_rig.worker.client import Completion
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.hf import TransformersWorker
+from rlm_rig.worker.tokens import count_chat_tokens, count_tokens, load_tokenizer
 
 PROMPTS = [
     "How many natural twenties were rolled?",

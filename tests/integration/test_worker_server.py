@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker import ServerSpec, ServerStartError, VLLMServer, WorkerError, find_free_port, normalize_base_url
+from rlm_rig.worker.server import ServerSpec, VLLMServer, find_free_port, normalize_base_url
+from rlm_rig.worker.errors import ServerStartError, WorkerError
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def test_stop_kills_every_child(tiny_model_path: Path, tmp_path: Path, worker_po
 _PARENT = textwrap.dedent(
     """
     import sys, time
-    from worker import ServerSpec, VLLMServer
+    from rlm_rig.worker.server import ServerSpec, VLLMServer
     spec = ServerSpec(model=sys.argv[1], served_name="tiny-parent", port=int(sys.argv[2]), dtype="float32",
                       enforce_eager=True, offline=True)
     VLLMServer(spec, log_dir=sys.argv[3], grace_s=5).start()

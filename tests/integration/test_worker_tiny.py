@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.tiny import CHATML_TEMPLATE, SPECIAL_TOKENS, build_tiny_model, ensure_tiny_model, tiny_corpus
+from rlm_rig.worker.tiny import CHATML_TEMPLATE, SPECIAL_TOKENS, build_tiny_model, ensure_tiny_model, tiny_corpus
 
 SAMPLES = [
     "MATT: Roll for initiative. Travis, that's a natural 20!",

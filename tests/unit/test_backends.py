@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from controller import ReplayExhausted, ReplayLM, load_replay
+from rlm_rig.controller.backends import ReplayExhausted, ReplayLM, load_replay
 
 
 def test_formats(tmp_path):

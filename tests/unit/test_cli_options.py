@@ -7,12 +7,12 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from configs.schema import METHOD_NAMES
-from experiments.cli import app
-from experiments.cli.interp import _PAIR_OPTIONS, _STUDY_OPTIONS, interp_app
-from experiments.datasets.registry import names
-from experiments.runs.methods import METHODS
-from interp.config import Component, CorruptionName
+from rlm_rig.configs.schema import METHOD_NAMES
+from rlm_rig.experiments.cli import app
+from rlm_rig.experiments.cli.interp import _PAIR_OPTIONS, _STUDY_OPTIONS, interp_app
+from rlm_rig.experiments.datasets.registry import names
+from rlm_rig.experiments.runs.methods import METHODS
+from rlm_rig.interp.config import Component, CorruptionName
 
 runner = CliRunner()
 

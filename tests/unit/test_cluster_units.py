@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from configs import load_config
-from experiments.runs.cluster import ClusterError, parse_address
-from experiments.runs.replica import pin_to_assigned_gpus
+from rlm_rig.configs.load import load_config
+from rlm_rig.experiments.runs.cluster import ClusterError, parse_address
+from rlm_rig.experiments.runs.replica import pin_to_assigned_gpus
 
 
 def test_profile_pins_are_read_inside_the_replicas_cards():

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import ConfigError, load_config, resolve_profile
+from rlm_rig.configs.load import ConfigError, load_config, resolve_profile
 
 PROFILES = ["a4500x2", "a4500x2-hf", "single-gpu", "cpu-tiny"]
 
@@ -35,7 +35,7 @@ def test_a4500_profile_facts():
 def test_served_controller_command_has_the_verified_flags():
     """The exact vLLM command line the a4500x2 controller starts with (vLLM 0.32.0 + vllm-bnb-plugin:
     --quantization bitsandbytes alone; the plugin sets the load format)."""
-    from worker import ServerSpec, VLLMServer
+    from rlm_rig.worker.server import ServerSpec, VLLMServer
 
     s = load_config("a4500x2").controller.server
     spec = ServerSpec(model="Qwen/Qwen2.5-Coder-14B-Instruct", served_name="controller", port=s.port, device=s.device,
@@ -136,7 +136,7 @@ def test_controller_backend_requirements(tmp_path):
 
 @pytest.mark.parametrize("name", PROFILES + ["cpu-small"])
 def test_profiles_interp_sections_validate(name):
-    from interp.profile import load_interp_config
+    from rlm_rig.interp.profile import load_interp_config
 
     cfg = load_config(name)
     icfg, spec, _ = load_interp_config(name)
@@ -147,6 +147,6 @@ def test_cli_rejects_a_bad_interp_key():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "experiments.cli", "config", "-c", "cpu-tiny", "--set", "interp.batchsize=2"],
+    r = subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", "config", "-c", "cpu-tiny", "--set", "interp.batchsize=2"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "batchsize" in r.stderr and "interp" in r.stderr

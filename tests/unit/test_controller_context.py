@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from configs import load_config
-from controller import RLM, ReplayLM, RunContext
-from controller.context import TRIMMED, ContextFull, ContextGuard, guarded_generate
-from worker.errors import ContextLengthError
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.loop import RLM, RunContext
+from rlm_rig.controller.backends import ReplayLM
+from rlm_rig.controller.context import TRIMMED, ContextFull, ContextGuard, guarded_generate
+from rlm_rig.worker.errors import ContextLengthError
 
 
 def count_chars(messages) -> int:  # 1 token per character: easy arithmetic in the assertions

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from records.answers import find_int
-from experiments.studies.counting import (
+from rlm_rig.records.answers import find_int
+from rlm_rig.experiments.studies.counting import (
     COUNT_INSTRUCTION,
     CountingItem,
     constant_baseline,

@@ -8,13 +8,17 @@ import json
 
 import pytest
 
-from experiments.datasets import DATA_DIR, Example, ExampleFilter, SchemaError, load_examples
-from experiments.datasets.filters import apply_filter, count_tokens, question_type_matches, reservoir_sample
-from experiments.datasets.oolong_real.load import load_oolong_real
-from experiments.datasets.oolong_synth.load import iter_oolong_synth_rows, load_oolong_synth
-from experiments.datasets.oolong_synth.make_sample import build_synth_sample_rows
-from experiments.datasets.oolong_real.score import score_oolong_real
-from experiments.datasets.oolong_synth.score import score_oolong_synth
+from rlm_rig.experiments.datasets.bundled import DATA_DIR
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.filters import ExampleFilter
+from rlm_rig.experiments.datasets.rows import SchemaError
+from rlm_rig.experiments.datasets.registry import load_examples
+from rlm_rig.experiments.datasets.filters import apply_filter, count_tokens, question_type_matches, reservoir_sample
+from rlm_rig.experiments.datasets.oolong_real.load import load_oolong_real
+from rlm_rig.experiments.datasets.oolong_synth.load import iter_oolong_synth_rows, load_oolong_synth
+from rlm_rig.experiments.datasets.oolong_synth.make_sample import build_synth_sample_rows
+from rlm_rig.experiments.datasets.oolong_real.score import score_oolong_real
+from rlm_rig.experiments.datasets.oolong_synth.score import score_oolong_synth
 
 TOY = DATA_DIR / "oolong-real" / "toy.jsonl"
 MINI = DATA_DIR / "oolong-real" / "dnd-mini.jsonl.gz"

@@ -5,9 +5,10 @@ import re
 
 import pytest
 
-from experiments.datasets import ExampleFilter, load_examples
-from experiments.datasets.sniah.score import score_sniah
-from experiments.datasets.sniah.load import NEEDLE_TEMPLATE, build_haystack, filler_sentences, make_sniah_example, sniah_grid
+from rlm_rig.experiments.datasets.filters import ExampleFilter
+from rlm_rig.experiments.datasets.registry import load_examples
+from rlm_rig.experiments.datasets.sniah.score import score_sniah
+from rlm_rig.experiments.datasets.sniah.load import NEEDLE_TEMPLATE, build_haystack, filler_sentences, make_sniah_example, sniah_grid
 
 
 def test_example_has_needle_question_and_gold():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from configs import load_config
-from controller.backends import ReplayLM
-from controller.loop import RLM, RunContext
-from experiments.datasets.views import split_instructions
-from experiments.datasets import load_examples
+from rlm_rig.configs.load import load_config
+from rlm_rig.controller.backends import ReplayLM
+from rlm_rig.controller.loop import RLM, RunContext
+from rlm_rig.experiments.datasets.views import split_instructions
+from rlm_rig.experiments.datasets.registry import load_examples
 
 
 def _ctx(responses: list[str], *more: str) -> RunContext:
@@ -51,9 +51,9 @@ def test_unboxed_replay_controller_is_told_the_format_before_it_answers(toy):
 def test_a_run_failing_only_on_format_shows_format_failures(toy, tmp_path):
     """Unboxed right answers: official score 0, lenient 1, primary failure parse_failure, and the
     report's comparison counts every failure as format-only."""
-    from experiments.analysis.report import write_report
-    from records.runlog import EvalSpec, RunFolder
-    from experiments.runs.evaluate import sample_row
+    from rlm_rig.experiments.analysis.report import write_report
+    from rlm_rig.records.runlog import EvalSpec, RunFolder
+    from rlm_rig.experiments.runs.evaluate import sample_row
 
     rd = tmp_path / "fmt"
     folder = RunFolder(rd)
@@ -114,8 +114,8 @@ def test_cell_error_cap_resets_on_a_good_cell(toy):
 
 
 def test_model_views_are_kept_in_the_spec(toy, tmp_path):
-    from experiments.datasets.views import model_views
-    from records.runlog import EvalSpec, RunFolder
+    from rlm_rig.experiments.datasets.views import model_views
+    from rlm_rig.records.runlog import EvalSpec, RunFolder
 
     spec = EvalSpec(dataset="oolong-real", source="toy")
     spec.model_views = model_views("oolong-real", "direct", toy[0].instructions or split_instructions("oolong-real", toy[0].context))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli.evaluate import loader_options
-from experiments.datasets.edge import generators as g
-from experiments.datasets.edge.scoring import score_absent, score_all_values, score_last_number
-from records.runlog import EvalSpec
-from experiments.runs.examples import iter_examples
-from experiments.datasets import score_output
+from rlm_rig.experiments.cli.evaluate import loader_options
+from rlm_rig.experiments.datasets.edge import generators as g
+from rlm_rig.experiments.datasets.edge.scoring import score_absent, score_all_values, score_last_number
+from rlm_rig.records.runlog import EvalSpec
+from rlm_rig.experiments.runs.examples import iter_examples
+from rlm_rig.experiments.datasets.scoring import score_output
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["needle-sweep", "json-haystack", "multi-needle", "decoys", "absent", "multi-hop"]
@@ -112,7 +112,7 @@ def test_loader_options_from_the_command_line():
 
 
 def test_bad_generator_option_is_one_line_exit_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "experiments.cli", "eval", "--dataset", "absent", "--context-len", "9",
+    r = subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", "eval", "--dataset", "absent", "--context-len", "9",
                         "--out", str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--context-len do(es) not apply to --dataset absent" in r.stderr
     assert "Traceback" not in r.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from records.trajectory import SampleRow, append_jsonl
-from experiments.analysis.paired import mcnemar_exact
+from rlm_rig.records.trajectory import SampleRow, append_jsonl
+from rlm_rig.experiments.analysis.paired import mcnemar_exact
 
 
 def _run(path: Path, method: str, rows: list[tuple[str, str, int, float]]) -> Path:
@@ -43,7 +43,7 @@ def two_runs(tmp_path):
 
 
 def test_paired_report_on_known_runs(two_runs, tmp_path):
-    from experiments.analysis.report import write_report
+    from rlm_rig.experiments.analysis.report import write_report
 
     a, b = two_runs
     out = write_report([a, b], tmp_path / "rep")
@@ -70,7 +70,7 @@ def test_paired_report_on_known_runs(two_runs, tmp_path):
 
 
 def test_one_run_has_nothing_to_pair(two_runs, tmp_path):
-    from experiments.analysis.report import write_report
+    from rlm_rig.experiments.analysis.report import write_report
 
     out = write_report([two_runs[0]], tmp_path / "rep1")
     assert pd.read_csv(out["tables"]["paired"]).empty
@@ -80,9 +80,9 @@ def test_one_run_has_nothing_to_pair(two_runs, tmp_path):
 def test_worker_invalid_rows_are_not_scored_and_are_redone(tmp_path):
     """A row marked error=worker is out of every score, counted in the worker-failures table, and not
     done for --resume; a later valid row for the same id replaces it."""
-    from experiments.analysis.metrics import summarize_run
-    from experiments.analysis.report import write_report
-    from records.runlog import RunFolder
+    from rlm_rig.experiments.analysis.metrics import summarize_run
+    from rlm_rig.experiments.analysis.report import write_report
+    from rlm_rig.records.runlog import RunFolder
 
     rd = _run(tmp_path / "W", "rlm", [("a", "count", 100, 1.0), ("b", "count", 100, 1.0)])
     bad = SampleRow(id="c", dataset="oolong-real", method="rlm", question="q", context_chars=10, gold="1", answer="1",

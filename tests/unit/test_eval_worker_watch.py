@@ -3,8 +3,11 @@ client, a real closed loopback port). It notices /health failing, waits, declare
 and from then on fails every call at once with WorkerDeadError; errors are sorted into kinds."""
 from __future__ import annotations
 
-from worker import ContextLengthError, SyncWorker, WorkerClient, WorkerError, WorkerRequestError, find_free_port
-from worker.watch import WorkerDeadError, WorkerWatch, failure_kind
+from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError
+from rlm_rig.worker.sync import SyncWorker
+from rlm_rig.worker.client import WorkerClient
+from rlm_rig.worker.server import find_free_port
+from rlm_rig.worker.watch import WorkerDeadError, WorkerWatch, failure_kind
 
 
 def test_failure_kinds():

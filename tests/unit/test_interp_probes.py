@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from interp.methods.aggregation import diagnose_aggregation
+from rlm_rig.interp.methods.aggregation import diagnose_aggregation
 from demo_run import make_demo_run
-from interp.methods.probes import probe_layer, shuffle_by_group
+from rlm_rig.interp.methods.probes import probe_layer, shuffle_by_group
 
 
 def _data(signal: float, seed: int = 0, n_chunks: int = 240, rows_per_chunk: int = 2, d: int = 48):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interp.config import InterpConfig
-from interp.data.rolls import RollQuery, corrupt_line_add, corrupt_line_remove, count_roll_lines
-from interp.stats.heatmap_structure import Heatmap, focus_shares, focus_table, heatmap_correlation, heatmap_from_rows
+from rlm_rig.interp.config import InterpConfig
+from rlm_rig.interp.data.rolls import RollQuery, corrupt_line_add, corrupt_line_remove, count_roll_lines
+from rlm_rig.interp.stats.heatmap_structure import Heatmap, focus_shares, focus_table, heatmap_correlation, heatmap_from_rows
 
 POS = ["chunk_before", "edit", "edit_next", "chunk_after", "post_chunk", "last"]
 LAYERS = list(range(0, 30, 3))
@@ -82,7 +82,7 @@ def test_heatmap_from_rows_averages_pairs_and_drops_sanity_groups():
 
 
 def test_kl_recovery_is_bounded_and_median_resists_outlier_pairs():
-    from interp.stats.heatmap_structure import kl_recovery
+    from rlm_rig.interp.stats.heatmap_structure import kl_recovery
 
     rows = pd.DataFrame(dict(kl_from_corrupt=[0.0, 2.0, 1.0, 0.0], kl_from_clean=[3.0, 0.0, 1.0, 0.0]))
     rec = kl_recovery(rows)

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from interp.config import InterpConfigError
-from interp.profile import load_interp_config
+from rlm_rig.interp.config import InterpConfigError
+from rlm_rig.interp.profile import load_interp_config
 from demo_run import make_demo_run, worker_messages
-from interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
-from interp.config import InterpConfig
-from interp.stats.patch_metrics import patch_metrics
-from interp.data.rolls import (
+from rlm_rig.interp.gpu import ReleaseError, release_worker_gpu, read_pid_file
+from rlm_rig.interp.config import InterpConfig
+from rlm_rig.interp.stats.patch_metrics import patch_metrics
+from rlm_rig.interp.data.rolls import (
     chunk_gold, corrupt_add, corrupt_alter, corrupt_remove, count_roll_lines, find_mentions, parse_count,
     parse_value_filter,
 )
-from interp.data.selection import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
-from interp.data.shards import ShardWriter, load_rows, read_index
-from interp.stats.means import aggregate
-from records.stats import mean_ci
+from rlm_rig.interp.data.selection import RunDirError, Selection, SubCallRef, iter_sub_calls, locate_chunk
+from rlm_rig.interp.data.shards import ShardWriter, load_rows, read_index
+from rlm_rig.interp.stats.means import aggregate
+from rlm_rig.records.stats import mean_ci
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_run_is_a_valid_trajectory():
-    Trajectory = pytest.importorskip("records.trajectory").Trajectory
+    Trajectory = pytest.importorskip("rlm_rig.records.trajectory").Trajectory
     d = make_demo_run(Path(__import__("tempfile").mkdtemp()), n_samples=1)
     t = Trajectory.load(next((d / "trajectories").glob("*.json")))
     assert t.sub_calls and t.sub_calls[0].messages[1]["role"] == "user"
@@ -214,7 +214,7 @@ def test_release_stops_only_a_vllm_process(tmp_path):
 
 
 def test_roll_query_filters():
-    from interp.data.rolls import RollQuery, parse_roll_query
+    from rlm_rig.interp.data.rolls import RollQuery, parse_roll_query
 
     ctx = "Laura plays the character Vex'ahlia.\nTravis plays the character Grog.\n"
     text = "Laura: I rolled a 15.\nTravis: I rolled a 3.\nLaura: natural 20!\nLaura: we went on.\nTravis: he said no."
@@ -255,7 +255,7 @@ def test_nested_rlm_worker_calls_are_walked(tmp_path):
 
 
 def test_denominator_warnings_name_the_floor_and_the_16bit_rounding():
-    from interp.stats.means import denominator_warnings
+    from rlm_rig.interp.stats.means import denominator_warnings
 
     # SmolLM2 in bfloat16: 5 of 6 denominators exactly 0 (measured, docs/INTERP_SMOLLM2.md)
     w = denominator_warnings([0.0, 0.0, 0.0, 0.125, 0.0, 0.0], "bfloat16", 0.1)

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller import prompts
-from records.trajectory import CapEvent, CellRecord, ControllerTurn, SampleRow, SubCallRecord, Trajectory
-from experiments.analysis.failures import FAILURE_PRECEDENCE, FORMAT_ERROR_PREFIX, classify_failure
-from experiments.analysis.metrics import (
+from rlm_rig.controller import prompts
+from rlm_rig.records.trajectory import CapEvent, CellRecord, ControllerTurn, SampleRow, SubCallRecord, Trajectory
+from rlm_rig.experiments.analysis.failures import FAILURE_PRECEDENCE, FORMAT_ERROR_PREFIX, classify_failure
+from rlm_rig.experiments.analysis.metrics import (
     bootstrap_ci,
     covered_chars,
     leaf_utilization,

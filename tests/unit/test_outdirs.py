@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from records.outdirs import MANIFEST, OutDirError, claim, claim_file, record, relocate, staged
+from rlm_rig.records.outdirs import MANIFEST, OutDirError, claim, claim_file, record, relocate, staged
 
 
 def hashes(root: Path) -> dict[str, str]:
@@ -305,7 +305,7 @@ def test_a_folder_made_for_another_command_is_its_own(tmp_path):
 def test_a_second_eval_into_a_running_evals_folder_is_refused(tmp_path):
     """Fresh-eyes probe: a second `eval --out D` while the first is on its first example (no samples line yet)
     passed the claim. The running eval holds the folder's lock for its whole run."""
-    from records.runlog import RunFolder
+    from rlm_rig.records.runlog import RunFolder
 
     held = RunFolder(tmp_path / "D").claim("eval")
     with pytest.raises(OutDirError, match="in use by another rig command"):

@@ -1,5 +1,5 @@
 """Controller output parsing: fences, FINAL / FINAL_VAR rules, stopping after one cell."""
-from controller.parsing import closed_cell_end, find_final, parse_turn, truncate_cell
+from rlm_rig.controller.parsing import closed_cell_end, find_final, parse_turn, truncate_cell
 
 
 def test_repl_and_python_fences_are_code_other_languages_are_not():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from records.runlog import RunFolder
+from rlm_rig.records.runlog import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOMS = ("configs", "worker", "repl", "controller", "interp", "experiments", "bench")

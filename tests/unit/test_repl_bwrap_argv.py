@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repl.launch import Plan, bwrap_prefix
+from rlm_rig.repl.launch import Plan, bwrap_prefix
 
 
 def test_tmp_is_mounted_before_the_interpreter_binds(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Model output printed to an operator's terminal shows escape sequences instead of obeying them (issue 20)."""
 from __future__ import annotations
 
-from repl.text import terminal_safe
+from rlm_rig.repl.text import terminal_safe
 
 
 def test_control_and_escape_sequences_are_shown_not_obeyed():
@@ -22,7 +22,7 @@ def test_remove_tree_removes_a_link_and_never_touches_its_target(tmp_path):
     `chmod -R` fallback then changed the mode of the link's target outside the sandbox."""
     import os
 
-    from repl.scratch import remove_tree
+    from rlm_rig.repl.scratch import remove_tree
 
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -42,7 +42,7 @@ def test_the_janitor_leaves_a_live_pids_things_alone(tmp_path):
     import os
     import subprocess
 
-    from repl.cleanup import JANITOR
+    from rlm_rig.repl.cleanup import JANITOR
 
     leases = tmp_path / "leases"
     leases.mkdir()

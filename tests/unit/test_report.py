@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from records.trajectory import (
+from rlm_rig.records.trajectory import (
     CapEvent,
     CellRecord,
     ControllerTurn,
@@ -20,8 +20,8 @@ from records.trajectory import (
     Trajectory,
     append_jsonl,
 )
-from experiments.analysis.metrics import load_run, summarize_run
-from experiments.analysis.report import write_report
+from rlm_rig.experiments.analysis.metrics import load_run, summarize_run
+from rlm_rig.experiments.analysis.report import write_report
 
 NOW = datetime.now(timezone.utc).isoformat()
 

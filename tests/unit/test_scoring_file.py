@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from experiments.datasets import canonical_dataset, score_file, score_output
-from experiments.datasets.scoring import score_example
+from rlm_rig.experiments.datasets.scoring import canonical_dataset, score_file, score_output
+from rlm_rig.experiments.datasets.scoring import score_example
 
 
 def _write(path, rows):
@@ -106,7 +106,7 @@ def test_dataset_names():
 
 
 def test_score_example_gives_official_and_lenient():
-    from experiments.datasets.oolong_real.load import load_oolong_real
+    from rlm_rig.experiments.datasets.oolong_real.load import load_oolong_real
 
     ex = next(iter(load_oolong_real("toy")))  # gold "1"
     strict, lenient = score_example(ex, "There was 1 roll.")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.datasets.boxed import extract_boxed, find_boxes
-from experiments.datasets.oolong_real.score import (
+from rlm_rig.experiments.datasets.boxed import extract_boxed, find_boxes
+from rlm_rig.experiments.datasets.oolong_real.score import (
     parse_dnd_answer,
     parse_dnd_response,
     score_dnd_parsed,

@@ -5,13 +5,13 @@ import datetime as dt
 
 import pytest
 
-from experiments.datasets.oolong_synth.score import (
+from rlm_rig.experiments.datasets.oolong_synth.score import (
     parse_synth_gold,
     parse_synth_response,
     score_oolong_synth,
     score_oolong_synth_lenient,
 )
-from experiments.datasets.sniah.score import score_sniah
+from rlm_rig.experiments.datasets.sniah.score import score_sniah
 
 LABEL, NUM, DATE, CMP, USER = (
     "ANSWER_TYPE.LABEL", "ANSWER_TYPE.NUMERIC", "ANSWER_TYPE.DATE", "ANSWER_TYPE.COMPARISON", "ANSWER_TYPE.USER",

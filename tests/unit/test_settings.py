@@ -14,12 +14,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from configs import RENAMED, ConfigError, load_config, validate_config
-from configs.schema import ClusterConfig, EvalSettings, RigConfig
-from controller.settings import ControllerSettings, RLMSettings
-from interp.config import InterpConfig
-from repl.types import SandboxLimits
-from worker.settings import DEFAULT_DTYPE, ServerSettings, WatchSettings, WorkerSettings
+from rlm_rig.configs.load import RENAMED, ConfigError, load_config, validate_config
+from rlm_rig.configs.schema import ClusterConfig, EvalSettings, RigConfig
+from rlm_rig.controller.settings import ControllerSettings, RLMSettings
+from rlm_rig.interp.config import InterpConfig
+from rlm_rig.repl.types import SandboxLimits
+from rlm_rig.worker.settings import DEFAULT_DTYPE, ServerSettings, WatchSettings, WorkerSettings
 
 ROOM_TYPES = (WorkerSettings, ServerSettings, WatchSettings, SandboxLimits, ControllerSettings, RLMSettings, InterpConfig)
 
@@ -43,11 +43,11 @@ def param_defaults(fn) -> dict[str, object]:
 
 def construction_paths():
     """(what, its keyword defaults, the settings type they must agree with, renames param -> field)."""
-    from interp.model import ReplayModel
-    from worker.client import WorkerClient
-    from worker.hf import TransformersWorker
-    from worker.server import ServerSpec
-    from worker.watch import WorkerWatch
+    from rlm_rig.interp.model import ReplayModel
+    from rlm_rig.worker.client import WorkerClient
+    from rlm_rig.worker.hf import TransformersWorker
+    from rlm_rig.worker.server import ServerSpec
+    from rlm_rig.worker.watch import WorkerWatch
 
     return [
         ("WorkerClient", param_defaults(WorkerClient.__init__), WorkerSettings, {"concurrency": "max_connections"}),

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from records.trajectory import CellRecord, ControllerTurn, SubCallRecord, Trajectory
-from experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE, classify_cells, classify_trajectory
+from rlm_rig.records.trajectory import CellRecord, ControllerTurn, SubCallRecord, Trajectory
+from rlm_rig.experiments.analysis.code_strategies import NO_CONTROLLER, STRATEGY_PRECEDENCE, classify_cells, classify_trajectory
 
 
 def labels(*cells: str) -> set[str]:
@@ -55,7 +55,7 @@ def test_replay_controller_of_the_cpu_profile() -> None:
     from importlib.resources import files
 
     replay = yaml.safe_load((files("configs") / "replays" / "chunk-count.yaml").read_text())
-    from controller.parsing import parse_turn
+    from rlm_rig.controller.parsing import parse_turn
 
     codes = [parse_turn(r).code for r in replay["responses"]]
     res = classify_cells([c for c in codes if c is not None])

@@ -1,9 +1,9 @@
 """Edge-case generators with exact gold, each a dataset of its own for ``rlm-rig eval --dataset NAME``:
 needle-sweep, json-haystack, multi-needle, decoys, absent, multi-hop (see generators.py)."""
-from experiments.datasets.edge import generators as g
-from experiments.datasets.edge import scoring as s
-from experiments.datasets.filters import apply_filter
-from experiments.datasets.registry import Dataset, register
+from rlm_rig.experiments.datasets.edge import generators as g
+from rlm_rig.experiments.datasets.edge import scoring as s
+from rlm_rig.experiments.datasets.filters import apply_filter
+from rlm_rig.experiments.datasets.registry import Dataset, register
 
 _SPLIT = "instructions = the generator's answer-format line (not in the context); question = the generated question"
 _OPTIONS = ("lengths", "positions", "per_cell", "seed")

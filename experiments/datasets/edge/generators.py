@@ -12,8 +12,8 @@ import json
 import random
 from typing import Iterable, Iterator
 
-from experiments.datasets.example import Example
-from experiments.datasets.sniah.load import NEEDLE_TEMPLATE, QUESTION_TEMPLATE, filler_sentences, make_key_value
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.sniah.load import NEEDLE_TEMPLATE, QUESTION_TEMPLATE, filler_sentences, make_key_value
 
 SWEEP_POSITIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NUMBER_ONLY = "Answer with the number only."

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from experiments.datasets.result import ScoreResult
+from rlm_rig.experiments.datasets.result import ScoreResult
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 _SEVEN = re.compile(r"\b\d{7}\b")

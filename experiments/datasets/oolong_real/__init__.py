@@ -1,7 +1,7 @@
 """OOLONG-real (Critical Role D&D transcripts; roll and spell counts): loader and official scorer."""
-from experiments.datasets.oolong_real.load import HF_REPO, load_oolong_real
-from experiments.datasets.oolong_real.score import score_oolong_real, score_oolong_real_lenient
-from experiments.datasets.registry import Dataset, register
+from rlm_rig.experiments.datasets.oolong_real.load import HF_REPO, load_oolong_real
+from rlm_rig.experiments.datasets.oolong_real.score import score_oolong_real, score_oolong_real_lenient
+from rlm_rig.experiments.datasets.registry import Dataset, register
 
 register(Dataset(
     name="oolong-real",

@@ -26,9 +26,9 @@ from __future__ import annotations
 import re
 from typing import Union
 
-from records.answers import find_int, partial_credit
-from experiments.datasets.boxed import extract_boxed, find_boxes, unwrap_braces
-from experiments.datasets.result import Confidence, ScoreResult
+from rlm_rig.records.answers import find_int, partial_credit
+from rlm_rig.experiments.datasets.boxed import extract_boxed, find_boxes, unwrap_braces
+from rlm_rig.experiments.datasets.result import Confidence, ScoreResult
 
 DndAnswer = Union[int, str, list[str]]
 

@@ -1,7 +1,7 @@
 """OOLONG-synth (labelled records aggregated over long windows): loader and official scorer."""
-from experiments.datasets.oolong_synth.load import HF_REPO, load_oolong_synth
-from experiments.datasets.oolong_synth.score import score_oolong_synth, score_oolong_synth_lenient
-from experiments.datasets.registry import Dataset, register
+from rlm_rig.experiments.datasets.oolong_synth.load import HF_REPO, load_oolong_synth
+from rlm_rig.experiments.datasets.oolong_synth.score import score_oolong_synth, score_oolong_synth_lenient
+from rlm_rig.experiments.datasets.registry import Dataset, register
 
 
 def _needs_type(scorer):  # synth scores depend on the row's answer type

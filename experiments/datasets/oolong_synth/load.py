@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from experiments.datasets.bundled import resolve_bundled
-from experiments.datasets.example import Example
-from experiments.datasets.filters import ExampleFilter, apply_filter
-from experiments.datasets.rows import FieldSpec, iter_hf_stream, iter_local, validate_row
+from rlm_rig.experiments.datasets.bundled import resolve_bundled
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.filters import ExampleFilter, apply_filter
+from rlm_rig.experiments.datasets.rows import FieldSpec, iter_hf_stream, iter_local, validate_row
 
 DATASET = "oolong-synth"
 HF_REPO = "oolongbench/oolong-synth"

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from experiments.datasets.bundled import DATA_DIR
+from rlm_rig.experiments.datasets.bundled import DATA_DIR
 
 LABELS = ("abbreviation", "entity", "description and abstract concept", "human being", "location", "numeric value")
 _TEMPLATES = {

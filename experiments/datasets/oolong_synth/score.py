@@ -31,8 +31,8 @@ import datetime as _dt
 import re
 from typing import Any
 
-from records.answers import partial_credit
-from experiments.datasets.result import Confidence, ScoreResult
+from rlm_rig.records.answers import partial_credit
+from rlm_rig.experiments.datasets.result import Confidence, ScoreResult
 
 COMPARISON_PHRASES = ("more common", "less common", "same frequency")
 NUMERIC = "ANSWER_TYPE.NUMERIC"

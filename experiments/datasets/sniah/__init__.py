@@ -1,7 +1,7 @@
 """S-NIAH (a magic number hidden in filler at a chosen depth): generator and scorer."""
-from experiments.datasets.registry import Dataset, register
-from experiments.datasets.sniah.load import load_sniah
-from experiments.datasets.sniah.score import score_sniah
+from rlm_rig.experiments.datasets.registry import Dataset, register
+from rlm_rig.experiments.datasets.sniah.load import load_sniah
+from rlm_rig.experiments.datasets.sniah.score import score_sniah
 
 
 def _load(source, *, split="test", filters=None, **options):

@@ -16,8 +16,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
-from experiments.datasets.example import Example
-from experiments.datasets.filters import ExampleFilter, TokenCounter, apply_filter, count_tokens
+from rlm_rig.experiments.datasets.example import Example
+from rlm_rig.experiments.datasets.filters import ExampleFilter, TokenCounter, apply_filter, count_tokens
 
 DATASET = "sniah"
 NEEDLE_TEMPLATE = "The special magic number for {key} is {value}."

@@ -1,7 +1,7 @@
 """S-NIAH scoring: RULER's single-needle metric, a case-insensitive substring match."""
 from __future__ import annotations
 
-from experiments.datasets.result import ScoreResult
+from rlm_rig.experiments.datasets.result import ScoreResult
 
 
 def score_sniah(output: str | None, gold: object) -> ScoreResult:
