@@ -46,3 +46,16 @@ def test_run_folder_round_trips_through_interp(tmp_path, items, tiny_model_path)
 def test_lengths_must_match(tmp_path, items):
     with pytest.raises(ValueError, match="answers"):
         write_counting_run(tmp_path, items, [WorkerAnswer("1")], worker_model="x", worker_config={})
+
+
+@pytest.mark.vllm
+def test_the_study_worker_comes_from_the_profile_through_the_rig(tmp_path, items, vllm_server):
+    """profile_worker (the SmolLM2 study and its bench) builds the worker from a profile with the Rig, as
+    `eval` does: here cpu-tiny, attached to the session's server, with the study's max_tokens override."""
+    from rlm_rig.experiments.studies.counting_run import profile_worker
+
+    with profile_worker("cpu-tiny", tmp_path, url=vllm_server, served_name="tiny",
+                        overrides=["worker.max_tokens=4"]) as rig:
+        assert rig.worker_server is None and rig.cfg.worker.max_tokens == 4 and rig.cfg.name == "cpu-tiny"
+        answers = answer_items(rig.worker, items[:2], max_tokens=4)
+    assert [a.error for a in answers] == [None, None] and all(a.token_ids for a in answers)
