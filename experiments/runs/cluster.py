@@ -10,6 +10,7 @@ sandboxes), then kills the actors; a cluster this driver started (``local``) goe
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -285,7 +286,7 @@ class _Driver:
 
     def _write_start(self, first: Example | None) -> None:
         flags = {"ray": self.address, "replicas": self.n, "cluster": self.cfg.cluster.model_dump(mode="json"),
-                 "worker_server": self.cfg.worker.server.model_dump(mode="json")}
+                 "worker_server": dataclasses.asdict(self.cfg.worker.server)}
         if self.resume:
             self.folder.write_env(self.cfg, flags)
             prev = self.folder.read_results()

@@ -55,9 +55,9 @@ def test_the_janitor_leaves_a_live_pids_things_alone(tmp_path):
     live.mkdir()
     janitor_for(os.getpid())  # this pid is alive: a rig that exec'd, or a new one on a reused pid
     assert live.is_dir()
-    dead_pid = subprocess.Popen(["true"]).pid
-    subprocess.run(["true"])
-    os.waitpid(dead_pid, 0)
+    child = subprocess.Popen(["true"])
+    child.wait()  # exited and reaped: its pid is gone
+    dead_pid = child.pid
     gone = tmp_path / f"rlm-repl-{dead_pid}-scratch"
     gone.mkdir()
     janitor_for(dead_pid)
