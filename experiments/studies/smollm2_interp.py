@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validate-layers", default="0,15")
     ap.add_argument("--stages", default="run,capture,probe,attribute,lens,heads,patch,structure,report")
     ap.add_argument("--force", action="store_true", help="redo stages whose output exists")
-    ap.add_argument("--docs-dir", default=None, help="also copy the figures docs/INTERP_SMOLLM2.md shows here (docs)")
+    ap.add_argument("--docs-dir", default=None, help="also copy the figures docs/INTERP_SMOLLM2.md shows here (docs); "
+                    "files of the same names there are replaced: name a folder meant for them")
     args = ap.parse_args(argv)
 
     out = Path(args.out)
