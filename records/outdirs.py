@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -80,16 +81,22 @@ class _Lock:
     """An exclusive flock on the output folder, held while a command works in it (two commands, or two runs of
     one, never write one folder at once). The kernel drops it when the process dies, so a kill leaves none."""
 
-    def __init__(self, folder: Path, shown: Path):
+    def __init__(self, folder: Path, shown: Path, wait_s: float = 0.0):
         self.made = None if folder.exists() else folder  # a folder the claim made, removed again if left empty
         folder.mkdir(parents=True, exist_ok=True)
         self.fd: int | None = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.release()
-            raise OutDirError(f"--out {shown} is in use by another rig command right now; wait for it, "
-                              f"or choose another folder") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.25)
+        self.release()
+        raise OutDirError(f"--out {shown} is in use by another rig command right now; wait for it, "
+                          f"or choose another folder")
 
     def release(self) -> None:
         if self.fd is not None:
@@ -182,7 +189,7 @@ def _check_ancestors(real: Path, shown: Path) -> None:
 
 def claim(out: str | Path | OutDir, command: str, *, inputs: Iterable[str | Path] = (), force: bool = False,
           replace_own: bool = False, writes: Iterable[str] = (), empty_or_own: bool = False,
-          hold: bool = False, accept: Iterable[str] = ()) -> OutDir:
+          hold: bool = False, accept: Iterable[str] = (), wait_s: float = 0.0) -> OutDir:
     """Check that ``command`` may write into ``out`` and return the claim; raise ``OutDirError`` otherwise.
 
     ``inputs``: folders the command reads (a run, a capture): ``out`` may be neither one of them nor an ancestor.
@@ -235,7 +242,7 @@ def claim(out: str | Path | OutDir, command: str, *, inputs: Iterable[str | Path
                               f"choose another folder")
     lock = None
     if hold:
-        lock = _Lock(real, path)
+        lock = _Lock(real, path, wait_s)
     return OutDir(path, command, force, own, real, lock)
 
 

@@ -252,7 +252,8 @@ class RunFolder:
         resume it) or records.outdirs.OutDirError; then marks it ours and holds its lock (keep the returned
         claim alive while the run writes: a second run into the folder is refused meanwhile)."""
         if resume:
-            return claim(self.path, "eval", replace_own=True, accept=("merge",), hold=True)
+            # a killed run's processes may still be letting go of the folder: wait for them a little
+            return claim(self.path, "eval", replace_own=True, accept=("merge",), hold=True, wait_s=120.0)
         if self.samples_path.exists() and read_jsonl(self.samples_path):
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")

@@ -39,11 +39,12 @@ def ensure_ours(target: Path, marker: str) -> None:
     and it holds nothing but what a build writes (a file the user added there is never deleted)."""
     if not target.exists():
         return
-    if not (target / marker).is_file():
-        raise FileExistsError(f"{target} exists and was not built by rlm-rig (no {marker}); move it away or set "
-                              f"RLM_RIG_CACHE to another folder")
     extra = sorted(str(p.relative_to(target)) for p in target.rglob("*")
                    if not p.is_dir() and str(p.relative_to(target)) not in MODEL_BUILD_FILES | {marker})
+    if extra and not (target / marker).is_file():
+        raise FileExistsError(f"{target} exists and was not built by rlm-rig (it holds {extra[0]}); move it away or "
+                              f"set RLM_RIG_CACHE to another folder")
     if extra:
         raise FileExistsError(f"{target} is an older rlm-rig build but also holds {extra[0]}, which the rig did not "
                               f"write; move it away and run again")
+    # only a build's own file names: the rig's build of another recipe, or one that lost its marker

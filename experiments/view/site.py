@@ -394,8 +394,8 @@ def _interp_pages(w: _Writer, run: RunData, rv: dict[str, Any], interp: InterpDa
         back = (f"../sample/{stem}.html#sc-" + "-".join(map(str, [*path, sc_id]))) if stem in stems else None
         page = f"{_safe(ikey)}__{sc_id}.html"
         entry = {"key": f"{ikey}:{sc_id}", "page": page, "back": back, "sc": sc,
-                 "replay": interp.methods.replay.get(key), "chunk": interp.chunk.get(key),
-                 "verdict": chunk_verdict(interp.chunk.get(key)), "pairs": interp.data.pairs.get(key, []),
+                 "replay": interp.replay.get(key), "chunk": interp.chunk.get(key),
+                 "verdict": chunk_verdict(interp.chunk.get(key)), "pairs": interp.pairs.get(key, []),
                  "extra": interp.extra.get(key, {})}
         entries.append(entry)
         w.page(f"{rv['base']}/interp/{page}", "interp_sub_call.html", title=f"interp {entry['key']}", run=rv,
