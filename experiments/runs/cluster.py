@@ -440,7 +440,10 @@ class _Driver:
                 r = refs[ref]
                 try:
                     got = ray.get(ref)
-                except Exception:  # noqa: BLE001 - died while stopping: its servers die with it (worker.server)
+                except Exception as e:  # noqa: BLE001 - died (an idle replica's death is seen here first)
+                    if r.status in ("running", "starting"):
+                        r.status, r.reason = "dead", _first_line(e)
+                        self.log(f"replica {r.id} dead: {r.reason} (noticed when stopping: it held no example)")
                     continue
                 for name, text in got.pop("logs", {}).items():
                     atomic_write_text(self.folder.path / "logs" / f"replica{r.id}-{name}", text)
