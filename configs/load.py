@@ -154,6 +154,11 @@ def validate_config(data: dict[str, Any], where: str = "<config>", *, check_file
         cfg = RigConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation(e, where)) from None
+    if check_files and cfg.rlm.tools:  # a tool that cannot be imported fails here, before any server starts
+        try:
+            cfg.rlm.import_tools()
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     replay = cfg.controller.replay_file
     if check_files and cfg.controller.backend == "replay" and replay and not Path(replay).expanduser().exists():
         raise ConfigError(f"{where}: controller.replay_file {replay!r} does not exist")

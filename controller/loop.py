@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlm_rig.configs.schema import RigConfig
-from rlm_rig.controller import prompts
+from rlm_rig.controller import dialects, prompts
 from rlm_rig.controller.caps import RunCaps, cell_failed
 from rlm_rig.controller.backends import ControllerLM, ReplayLM
 from rlm_rig.controller.doctokens import ChunkTokens
 from rlm_rig.controller.context import ContextFull, ContextGuard, estimate_tokens, guarded_generate
 from rlm_rig.controller.parsing import parse_turn
 from rlm_rig.records.trajectory import CapEvent, CellRecord, ControllerTurn, Trajectory
-from rlm_rig.controller.subcalls import ChatMany, SubCallBudget, SubCallRouter
+from rlm_rig.controller.subcalls import ChatMany, SharedTokens, SubCallBudget, SubCallRouter
+from rlm_rig.controller.tools import ToolRunner, import_tools, tool_docs
+from rlm_rig.repl.context import PackedContext, pack_context
 from rlm_rig.repl.sandbox import Sandbox
 from rlm_rig.worker.watch import WorkerDeadError, failure_kind
 
@@ -63,14 +65,30 @@ class RunContext:
     # progress hook for live displays: called with ("turn" | "cell" | "cell_done" | "done", trajectory), root run only
     on_event: Callable[[str, Trajectory], None] | None = None
     context_window: int | None = None  # the controller's window in tokens: None leaves turns unguarded
+    # plain JSON-able data put in the REPL next to the document (Python API: Rig.ask(extra_globals=...))
+    extra_globals: dict[str, Any] | None = None
 
 
 class RLM:
-    def __init__(self, ctx: RunContext, *, depth: int = 0, budget: SubCallBudget | None = None):
+    def __init__(self, ctx: RunContext, *, depth: int = 0, budget: SubCallBudget | None = None,
+                 tokens: SharedTokens | None = None, t0: float | None = None):
+        """A nested RLM gets its parent's ``budget`` (sub_calls), ``tokens`` (controller tokens) and ``t0``
+        (the root's start, for the wall clock): every level spends the same budgets."""
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.depth = depth
         self.budget = budget or SubCallBudget(self.cfg.rlm.max_sub_calls)
+        self.tokens = tokens or SharedTokens()
+        self.t0 = t0
+        self.tools = import_tools(self.cfg.rlm.tools) if self.cfg.rlm.tools else {}
+
+    def budgets_left(self) -> dialects.Budgets:
+        """What a child is told remains of the shared budgets."""
+        wall = self.cfg.rlm.max_example_wall_s
+        left = None if wall is None or self.t0 is None else max(0.0, wall - (time.perf_counter() - self.t0))
+        return dialects.Budgets(sub_calls=max(0, self.budget.limit - self.budget.used),
+                                controller_tokens=max(0, self.cfg.rlm.max_controller_tokens - self.tokens.used),
+                                wall_s=left)
 
     # -- helpers --------------------------------------------------------------------------
     def _nested_runner(self) -> Any:
@@ -78,7 +96,7 @@ class RLM:
             return None
 
         def run_nested(chunk: str, instruction: str, depth: int) -> tuple[str | None, Trajectory]:
-            child = RLM(self.ctx, depth=depth, budget=self.budget)
+            child = RLM(self.ctx, depth=depth, budget=self.budget, tokens=self.tokens, t0=self.t0)
             t = child.run(chunk, instruction, run_id=f"nested-{uuid.uuid4().hex[:8]}")
             return t.final_answer, t
 
@@ -100,13 +118,17 @@ class RLM:
         return prompts.cell_feedback(
             out, truncated_from=truncated_from, notices=notices, iteration=cell.turn + 1,
             max_iterations=self.cfg.rlm.max_iterations,
+            **({"finish": dialects.OFFICIAL_FINISH} if self.cfg.rlm.dialect == "official" else {}),
         )
 
     # -- the loop -------------------------------------------------------------------------
-    def run(self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None,
+    def run(self, doc: "str | list | dict | PackedContext", question: str, *, run_id: str | None = None, save_to: str | Path | None = None,
             instructions: str | None = None) -> Trajectory:
         """``instructions``: the dataset's task instructions (answer format etc.), told to the controller
-        next to the question; ``doc`` (the REPL's ``prompt``) stays unchanged."""
+        next to the question; ``doc`` (the REPL's ``prompt``, or ``context`` under the official dialect) stays
+        unchanged: a str, or a list / dict of items (repl/context.py)."""
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
         return _Run(self, doc, question, run_id=run_id, save_to=save_to, instructions=instructions).execute()
 
 
@@ -121,30 +143,24 @@ class _Run:
     def __init__(self, rlm: RLM, doc: str, question: str, *, run_id: str | None, save_to: str | Path | None,
                  instructions: str | None):
         self.rlm, self.ctx, self.cfg = rlm, rlm.ctx, rlm.cfg
-        self.doc, self.question, self.save_to = doc, question, save_to
+        self.official = self.cfg.rlm.dialect == "official"
+        self.packed = doc if isinstance(doc, PackedContext) else pack_context(doc)
+        self.doc, self.question, self.save_to = self.packed.flat, question, save_to
         self.t0 = time.perf_counter()
         self.traj = self._new_trajectory(run_id, instructions)
-        cpt = estimate_chars_per_token(doc, self.ctx.count_tokens)  # sampled: never the whole document
+        if self.packed.structured:
+            self.traj.doc_layout = self.packed.summary()
+        cpt = estimate_chars_per_token(self.doc, self.ctx.count_tokens)  # sampled: never the whole document
         budget_tokens = self.cfg.chunk_budget()
         self.budget_chars = int(budget_tokens * cpt * 0.9)
         nested = rlm._nested_runner()
         self.router = self._router(budget_tokens, nested)
-        system = prompts.system_prompt(
-            prompts.describe_shape(doc, cpt),
-            chunk_budget_tokens=budget_tokens,
-            chunk_budget_chars=self.budget_chars,
-            max_iterations=self.cfg.rlm.max_iterations,
-            max_sub_calls=self.cfg.rlm.max_sub_calls,
-            can_nest=nested is not None,
-            sub_calls_enabled=self.ctx.sub_calls_enabled,
-        )
-        self.messages: list[dict[str, str]] = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": prompts.first_user_message(question, instructions)},
-        ]
+        self.tool_runner = ToolRunner(rlm.tools, self.traj, timeout_s=self.cfg.rlm.tool_timeout_s,
+                                      max_result_chars=self.cfg.sandbox.max_tool_chars,
+                                      max_calls=self.cfg.rlm.max_tool_calls, depth=rlm.depth) if rlm.tools else None
+        self.messages: list[dict[str, str]] = self._opening(cpt, budget_tokens, nested is not None, instructions)
         self.sent = 0  # messages already shown in a recorded turn
-        self.tokens_used = 0
-        self.caps = RunCaps(self.cfg.rlm, self.traj, self.t0)
+        self.caps = RunCaps(self.cfg.rlm, self.traj, rlm.t0)  # the root's clock: nested runs share the wall clock
         window = self.ctx.context_window
         self.window = window
         count = getattr(self.ctx.lm, "count_tokens", None) or estimate_tokens
@@ -155,6 +171,30 @@ class _Run:
         self.unsent = ""  # feedback not yet shown when a cap broke the loop
 
     # -- set-up ---------------------------------------------------------------------------
+    def _opening(self, cpt: float, budget_tokens: int, can_nest: bool, instructions: str | None) -> list[dict[str, str]]:
+        """The system prompt and the first user message, in the run's dialect; a nested run is also told what
+        remains of the budgets it shares with its parent."""
+        cfg, shape = self.cfg, prompts.describe_shape(self.doc, cpt)
+        tools = dialects.tools_section(tool_docs(self.rlm.tools))
+        budgets = self.rlm.budgets_left() if self.rlm.depth > 0 else None
+        if self.official:
+            system = dialects.official_system_prompt(
+                dialects.context_shape(self.traj.doc_layout, shape), chunk_budget_tokens=budget_tokens,
+                chunk_budget_chars=self.budget_chars, max_iterations=cfg.rlm.max_iterations,
+                max_sub_calls=cfg.rlm.max_sub_calls, can_recurse=can_nest, tools=tools)
+            first = dialects.official_first_message(self.question, instructions, budgets)
+        else:
+            system = prompts.system_prompt(
+                shape, chunk_budget_tokens=budget_tokens, chunk_budget_chars=self.budget_chars,
+                max_iterations=cfg.rlm.max_iterations, max_sub_calls=cfg.rlm.max_sub_calls, can_nest=can_nest,
+                sub_calls_enabled=self.ctx.sub_calls_enabled) + tools
+            if self.packed.structured:
+                system += "\n`prompt` is not one string here: it is " + dialects.context_shape(self.traj.doc_layout, shape) + ".\n"
+            first = prompts.first_user_message(self.question, instructions)
+            if budgets is not None:
+                first += "\n\n" + budgets.line()
+        return [{"role": "system", "content": system}, {"role": "user", "content": first}]
+
     def _new_trajectory(self, run_id: str | None, instructions: str | None) -> Trajectory:
         cfg = self.cfg
         return Trajectory(
@@ -186,16 +226,24 @@ class _Run:
             nested=nested,
             concurrency=cfg.worker.max_connections,
             chunk_tokens=self.ctx.chunk_tokens,
+            dialect=cfg.rlm.dialect,
+            rlm_nested=nested,
+            locate=self.packed.locate if self.packed.structured else None,
         )
 
     def _open_sandbox(self) -> Sandbox:
         cfg = self.cfg
         limits = cfg.sandbox  # the profile's sandbox section is the sandbox's own SandboxLimits
-        names = {"CHUNK_BUDGET_CHARS": self.budget_chars, "question": self.question}
+        # the official dialect's REPL holds only its own names (and the caller's extra_globals)
+        names = {} if self.official else {"CHUNK_BUDGET_CHARS": self.budget_chars, "question": self.question}
+        names.update(self.ctx.extra_globals or {})
+        kw = {"handler": self.router, "limits": limits, "extra_globals": names, "dialect": cfg.rlm.dialect}
+        if self.tool_runner is not None:
+            kw.update(tools=tool_docs(self.rlm.tools), tool_handler=self.tool_runner)
         if self.ctx.kernels is not None:
-            sandbox = self.ctx.kernels.sandbox(self.doc, handler=self.router, limits=limits, extra_globals=names)
+            sandbox = self.ctx.kernels.sandbox(self.packed, **kw)
         else:
-            sandbox = Sandbox(self.doc, handler=self.router, limits=limits, extra_globals=names)
+            sandbox = Sandbox(self.packed, **kw)
         if sandbox.isolation is not None:
             self.traj.isolation = sandbox.isolation.as_dict()
         return sandbox
@@ -219,13 +267,13 @@ class _Run:
     def turn(self, forced: bool = False) -> Any:
         """One controller generation, guarded against the context window; recorded; parsed."""
         cfg, traj, guard = self.cfg, self.traj, self.guard
-        remaining = cfg.rlm.max_controller_tokens - self.tokens_used
+        remaining = cfg.rlm.max_controller_tokens - self.rlm.tokens.used
         n_trimmed = len(guard.trimmed) if guard else 0
         gen = guarded_generate(self.ctx.lm, self.messages, max(1, min(cfg.controller.max_new_tokens, remaining)), guard)
         if guard and len(guard.trimmed) > n_trimmed:
             self.cap("context", f"removed {len(guard.trimmed) - n_trimmed} old cell output(s) to fit the "
                                 f"{self.window:,}-token window")
-        self.tokens_used += gen.prompt_tokens + gen.completion_tokens
+        self.rlm.tokens.add(gen.prompt_tokens + gen.completion_tokens)
         traj.model_wall_s += gen.latency_s
         traj.turns.append(ControllerTurn(
             index=len(traj.turns), messages_in=self.messages[self.sent:], response=gen.text,
@@ -234,7 +282,10 @@ class _Run:
         ))
         self.messages.append({"role": "assistant", "content": gen.text})
         self.sent = len(self.messages)
-        return parse_turn(gen.text)
+        parsed = parse_turn(gen.text)
+        if self.official:  # FINAL(...) lines mean nothing in the official dialect: only `answer` ends a run
+            parsed.final = None
+        return parsed
 
     def resolve_final(self, parsed: Any) -> tuple[bool, str | None]:
         """(done, message to the model if not done)."""
@@ -253,6 +304,8 @@ class _Run:
         traj, sandbox = self.traj, self.sandbox
         assert sandbox is not None
         self.router.cell = len(traj.cells)
+        if self.tool_runner is not None:
+            self.tool_runner.cell = len(traj.cells)
         self.emit("cell")
         res = sandbox.run_cell(parsed.code)
         cell = CellRecord(
@@ -299,7 +352,7 @@ class _Run:
             self.force_reason, self.stop_reason = capped, "cap"
             return True
         limit = self.cfg.rlm.max_controller_tokens
-        if self.tokens_used >= limit:
+        if self.rlm.tokens.used >= limit:
             self.force_reason = f"The controller token budget ({limit:,}) is used up."
             self.cap("controller_tokens", self.force_reason)
             self.stop_reason = "cap"
@@ -329,7 +382,7 @@ class _Run:
                     return
                 self.say(msg or "")
             else:
-                self.say(prompts.FORMAT_ERROR)
+                self.say(dialects.OFFICIAL_FORMAT_ERROR if self.official else prompts.FORMAT_ERROR)
             self.save()  # a snapshot per turn: a killed run still leaves its record up to here
 
     def best_answer(self) -> None:
@@ -341,7 +394,8 @@ class _Run:
         if res is not None and res.final_answer is not None:
             self.traj.final_answer = res.final_answer
             return
-        self.say(self.unsent + prompts.FORCE_FINAL.format(reason=self.force_reason))
+        force = dialects.OFFICIAL_FORCE_FINAL if self.official else prompts.FORCE_FINAL
+        self.say(self.unsent + force.format(reason=self.force_reason))
         try:
             parsed = self.turn(forced=True)
         except ContextFull as full:  # not even a final answer fits: end with what we have
@@ -350,6 +404,19 @@ class _Run:
             return
         if parsed.final is not None:
             self.resolve_final(parsed)
+        elif self.official:
+            self.official_forced_answer(parsed)
+
+    def official_forced_answer(self, parsed: Any) -> None:
+        """The forced turn of the official dialect: a block that sets `answer`, else the reply's text itself
+        (what the official library answers with when a run ends without one)."""
+        if parsed.code is not None:
+            reason = self.stop_reason
+            self.run_cell(parsed)
+            self.stop_reason = reason  # the run still ended on its cap
+        if self.traj.final_answer is None and parsed.code is None:
+            text = self.traj.turns[-1].response.strip()
+            self.traj.final_answer = text or None
 
     def execute(self) -> Trajectory:
         traj = self.traj

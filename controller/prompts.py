@@ -91,6 +91,7 @@ def cell_feedback(
     notices: list[str],
     iteration: int,
     max_iterations: int,
+    finish: str = "FINAL(...) / FINAL_VAR(...)",
 ) -> str:
     parts = [f"REPL output:\n```\n{output if output.strip() else '(no output)'}\n```"]
     if truncated_from is not None:
@@ -99,7 +100,7 @@ def cell_feedback(
         )
     parts.extend(f"[rig] {n}" for n in notices)
     left = max_iterations - iteration
-    parts.append(f"[{left} repl turn(s) left] Continue with one ```repl block, or finish with FINAL(...) / FINAL_VAR(...).")
+    parts.append(f"[{left} repl turn(s) left] Continue with one ```repl block, or finish with {finish}.")
     return "\n".join(parts)
 
 

@@ -233,11 +233,15 @@ class Rig:
         )
 
     def ask(
-        self, doc: str, question: str, *, run_id: str | None = None, save_to: str | Path | None = None, sub_calls: bool = True,
-        on_event: Callable[[str, Trajectory], None] | None = None, instructions: str | None = None,
+        self, doc: str | list | dict, question: str, *, run_id: str | None = None, save_to: str | Path | None = None,
+        sub_calls: bool = True, on_event: Callable[[str, Trajectory], None] | None = None,
+        instructions: str | None = None, extra_globals: dict[str, Any] | None = None,
     ) -> Trajectory:
+        """``doc``: a str, or a list / dict of items (the REPL gets it as such); ``extra_globals``: plain JSON-able
+        data put in the REPL next to it."""
         ctx = self.context(sub_calls=sub_calls)
         ctx.on_event = on_event
+        ctx.extra_globals = extra_globals
         try:
             return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to, instructions=instructions)
         finally:

@@ -55,8 +55,17 @@ class ControllerSettings(Strict):
 
 
 class RLMSettings(Strict):
+    dialect: Literal["rig", "official"] = Field(
+        "rig", description="the REPL's names: rig (prompt, sub_call, FINAL/FINAL_VAR, also the answer dict) or "
+        "official (the rlms package's context, llm_query, rlm_query, SHOW_VARS, answer dict)")
     max_iterations: int = Field(12, ge=1)
-    max_depth: int = Field(1, ge=1, description="1: sub_calls are plain worker calls; 2+: nested RLMs")
+    max_depth: int = Field(1, ge=1, description="1: sub_calls are plain worker calls; 2+: nested RLMs (rig: every "
+                           "sub_call of a level below the limit; official: each rlm_query, chosen by the model)")
+    tools: dict[str, str] = Field(
+        default_factory=dict, description="custom tools, name -> 'module:function'; they run in the parent, "
+        "called from the REPL over the kernel's pipe with JSON arguments and results")
+    tool_timeout_s: float = Field(30.0, gt=0, description="wall time one custom tool call may take")
+    max_tool_calls: int = Field(200, ge=0, description="custom tool calls per run, nested runs counted apart")
     max_sub_calls: int = Field(200, ge=0)
     feedback_max_chars: int = Field(
         4000, ge=100, description="chars of a cell's output shown to the controller (the sandbox captures up to "
@@ -72,3 +81,20 @@ class RLMSettings(Strict):
     max_consecutive_cell_errors: int | None = Field(
         None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
     )
+
+    def import_tools(self) -> dict:
+        """name -> the imported callable; ToolImportError (a ValueError, one line) names the first that fails."""
+        from rlm_rig.controller.tools import import_tools
+
+        return import_tools(self.tools)
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v: dict[str, str]) -> dict[str, str]:
+        from rlm_rig.controller.tools import check_tool_name
+
+        for name, ref in v.items():
+            check_tool_name(name)
+            if ":" not in ref:
+                raise ValueError(f"tool {name!r}: {ref!r} must look like 'module:function'")
+        return v

@@ -66,7 +66,13 @@ class SubCallRouter:
         nested: NestedRunner | None = None,
         concurrency: int = 8,
         chunk_tokens: ChunkTokens | None = None,
+        dialect: str = "rig",
+        rlm_nested: NestedRunner | None = None,
+        locate: Callable[[int], tuple[int | str | None, int | None]] | None = None,
     ):
+        """``nested``: the rig dialect's sub_call as a nested RLM (max_depth >= 2); ``rlm_nested``: the child RLM
+        of an ``rlm_query`` (None at the depth limit: it then runs as a plain worker call, recorded so).
+        ``locate``: a list/dict context's (item, offset) of a position in the joined text."""
         self.doc = doc
         self.traj = traj
         self.worker = worker
@@ -78,6 +84,9 @@ class SubCallRouter:
         self.worker_system = worker_system
         self.nested = nested
         self.concurrency = concurrency
+        self.dialect = dialect
+        self.rlm_nested = rlm_nested
+        self.locate = locate
         # the cap check: from the chunk's length where its bound settles it, else an exact count
         self.chunk_tokens = chunk_tokens if chunk_tokens is not None else ChunkTokens(count_tokens)
         self._next = 0  # where the last located chunk ended: the next one usually starts there
@@ -99,9 +108,23 @@ class SubCallRouter:
         self._next = i + len(chunk)
         return i, i + len(chunk)
 
+    def _route(self, reqs: list[SubCallRequest]) -> tuple[NestedRunner | None, str | None]:
+        """(the nested runner these requests go to, or None for plain worker calls; the fallback to record)."""
+        kind = reqs[0].kind if reqs else "llm"
+        if kind == "rlm":
+            return (self.rlm_nested, None) if self.rlm_nested is not None else (None, "max_depth")
+        return (None if self.dialect == "official" else self.nested), None
+
+    def _messages(self, r: SubCallRequest) -> list[dict[str, str]]:
+        """The official dialect's calls send the prompt alone, as one user message (what its library sends)."""
+        if self.dialect == "official" or r.kind == "rlm":
+            return [{"role": "user", "content": r.chunk}]
+        return worker_messages(r.chunk, r.instruction, self.worker_system)
+
     # long: the parent-side caps checked in order (count, batch, chunk size, depth) before any request leaves
     def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
-        if self.worker is None and self.nested is None:
+        nested, fallback = self._route(reqs)
+        if self.worker is None and nested is None:
             return [SubCallReply(error="sub_call is disabled in this run (no-subcall method)") for _ in reqs]
         batch_id = None
         if len(reqs) > 1 or (reqs and reqs[0].index_in_batch is not None):
@@ -109,7 +132,7 @@ class SubCallRouter:
             self._batch_no += 1
         spans = [self._span(r.chunk) for r in reqs]
         # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
-        checks = ([(None, False)] * len(reqs) if self.nested is not None
+        checks = ([(None, False)] * len(reqs) if nested is not None
                   else self.chunk_tokens.check_many([r.chunk for r in reqs], self.budget_tokens))
         tokens = [t for t, _ in checks]
         over = [(i, t) for i, (t, is_over) in enumerate(checks) if is_over]
@@ -131,13 +154,19 @@ class SubCallRouter:
 
         records = []
         for r, t, (start, end) in zip(reqs, tokens, spans):
+            item, offset = self.locate(start) if self.locate is not None and start is not None else (None, None)
             rec = SubCallRecord(
                 id=len(self.traj.sub_calls),
                 cell=self.cell,
                 depth=self.depth + 1,
+                kind="rlm" if (nested is not None or r.kind == "rlm") else "llm",
+                model=r.model,
+                fallback=fallback,
                 batch=batch_id,
                 chunk_start=start,
                 chunk_end=end,
+                chunk_item=item,
+                chunk_item_offset=offset,
                 chunk_chars=len(r.chunk),
                 chunk_tokens=t,
                 instruction=r.instruction,
@@ -147,9 +176,9 @@ class SubCallRouter:
 
         t0 = time.perf_counter()
         try:
-            if self.nested is not None:
-                return self._run_nested(reqs, records)
-            batch = [worker_messages(r.chunk, r.instruction, self.worker_system) for r in reqs]
+            if nested is not None:
+                return self._run_nested(reqs, records, nested)
+            batch = [self._messages(r) for r in reqs]
             results = self.worker.chat_many(batch, max_tokens=self.worker_max_tokens)  # type: ignore[union-attr]
         finally:
             self.traj.model_wall_s += time.perf_counter() - t0
@@ -172,13 +201,12 @@ class SubCallRouter:
             replies.append(SubCallReply(text=res.text))
         return replies
 
-    def _run_nested(self, reqs: list[SubCallRequest], records: list[SubCallRecord]) -> list[SubCallReply]:
-        assert self.nested is not None
-
+    def _run_nested(self, reqs: list[SubCallRequest], records: list[SubCallRecord],
+                    nested: NestedRunner) -> list[SubCallReply]:
         def one(args: tuple[SubCallRequest, SubCallRecord]) -> SubCallReply:
             req, rec = args
             try:
-                answer, sub_traj = self.nested(req.chunk, req.instruction, self.depth + 1)  # type: ignore[misc]
+                answer, sub_traj = nested(req.chunk, req.instruction, self.depth + 1)
             except Exception as e:  # a nested run must not take the parent down
                 rec.error = f"nested run failed: {type(e).__name__}: {e}"
                 rec.error_kind = "nested"
@@ -190,3 +218,15 @@ class SubCallRouter:
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(reqs)))) as ex:
             return list(ex.map(one, zip(reqs, records)))
+
+
+@dataclass
+class SharedTokens:
+    """Controller tokens spent by a run and its nested runs together (rlm.max_controller_tokens bounds the sum)."""
+
+    used: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.used += n

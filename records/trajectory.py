@@ -71,9 +71,19 @@ class SubCallRecord(BaseModel):
     id: int
     cell: int
     depth: int
+    kind: Literal["llm", "rlm", "tool"] = Field(
+        "llm", description="llm: a plain worker call (sub_call, llm_query); rlm: a child RLM (rlm_query, or a sub_call "
+        "at max_depth >= 2); tool: a custom tool run in the parent (older records read as llm)")
+    model: str | None = Field(None, description="the model= the call named (None: the default worker)")
+    fallback: str | None = Field(
+        None, description="why an rlm call ran as a plain worker call instead: 'max_depth' (the depth limit)")
+    tool: str | None = Field(None, description="the custom tool's name (kind tool); instruction holds its JSON args")
     batch: int | None = None
     chunk_start: int | None = None
     chunk_end: int | None = None
+    chunk_item: int | str | None = Field(
+        None, description="list/dict contexts: the item (index or key) where the chunk starts, chunk_start's item")
+    chunk_item_offset: int | None = Field(None, description="list/dict contexts: the chunk's offset inside that item")
     chunk_chars: int
     chunk_tokens: int | None = None
     instruction: str
@@ -100,7 +110,7 @@ class CapEvent(BaseModel):
     """A configured cap that was hit, as told to the model."""
 
     cap: Literal["sub_calls", "chunk_tokens", "cell_timeout", "controller_tokens", "max_iterations", "depth",
-                 "wall_clock", "cell_errors", "context"]
+                 "wall_clock", "cell_errors", "context", "tool_calls"]
     turn: int
     detail: str
 
@@ -112,6 +122,9 @@ class Trajectory(BaseModel):
     task_instructions: str | None = Field(None, description="the dataset's task instructions, shown to the controller")
     doc_chars: int
     doc_sha256: str
+    doc_layout: dict[str, Any] | None = Field(
+        None, description="a list/dict context: type, length, item_chars (and keys); offsets index the items' texts "
+        "joined in order. None: one string")
     config: dict[str, Any]
     config_hash: str
     models: dict[str, str]

@@ -7,6 +7,7 @@ message is validated, and whatever goes wrong inside a cell comes back as a Cell
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import tempfile
@@ -21,9 +22,10 @@ from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_
     scratch_prefix
 from .scratch import ScratchMount, remove_tree
 from .uids import UidLease, kill_uid
+from .context import ContextError, PackedContext, pack_context
 from .text import clean_text, clip, decode_blob
 from .types import CellResult, IsolationReport, SandboxError, SandboxLimits, SubCallHandler, SubCallReply, \
-    SubCallRequest
+    SubCallRequest, ToolHandler
 
 FRAME_OVERHEAD = 1 << 20
 JSON_FRAME_BASE = 64 * 1024  # the small JSON part of a kernel message (see _kernel/wire.py)
@@ -38,7 +40,11 @@ def _ns_id(kind: str) -> str | None:
         return None
 
 
-def _restart_notice(reason: str) -> str:
+DIALECT_NAMES = {"rig": "`prompt`, sub_call, sub_call_batch, FINAL and FINAL_VAR",
+                 "official": "`context`, llm_query, llm_query_batched, rlm_query, rlm_query_batched and SHOW_VARS"}
+
+
+def _restart_notice(reason: str, dialect: str = "rig") -> str:
     why = {
         "timeout": "the cell ran past its time limit",
         "memory": "the kernel was killed for using too much memory",
@@ -47,7 +53,7 @@ def _restart_notice(reason: str) -> str:
         "protocol": "the code broke the kernel's link to the controller",
     }.get(reason, reason)
     return (f"The REPL kernel was restarted because {why}. All variables, imports and functions from "
-            "earlier cells are LOST; `prompt`, sub_call, sub_call_batch, FINAL and FINAL_VAR are available "
+            f"earlier cells are LOST; {DIALECT_NAMES.get(dialect, DIALECT_NAMES['rig'])} are available "
             "again, and files in the scratch folder were kept.")
 
 
@@ -76,7 +82,7 @@ def _uid(lease: UidLease | None) -> int:
 def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchMount | None,
                  uid: int = UNPRIVILEGED_UID) -> KernelProcess:
     """Start a confined kernel process; it waits for its config and prompt on the pipe."""
-    max_frame = 4 * max(lim.max_output_chars, lim.max_subcall_chars) + FRAME_OVERHEAD
+    max_frame = 4 * max(lim.max_output_chars, lim.max_subcall_chars, lim.max_tool_chars) + FRAME_OVERHEAD
     max_message = 4 * (lim.max_subcall_chars + 3 * lim.max_output_chars) + FRAME_OVERHEAD
     jail = CgroupJail.create(lim.max_tasks, lim.memory_mb * 2**20 + CGROUP_MEMORY_HEADROOM) if lim.cgroup else None
     try:
@@ -192,11 +198,26 @@ class PreparedKernel:
 class Sandbox:
     """A confined Python REPL for model-written code. Use as a context manager or call close()."""
 
-    def __init__(self, prompt: str, *, handler: SubCallHandler, limits: SandboxLimits | None = None,
-                 scratch_dir: Path | str | None = None, extra_globals: dict | None = None,
-                 prepared: "PreparedKernel | None" = None) -> None:
-        if not isinstance(prompt, str):
-            raise TypeError(f"Sandbox: prompt must be a str, got {type(prompt).__name__}")
+    # long: argument checks, then the scratch folder chosen three ways, each rolled back on failure
+    def __init__(self, prompt: "str | list | dict | PackedContext", *, handler: SubCallHandler,
+                 limits: SandboxLimits | None = None, scratch_dir: Path | str | None = None,
+                 extra_globals: dict | None = None, prepared: "PreparedKernel | None" = None, dialect: str = "rig",
+                 tools: dict[str, str] | None = None, tool_handler: ToolHandler | None = None) -> None:
+        """``prompt``: the document, a str or a list / dict (repl/context.py), or one packed already.
+        ``dialect``: "rig" or "official" (which names the kernel offers). ``tools``: name -> docstring of
+        the custom tools, each call going to ``tool_handler`` in this process."""
+        try:
+            packed = prompt if isinstance(prompt, PackedContext) else pack_context(prompt)
+        except ContextError as exc:
+            raise TypeError(f"Sandbox: {exc}") from None
+        if dialect not in DIALECT_NAMES:
+            raise ValueError(f"Sandbox: dialect must be one of {sorted(DIALECT_NAMES)}, got {dialect!r}")
+        if tools and not callable(tool_handler):
+            raise TypeError("Sandbox: tools need a tool_handler ((name, args, kwargs) -> SubCallReply)")
+        self.dialect = dialect
+        self.tools = dict(tools or {})
+        self.tool_handler = tool_handler
+        self.packed = packed
         if not callable(handler):
             raise TypeError("Sandbox: handler must be callable (list[SubCallRequest] -> list[SubCallReply])")
         self.limits = limits if limits is not None else SandboxLimits()
@@ -238,8 +259,8 @@ class Sandbox:
             if self._lease is not None:
                 self._lease.release()
             raise
-        self._prompt = prompt  # the caller's str: bytes are made only while they are sent (no second copy)
-        self._prompt_chars = len(prompt)
+        self._prompt = packed.flat  # the caller's str: bytes are made only while they are sent (no second copy)
+        self._prompt_chars = len(packed.flat)
         self._fresh_kernel = False  # no model code has run in the current kernel yet
         # (secrets, not a seeded Mersenne Twister: a kernel that reads enough nonces could predict the next)
         self._cell_seq = 0
@@ -308,7 +329,9 @@ class Sandbox:
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
                "nproc": nproc_limit(kernel.plan, _uid(self._lease)), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
-               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals}
+               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
+               "dialect": self.dialect, "tools": self.tools, "layout": self.packed.layout(),
+               "max_tool_chars": lim.max_tool_chars}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:
             kernel.queue_json(cfg)
@@ -392,7 +415,7 @@ class Sandbox:
             self._kernel = None
         if self._lease is not None:  # nothing of the old kernel may wait for the new one's pipes
             kill_uid(self._lease.uid)
-        notices.append(_restart_notice(reason))
+        notices.append(_restart_notice(reason, self.dialect))
         self._start()  # SandboxError propagates: the kernel cannot even be started
 
     # ---- cells -------------------------------------------------------------------------------
@@ -423,6 +446,7 @@ class Sandbox:
                                     restarted=True, kill_reason="crash", notices=notices)
             return result
 
+    # long: the cell's message loop, one branch per message kind (sub_call, tool call, done), each bounded
     def _run_cell(self, code: str, t0: float) -> CellResult:
         if self._kernel is None:
             self._start()
@@ -468,6 +492,17 @@ class Sandbox:
                     if reply is None or time.monotonic() > deadline:
                         return self._timed_out(kernel, t0, notices, sub_calls)
                     sub_calls += n
+                    reply["n"] = nonce
+                    kernel.queue_json(reply)
+                elif kind == "tool":
+                    if kernel.unsent_bytes:
+                        raise KernelGone("protocol", "a new tool call before the last reply was read")
+                    reply, spent, spent_cpu = self._handle_tool(msg, deadline)
+                    handler_cpu += spent_cpu
+                    if not lim.timeout_includes_subcalls:
+                        deadline += spent
+                    if reply is None or time.monotonic() > deadline:
+                        return self._timed_out(kernel, t0, notices, sub_calls)
                     reply["n"] = nonce
                     kernel.queue_json(reply)
                 elif kind == "done" and msg.get("cell") == seq:
@@ -526,6 +561,9 @@ class Sandbox:
 
         if not isinstance(reqs_raw, list) or not reqs_raw:
             return {"t": "subr", "id": call_id, "replies": []}, 0, 0.0, 0.0
+        kind, model = msg.get("kind", "llm"), msg.get("model")
+        if kind not in ("llm", "rlm") or not (model is None or (isinstance(model, str) and len(model) <= 200)):
+            return refuse("malformed sub_call request (kind or model)", len(reqs_raw))
         if len(reqs_raw) > lim.max_batch:
             return refuse(f"sub_call_batch of {len(reqs_raw)} requests exceeds the sandbox cap of {lim.max_batch} "
                           "per batch; split it into smaller batches", len(reqs_raw))
@@ -547,11 +585,55 @@ class Sandbox:
             index = r.get("index") if isinstance(r, dict) else "bad"
             if not (index is None or type(index) is int):
                 return refuse("malformed sub_call request", len(reqs_raw))
-            reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index))
+            reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index,
+                                       kind=kind, model=clean_text(model) if model is not None else None))
         del texts, blobs
         msg.pop("_blobs", None)
         out, spent, spent_cpu = self._call_handler(reqs)
         return {"t": "subr", "id": call_id, "replies": out}, len(reqs), spent, spent_cpu
+
+    def _handle_tool(self, msg: dict, deadline: float) -> tuple[dict | None, float, float]:
+        """Validate one custom tool call by the parent's own count and run it: (reply, wall time, CPU time).
+
+        The arguments arrive as one attached blob of JSON text (capped before it is decoded, as a
+        sub_call's chunk is); the result goes back as JSON text, capped by the same limit."""
+        lim = self.limits
+        call_id = msg.get("id") if type(msg.get("id")) is int else None
+        name = msg.get("name")
+        blobs = msg.get("_blobs") or []
+        msg.pop("_blobs", None)
+
+        def refuse(text: str) -> tuple[dict, float, float]:
+            return {"t": "toolr", "id": call_id, "error": text}, 0.0, 0.0
+
+        if not isinstance(name, str) or name not in self.tools or self.tool_handler is None:
+            return refuse(f"no custom tool named {clean_text(str(name))[:60]!r} in this run")
+        if len(blobs) != 1 or len(blobs[0]) > 4 * lim.max_tool_chars:
+            return refuse(f"{name}: malformed call, or arguments over the sandbox cap of {lim.max_tool_chars} chars")
+        text = decode_blob(blobs[0])
+        if len(text) > lim.max_tool_chars:
+            return refuse(f"{name}: arguments of {len(text)} JSON characters exceed the cap of {lim.max_tool_chars}")
+        try:
+            payload = json.loads(text)
+        except (ValueError, RecursionError):
+            return refuse(f"{name}: the arguments are not valid JSON")
+        if time.monotonic() > deadline:
+            return None, 0.0, 0.0
+        args, kwargs = (payload.get("args"), payload.get("kwargs")) if isinstance(payload, dict) else (None, None)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            return refuse(f"{name}: malformed call (args must be a list, kwargs a dict)")
+        h0, c0 = time.monotonic(), time.thread_time()
+        try:
+            rep = self.tool_handler(name, args, kwargs)
+            result, err = getattr(rep, "text", None), getattr(rep, "error", None)
+        except Exception as exc:  # the handler's failure is the model's ToolError, not ours
+            result, err = None, f"{type(exc).__name__}: {exc}"
+        spent, spent_cpu = time.monotonic() - h0, time.thread_time() - c0
+        if err is None and (not isinstance(result, str) or len(result) > lim.max_tool_chars):
+            err = f"{name}: the result is over the cap of {lim.max_tool_chars} JSON characters"
+        if err is not None:
+            return {"t": "toolr", "id": call_id, "error": str(err)[:lim.max_error_chars]}, spent, spent_cpu
+        return {"t": "toolr", "id": call_id, "result": result}, spent, spent_cpu
 
     def _call_handler(self, reqs: list[SubCallRequest]) -> tuple[list[dict], float, float]:
         """The controller's handler on validated requests: replies, its wall time and its CPU time."""

@@ -63,6 +63,8 @@ class SandboxLimits:
     max_cell_frames: int = 200_000
     max_cell_read_mb: int = 4096
     max_parent_cpu_s: float = 20.0
+    # JSON characters of one custom tool call's arguments, and of its result, enforced by the parent
+    max_tool_chars: int = 1_000_000
 
     def __post_init__(self) -> None:
         if not self.cell_timeout_s > 0:
@@ -81,6 +83,8 @@ class SandboxLimits:
         if self.max_cell_frames < 100 or self.max_cell_read_mb < 1 or not self.max_parent_cpu_s > 0:
             raise ValueError("SandboxLimits: max_cell_frames must be >= 100, max_cell_read_mb >= 1, "
                              "max_parent_cpu_s > 0")
+        if self.max_tool_chars < 100:
+            raise ValueError(f"SandboxLimits.max_tool_chars must be >= 100, got {self.max_tool_chars!r}")
         if self.launcher not in ("auto", "bwrap", "unshare", "none"):
             raise ValueError(f"SandboxLimits.launcher must be auto|bwrap|unshare|none, got {self.launcher!r}")
 
@@ -90,6 +94,8 @@ class SubCallRequest:
     chunk: str
     instruction: str
     index_in_batch: int | None  # None for a single sub_call, i for sub_call_batch
+    kind: str = "llm"  # "llm": a plain worker call; "rlm": the official dialect's rlm_query (a child RLM)
+    model: str | None = None  # the `model=` the call named (official dialect), None for the default
 
 
 @dataclass
@@ -101,6 +107,9 @@ class SubCallReply:
 # Called in the parent, once per sub_call / sub_call_batch, blocking; the handler runs a batch
 # concurrently itself (the sandbox does not).
 SubCallHandler = Callable[[list[SubCallRequest]], list[SubCallReply]]
+# Called in the parent for one custom tool call: (name, args, kwargs) -> SubCallReply whose text is the
+# result's JSON (or whose error the kernel raises as ToolError).
+ToolHandler = Callable[[str, list, dict], SubCallReply]
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""The names model code sees besides `prompt`: sub_call, sub_call_batch, FINAL, FINAL_VAR, SubCallError.
+"""The names model code sees besides the document, per dialect.
+
+rig: `prompt`, sub_call, sub_call_batch, FINAL, FINAL_VAR, SubCallError (and the `answer` dict).
+official (the names of the `rlms` package): `context`, llm_query, llm_query_batched, rlm_query,
+rlm_query_batched, SHOW_VARS and the `answer` dict. Custom tools are stubs whose calls go to the parent.
 
 sub_call travels to the parent over the protocol pipe (never the network); calls from several
 threads are serialised by one lock, so concurrency comes from sub_call_batch, which the
@@ -28,11 +32,13 @@ class SubCallError(RuntimeError):
 class KernelLink:
     """The kernel end of the protocol pipes; one lock guards every exchange."""
 
-    def __init__(self, fd_in: int, fd_out: int, max_request_chars: int, max_batch: int = 1024) -> None:
+    def __init__(self, fd_in: int, fd_out: int, max_request_chars: int, max_batch: int = 1024,
+                 max_tool_chars: int = 1_000_000) -> None:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.max_request_chars = max_request_chars
         self.max_batch = max_batch
+        self.max_tool_chars = max_tool_chars
         self.lock = threading.RLock()
         self._next_id = 0
         self.sub_calls = 0
@@ -76,7 +82,7 @@ class KernelLink:
             self.nonce = msg.get("n") if msg.get("t") == "run" and isinstance(msg.get("n"), str) else None
         return msg
 
-    def request(self, reqs: list[dict]) -> list[dict]:
+    def request(self, reqs: list[dict], kind: str = "llm", model: str | None = None) -> list[dict]:
         # The parent counts again on what it receives; these early refusals only save a round trip.
         if len(reqs) > self.max_batch:
             raise SubCallError(f"sub_call_batch of {len(reqs)} requests exceeds the sandbox cap of "
@@ -96,7 +102,7 @@ class KernelLink:
             blobs = []
             for r in reqs:
                 blobs += [r["chunk"], r["instruction"]]
-            self.send_blobs({"t": "sub", "id": call_id, "n": self.nonce,
+            self.send_blobs({"t": "sub", "id": call_id, "n": self.nonce, "kind": kind, "model": model,
                              "reqs": [{"index": r["index"]} for r in reqs]}, blobs)
             while True:
                 msg = self.receive()
@@ -109,6 +115,48 @@ class KernelLink:
         if not isinstance(replies, list) or len(replies) != len(reqs):
             raise SubCallError("the parent sent a malformed sub_call reply")
         return replies
+
+
+    def call_tool(self, name: str, payload: str) -> str:
+        """One custom tool call: the JSON of its arguments out, the JSON of its result back."""
+        if str.__len__(payload) > self.max_tool_chars:
+            raise ToolError(f"{name}: arguments of {str.__len__(payload)} JSON characters exceed the sandbox cap "
+                            f"of {self.max_tool_chars}")
+        with self.lock:
+            if self.nonce is None:
+                raise ToolError(f"{name} was called outside a running cell (by a thread that outlived its cell)")
+            self._next_id += 1
+            call_id = self._next_id
+            self.send_blobs({"t": "tool", "id": call_id, "n": self.nonce, "name": name}, [payload])
+            while True:
+                msg = self.receive()
+                if msg.get("t") == "toolr" and msg.get("id") == call_id:
+                    break
+        if isinstance(msg.get("error"), str):
+            raise ToolError(msg["error"])
+        if not isinstance(msg.get("result"), str):
+            raise ToolError(f"{name}: the parent sent a malformed tool reply")
+        return msg["result"]
+
+
+class ToolError(RuntimeError):
+    """A custom tool failed in the parent (its own exception, a timeout, a cap, a non-JSON result)."""
+
+
+class AnswerDict(dict):
+    """`answer`: a dict whose `answer["ready"] = <truthy>` ends the run with `answer["content"]`.
+
+    The content is taken at that moment (as in the official package); the kernel also checks the
+    dict once the cell ends, for `answer.update(ready=True)` or a plain dict bound to `answer`."""
+
+    def __init__(self, on_ready: Callable[["AnswerDict"], None]) -> None:
+        dict.__init__(self, content="", ready=False)
+        self._on_ready = on_ready
+
+    def __setitem__(self, key, value) -> None:
+        dict.__setitem__(self, key, value)
+        if key == "ready" and value:
+            self._on_ready(self)
 
 
 def _check_text(value: object, what: str, fn: str) -> str:
@@ -186,3 +234,87 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | 
 
     return {"sub_call": sub_call, "sub_call_batch": sub_call_batch, "FINAL": FINAL,
             "FINAL_VAR": FINAL_VAR, "SubCallError": SubCallError}
+
+
+def _check_model(model: object, fn: str) -> "str | None":
+    if model is not None and (not isinstance(model, str) or len(model) > 200):
+        raise TypeError(f"{fn}: model must be None or a model name (a str of at most 200 characters)")
+    return model
+
+
+def _prompts(prompts: object, fn: str) -> list:
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"{fn}: pass a list of prompt strings")
+    items = list(prompts)
+    for i, p in enumerate(items):
+        _check_text(p, f"prompt {i}", fn)
+    return items
+
+
+# long: the official dialect's names as closures over the link, like make_api's; each is a few lines
+def make_official_api(link: KernelLink, namespace: dict, hidden: "Callable[[], set]") -> dict:
+    """llm_query / rlm_query (and their batched forms) return the reply text, or a string that starts with
+    "Error: " when the call failed (the official package's convention: they never raise for a failed call)."""
+
+    def ask(prompts: list, kind: str, model: "str | None") -> list:
+        reqs = [{"chunk": p, "instruction": "", "index": i} for i, p in enumerate(prompts)]
+        try:
+            replies = link.request(reqs, kind=kind, model=model)
+        except SubCallError as exc:
+            return [f"Error: {exc}"] * len(prompts)
+        out = []
+        for reply in replies:
+            text = reply.get("text") if isinstance(reply, dict) else None
+            err = reply.get("error") if isinstance(reply, dict) else "malformed reply"
+            out.append(text if err is None and isinstance(text, str) else f"Error: {err or 'no text'}")
+        return out
+
+    def llm_query(prompt: str, model: "str | None" = None) -> str:
+        """One plain call to the worker model with `prompt`; returns its reply (or "Error: ...")."""
+        return ask([_check_text(prompt, "prompt", "llm_query")], "llm", _check_model(model, "llm_query"))[0]
+
+    def llm_query_batched(prompts: list, model: "str | None" = None) -> list:
+        """Many plain worker calls at once; replies in the order of `prompts`."""
+        items = _prompts(prompts, "llm_query_batched")
+        return ask(items, "llm", _check_model(model, "llm_query_batched")) if items else []
+
+    def rlm_query(prompt: str, model: "str | None" = None) -> str:
+        """A child RLM whose `context` is `prompt`, with its own REPL; returns its answer (or "Error: ...")."""
+        return ask([_check_text(prompt, "prompt", "rlm_query")], "rlm", _check_model(model, "rlm_query"))[0]
+
+    def rlm_query_batched(prompts: list, model: "str | None" = None) -> list:
+        """Several child RLMs, run concurrently; answers in the order of `prompts`."""
+        items = _prompts(prompts, "rlm_query_batched")
+        return ask(items, "rlm", _check_model(model, "rlm_query_batched")) if items else []
+
+    def SHOW_VARS() -> str:  # noqa: N802 - the official name
+        """The REPL's variables and their types (the kernel's own functions and `answer` left out)."""
+        skip = hidden()
+        names = {k: type(v).__name__ for k, v in list(namespace.items())
+                 if isinstance(k, str) and not k.startswith("_") and k != "answer" and k not in skip}
+        if not names:
+            return "The REPL holds no variables of yours yet; create some in a ```repl block."
+        return f"Variables in the REPL: {names}"
+
+    return {"llm_query": llm_query, "llm_query_batched": llm_query_batched, "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched, "SHOW_VARS": SHOW_VARS}
+
+
+def make_tools(link: KernelLink, tools: dict) -> dict:
+    """One stub per custom tool: JSON arguments to the parent, the JSON result back as Python values."""
+    import json
+
+    def stub_for(name: str, doc: str):
+        def tool(*args, **kwargs):
+            try:
+                payload = json.dumps({"args": list(args), "kwargs": kwargs}, ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name}: arguments must be JSON-serialisable ({exc})") from None
+            return json.loads(link.call_tool(name, payload))
+
+        tool.__name__ = tool.__qualname__ = name
+        tool.__doc__ = doc
+        return tool
+
+    return {name: stub_for(name, doc if isinstance(doc, str) else "") for name, doc in tools.items()
+            if isinstance(name, str) and name.isidentifier()}

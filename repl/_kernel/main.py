@@ -17,7 +17,8 @@ import traceback
 import types
 
 from . import guard, integrity
-from .api import KernelLink, make_api
+from . import context as ctxmod
+from .api import AnswerDict, KernelLink, make_api, make_official_api, make_tools
 from .capture import CappedStream, OutputBudget
 from .wire import KIND_BYTES, KIND_JSON, decode_json, read_frame
 
@@ -27,6 +28,7 @@ RECURSION_CEILING = 60_000  # ~8 KiB of C stack per level with STACK_BYTES
 THREAD_STACK_BYTES = 16 * 1024 * 1024
 STACKED_FLAG = "--rlm-stacked"
 PROTECTED = ("prompt", "sub_call", "sub_call_batch", "FINAL", "FINAL_VAR", "SubCallError")
+OFFICIAL = ("context", "context_0", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS")
 
 
 def _ensure_big_stack() -> None:
@@ -135,19 +137,62 @@ def _trim_traceback(exc: BaseException) -> str:
         return f"{type(exc).__name__}: <unprintable exception>\n"
 
 
+def _ready_text(obj: object) -> "str | None":
+    """`answer["content"]` as text when `obj` is a dict whose "ready" is truthy, else None (never raises)."""
+    try:
+        if isinstance(obj, dict) and dict.get(obj, "ready"):
+            return str(dict.get(obj, "content", ""))
+    except Exception:  # a hostile __bool__ / __str__ only costs its own answer
+        pass
+    return None
+
+
 class Kernel:
-    def __init__(self, link: KernelLink, prompt: str, cfg: dict) -> None:
+    def __init__(self, link: KernelLink, prompt: object, cfg: dict) -> None:
         self.link = link
         self.cfg = cfg
         self.final: str | None = None
         self.final_var: str | None = None
         self.final_truncated = False
         self.ns: dict = {"__name__": "__main__", "__builtins__": builtins}
-        api = make_api(link, self.ns, self._set_final)
-        self.protected = {"prompt": prompt, **api}
+        self.official = cfg.get("dialect") == "official"
+        hidden: set = set()
+        if self.official:  # the document is `context` (and `context_0`, as the official package has it)
+            api = make_official_api(link, self.ns, lambda: hidden)
+            self.doc_names = ("context", "context_0")
+        else:
+            api = make_api(link, self.ns, self._set_final)
+            self.doc_names = ("prompt",)
+        tools = make_tools(link, cfg.get("tools") or {})
+        api.update({k: v for k, v in tools.items() if k not in api and k not in self.doc_names})
+        hidden.update(api)
+        self.protected = {**{name: prompt for name in self.doc_names}, **api}
         self.ns.update(self.protected)
+        self.ns["answer"] = AnswerDict(self._answer_ready)
         self.ns.update({k: v for k, v in (cfg.get("globals") or {}).items() if k not in self.protected})
         self.cell_no = 0
+
+    def _answer_ready(self, answer: dict) -> None:
+        text = _ready_text(answer)
+        if text is not None:
+            self._set_final(text, None)
+
+    def _check_answer(self, before: object, was_ready: bool) -> None:
+        """After a cell: a ready `answer` that this cell made ready (or bound) is the final answer; under the
+        official dialect a rebound `answer` is wrapped again so the next cell's assignment is seen."""
+        now = self.ns.get("answer")
+        if self.final is None and (now is not before or not was_ready):
+            text = _ready_text(now)
+            if text is not None:
+                self._set_final(text, None)
+        if self.official and not isinstance(now, AnswerDict):
+            fresh = AnswerDict(self._answer_ready)
+            if isinstance(now, dict):
+                try:
+                    dict.update(fresh, now)
+                except Exception:
+                    pass
+            self.ns["answer"] = fresh
 
     def _set_final(self, answer: str, var: str | None = None) -> None:
         cap = int(self.cfg["max_output_chars"])
@@ -168,6 +213,8 @@ class Kernel:
         notices: list[str] = []
         error = None
         subs_before = self.link.sub_calls
+        answer_before = self.ns.get("answer")
+        was_ready = _ready_text(answer_before) is not None
         filename = f"<cell {cell_id if isinstance(cell_id, int) else self.cell_no}>"
         try:
             tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST)
@@ -193,6 +240,7 @@ class Kernel:
             elif isinstance(exc, RecursionError):
                 notices.append(f"Recursion went too deep (limit {sys.getrecursionlimit()}).")
             del exc
+        self._check_answer(answer_before, was_ready)
         for name, obj in self.protected.items():
             if self.ns.get(name) is not obj:
                 self.ns[name] = obj
@@ -243,17 +291,19 @@ def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
 
     from . import api, capture, wire
     main_mod = sys.modules[__name__]
-    loop = [Kernel.run, send_done, _trim_traceback]
-    link_fns = [v for v in vars(KernelLink).values() if isinstance(v, types.FunctionType)] + [api.make_api]
+    loop = [Kernel.run, Kernel._check_answer, Kernel._answer_ready, Kernel._set_final, _ready_text, send_done,
+            _trim_traceback]
+    link_fns = [v for v in vars(KernelLink).values() if isinstance(v, types.FunctionType)] + [
+        api.make_api, api.make_official_api, api.make_tools]
     wire_fns = [v for v in vars(wire).values() if isinstance(v, types.FunctionType)]
     own = [(main_mod, _names_used(*loop)), (api, _names_used(*link_fns)), (wire, _names_used(*wire_fns))]
     modules = own + [(builtins, LOOP_BUILTINS), (json, ("dumps", "loads", "_default_encoder", "_default_decoder")),
                      (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
                      (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
                      (_ast, ("PyCF_ONLY_AST", "Expr", "Expression"))]
-    classes = [Kernel, KernelLink, api.SubCallError, CappedStream, OutputBudget]
+    classes = [Kernel, KernelLink, api.SubCallError, api.ToolError, AnswerDict, CappedStream, OutputBudget]
     instances = [(kernel, ("link", "cfg", "ns", "protected")),
-                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch"))]
+                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch", "max_tool_chars"))]
     functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
     del capture
     # strict: no name may be added to the kernel's own modules (it would shadow a builtin they call)
@@ -271,8 +321,9 @@ def main(fd_in: int, fd_out: int) -> None:
     kind, raw = read_frame(fd_in)
     if kind != KIND_BYTES:
         os._exit(91)
-    prompt = raw.decode("utf-8", "surrogatepass")
+    flat = raw.decode("utf-8", "surrogatepass")
     del raw, payload
+    prompt = ctxmod.unpack(flat, cfg.get("layout"))  # a str, or the list / dict of a structured context
     os.chdir(cfg["scratch"])
     guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
     guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
@@ -283,20 +334,25 @@ def main(fd_in: int, fd_out: int) -> None:
     # glibc sizes new threads' stacks from RLIMIT_STACK (raised above for the main thread);
     # keep model threads modest so a thread pool fits in the address-space cap.
     threading.stack_size(THREAD_STACK_BYTES)
-    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024))
+    link = KernelLink(fd_in, fd_out, int(cfg["max_subcall_chars"]), int(cfg.get("max_batch") or 1024),
+                      int(cfg.get("max_tool_chars") or 1_000_000))
     kernel = Kernel(link, prompt, cfg)
     facts = _facts(cfg["scratch"])
     guard.install_audit_hook(cfg["scratch"], network=bool(cfg["network"]),
                              protected_fds=frozenset({fd_in, fd_out}), allow_ctypes=bool(cfg.get("allow_ctypes")),
                              library_roots=tuple(sorted({sys.prefix, sys.base_prefix, sys.exec_prefix,
                                                          sys.base_exec_prefix})))
-    link.send({"t": "ready", "facts": facts, "prompt_chars": len(prompt)})
+    link.send({"t": "ready", "facts": facts, "prompt_chars": len(flat)})
+    del flat
     # `canonical` is a fast local of this frame: model code can read it through the frame stack
     # but cannot rebind it (frame.f_locals is a snapshot; sys.settrace, which would write it
     # back, is refused by the hook). Before each cell the kernel's `prompt` is put back to it if
     # it changed. The parent never sends the document again: that is a claim of this kernel
     # (see CellResult.prompt_integrity), and a kernel that lies is no cheaper to the parent.
     canonical = prompt
+    canonical_items = ctxmod.snapshot(prompt)  # a list/dict's items: in-place changes are put back too
+    doc_names = kernel.doc_names
+    altered, put_back = ctxmod.altered, ctxmod.put_back
     del prompt
     # Everything the loop calls is bound here, before model code runs, and the bindings it relies
     # on are checked against a snapshot before each cell and before each reply (integrity.py).
@@ -318,15 +374,19 @@ def main(fd_in: int, fd_out: int) -> None:
             continue
         restored = tampered
         tampered = False
-        if kernel.protected.get("prompt") is not canonical or kernel.ns.get("prompt") is not canonical:
+        for name in doc_names:
+            if kernel.protected.get(name) is not canonical or kernel.ns.get(name) is not canonical:
+                restored = True
+                kernel.protected[name] = canonical
+                kernel.ns[name] = canonical
+        if altered(canonical, canonical_items):
             restored = True
-            kernel.protected["prompt"] = canonical
-            kernel.ns["prompt"] = canonical
+            put_back(canonical, canonical_items)
         reply = run_cell(kernel, msg["code"], msg.get("cell"))
         reply["cell"] = msg.get("cell")
         if restored:
             reply["prompt_restored"] = True
-            reply["notices"].insert(0, "`prompt` or the kernel's own functions had been altered inside the kernel; "
+            reply["notices"].insert(0, f"`{doc_names[0]}` or the kernel's own functions had been altered inside the kernel; "
                                        "they were restored before this cell.")
         try:
             finish(link, reply)
