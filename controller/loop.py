@@ -229,6 +229,7 @@ class _Run:
             dialect=cfg.rlm.dialect,
             rlm_nested=nested,
             locate=self.packed.locate if self.packed.structured else None,
+            clip=self.packed.clip_to_item if self.packed.structured else None,
         )
 
     def _open_sandbox(self) -> Sandbox:

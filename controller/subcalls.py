@@ -69,6 +69,7 @@ class SubCallRouter:
         dialect: str = "rig",
         rlm_nested: NestedRunner | None = None,
         locate: Callable[[int], tuple[int | str | None, int | None]] | None = None,
+        clip: Callable[[int, int], tuple[int, int]] | None = None,
     ):
         """``nested``: the rig dialect's sub_call as a nested RLM (max_depth >= 2); ``rlm_nested``: the child RLM
         of an ``rlm_query`` (None at the depth limit: it then runs as a plain worker call, recorded so).
@@ -87,6 +88,7 @@ class SubCallRouter:
         self.dialect = dialect
         self.rlm_nested = rlm_nested
         self.locate = locate
+        self.clip = clip
         # the cap check: from the chunk's length where its bound settles it, else an exact count
         self.chunk_tokens = chunk_tokens if chunk_tokens is not None else ChunkTokens(count_tokens)
         self._next = 0  # where the last located chunk ended: the next one usually starts there
@@ -121,6 +123,31 @@ class SubCallRouter:
             return [{"role": "user", "content": r.chunk}]
         return worker_messages(r.chunk, r.instruction, self.worker_system)
 
+    def _span_inside(self, prompt: str, probe: int = 32, tries: int = 16) -> tuple[int | None, int | None]:
+        """Where the document text *inside* an official-dialect prompt lies ("instruction + slice"): the middle
+        of the prompt is searched for, each match grown both ways while prompt and document agree, and the
+        longest of the first ``tries`` matches kept (documents repeat themselves: dice rolls, log lines)."""
+        start, end = self._span(prompt)
+        if start is not None or len(prompt) < 2 * probe:
+            return start, end
+        mid = len(prompt) // 2 - probe // 2
+        needle, doc, best = prompt[mid:mid + probe], self.doc, (None, None)
+        at = doc.find(needle)
+        for _ in range(tries):
+            if at < 0:
+                break
+            lo, hi, plo, phi = at, at + probe, mid, mid + probe
+            while lo > 0 and plo > 0 and doc[lo - 1] == prompt[plo - 1]:
+                lo, plo = lo - 1, plo - 1
+            while hi < len(doc) and phi < len(prompt) and doc[hi] == prompt[phi]:
+                hi, phi = hi + 1, phi + 1
+            if best[0] is None or hi - lo > best[1] - best[0]:  # type: ignore[operator]
+                best = (lo, hi)
+            at = doc.find(needle, at + 1)
+        if best[0] is not None and self.clip is not None:
+            return self.clip(best[0], best[1])  # type: ignore[arg-type]
+        return best
+
     # long: the parent-side caps checked in order (count, batch, chunk size, depth) before any request leaves
     def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
         nested, fallback = self._route(reqs)
@@ -130,7 +157,7 @@ class SubCallRouter:
         if len(reqs) > 1 or (reqs and reqs[0].index_in_batch is not None):
             batch_id = self._batch_no
             self._batch_no += 1
-        spans = [self._span(r.chunk) for r in reqs]
+        spans = [self._span_inside(r.chunk) if self.dialect == "official" else self._span(r.chunk) for r in reqs]
         # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
         checks = ([(None, False)] * len(reqs) if nested is not None
                   else self.chunk_tokens.check_many([r.chunk for r in reqs], self.budget_tokens))

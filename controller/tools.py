@@ -61,9 +61,12 @@ def tool_docs(tools: dict[str, Callable[..., Any]]) -> dict[str, str]:
     out = {}
     for name, fn in tools.items():
         try:
-            sig = str(inspect.signature(fn))
-        except (TypeError, ValueError):
-            sig = "(...)"
+            sig = str(inspect.signature(fn, eval_str=True))  # `from __future__ import annotations` shows types
+        except Exception:  # noqa: BLE001 - an annotation that does not evaluate: show them as written
+            try:
+                sig = str(inspect.signature(fn))
+            except (TypeError, ValueError):
+                sig = "(...)"
         out[name] = f"{name}{sig}: " + (inspect.getdoc(fn) or "no description").strip()
     return out
 
@@ -91,13 +94,15 @@ class ToolRunner:
             rec.error = f"tool call limit reached ({self.max_calls} per run)"
         else:
             t0 = time.perf_counter()
-            rec.response, rec.error = self._run(name, args, kwargs)
+            rec.response, rec.error, rec.error_kind = self._run(name, args, kwargs)
             rec.latency_s = time.perf_counter() - t0
-        rec.error_kind = "tool" if rec.error else None
+        if rec.error and rec.error_kind is None:
+            rec.error_kind = "tool"
         return SubCallReply(text=rec.response, error=rec.error)
 
-    def _run(self, name: str, args: list, kwargs: dict) -> tuple[str | None, str | None]:
-        """(JSON text of the result, None) or (None, the error the cell's ToolError carries)."""
+    def _run(self, name: str, args: list, kwargs: dict) -> tuple[str | None, str | None, str | None]:
+        """(JSON text of the result, None, None) or (None, the error the cell's ToolError carries, its kind:
+        "tool" for the call's own failure, "tool_result" for a result JSON cannot carry: a bug of the tool)."""
         box: dict[str, Any] = {}
 
         def call() -> None:
@@ -111,17 +116,28 @@ class ToolRunner:
         worker.start()
         worker.join(self.timeout_s)
         if worker.is_alive():
-            return None, f"{name} did not return within {self.timeout_s:g} s (tool timeout)"
+            return None, f"{name} did not return within {self.timeout_s:g} s (tool timeout)", "tool"
         if "error" in box:
-            return None, box["error"][:2000]
+            return None, box["error"][:2000], "tool"
         try:
             text = json.dumps(box.get("value"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            return None, f"{name} returned a value that is not JSON-serialisable ({exc})"
+            return None, f"tool {name} returned a value that is not JSON-serialisable ({exc})", "tool_result"
         if len(text) > self.max_result_chars:
-            return None, f"{name} returned {len(text)} JSON characters, over the cap of {self.max_result_chars}"
-        return text, None
+            return None, (f"tool {name} returned {len(text)} JSON characters, over the cap of "
+                          f"{self.max_result_chars}"), "tool_result"
+        return text, None, None
 
 
 def _dump(args: list, kwargs: dict) -> str:
     return json.dumps({"args": args, "kwargs": kwargs}, ensure_ascii=False)[:4000]
+
+
+def tool_result_error(traj: Trajectory) -> str | None:
+    """The first custom tool call, at any depth, whose result JSON could not carry (a bug of the tool itself:
+    the CLI reports it as bad input once the run is saved), else None."""
+    for t in traj.walk():
+        for s in t.sub_calls:
+            if s.kind == "tool" and s.error_kind == "tool_result":
+                return s.error
+    return None

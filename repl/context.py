@@ -47,6 +47,15 @@ class PackedContext:
             out["keys"] = self.keys
         return out
 
+    def clip_to_item(self, start: int, end: int) -> tuple[int, int]:
+        """A span cut to the item holding its middle (a span found by growing a match may spill a few
+        characters into the next item when they happen to agree)."""
+        if not self.structured or not self.starts:
+            return start, end
+        i = max(0, bisect.bisect_right(self.starts, (start + end) // 2) - 1)
+        lo, hi = self.starts[i], self.starts[i] + self.lengths[i]
+        return max(start, lo), min(end, hi)
+
     def locate(self, start: int) -> tuple[int | str | None, int | None]:
         """(item index or dict key, offset inside it) of a position in `flat`."""
         if not self.structured or not self.starts:

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
 
 
 def ask(
-    doc: Path = typer.Option(..., "--doc", help="the document (a text file)"),
+    doc: Path = typer.Option(..., "--doc", help="the document: a text file, a .json/.jsonl file (a list or a dict), "
+                             "or a folder of .txt files (a list)"),
     question: str = typer.Option(..., "--question", "-q"),
     config: str = ConfigOpt,
     controller_replay: Optional[Path] = typer.Option(None, "--controller-replay", help="replay these controller responses"),
@@ -35,12 +36,15 @@ def ask(
     from rlm_rig.controller.rig import Rig
     from rlm_rig.records.runlog import RunFolder
 
+    from rlm_rig.experiments.datasets.contexts import ContextFileError, load_context_file
+
     cfg = load_cfg(config, overrides)
-    if not doc.is_file():
-        raise UserError(f"--doc {str(doc)!r} is not a file")
     if controller_replay is not None and not controller_replay.is_file():
         raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
-    text = doc.read_text(errors="replace")
+    try:
+        text = load_context_file(doc)  # a str, or a list / dict the REPL gets as such
+    except ContextFileError as exc:
+        raise UserError(str(exc)) from None
     run_dir = out_dir or default_run_dir(cfg, "ask")
     folder = RunFolder(run_dir)
     held = folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files
@@ -65,3 +69,8 @@ def ask(
     # output: escape sequences are shown, not obeyed (trajectory.json keeps the raw text).
     print(f"answer: {terminal_safe(t.final_answer) if t.final_answer is not None else None}")
     print(f"trajectory: {traj_path}")
+    from rlm_rig.controller.tools import tool_result_error
+
+    bad_tool = tool_result_error(t)
+    if bad_tool:  # the cell was told; the user's tool is broken: say so in one line (the run is saved)
+        raise UserError(bad_tool)

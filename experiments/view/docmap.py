@@ -1,6 +1,7 @@
 """The document map: where each sub_call's chunk lies in ``prompt``, what was never read.
 
-Spans come from ``SubCallRecord.chunk_start/chunk_end`` (a chunk not found verbatim in the
+Spans come from ``SubCallRecord.chunk_start/chunk_end`` (offsets in the items' texts joined in order for a
+list/dict context, whose item and in-item offset the label names; a chunk not found verbatim in the
 document has no span and is listed apart). Overlapping spans go into separate lanes so every
 span stays clickable. Gaps are the complement of the union of spans (metrics.covered_chars).
 """
@@ -68,6 +69,8 @@ def build_docmap(traj: dict[str, Any], anchor: Callable[[int], str],
         left = 100.0 * s / n
         width = max(MIN_WIDTH_PCT, 100.0 * (e - s) / n)
         label = f"sub_call {sc['id']} (cell {sc.get('cell')}): chars {s:,}-{e:,}"
+        if sc.get("chunk_item") is not None:  # a list/dict context: the item and the offset inside it
+            label += f", item {sc['chunk_item']!r} at {int(sc.get('chunk_item_offset') or 0):,}"
         if v:
             label += f", worker {v}"
         spans.append(Span(sc["id"], anchor(sc["id"]), s, e, lane, left, min(width, 100.0 - left), colour, v, label))
