@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from rlm_rig.configs.load import load_config
 from rlm_rig.controller.backends import ReplayLM
 from rlm_rig.controller.loop import RLM, RunContext
 from rlm_rig.records.trajectory import Trajectory
-from rlm_rig.worker.hf import TransformersWorker
-from rlm_rig.worker.sync import SyncWorker
-from rlm_rig.worker.tokens import load_tokenizer
+from test_loop import cell, count_tokens, hf_worker  # noqa: F401 - the shared tiny in-process worker fixtures
 
 ITEMS = [f"Scene {k}: " + "".join(f"Grog rolls a d20 and gets {i}.\n" for i in range(k + 3)) for k in range(4)]
-
-
-@pytest.fixture(scope="module")
-def hf_worker(tiny_model_path):
-    w = SyncWorker(TransformersWorker(str(tiny_model_path), device="cpu", dtype="float32", max_tokens=8))
-    yield w
-    w.close()
-
-
-@pytest.fixture(scope="module")
-def count_tokens(tiny_model_path):
-    tok = load_tokenizer(str(tiny_model_path))
-    return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
 
 
 def make_rlm(responses, hf_worker, count_tokens, *overrides):
@@ -36,10 +20,6 @@ def make_rlm(responses, hf_worker, count_tokens, *overrides):
     ctx = RunContext(cfg=cfg, lm=ReplayLM(responses), worker=hf_worker, count_tokens=count_tokens,
                      models={"controller": "replay", "worker": "tiny"}, versions={})
     return RLM(ctx)
-
-
-def cell(code: str) -> str:
-    return f"```repl\n{code}\n```"
 
 
 def test_official_list_context_finishes_through_answer(hf_worker, count_tokens, tmp_path):
