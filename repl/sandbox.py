@@ -209,7 +209,7 @@ class Sandbox:
         try:
             packed = prompt if isinstance(prompt, PackedContext) else pack_context(prompt)
         except ContextError as exc:
-            raise TypeError(f"Sandbox: {exc}") from None
+            raise TypeError(f"Sandbox: prompt must be a str, or a list / dict context: {exc}") from None
         if dialect not in DIALECT_NAMES:
             raise ValueError(f"Sandbox: dialect must be one of {sorted(DIALECT_NAMES)}, got {dialect!r}")
         if tools and not callable(tool_handler):

@@ -1,0 +1,113 @@
+"""The new message kinds (custom tool calls, sub_call requests with a kind and a model) as an owned kernel
+can forge them: each is bounded like a sub_call (the cell's nonce, size caps before decoding, the cell's
+timeout and parent budgets), and a forged or oversized one costs the kernel its call, never the parent."""
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+import pytest
+
+from rlm_rig.repl.sandbox import Sandbox
+from rlm_rig.repl.types import SandboxLimits, SubCallReply
+
+OWN = textwrap.dedent(r'''
+    import json as _j, os as _o, struct as _s, threading as _t
+    _link = [c.cell_contents for c in sub_call.__closure__ if hasattr(c.cell_contents, 'fd_out')][0]
+    def _frame(obj, kind=b'J'):
+        p = obj if isinstance(obj, bytes) else _j.dumps(obj).encode()
+        return _s.pack('>cI', kind, len(p)) + p
+    def _tool(blob, name='echo', nonce=True):
+        head = {'t': 'tool', 'id': 99, 'name': name, 'n_blobs': 1}
+        if nonce:
+            head['n'] = _link.nonce
+        _o.write(_link.fd_out, _frame(head) + _frame(blob, b'B'))
+        while True:  # read frames until the reply to id 99
+            hdr = _o.read(_link.fd_in, 5)
+            kind, n = _s.unpack('>cI', hdr)
+            body = b''
+            while len(body) < n:
+                body += _o.read(_link.fd_in, n - len(body))
+            msg = _j.loads(body)
+            if msg.get('id') == 99:
+                return msg
+    ''')
+
+
+def calls(reqs):
+    return [SubCallReply(text=f"{r.kind}:{r.model}") for r in reqs]
+
+
+def echo(name, args, kwargs):
+    return SubCallReply(text=json.dumps({"args": args, "kwargs": kwargs}))
+
+
+@pytest.fixture(scope="module")
+def box():
+    lim = SandboxLimits(cell_timeout_s=4, max_tool_chars=10_000, max_parent_cpu_s=5)
+    with Sandbox("doc", handler=calls, limits=lim, tools={"echo": "echo(...): returns its arguments"},
+                 tool_handler=echo) as sb:
+        yield sb
+
+
+def test_forged_tool_frames_are_refused_without_decoding(box):
+    r = box.run_cell(OWN + textwrap.dedent("""
+        print(_tool(b'x' * 200_000)['error'][:70])
+        print(_tool(b'[' * 9_000)['error'])
+        print(_tool(b'{"args": 1, "kwargs": {}}')['error'])
+        print(_tool(b'{"args": [], "kwargs": {}}', name='nope')['error'])
+        print(_tool(b'{"args": [1], "kwargs": {}}')['result'])
+        """))
+    assert r.error is None and not r.restarted, r
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("echo: malformed call, or arguments over the sandbox cap of 10000")
+    assert lines[1] == "echo: the arguments are not valid JSON"  # nested past the parser's depth: refused
+    assert lines[2].startswith("echo: malformed call (args must be a list")
+    assert lines[3] == "no custom tool named 'nope' in this run"
+    assert json.loads(lines[4]) == {"args": [1], "kwargs": {}}
+    assert box.run_cell("print(echo(2, k='v'))").stdout == "{'args': [2], 'kwargs': {'k': 'v'}}\n"
+
+
+def test_a_tool_frame_without_the_cells_nonce_kills_the_kernel(box):
+    r = box.run_cell(OWN + "_tool(b'{\"args\": [], \"kwargs\": {}}', nonce=False)")
+    assert r.restarted and r.kill_reason == "protocol" and "nonce" in r.error
+    assert box.run_cell("print(echo('after'))").stdout == "{'args': ['after'], 'kwargs': {}}\n"
+
+
+def test_a_flood_of_tool_calls_ends_within_the_cell_timeout(box):
+    t0 = time.monotonic()
+    r = box.run_cell("while True:\n    echo('x' * 5000)")
+    assert r.kill_reason in ("timeout", "budget") and time.monotonic() - t0 < 4 + 12
+    assert box.run_cell("print(echo(1)['args'])").stdout == "[1]\n"
+
+
+def test_tool_arguments_and_results_are_capped(box):
+    r = box.run_cell("try:\n    echo('y' * 20_000)\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    assert r.stdout.startswith("ToolError echo: arguments of 20")  # the kernel's early refusal, never sent
+    r = box.run_cell(OWN + "_link.max_tool_chars = 10**9\ntry:\n    echo('y' * 20_000)\n"
+                     "except Exception as e:\n    print(type(e).__name__, e)")
+    assert "exceed the cap of 10000" in r.stdout or "over the sandbox cap" in r.stdout, r  # the parent's own count
+
+
+def test_forged_kind_or_model_in_a_sub_call_request_is_refused(box):
+    r = box.run_cell(OWN + textwrap.dedent("""
+        _o.write(_link.fd_out, _frame({'t': 'sub', 'id': 7, 'n': _link.nonce, 'kind': 'tool', 'n_blobs': 2,
+                                       'reqs': [{'index': None}]}) + _frame(b'c', b'B') + _frame(b'i', b'B'))
+        hdr = _o.read(_link.fd_in, 5); n = _s.unpack('>cI', hdr)[1]
+        print(_j.loads(_o.read(_link.fd_in, n))['refused'])
+        _link.request([{'chunk': 'a', 'instruction': 'b', 'index': None}], kind='llm', model='m' * 500)
+        """))
+    assert r.stdout.startswith("malformed sub_call request (kind or model)"), r
+    assert "malformed sub_call request (kind or model)" in (r.error or ""), r
+    assert box.run_cell("print(sub_call('a', 'b'))").stdout == "llm:None\n"
+
+
+def test_a_tool_call_from_a_thread_that_outlived_its_cell_gets_a_clear_error(box):
+    box.run_cell("import threading, time\nseen = []\n"
+                 "def late():\n    time.sleep(0.5)\n    try:\n        seen.append(echo(1))\n"
+                 "    except Exception as e:\n        seen.append(str(e))\n"
+                 "th = threading.Thread(target=late); th.start()")
+    time.sleep(1.0)
+    r = box.run_cell("th.join(); print(seen)")
+    assert "called outside a running cell" in r.stdout and not r.restarted, r
