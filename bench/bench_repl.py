@@ -1,5 +1,7 @@
 """REPL overheads, measured once per launcher: kernel start, start with a 5M-char prompt,
-round-trip of a trivial cell, and of a cell making one sub_call (trivial handler).
+round-trip of a trivial cell, and of a cell making one sub_call (trivial handler); and the start with
+a 5M-character LIST context (10,000 items of 500 characters, issue 22) against the 5M-character string,
+interleaved, as a ratio of medians.
 
 Run: python bench/bench_repl.py [--cells 300] [--starts 5] [--launchers bwrap,none] [--json]
 Prints figures from this one run; ratios are relative to the plain-process launcher ("none").
@@ -19,6 +21,22 @@ from rlm_rig.repl.launch import probe
 
 def echo(reqs):
     return [SubCallReply(text=r.chunk) for r in reqs]
+
+
+def list_vs_string(lim: SandboxLimits, starts: int) -> tuple[float, float]:
+    """Median start (ms) with a 5M-char string and with a 5M-char list of 10,000 items, interleaved so load
+    on the machine hits both alike; each start ends with a cell that reads the context."""
+    text, items = "x" * 5_000_000, ["y" * 500] * 10_000
+    runs: dict[str, list[float]] = {"str": [], "list": []}
+    for _ in range(max(3, starts)):
+        for kind, doc in (("str", text), ("list", items)):
+            t0 = time.perf_counter()
+            box = Sandbox(doc, handler=echo, limits=lim)
+            ok = box.run_cell("print(len(prompt))").stdout
+            runs[kind].append(time.perf_counter() - t0)
+            box.close()
+            assert ok == f"{len(doc)}\n", ok
+    return 1000 * statistics.median(runs["str"]), 1000 * statistics.median(runs["list"])
 
 
 def measure(launcher: str, cells: int, starts: int) -> dict[str, float]:
@@ -47,8 +65,10 @@ def measure(launcher: str, cells: int, starts: int) -> dict[str, float]:
         iso = box.isolation.summary()
     finally:
         box.close()
+    str_ms, list_ms = list_vs_string(lim, starts)
     return {"start_ms": 1000 * statistics.mean(start_s), "start5m_ms": 1000 * big_start,
-            "cell_ms": 1000 * cell_rt, "subcall_cell_ms": 1000 * sub_rt, "iso": iso}
+            "cell_ms": 1000 * cell_rt, "subcall_cell_ms": 1000 * sub_rt, "start5m_str_cell_ms": str_ms,
+            "start5m_list_cell_ms": list_ms, "iso": iso}
 
 
 def main() -> None:
@@ -73,6 +93,10 @@ def main() -> None:
         print(f"{name:9} {r['start_ms']:9.1f} {r['start5m_ms']:12.1f} {r['cell_ms']:11.3f} "
               f"{r['subcall_cell_ms']:17.3f} {r['start_ms'] / base['start_ms']:8.2f} "
               f"{r['cell_ms'] / base['cell_ms']:7.2f}")
+    print("5M-char context, start + one cell reading it (medians, interleaved):")
+    for name, r in results.items():
+        print(f"  {name:9} str {r['start5m_str_cell_ms']:.1f} ms, list of 10,000 items "
+              f"{r['start5m_list_cell_ms']:.1f} ms: list/str x{r['start5m_list_cell_ms'] / r['start5m_str_cell_ms']:.2f}")
     for name, r in results.items():
         print(f"  {name}: {r['iso']}")
 

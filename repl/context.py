@@ -10,6 +10,7 @@ its JSON text and is decoded by the kernel.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,11 +93,11 @@ def pack_context(value: Any) -> PackedContext:
     else:
         raise ContextError(f"a context must be a str, a list or a dict, not {type(value).__name__}")
     json_items: list[int] = []
-    texts = [_item_text(v, i, json_items) for i, v in enumerate(items)]
-    lengths = [len(t) for t in texts]
-    starts, pos = [], 0
-    for n in lengths:
-        starts.append(pos)
-        pos += n
+    if all(type(v) is str for v in items):  # the common case, at C speed: 500,000 items in ~50 ms
+        texts = items
+    else:
+        texts = [_item_text(v, i, json_items) for i, v in enumerate(items)]
+    lengths = list(map(len, texts))
+    starts = [0, *itertools.accumulate(lengths)][:-1] if lengths else []
     return PackedContext(flat="".join(texts), kind=kind, lengths=lengths, keys=keys, json_items=json_items,
                          starts=starts)

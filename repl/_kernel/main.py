@@ -304,7 +304,8 @@ def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
     classes = [Kernel, KernelLink, api.SubCallError, api.ToolError, AnswerDict, CappedStream, OutputBudget]
     instances = [(kernel, ("link", "cfg", "ns", "protected")),
                  (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch", "max_tool_chars"))]
-    functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
+    functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)] + [
+        ctxmod.altered, ctxmod.put_back, ctxmod.snapshot]
     del capture
     # strict: no name may be added to the kernel's own modules (it would shadow a builtin they call)
     return integrity.take(modules + [kernel.protected], classes, instances, functions,
