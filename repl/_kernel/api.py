@@ -230,6 +230,11 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | 
             raise NameError(f"FINAL_VAR: no variable named {key!r} exists in the REPL; assign it first "
                             f"or call FINAL(value)", name=key)
         value = namespace[key]
+        if type(value) is AnswerDict:  # the kernel's own `answer` dict is not a variable the model made
+            if not dict.get(value, "ready"):
+                raise NameError(f"FINAL_VAR: {key!r} is still the REPL's empty answer dict; assign it first "
+                                f"or call FINAL(value)", name=key)
+            value = dict.get(value, "content", "")
         on_final(value if isinstance(value, str) else str(value), key)
 
     return {"sub_call": sub_call, "sub_call_batch": sub_call_batch, "FINAL": FINAL,

@@ -106,3 +106,15 @@ def test_python_api_official_dict_context_with_extra_globals(vllm_server: str, t
     assert "dict with 3 item(s)" in t.cells[0].stdout and "'party': 'list'" in t.cells[0].stdout
     assert [s.chunk_item for s in t.sub_calls] == ["scene0", "scene1", "scene2"]
     assert t.doc_layout["keys"] == list(doc)
+
+
+@pytest.mark.vllm
+def test_eval_in_the_official_dialect(vllm_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = rig("eval", "-c", "cpu-tiny", "--dataset", "oolong-real", "--source", "toy", "--limit", "1", *OFFICIAL,
+            "--set", f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    row = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert row["stop_reason"] == "final" and row["answer"].startswith("\\boxed{") and row["n_sub_calls"] >= 1
+    traj = json.loads((out / row["trajectory"]).read_text())
+    assert traj["config"]["rlm"]["dialect"] == "official" and traj["cells"][-1]["final_answer"] == row["answer"]
