@@ -14,34 +14,10 @@ from typer.testing import CliRunner
 from rlm_rig.experiments.cli import app
 from rlm_rig.experiments.runs.imported import read_runs
 from rlm_rig.experiments.view.rlm_jsonl import write_rlm_jsonl
-from rlm_rig.records.trajectory import CellRecord, ControllerTurn, SubCallRecord, Trajectory
+from rlm_rig.records.trajectory import SubCallRecord
+from demo_run import rlm_trajectory
 
 SYSTEM = {"role": "system", "content": "You write code."}
-
-
-def _traj(run_id: str, depth: int = 0, nested: Trajectory | None = None) -> Trajectory:
-    msgs = [{"role": "user", "content": "Text:\nabc\n\nInstruction: count"}]
-    subs = [SubCallRecord(id=0, cell=0, depth=depth + 1, chunk_chars=3, instruction="count", response="3",
-                          prompt_tokens=12, completion_tokens=1, latency_s=0.25, messages=msgs)]
-    if nested is not None:
-        subs.append(SubCallRecord(id=1, cell=1, depth=depth + 1, chunk_chars=5, instruction="go deeper",
-                                  response=nested.final_answer, latency_s=1.5, nested_trajectory=nested,
-                                  messages=[{"role": "user", "content": "go deeper"}]))
-        subs.append(SubCallRecord(id=2, cell=1, depth=depth + 1, chunk_chars=4, instruction="fails", error="boom",
-                                  error_kind="worker", messages=[{"role": "user", "content": "fails"}]))
-    turns = [ControllerTurn(index=0, messages_in=[SYSTEM, {"role": "user", "content": "Q?"}],
-                            response="```repl\nx = llm_query('count')\n```", latency_s=0.5),
-             ControllerTurn(index=1, messages_in=[{"role": "user", "content": "out: 3"}],
-                            response="```repl\nanswer['content'] = x\nanswer['ready'] = True\n```", latency_s=0.25)]
-    cells = [CellRecord(index=0, turn=0, code="x = llm_query('count')", stdout="", duration_s=0.5, sub_calls=1),
-             CellRecord(index=1, turn=1, code="answer['content'] = x\nanswer['ready'] = True", stdout="done\n",
-                        stderr="warn", error="ValueError: no", notices=["cell output cut"], duration_s=0.125,
-                        sub_calls=2 if nested else 0, final_answer="3")]
-    return Trajectory(run_id=run_id, question="Q?", doc_chars=100, doc_sha256="0" * 64,
-                      config={"controller": {"backend": "replay"}, "rlm": {"max_depth": 2, "max_iterations": 5}},
-                      config_hash="h", models={"controller": "ctrl", "worker": "wk"}, versions={}, depth=depth,
-                      started_at="2026-01-02T03:04:05", turns=turns, cells=cells, sub_calls=subs,
-                      final_answer="3", stop_reason="final")
 
 
 def _same_calls(a: list[SubCallRecord], b: list[SubCallRecord]) -> None:
@@ -54,7 +30,7 @@ def _same_calls(a: list[SubCallRecord], b: list[SubCallRecord]) -> None:
 
 
 def test_export_then_import_keeps_the_trajectory(tmp_path):
-    t = _traj("s1", nested=_traj("s1.1", depth=1))
+    t = rlm_trajectory("s1", nested=rlm_trajectory("s1.1", depth=1))
     f = write_rlm_jsonl(t, tmp_path / "s1_2026-01-02_03-04-05_0123abcd.jsonl")
     ((sid, back),) = read_runs([f], question="Q?")
     assert sid == "s1" and back.final_answer == "3" and back.stop_reason == "final" and back.doc_chars == 100
@@ -141,3 +117,4 @@ def test_unknown_format_and_missing_file_exit_2(tmp_path):
     r = CliRunner().invoke(app, ["import", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "run")])
     assert r.exit_code == 2 and "neither a file nor a folder" in r.output
     assert not (tmp_path / "run").exists()
+
