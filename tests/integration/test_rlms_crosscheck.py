@@ -56,6 +56,7 @@ class Recorder:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/").removesuffix("/v1")
         self.chats: list[list[dict]] = []
+        self.prompt_tokens: dict[str, int] = {}  # the worker's own count per prompt (as_set's key)
         self.lock = threading.Lock()
         self.client = httpx.Client(timeout=600, trust_env=False)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -79,11 +80,15 @@ class Recorder:
 
             def _forward(self, method: str) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
-                if method == "POST" and self.path.endswith("/chat/completions"):
-                    with rec.lock:
-                        rec.chats.append(json.loads(body)["messages"])
+                chat = method == "POST" and self.path.endswith("/chat/completions")
                 r = rec.client.request(method, rec.upstream + self.path, content=body,
                                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+                if chat:
+                    messages = json.loads(body)["messages"]
+                    with rec.lock:
+                        rec.chats.append(messages)
+                        if r.status_code == 200:
+                            rec.prompt_tokens[key(messages)] = r.json()["usage"]["prompt_tokens"]
                 self.send_response(r.status_code)
                 self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
                 self.send_header("Content-Length", str(len(r.content)))
@@ -103,9 +108,13 @@ class Recorder:
         self.client.close()
 
 
+def key(messages: list[dict]) -> str:
+    return json.dumps(messages, sort_keys=True)
+
+
 def as_set(chats: list[list[dict]]) -> list[str]:
     """Worker prompts as a sorted multiset (batched calls may reach the server in any order)."""
-    return sorted(json.dumps(m, sort_keys=True) for m in chats)
+    return sorted(key(m) for m in chats)
 
 
 def rlms_log_prompts(log: Path) -> list[list[dict]]:
@@ -161,9 +170,16 @@ def test_rlms_half_answers_through_the_answer_dict(rlms_run):
     assert as_set(rlms_log_prompts(rlms_run["log"])) == as_set(rlms_run["sent"])
 
 
-def test_rlms_log_imports_as_a_run(rlms_run, tmp_path):
-    """The real official log -> a run folder: its answer, its worker calls with the messages interp replays."""
+def test_rlms_log_imports_as_a_run_interp_studies(rlms_run, recorder, tiny_model_path, tmp_path):
+    """The real official log -> a run folder: its answer, and its worker calls with the exact messages the worker
+    saw, so interp replays them (vLLM counted the same prompt tokens interp renders; HF greedy agrees)."""
+    import pandas as pd
+
     from rlm_rig.experiments.runs.imported import import_logs
+    from rlm_rig.interp.config import InterpConfig
+    from rlm_rig.interp.data.selection import iter_sub_calls
+    from rlm_rig.interp.methods.capture import run_capture
+    from rlm_rig.interp.model import ReplayModel
     from rlm_rig.records.runlog import RunFolder
 
     import_logs([rlms_run["log"]], tmp_path / "run", question=QUESTION)
@@ -172,7 +188,19 @@ def test_rlms_log_imports_as_a_run(rlms_run, tmp_path):
     t = folder.load_trajectory(folder.trajectory_file(row))
     assert row.answer == t.final_answer == rlms_run["answer"] and t.stop_reason == "final"
     assert len(t.turns) == 3 and len(t.cells) == 3 and t.cells[-1].final_answer == rlms_run["answer"]
-    assert as_set([s.messages for s in t.leaf_sub_calls()]) == as_set(rlms_run["sent"])
+    leaves = list(t.leaf_sub_calls())
+    assert as_set([s.messages for s in leaves]) == as_set(rlms_run["sent"])
+    model = ReplayModel(str(tiny_model_path), dtype="float32")
+    # the worker's own prompt token counts (read at the proxy: rlms logs one batch-wide usage for every call of
+    # an llm_query_batched) are what interp renders from the imported messages
+    assert [recorder.prompt_tokens[key(s.messages)] for s in leaves] == [len(model.render(s.messages).ids)
+                                                                         for s in leaves]
+    summary = run_capture(model, iter_sub_calls(folder.path), tmp_path / "cap",
+                          InterpConfig(capture_positions=["last"], max_new_tokens=16)).replay
+    print("interp replay of the imported rlms calls:", summary)
+    assert summary["n"] == len(leaves)
+    rep = pd.read_parquet(tmp_path / "cap" / "replay.parquet")
+    assert (rep["first_divergence"].isna() | (rep["first_divergence"] > 0)).all()  # same prompt, same weights
 
 
 def test_rig_official_dialect_matches_rlms(rlms_run, recorder, vllm_served_name, tmp_path):
