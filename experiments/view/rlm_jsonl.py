@@ -53,7 +53,8 @@ def _code_block(cell: CellRecord, subs: list[SubCallRecord], worker_model: str) 
     stderr = "\n".join(x for x in [cell.stderr, cell.error or "", *cell.notices] if x)
     return {"code": cell.code, "result": {
         "stdout": cell.stdout, "stderr": stderr, "locals": {}, "execution_time": cell.duration_s,
-        "rlm_calls": [_completion(s, worker_model) for s in subs if s.cell == cell.index],
+        "rlm_calls": [_completion(s, worker_model) for s in subs if s.cell == cell.index
+                      and getattr(s, "kind", "llm") != "tool"],  # a custom tool (issue 22) is no model call
         "final_answer": cell.final_answer}}
 
 
@@ -255,7 +256,12 @@ def _sub_call(call: dict[str, Any], sid: int, cell: int, depth: int, run_id: str
         response=_text(call.get("response") or ""), error=error if isinstance(error, str) else None,
         error_kind=(_ERROR_KINDS.get(str(call.get("error_type")), "other") if error else None),
         prompt_tokens=p_in, completion_tokens=p_out, latency_s=float(call.get("execution_time") or 0.0),
-        messages=msgs or None, nested_trajectory=child)
+        messages=msgs or None, nested_trajectory=child, **_kind(child is not None))
+
+
+def _kind(nested: bool) -> dict[str, Any]:
+    """A call that ran a child RLM is kind ``rlm`` where the record has kinds (SubCallRecord.kind, issue 22)."""
+    return {"kind": "rlm" if nested else "llm"} if "kind" in SubCallRecord.model_fields else {}
 
 
 def _cells(it: dict[str, Any], turn: int, first_cell: int, first_sub: int, depth: int, run_id: str
