@@ -20,6 +20,7 @@ def import_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="score with this dataset's rules (with --gold)"),
     gold: Optional[Path] = typer.Option(None, "--gold", help='JSONL of {"id", "gold"[, "answer_type"]} per run'),
     question: str = typer.Option("", "--question", "-q", help="the question asked (the log does not record it)"),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="the document the runs read (its length and hash)"),
 ) -> None:
     """Turn official RLM run logs into a run folder that `view`, `report`, `score` and `interp` read."""
     from rlm_rig.experiments.runs.imported import import_logs
@@ -27,7 +28,7 @@ def import_cmd(
     if gold is not None and not gold.is_file():
         raise UserError(f"--gold {str(gold)!r} is not a file")
     try:
-        summary = import_logs(files, out_dir, fmt=fmt, dataset=dataset, gold_file=gold, question=question)
+        summary = import_logs(files, out_dir, fmt=fmt, dataset=dataset, gold_file=gold, question=question, doc=doc)
     except ValueError as e:  # a log that is not an official one, a bad gold file, an unknown format or dataset
         raise UserError(str(e).splitlines()[0]) from None
     out.print(f"imported {summary.get('n')} run(s) into {out_dir}")

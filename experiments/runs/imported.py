@@ -7,6 +7,7 @@ Everything is read and checked before the folder is claimed, so a bad log leaves
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,25 @@ def _row(sid: str, t: Trajectory, rel: str, dataset: str | None, gold: dict[str,
                           parsed=off.parsed_json(), lenient_score=lenient.score)
 
 
+def with_document(runs: list[tuple[str, Trajectory]], doc: Path | None) -> None:
+    """The document the runs read (the official log records neither its length nor its hash)."""
+    if doc is None:
+        return
+    if not doc.is_file():
+        raise FileNotFoundError(f"--doc {str(doc)!r} is not a file")
+    text = doc.read_text(errors="replace")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    for _, t in runs:
+        t.doc_chars, t.doc_sha256 = len(text), digest
+
+
 def import_logs(paths: list[Path], out_dir: Path, *, fmt: str = "rlm-jsonl", dataset: str | None = None,
-                gold_file: Path | None = None, question: str = "") -> dict[str, Any]:
+                gold_file: Path | None = None, question: str = "", doc: Path | None = None) -> dict[str, Any]:
     """Read every log, then write one run folder; returns its summary."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r} is not known; formats: {', '.join(FORMATS)}")
     runs = read_runs(log_files(paths), question)
+    with_document(runs, doc)
     gold = read_gold(gold_file, dataset)
     missing = [sid for sid, _ in runs if gold and sid not in gold]
     if missing:

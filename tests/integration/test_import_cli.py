@@ -22,11 +22,14 @@ def test_an_exported_run_imports_and_view_report_score_read_it(tmp_path):
     assert r.exit_code == 0, r.output
     (tmp_path / "gold.jsonl").write_text(json.dumps({"id": "rlm", "gold": "3"}) + "\n")
     run = tmp_path / "run"
+    (tmp_path / "doc.txt").write_text("d" * 250)
+    r = cli.invoke(app, ["import", str(tmp_path / "exp"), "--out", str(tmp_path / "r0"), "--doc", str(tmp_path / "no.txt")])
+    assert r.exit_code == 2 and "--doc" in r.output and not (tmp_path / "r0").exists()
     r = cli.invoke(app, ["import", str(tmp_path / "exp"), "--out", str(run), "--dataset", "oolong-real",
-                         "--gold", str(tmp_path / "gold.jsonl"), "-q", "Q?"])
+                         "--gold", str(tmp_path / "gold.jsonl"), "-q", "Q?", "--doc", str(tmp_path / "doc.txt")])
     assert r.exit_code == 0, r.output
     (row,) = RunFolder(run).sample_rows()
-    assert (row.id, row.answer, row.gold, row.question) == ("rlm", "3", "3", "Q?")
+    assert (row.id, row.answer, row.gold, row.question, row.context_chars) == ("rlm", "3", "3", "Q?", 250)
     assert row.score == score_output("oolong-real", "3", "3").score and row.n_sub_calls == 3
     for args in (["report", str(run), "--out", str(tmp_path / "rep")], ["view", str(run), "--out", str(tmp_path / "site")],
                  ["score", "--dataset", "oolong-real", str(run / "samples.jsonl"), "--out", str(tmp_path / "s.jsonl")]):

@@ -182,11 +182,13 @@ def test_rlms_log_imports_as_a_run_interp_studies(rlms_run, recorder, tiny_model
     from rlm_rig.interp.model import ReplayModel
     from rlm_rig.records.runlog import RunFolder
 
-    import_logs([rlms_run["log"]], tmp_path / "run", question=QUESTION)
+    (tmp_path / "doc.txt").write_text(document())
+    import_logs([rlms_run["log"]], tmp_path / "run", question=QUESTION, doc=tmp_path / "doc.txt")
     folder = RunFolder(tmp_path / "run")
     (row,) = folder.sample_rows()
     t = folder.load_trajectory(folder.trajectory_file(row))
     assert row.answer == t.final_answer == rlms_run["answer"] and t.stop_reason == "final"
+    assert (row.question, row.context_chars, t.doc_chars) == (QUESTION, len(document()), len(document()))
     assert len(t.turns) == 3 and len(t.cells) == 3 and t.cells[-1].final_answer == rlms_run["answer"]
     leaves = list(t.leaf_sub_calls())
     assert as_set([s.messages for s in leaves]) == as_set(rlms_run["sent"])
