@@ -1,4 +1,5 @@
-"""Our trajectories in the official RLM logger's JSONL format, so its visualizer opens our runs.
+"""The official RLM logger's JSONL format: the one writer (our trajectories, so its visualizer opens our runs) and
+the one reader (its logs, or our exports, back into trajectories: ``rlm-rig import``; see the end of this module).
 
 One file per trajectory: a ``metadata`` line, then one ``iteration`` line per controller turn
 (field names as the official ``RLMLogger`` writes them; see the README's Interoperability note).
@@ -8,7 +9,8 @@ Mapping from our records:
   concatenation of ``messages_in`` up to it); ``response``: the turn's reply.
 * ``code_blocks``: the cells run for that turn, each with a REPL result: stdout, stderr (plus the
   cell's error and notices, which the official record has no field for), ``execution_time``,
-  and ``rlm_calls``: the cell's sub_calls as chat completions with per-call usage.
+  ``final_answer``, and ``rlm_calls``: the cell's sub_calls as chat completions with per-call usage (a nested
+  run as the call's ``metadata``: ``{run_metadata, iterations}``, as the official logger nests a child RLM).
 * ``final_answer`` on the last turn when the run ended with one; ``iteration_time``: the turn's
   model latency plus its cells' run time. ``locals`` stays empty: we never record REPL variables.
 """

@@ -224,3 +224,12 @@ def test_rig_official_dialect_matches_rlms(rlms_run, recorder, vllm_served_name,
     leaves = list(t.leaf_sub_calls())
     assert as_set([s.messages for s in leaves]) == as_set(sent)
     assert {getattr(s, "kind", None) for s in leaves} == {"llm"}
+    # the rig's run exported in the official log's shape carries the same worker calls as rlms's own log, and
+    # imports back to the same answer and calls
+    from rlm_rig.experiments.runs.imported import read_runs
+    from rlm_rig.experiments.view.rlm_jsonl import write_rlm_jsonl
+
+    exported = write_rlm_jsonl(t, tmp_path / "rig_2026-01-02_03-04-05_0123abcd.jsonl")
+    assert as_set(rlms_log_prompts(exported)) == as_set(rlms_log_prompts(rlms_run["log"]))
+    ((_, back),) = read_runs([exported])
+    assert back.final_answer == t.final_answer and as_set([s.messages for s in back.leaf_sub_calls()]) == as_set(sent)
