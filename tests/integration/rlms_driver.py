@@ -6,7 +6,7 @@ sub-calls go through rlms's OpenAI client to the worker URL (the test's vLLM-CPU
 rig profile's max_tokens. Standard library and rlms only, so it runs under any interpreter that has rlms.
 
     python rlms_driver.py --responses R.json --doc D.txt --question Q --worker-url URL --worker-model tiny \
-        --max-tokens 16 --log-dir DIR
+        --max-tokens 16 --log-dir DIR [--max-depth 2]
 
 prints one JSON line: {"answer", "log" (the RLMLogger file), "root_calls"}.
 """
@@ -56,6 +56,7 @@ def main() -> None:
     for flag in ("--responses", "--doc", "--question", "--worker-url", "--worker-model", "--log-dir"):
         ap.add_argument(flag, required=True)
     ap.add_argument("--max-tokens", type=int, required=True)
+    ap.add_argument("--max-depth", type=int, default=1, help="2: rlm_query starts a child RLM (on the scripted root)")
     args = ap.parse_args()
     from rlm import RLM
     from rlm.logger import RLMLogger
@@ -73,7 +74,7 @@ def main() -> None:
         other_backends=["openai"],
         other_backend_kwargs=[{"model_name": args.worker_model, "base_url": args.worker_url, "api_key": "unused",
                                "sampling_args": {"max_tokens": args.max_tokens, "temperature": 0.0}}],
-        environment="local", max_iterations=len(responses), logger=logger)
+        environment="local", max_depth=args.max_depth, max_iterations=len(responses), logger=logger)
     try:
         result = rlm.completion(doc, root_prompt=args.question)
     finally:

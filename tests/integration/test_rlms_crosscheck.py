@@ -143,22 +143,27 @@ def profile():
     return load_config("cpu-tiny")
 
 
-@pytest.fixture(scope="module")
-def rlms_run(recorder, vllm_served_name, profile, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("rlms")
-    (tmp / "responses.json").write_text(json.dumps(yaml.safe_load(SCRIPT.read_text())["responses"]))
+def run_rlms(tmp: Path, responses: list[str], worker_url: str, worker_model: str, max_tokens: int,
+             *more: str) -> dict:
+    """The driver in a subprocess; its JSON line, with the log as a path."""
+    (tmp / "responses.json").write_text(json.dumps(responses))
     (tmp / "doc.txt").write_text(document())
-    recorder.take()
     p = subprocess.run(
         [rlms_python(), str(HERE / "rlms_driver.py"), "--responses", str(tmp / "responses.json"),
-         "--doc", str(tmp / "doc.txt"), "--question", QUESTION, "--worker-url", recorder.url,
-         "--worker-model", vllm_served_name, "--max-tokens", str(profile.worker.max_tokens),
-         "--log-dir", str(tmp / "logs")],
+         "--doc", str(tmp / "doc.txt"), "--question", QUESTION, "--worker-url", worker_url,
+         "--worker-model", worker_model, "--max-tokens", str(max_tokens), "--log-dir", str(tmp / "logs"), *more],
         capture_output=True, text=True, timeout=600, cwd=tmp)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    return {**out, "log": tmp / out["log"] if not Path(out["log"]).is_absolute() else Path(out["log"]),
-            "sent": recorder.take()}
+    return {**out, "log": tmp / out["log"]}
+
+
+@pytest.fixture(scope="module")
+def rlms_run(recorder, vllm_served_name, profile, tmp_path_factory):
+    recorder.take()
+    out = run_rlms(tmp_path_factory.mktemp("rlms"), yaml.safe_load(SCRIPT.read_text())["responses"], recorder.url,
+                   vllm_served_name, profile.worker.max_tokens)
+    return {**out, "sent": recorder.take()}
 
 
 def test_rlms_half_answers_through_the_answer_dict(rlms_run):
@@ -203,6 +208,27 @@ def test_rlms_log_imports_as_a_run_interp_studies(rlms_run, recorder, tiny_model
     assert summary["n"] == len(leaves)
     rep = pd.read_parquet(tmp_path / "cap" / "replay.parquet")
     assert (rep["first_divergence"].isna() | (rep["first_divergence"] > 0)).all()  # same prompt, same weights
+
+
+def test_a_nested_rlms_log_imports_as_nested_runs(recorder, vllm_served_name, tmp_path):
+    """rlms at max_depth 2: rlm_query runs a child RLM (on the scripted root), logged inside the call's `metadata`;
+    the import makes it a nested trajectory, the call kind rlm."""
+    from rlm_rig.experiments.runs.imported import read_runs
+
+    task = "sub task: say how long this text is"
+    responses = [f"```repl\nr = rlm_query({task!r})\nprint(r)\n```",  # the root
+                 "```repl\nanswer['content'] = 'child saw ' + str(len(context))\nanswer['ready'] = True\n```",  # child
+                 "```repl\nanswer['content'] = 'root got ' + r\nanswer['ready'] = True\n```"]  # the root again
+    out = run_rlms(tmp_path, responses, recorder.url, vllm_served_name, 16, "--max-depth", "2")
+    assert out["answer"] == f"root got child saw {len(task)}" and out["root_calls"] == 3
+    ((_, t),) = read_runs([out["log"]])
+    assert t.final_answer == out["answer"] and t.stop_reason == "final" and len(t.sub_calls) == 1
+    call = t.sub_calls[0]
+    child = call.nested_trajectory
+    assert call.messages == [{"role": "user", "content": task}] and call.response == f"child saw {len(task)}"
+    assert child is not None and child.depth == 1 and child.final_answer == call.response
+    assert [c.code for c in child.cells] == [responses[1].split("\n", 1)[1].rsplit("\n```", 1)[0]]
+    assert getattr(call, "kind", "rlm") == "rlm" and [x.depth for x in t.walk()] == [0, 1]
 
 
 def test_rig_official_dialect_matches_rlms(rlms_run, recorder, vllm_served_name, tmp_path):
