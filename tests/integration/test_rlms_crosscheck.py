@@ -41,13 +41,27 @@ def expected_answer(doc: str) -> str:
 
 def rlms_python() -> str:
     py = os.environ.get("RLM_RIG_RLMS_PYTHON", sys.executable)
-    probe = subprocess.run([py, "-c", "import rlm.core.rlm"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        why = f"rlms (the official RLM package) does not import under {py}: {probe.stderr.strip().splitlines()[-1:]}"
+    try:
+        probe = subprocess.run([py, "-c", "import rlm.core.rlm"], capture_output=True, text=True, timeout=120)
+        failed, said = probe.returncode != 0, probe.stderr.strip().splitlines()[-1:]
+    except OSError as e:
+        failed, said = True, [str(e)]
+    if failed:
+        why = f"rlms (the official RLM package) does not import under {py}: {said}"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(why + " (scripts/install.sh installs it with the test extra)")
         pytest.skip(why)
     return py
+
+
+def test_a_missing_rlms_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("RLM_RIG_RLMS_PYTHON", "/bin/false")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="does not import"):
+        rlms_python()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        rlms_python()
 
 
 class Recorder:
