@@ -166,6 +166,21 @@ def pick_rows(rows: list[Any]) -> list[Any]:
     return list(chosen.values())
 
 
+def trajectory_row(t: Trajectory, *, id: str, dataset: str, trajectory: str, gold: str = "",
+                   score: float = float("nan"), **extra: Any) -> SampleRow:
+    """A sample row made from a run alone (an `ask` run, an imported log): no gold unless given, so a NaN score
+    (shown, never averaged as a zero)."""
+    c_in, c_out = t.controller_tokens()
+    w_in, w_out = t.worker_tokens()
+    return SampleRow(
+        id=id, dataset=dataset, method="rlm", question=t.question, context_chars=t.doc_chars, gold=gold,
+        answer=t.final_answer, score=score, stop_reason=t.stop_reason, n_turns=len(t.turns),
+        n_cells=len(t.cells), n_cell_errors=sum(1 for c in t.cells if c.error or c.timed_out or c.restarted),
+        n_sub_calls=len(t.sub_calls), controller_tokens_in=c_in, controller_tokens_out=c_out,
+        worker_tokens_in=w_in, worker_tokens_out=w_out, wall_s=t.wall_s, model_s=t.model_wall_s,
+        trajectory=trajectory, error=t.error.splitlines()[0] if t.error else None, **extra)
+
+
 class RunFolder:
     """One run folder, eval or `ask`: paths, creation, resume repair, and typed reads of every file."""
 
@@ -365,15 +380,7 @@ class RunFolder:
     def ask_row(self) -> SampleRow:
         """The sample row of an `ask` folder's one run, so reports and the viewer read it like an eval's."""
         t = Trajectory.load(self.ask_trajectory_path)
-        c_in, c_out = t.controller_tokens()
-        w_in, w_out = t.worker_tokens()
-        return SampleRow(
-            id="ask", dataset="ask", method="rlm", question=t.question, context_chars=t.doc_chars, gold="",
-            answer=t.final_answer, score=float("nan"), stop_reason=t.stop_reason, n_turns=len(t.turns),
-            n_cells=len(t.cells), n_cell_errors=sum(1 for c in t.cells if c.error or c.timed_out or c.restarted),
-            n_sub_calls=len(t.sub_calls), controller_tokens_in=c_in, controller_tokens_out=c_out,
-            worker_tokens_in=w_in, worker_tokens_out=w_out, wall_s=t.wall_s, model_s=t.model_wall_s,
-            trajectory=self.ask_trajectory_path.name, error=t.error.splitlines()[0] if t.error else None)
+        return trajectory_row(t, id="ask", dataset="ask", trajectory=self.ask_trajectory_path.name)
 
     def sample_rows(self) -> list[SampleRow]:
         out = []

@@ -89,6 +89,9 @@ for name in ("torch", "transformers", "vllm", "nnsight", "bitsandbytes", "datase
     importlib.import_module(name)
 if os.environ["RLM_RIG_FLAVOUR"] == "cpu" and importlib.util.find_spec("ray") is None:
     raise SystemExit("[install] error: ray (the cluster extra) did not install")
+import sys
+if sys.version_info >= (3, 11) and importlib.util.find_spec("rlm") is None:
+    raise SystemExit("[install] error: rlms (the official RLM package, in the test extra) did not install")
 import torch, transformers
 print(f"[install] ok: torch {torch.__version__}, transformers {transformers.__version__}")
 PY

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rlm_rig.interp.data.rolls import count_roll_lines
 from rlm_rig.records.runlog import RunFolder
-from rlm_rig.records.trajectory import SampleRow, SubCallRecord, Trajectory
+from rlm_rig.records.trajectory import CellRecord, ControllerTurn, SampleRow, SubCallRecord, Trajectory
 
 DEMO_SCHEMA = 1  # what this folder claims: schema-1 records carry no token ids
 
@@ -99,3 +99,30 @@ def make_demo_run(
         ))
     folder.write_samples(samples)
     return folder.path
+
+
+def rlm_trajectory(run_id: str, depth: int = 0, nested: Trajectory | None = None) -> Trajectory:
+    """A two-turn run in the official dialect's shape (a worker call, a nested run and a failed call when
+    ``nested`` is given), for the rlm-jsonl export/import tests."""
+    msgs = [{"role": "user", "content": "Text:\nabc\n\nInstruction: count"}]
+    subs = [SubCallRecord(id=0, cell=0, depth=depth + 1, chunk_chars=3, instruction="count", response="3",
+                          prompt_tokens=12, completion_tokens=1, latency_s=0.25, messages=msgs)]
+    if nested is not None:
+        subs.append(SubCallRecord(id=1, cell=1, depth=depth + 1, chunk_chars=5, instruction="go deeper",
+                                  response=nested.final_answer, latency_s=1.5, nested_trajectory=nested,
+                                  messages=[{"role": "user", "content": "go deeper"}]))
+        subs.append(SubCallRecord(id=2, cell=1, depth=depth + 1, chunk_chars=4, instruction="fails", error="boom",
+                                  error_kind="worker", messages=[{"role": "user", "content": "fails"}]))
+    turns = [ControllerTurn(index=0, messages_in=[{"role": "system", "content": "You write code."}, {"role": "user", "content": "Q?"}],
+                            response="```repl\nx = llm_query('count')\n```", latency_s=0.5),
+             ControllerTurn(index=1, messages_in=[{"role": "user", "content": "out: 3"}],
+                            response="```repl\nanswer['content'] = x\nanswer['ready'] = True\n```", latency_s=0.25)]
+    cells = [CellRecord(index=0, turn=0, code="x = llm_query('count')", stdout="", duration_s=0.5, sub_calls=1),
+             CellRecord(index=1, turn=1, code="answer['content'] = x\nanswer['ready'] = True", stdout="done\n",
+                        stderr="warn", error="ValueError: no", notices=["cell output cut"], duration_s=0.125,
+                        sub_calls=2 if nested else 0, final_answer="3")]
+    return Trajectory(run_id=run_id, question="Q?", doc_chars=100, doc_sha256="0" * 64,
+                      config={"controller": {"backend": "replay"}, "rlm": {"max_depth": 2, "max_iterations": 5}},
+                      config_hash="h", models={"controller": "ctrl", "worker": "wk"}, versions={}, depth=depth,
+                      started_at="2026-01-02T03:04:05", turns=turns, cells=cells, sub_calls=subs,
+                      final_answer="3", stop_reason="final")

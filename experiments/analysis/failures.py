@@ -28,6 +28,7 @@ The multi-label counts in the report show every co-occurrence.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,8 @@ def classify_failure(row: Any, traj: Any | None) -> FailureResult:
         labels.add("no_final")
     elif answer_unparsed(row.dataset, answer):
         labels.add("parse_failure")
+    if not labels and math.isnan(row.score):  # unscored (no gold: an `ask`, an imported log): no known wrong answer
+        return FailureResult(labels=(), primary=None)
     if not labels:
         subs = model_sub_calls(traj) if traj is not None else []
         verdict = aggregation_verdict(row, subs)

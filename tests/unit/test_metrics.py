@@ -117,6 +117,13 @@ def test_no_failure_for_a_perfect_score() -> None:
     assert res.labels == () and res.primary is None
 
 
+def test_an_unscored_run_is_no_wrong_answer_but_keeps_its_errors() -> None:
+    """No gold (an `ask` folder, an imported log): a NaN score is not a wrong answer; errors are still named."""
+    assert classify_failure(row(float("nan")), traj()).labels == ()
+    assert classify_failure(row(float("nan"), answer=None), traj(stop_reason="error", error="x")).labels == \
+        ("run_error", "no_final")
+
+
 def fmt_turn() -> ControllerTurn:
     return ControllerTurn(index=1, messages_in=[{"role": "user", "content": prompts.FORMAT_ERROR}], response="FINAL(1)")
 
