@@ -63,6 +63,9 @@ class RunContext:
     # progress hook for live displays: called with ("turn" | "cell" | "cell_done" | "done", trajectory), root run only
     on_event: Callable[[str, Trajectory], None] | None = None
     context_window: int | None = None  # the controller's window in tokens: None leaves turns unguarded
+    routes: dict[str, Any] | None = None  # the workers by name (controller.subcalls.Route); None: `worker` alone
+    session: Any = None  # a controller.session.Session: its REPL and conversation go on (root run only)
+    default_model: str = "worker"
 
 
 class RLM:
@@ -94,7 +97,7 @@ class RLM:
         truncated_from = None
         if len(out) > limit or res.output_truncated:
             truncated_from = len(out) if not res.output_truncated else max(len(out), self.cfg.sandbox.max_output_chars)
-            out = out[:limit]
+            out = prompts.head_tail(out, limit)
             cell.feedback_truncated = True
         notices = list(res.notices)  # the sandbox words restarts itself ("... all variables ... are LOST")
         return prompts.cell_feedback(
@@ -129,18 +132,18 @@ class _Run:
         self.budget_chars = int(budget_tokens * cpt * 0.9)
         nested = rlm._nested_runner()
         self.router = self._router(budget_tokens, nested)
-        system = prompts.system_prompt(
-            prompts.describe_shape(doc, cpt),
+        system = prompts.system_for(
+            self.cfg, prompts.describe_shape(doc, cpt), type(doc).__name__,
             chunk_budget_tokens=budget_tokens,
             chunk_budget_chars=self.budget_chars,
-            max_iterations=self.cfg.rlm.max_iterations,
-            max_sub_calls=self.cfg.rlm.max_sub_calls,
             can_nest=nested is not None,
             sub_calls_enabled=self.ctx.sub_calls_enabled,
         )
+        first = prompts.first_user_message(question, instructions, prologue=self.cfg.controller.user_prologue,
+                                           max_iterations=self.cfg.rlm.max_iterations)
         self.messages: list[dict[str, str]] = [
             {"role": "system", "content": system},
-            {"role": "user", "content": prompts.first_user_message(question, instructions)},
+            {"role": "user", "content": first},
         ]
         self.sent = 0  # messages already shown in a recorded turn
         self.tokens_used = 0
@@ -153,6 +156,9 @@ class _Run:
         self.stop_reason: str | None = None
         self.force_reason = f"You have used all {self.cfg.rlm.max_iterations} replies."
         self.unsent = ""  # feedback not yet shown when a cap broke the loop
+        self.session = self.ctx.session if rlm.depth == 0 else None
+        if self.session is not None:
+            self.session.begin(self)
 
     # -- set-up ---------------------------------------------------------------------------
     def _new_trajectory(self, run_id: str | None, instructions: str | None) -> Trajectory:
@@ -186,11 +192,16 @@ class _Run:
             nested=nested,
             concurrency=cfg.worker.max_connections,
             chunk_tokens=self.ctx.chunk_tokens,
+            routes=self.ctx.routes if self.ctx.sub_calls_enabled else None,
+            default_model=self.ctx.default_model,
         )
 
     def _open_sandbox(self) -> Sandbox:
         cfg = self.cfg
         limits = cfg.sandbox  # the profile's sandbox section is the sandbox's own SandboxLimits
+        kept = self.session.reuse(self) if self.session is not None else None
+        if kept is not None:
+            return kept
         names = {"CHUNK_BUDGET_CHARS": self.budget_chars, "question": self.question}
         if self.ctx.kernels is not None:
             sandbox = self.ctx.kernels.sandbox(self.doc, handler=self.router, limits=limits, extra_globals=names)
@@ -364,7 +375,9 @@ class _Run:
             traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
             traj.error_kind = failure_kind(e)
         finally:
-            if self.sandbox is not None:
+            if self.session is not None:
+                self.session.end(self)
+            elif self.sandbox is not None:
                 if self.ctx.kernels is not None:
                     self.ctx.kernels.retire(self.sandbox)
                 else:

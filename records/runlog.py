@@ -224,6 +224,10 @@ class RunFolder:
         """An `rlm-rig ask` folder holds its one run here."""
         return self.path / "trajectory.json"
 
+    def chat_trajectory_path(self, question: int) -> Path:
+        """An `rlm-rig chat` folder holds one run per question (1-based) in trajectories/."""
+        return self.trajectory_path(f"q{question:03d}")
+
     def trajectory_path(self, sample_id: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
         return self.trajectories_dir / f"{safe}.json"
@@ -241,7 +245,8 @@ class RunFolder:
         """What each kind of run writes into its folder: checked against the folder before a run starts, then
         recorded in its manifest (records.outdirs), so nothing of the user's or another command's is overwritten."""
         shared = (self.logs_dir, self.worker_pid_path)
-        paths = {"ask": (self.ask_trajectory_path, *shared), "serve-worker": shared}.get(command, (
+        paths = {"ask": (self.ask_trajectory_path, *shared), "chat": (self.trajectories_dir, *shared),
+                 "serve-worker": shared}.get(command, (
             self.config_path, self.spec_path, self.env_path, self.samples_path, self.trajectories_dir,
             self.results_path, *shared))
         return tuple(p.name for p in paths)
@@ -258,7 +263,7 @@ class RunFolder:
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")
         files = self.writes(command)
-        c = claim(self.path, command, force=force, replace_own=command not in ("ask",), writes=files, hold=True)
+        c = claim(self.path, command, force=force, replace_own=command not in ("ask", "chat"), writes=files, hold=True)
         record(c, files)
         return c
 

@@ -545,9 +545,12 @@ class Sandbox:
         reqs: list[SubCallRequest] = []
         for i, r in enumerate(reqs_raw):
             index = r.get("index") if isinstance(r, dict) else "bad"
-            if not (index is None or type(index) is int):
+            model = r.get("model") if isinstance(r, dict) else None
+            if not (index is None or type(index) is int) or not (model is None or (type(model) is str
+                                                                                  and len(model) <= 200)):
                 return refuse("malformed sub_call request", len(reqs_raw))
-            reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index))
+            reqs.append(SubCallRequest(chunk=texts[2 * i], instruction=texts[2 * i + 1], index_in_batch=index,
+                                       model=model))
         del texts, blobs
         msg.pop("_blobs", None)
         out, spent, spent_cpu = self._call_handler(reqs)

@@ -90,6 +90,7 @@ class SubCallRequest:
     chunk: str
     instruction: str
     index_in_batch: int | None  # None for a single sub_call, i for sub_call_batch
+    model: str | None = None  # the worker model the call names (model=), None: the default
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm_rig.worker.client import Completion, validate_messages
-from rlm_rig.worker.settings import WorkerSettings
+from rlm_rig.worker.settings import Sampling, WorkerSettings
 
 __all__ = ["TransformersWorker"]
 
@@ -31,7 +31,7 @@ class TransformersWorker:
         device: str = WorkerSettings.device,
         dtype: str = WorkerSettings.dtype,
         max_tokens: int = WorkerSettings.max_tokens,
-        temperature: float = WorkerSettings.temperature,
+        temperature: float = Sampling.temperature,
         seed: int = 0,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:

@@ -9,11 +9,11 @@ import typer
 from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
-    UserError,
     default_run_dir,
     err,
     guarded,
     load_cfg,
+    read_doc,
     sigterm_as_interrupt,
 )
 
@@ -36,11 +36,7 @@ def ask(
     from rlm_rig.records.runlog import RunFolder
 
     cfg = load_cfg(config, overrides)
-    if not doc.is_file():
-        raise UserError(f"--doc {str(doc)!r} is not a file")
-    if controller_replay is not None and not controller_replay.is_file():
-        raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
-    text = doc.read_text(errors="replace")
+    text = read_doc(doc, controller_replay)
     run_dir = out_dir or default_run_dir(cfg, "ask")
     folder = RunFolder(run_dir)
     held = folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files

@@ -97,7 +97,7 @@ class KernelLink:
             for r in reqs:
                 blobs += [r["chunk"], r["instruction"]]
             self.send_blobs({"t": "sub", "id": call_id, "n": self.nonce,
-                             "reqs": [{"index": r["index"]} for r in reqs]}, blobs)
+                             "reqs": [{"index": r["index"], "model": r.get("model")} for r in reqs]}, blobs)
             while True:
                 msg = self.receive()
                 if msg.get("t") == "subr" and msg.get("id") == call_id:
@@ -121,17 +121,23 @@ def _check_text(value: object, what: str, fn: str) -> str:
 def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | None"], None]) -> dict:
     """Build the functions bound to this kernel's link and namespace."""
 
-    def sub_call(chunk: str, instruction: str) -> str:
-        """Ask the worker LM `instruction` about `chunk`; returns its text or raises SubCallError."""
+    def sub_call(chunk: str, instruction: str, model: str | None = None) -> str:
+        """Ask the worker LM `instruction` about `chunk` (the worker named `model`, else the default);
+        returns its text or raises SubCallError."""
         _check_text(chunk, "chunk", "sub_call")
         _check_text(instruction, "instruction", "sub_call")
-        reply = link.request([{"chunk": chunk, "instruction": instruction, "index": None}])[0]
+        if model is not None:
+            _check_text(model, "model", "sub_call")
+        reply = link.request([{"chunk": chunk, "instruction": instruction, "index": None, "model": model}])[0]
         if reply.get("error") is not None or not isinstance(reply.get("text"), str):
             raise SubCallError(str(reply.get("error") or "sub_call returned no text"))
         return reply["text"]
 
-    def sub_call_batch(chunks, instruction: str | None = None) -> list[str]:
-        """Run many sub_calls concurrently: (chunks, instruction) or ([(chunk, instruction), ...])."""
+    def sub_call_batch(chunks, instruction: str | None = None, model: str | None = None) -> list[str]:
+        """Run many sub_calls concurrently: (chunks, instruction) or ([(chunk, instruction), ...]); `model`
+        names the worker for all of them."""
+        if model is not None:
+            _check_text(model, "model", "sub_call_batch")
         if isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__"):
             raise TypeError("sub_call_batch: pass a list of chunks (and one instruction) or a list of "
                             "(chunk, instruction) pairs")
@@ -147,7 +153,7 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | 
                 chunk, instr = item, instruction
             _check_text(chunk, f"chunk {i}", "sub_call_batch")
             _check_text(instr, f"instruction {i}", "sub_call_batch")
-            reqs.append({"chunk": chunk, "instruction": instr, "index": i})
+            reqs.append({"chunk": chunk, "instruction": instr, "index": i, "model": model})
         if not reqs:
             return []
         replies = link.request(reqs)
