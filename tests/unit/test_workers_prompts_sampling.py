@@ -165,3 +165,31 @@ def test_unset_api_key_env_fails_in_one_line_before_anything_starts(tmp_path, mo
     r = _cli(tmp_path, d, "ask", "--doc", str(doc), "-q", "x", "--out", str(tmp_path / "run"))
     _one_line_exit_2(r, "RLM_RIG_UNSET_KEY")
     assert not (tmp_path / "run" / "logs").exists()  # no server was started
+
+
+# -- part 3: plan and doctor cover every served model -----------------------------------------------------
+def test_plan_says_whether_a_second_worker_fits_on_a4500x2():
+    from rlm_rig.configs.memplan import make_plan, render
+
+    text = "\n".join(render(make_plan(load_config("a4500x2"))))
+    assert "second worker: another Qwen/Qwen2.5-7B-Instruct beside the worker on GPU 1" in text
+    assert "does not fit; put it on another GPU" in text
+    small = load_config("a4500x2", ["worker.model=Qwen/Qwen2.5-3B-Instruct", "worker.server.gpu_memory_utilization=0.5",
+                                    "worker.server.max_model_len=4096"])
+    assert ": fits" in next(n for n in make_plan(small).notes if n.startswith("second worker"))
+
+
+def test_plan_and_doctor_list_every_worker_of_a_map():
+    from rlm_rig.configs.memplan import make_plan, render
+    from rlm_rig.experiments.runs.doctor import models, servers
+
+    d = load_config("a4500x2").model_dump(mode="json")
+    w = d.pop("worker")
+    d["workers"] = {"main": {**w, "default": True},
+                    "big": {**w, "server": {**w["server"], "port": 8002}}}  # a second 7B on GPU 1: too much
+    cfg = validate_config(d)
+    plan = make_plan(cfg)
+    text = "\n".join(render(plan))
+    assert "worker: weights" in text and "worker big: weights" in text and not plan.fits
+    assert [r for r, _ in servers(cfg)] == ["controller", "worker", "workers.big"]
+    assert [r for r, _ in models(cfg)] == ["controller", "worker", "workers.big"]
