@@ -35,6 +35,7 @@ class Rig:
         self.controller_replay = controller_replay
         self._servers: list[Any] = []
         self._clients: list[Any] = []
+        self._sessions: list[Session] = []
         self.worker: WorkerWatch | None = None  # the default worker behind its watch (restarts, retries, dead)
         self.workers: dict[str, WorkerWatch] = {}  # every worker by name (a profile's workers: map)
         self.lm: ControllerLM | None = None
@@ -222,6 +223,9 @@ class Rig:
             raise SandboxError(f"the REPL sandbox cannot start: {exc}") from None
 
     def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+        self._sessions.clear()
         self.kernels.close()
         for c in self._clients:
             try:
@@ -281,4 +285,6 @@ class Rig:
         from rlm_rig.controller.session import Session
 
         assert self.lm is not None, "rig not started"
-        return Session(self, doc)
+        session = Session(self, doc)
+        self._sessions.append(session)  # closed with the rig if the caller did not
+        return session

@@ -46,6 +46,7 @@ def two_workers(url: str):
     base["workers"] = {"small": {**w, "default": True, "max_tokens": 2},
                        "big": {**w, "max_tokens": 12, "served_name": "tiny"}}
     base["rlm"]["chunk_budget_tokens"] = 200
+    base["controller"].update(system_prompt_file="rig", user_prologue="You are being evaluated.")
     from rlm_rig.configs.load import validate_config
 
     return validate_config(base)
@@ -67,6 +68,9 @@ def test_two_workers_chosen_per_call_and_recorded(vllm_server, tmp_path):
     assert t.sub_calls[0].completion_tokens <= 2 < max(s.completion_tokens for s in t.sub_calls[1:])
     assert "refused: unknown model 'nope': this rig serves big, small" in t.cells[0].stdout
     assert t.models["worker:big"] == "tiny"
+    system, first = t.turns[0].messages_in[:2]  # the prompt file, rendered with this rig's names and limits
+    assert "optional `model=` naming one of the worker models (small, big; default small)" in system["content"]
+    assert first["content"].startswith("You are being evaluated.") and "[turn 1 of 6]" in first["content"]
 
 
 def test_session_keeps_the_repl_and_compacts_the_conversation(vllm_server, tmp_path):
