@@ -164,7 +164,8 @@ class Rig:
                 raise ValueError("controller.backend is 'replay' but no replay_file is set (or pass --controller-replay)")
             self.lm = ReplayLM.from_file(c.replay_file)
         elif c.backend == "transformers":
-            self.lm = TransformersLM(resolve_model(c.model or ""), device=c.device, dtype=c.dtype, quantization=c.quantization)
+            self.lm = TransformersLM(resolve_model(c.model or ""), device=c.device, dtype=c.dtype,
+                                     quantization=c.quantization, sampling=c.sampling)
         else:
             from rlm_rig.worker.sync import SyncWorker
             from rlm_rig.worker.client import WorkerClient
