@@ -37,14 +37,18 @@ def system_prompt(
     max_sub_calls: int,
     can_nest: bool,
     sub_calls_enabled: bool = True,
+    models: list[str] | None = None,
 ) -> str:
+    """The built-in system prompt; ``models``: the workers' names when a profile serves several (first: default)."""
+    pick = (f"Both take an optional `model=` naming the worker model to ask: {', '.join(models)} "
+            f"(without it: {models[0]}).\n" if models and len(models) > 1 else "")
     sub = (
         f"""
 Two helpers send text to a worker language model and return its reply as a string:
 - `sub_call(chunk, instruction)` -> str
 - `sub_call_batch(chunks, instruction)` -> list[str]  (one instruction for every chunk), or
   `sub_call_batch([(chunk, instruction), ...])` -> list[str]. Batched calls run concurrently: prefer them.
-The worker reads at most {chunk_budget_tokens} tokens per chunk (about {chunk_budget_chars} characters of this
+{pick}The worker reads at most {chunk_budget_tokens} tokens per chunk (about {chunk_budget_chars} characters of this
 document; the variable `CHUNK_BUDGET_CHARS` holds that number). Larger chunks are refused with SubCallError.
 You may make at most {max_sub_calls} sub_calls in total. The worker is a smaller model: give it short, precise
 instructions and ask for answers that are easy to parse (e.g. "Reply with only a number").
@@ -229,7 +233,7 @@ def system_for(cfg: Any, shape: DocShape, doc_type: str, *, chunk_budget_tokens:
     if not cfg.controller.system_prompt_file:
         return system_prompt(shape, chunk_budget_tokens=chunk_budget_tokens, chunk_budget_chars=chunk_budget_chars,
                              max_iterations=rlm.max_iterations, max_sub_calls=rlm.max_sub_calls, can_nest=can_nest,
-                             sub_calls_enabled=sub_calls_enabled)
+                             sub_calls_enabled=sub_calls_enabled, models=list(cfg.worker_map()))
     names = DIALECT_NAMES.get(getattr(rlm, "dialect", "rig"), DIALECT_NAMES["rig"])
     workers = cfg.worker_map()
     values = {**names, "doc_type": doc_type, "doc_chars": shape.chars, "doc_lines": shape.lines,

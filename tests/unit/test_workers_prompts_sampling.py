@@ -193,3 +193,11 @@ def test_plan_and_doctor_list_every_worker_of_a_map():
     assert "worker: weights" in text and "worker big: weights" in text and not plan.fits
     assert [r for r, _ in servers(cfg)] == ["controller", "worker", "workers.big"]
     assert [r for r, _ in models(cfg)] == ["controller", "worker", "workers.big"]
+
+
+def test_builtin_system_prompt_names_the_workers_only_when_there_are_several():
+    shape = prompts.describe_shape("abc", 4.0)
+    kw = dict(chunk_budget_tokens=10, chunk_budget_chars=40, can_nest=False, sub_calls_enabled=True)
+    several = prompts.system_for(validate_config(_two_workers()), shape, "str", **kw)
+    assert "optional `model=` naming the worker model to ask: small, big (without it: small)" in several
+    assert "model=" not in prompts.system_for(load_config("cpu-tiny"), shape, "str", **kw)
