@@ -201,3 +201,24 @@ def test_builtin_system_prompt_names_the_workers_only_when_there_are_several():
     several = prompts.system_for(validate_config(_two_workers()), shape, "str", **kw)
     assert "optional `model=` naming the worker model to ask: small, big (without it: small)" in several
     assert "model=" not in prompts.system_for(load_config("cpu-tiny"), shape, "str", **kw)
+
+
+def test_interp_selects_only_the_default_workers_sub_calls(tmp_path):
+    """interp replays the default worker's model: a sub_call another worker answered is left out, and counted."""
+    from collections import Counter
+
+    from demo_run import make_demo_run
+    from rlm_rig.interp.data.selection import iter_sub_calls
+    from rlm_rig.records.runlog import RunFolder
+    from rlm_rig.records.trajectory import Trajectory
+
+    run = make_demo_run(tmp_path / "run", n_samples=1, chunks_per_sample=3)
+    path = next(RunFolder(run).trajectories_dir.glob("*.json"))
+    t = Trajectory.load(path)
+    d = validate_config(_two_workers()).model_dump(mode="json")
+    t.config = d
+    for sc, name in zip(t.sub_calls, ["small", "big", None]):
+        sc.model = name
+    t.save(path)
+    tally: Counter = Counter()
+    assert [it.sub_call for it in iter_sub_calls(run, tally=tally)] == [0, 2] and tally["other_worker"] == 1
