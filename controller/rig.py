@@ -109,7 +109,7 @@ class Rig:
         backend = WorkerClient(
             urls, served, concurrency=w.max_connections, timeout_s=w.timeout_s, max_retries=w.max_retries,
             temperature=w.sampling.temperature, top_p=w.sampling.top_p, seed=w.sampling.seed, max_tokens=w.max_tokens,
-            api_key=w.server.api_key(), headers=w.server.headers,
+            api_key=w.server.api_key(), headers={**w.server.headers, **w.server.secret_headers()},
             token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
         )
         server = self._worker_server if default else next((s for s in self._servers if s.url == urls[0]), None)
@@ -176,7 +176,8 @@ class Rig:
             # one slot per concurrent example, so their turns batch on the server
             slots = self.cfg.eval.max_samples
             client = SyncWorker(WorkerClient(urls, served, concurrency=slots, timeout_s=900,
-                                             api_key=c.server.api_key(), headers=c.server.headers,
+                                             api_key=c.server.api_key(),
+                                             headers={**c.server.headers, **c.server.secret_headers()},
                                              temperature=c.sampling.temperature, top_p=c.sampling.top_p,
                                              seed=c.sampling.seed, max_tokens=c.max_new_tokens),
                                 name="controller-loop")

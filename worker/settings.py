@@ -56,7 +56,9 @@ class ServerSettings:
     # profile is saved into every run folder). A server the rig starts gets the key through vLLM's own
     # VLLM_API_KEY variable, so it never reaches a command line or a log.
     api_key_env: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers on every request to this server
+    headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers on every request (stored: no secrets)
+    # secret headers (e.g. a hosted service's `api-key:`): header name -> the environment variable holding its value
+    headers_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -77,7 +79,9 @@ class ServerSettings:
             raise ValueError(f"server.api_key_env must name an environment variable, got {self.api_key_env!r}")
 
     def api_key(self) -> str | None:
-        """The key from the named environment variable (None without ``api_key_env``); MissingSecret when unset."""
+        """The key from the named environment variable (None without ``api_key_env``); MissingSecret when unset
+        (as for every ``headers_env`` variable)."""
+        self.secret_headers()
         if not self.api_key_env:
             return None
         key = os.environ.get(self.api_key_env)
@@ -87,9 +91,20 @@ class ServerSettings:
         return key
 
     def auth_headers(self) -> dict[str, str]:
-        """The headers every request to this server carries: the profile's extra ones and the bearer key."""
+        """The headers every request to this server carries: the profile's extra ones, the secret ones read from
+        their variables, and the bearer key."""
         key = self.api_key()
-        return {**self.headers, **({"Authorization": f"Bearer {key}"} if key else {})}
+        return {**self.headers, **self.secret_headers(), **({"Authorization": f"Bearer {key}"} if key else {})}
+
+    def secret_headers(self) -> dict[str, str]:
+        out = {}
+        for name, var in self.headers_env.items():
+            value = os.environ.get(var)
+            if not value:
+                raise MissingSecret(f"server.headers_env.{name} names {var}, but that environment variable is unset or "
+                                    "empty: export it before starting the rig")
+            out[name] = value
+        return out
 
 
 class MissingSecret(ValueError):

@@ -152,9 +152,12 @@ def test_api_key_from_env_is_never_written(toy_doc_dir, tmp_path, monkeypatch):
     """The rig starts its own worker with a key (vLLM reads VLLM_API_KEY); requests without it are refused,
     the run works, and the key appears in no file the run wrote (trajectory, config, logs, server log)."""
     key = "sk-rlmrig-DISTINCTIVE-7f3a9c"
+    header = "hdr-rlmrig-SECRET-55e1b0"
     monkeypatch.setenv("RLM_RIG_TEST_WORKER_KEY", key)
+    monkeypatch.setenv("RLM_RIG_TEST_WORKER_HDR", header)
     cfg = load_config("cpu-tiny", ["worker.server.api_key_env=RLM_RIG_TEST_WORKER_KEY",
-                                   "worker.server.headers={X-Rig-Test: interp}"])
+                                   "worker.server.headers={X-Rig-Test: interp}",
+                                   "worker.server.headers_env={X-Rig-Secret: RLM_RIG_TEST_WORKER_HDR}"])
     run = tmp_path / "run"
     with Rig(cfg, run_dir=run) as rig:
         assert httpx.get(rig.worker_url + "/models", timeout=30).status_code == 401
@@ -164,7 +167,7 @@ def test_api_key_from_env_is_never_written(toy_doc_dir, tmp_path, monkeypatch):
     assert t.stop_reason == "final" and t.sub_calls and all(s.error is None for s in t.sub_calls)
     written = [p for p in run.rglob("*") if p.is_file()]
     assert any(p.name.startswith("vllm-") for p in written) and (run / "trajectory.json") in written
-    leaks = [p for p in written if key.encode() in p.read_bytes()]
+    leaks = [p for p in written if key.encode() in p.read_bytes() or header.encode() in p.read_bytes()]
     assert leaks == []
     assert b"RLM_RIG_TEST_WORKER_KEY" in (run / "trajectory.json").read_bytes()  # the variable's name is recorded
 

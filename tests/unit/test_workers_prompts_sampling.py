@@ -154,6 +154,12 @@ def test_api_key_comes_from_the_named_variable_only(monkeypatch):
     assert s.auth_headers() == {"X-Team": "interp", "Authorization": "Bearer k-123"}
     with pytest.raises(ValueError, match="must name an environment variable"):
         ServerSettings(api_key_env="sk-live-abc def")
+    hidden = ServerSettings(url="http://h/v1", headers_env={"api-key": "RLM_RIG_UNIT_HDR"})
+    monkeypatch.delenv("RLM_RIG_UNIT_HDR", raising=False)
+    with pytest.raises(MissingSecret, match="headers_env.api-key names RLM_RIG_UNIT_HDR"):
+        hidden.api_key()
+    monkeypatch.setenv("RLM_RIG_UNIT_HDR", "h-456")
+    assert hidden.auth_headers() == {"api-key": "h-456"}
 
 
 def test_unset_api_key_env_fails_in_one_line_before_anything_starts(tmp_path, monkeypatch):
