@@ -99,7 +99,9 @@ class Rig:
         if w.backend == "transformers":
             from rlm_rig.worker.hf import TransformersWorker
 
-            backend: Any = TransformersWorker(path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens)
+            backend: Any = TransformersWorker(path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens,
+                                              temperature=w.sampling.temperature, top_p=w.sampling.top_p,
+                                              seed=w.sampling.seed)
             return self._watched(SyncWorker(backend), w, None, None)
         served = w.served_name or name
         urls = self._server(w.server, path, served, w.dtype, "worker" if default else f"worker-{name}")
