@@ -237,8 +237,15 @@ class RunFolder:
         return path.relative_to(self.path).as_posix()
 
     def is_run(self) -> bool:
-        """Does this folder hold a run (an eval's samples or config, or an ask trajectory)?"""
-        return self.samples_path.exists() or self.config_path.exists() or self.ask_trajectory_path.exists()
+        """Does this folder hold a run (an eval's samples or config, an ask trajectory, or a chat's questions)?"""
+        return (self.samples_path.exists() or self.config_path.exists() or self.ask_trajectory_path.exists()
+                or bool(self.chat_trajectories()))
+
+    def chat_trajectories(self) -> list[Path]:
+        """A `chat` folder's runs in question order (none in an eval folder, which has samples or a config)."""
+        if self.samples_path.exists() or self.config_path.exists() or not self.trajectories_dir.is_dir():
+            return []
+        return sorted(self.trajectories_dir.glob("q[0-9][0-9][0-9].json"))
 
     # -- creation / resume ----------------------------------------------------------------
     def writes(self, command: str) -> tuple[str, ...]:
@@ -365,20 +372,26 @@ class RunFolder:
         row, made from its trajectory: no gold, so its score is NaN (shown, never averaged as a zero)."""
         if not self.samples_path.exists() and self.ask_trajectory_path.exists():
             return [self.ask_row().model_dump(mode="json")]
+        chat = self.chat_trajectories()
+        if chat:
+            return [self.ask_row(p).model_dump(mode="json") for p in chat]
         return pick_rows(read_jsonl(self.samples_path))
 
-    def ask_row(self) -> SampleRow:
-        """The sample row of an `ask` folder's one run, so reports and the viewer read it like an eval's."""
-        t = Trajectory.load(self.ask_trajectory_path)
+    def ask_row(self, path: Path | None = None) -> SampleRow:
+        """The sample row of an `ask` folder's one run (or of one `chat` question, ``path``), so reports and the
+        viewer read it like an eval's."""
+        path = path or self.ask_trajectory_path
+        t = Trajectory.load(path)
         c_in, c_out = t.controller_tokens()
         w_in, w_out = t.worker_tokens()
         return SampleRow(
-            id="ask", dataset="ask", method="rlm", question=t.question, context_chars=t.doc_chars, gold="",
+            id="ask" if path == self.ask_trajectory_path else path.stem, dataset="ask", method="rlm",
+            question=t.question, context_chars=t.doc_chars, gold="",
             answer=t.final_answer, score=float("nan"), stop_reason=t.stop_reason, n_turns=len(t.turns),
             n_cells=len(t.cells), n_cell_errors=sum(1 for c in t.cells if c.error or c.timed_out or c.restarted),
             n_sub_calls=len(t.sub_calls), controller_tokens_in=c_in, controller_tokens_out=c_out,
             worker_tokens_in=w_in, worker_tokens_out=w_out, wall_s=t.wall_s, model_s=t.model_wall_s,
-            trajectory=self.ask_trajectory_path.name, error=t.error.splitlines()[0] if t.error else None)
+            trajectory=self.relative(path), error=t.error.splitlines()[0] if t.error else None)
 
     def sample_rows(self) -> list[SampleRow]:
         out = []

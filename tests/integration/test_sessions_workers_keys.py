@@ -21,6 +21,7 @@ import yaml
 
 from rlm_rig.configs.load import load_config
 from rlm_rig.controller.rig import Rig
+from rlm_rig.records.runlog import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,6 +123,8 @@ def test_chat_cli_answers_piped_questions_in_one_session(vllm_server, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [ln for ln in r.stdout.splitlines() if ln.startswith("answer:")] == ["answer: 3", "answer: gamma\\x1b[2J"]
     assert (out / "trajectories" / "q001.json").is_file() and (out / "trajectories" / "q002.json").is_file()
+    rows = RunFolder(out).sample_rows()  # a chat folder reads like an ask folder: report, view, interp
+    assert RunFolder(out).is_run() and [(r.id, r.answer) for r in rows] == [("q001", "3"), ("q002", "gamma\x1b[2J")]
     manifest = json.loads((out / ".rlm-rig-output.json").read_text())
     assert "chat" in json.dumps(manifest)
     again = rlm_rig("chat", "--doc", str(doc), "--out", str(out), "--controller-replay", str(rp), stdin="")
