@@ -167,7 +167,16 @@ def test_api_key_from_env_is_never_written(toy_doc_dir, tmp_path, monkeypatch):
         ok = httpx.get(rig.worker_url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
         assert ok.status_code == 200
         t = rig.ask((toy_doc_dir / "doc.txt").read_text(), "How many rolls?", save_to=run / "trajectory.json")
+        # an eval attached to the keyed server (server.url + api_key_env) writes its whole run folder too
+        from rlm_rig.experiments.runs.evaluate import run_eval
+        from rlm_rig.records.runlog import EvalSpec
+
+        attached_cfg = load_config("cpu-tiny", [f"worker.server.url={rig.worker_url}", "worker.served_name=worker",
+                                                "worker.server.api_key_env=RLM_RIG_TEST_WORKER_KEY"])
+        run_eval(attached_cfg, EvalSpec(dataset="oolong-real", source="toy", limit=1), run / "eval", show_progress=False)
     assert t.stop_reason == "final" and t.sub_calls and all(s.error is None for s in t.sub_calls)
+    rows = RunFolder(run / "eval").sample_rows()
+    assert len(rows) == 1 and rows[0].n_sub_calls > 0 and rows[0].error is None
     written = [p for p in run.rglob("*") if p.is_file()]
     assert any(p.name.startswith("vllm-") for p in written) and (run / "trajectory.json") in written
     leaks = [p for p in written if key.encode() in p.read_bytes() or header.encode() in p.read_bytes()]
