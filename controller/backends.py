@@ -184,7 +184,7 @@ class OpenAILM:
     STOP = ["\n```\n"]
 
     def __init__(self, sync_client: SyncWorker, name: str, *, base_url: str | None = None,
-                 served_name: str | None = None, max_connections: int = 1):
+                 served_name: str | None = None, max_connections: int = 1, headers: dict[str, str] | None = None):
         """``max_connections``: the client's slots (one per concurrent example), so the side channel to the
         server (/tokenize, /v1/models) never queues behind them."""
         self.client = sync_client
@@ -197,7 +197,7 @@ class OpenAILM:
 
             n = max(1, max_connections)
             self._root = base_url.rstrip("/").removesuffix("/v1")
-            self._http = httpx.Client(trust_env=False, timeout=60.0,
+            self._http = httpx.Client(trust_env=False, timeout=60.0, headers=headers or {},  # a keyed server's
                                       limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
             self.context_window = self._served_window()
 

@@ -184,7 +184,8 @@ class Rig:
                                              seed=c.sampling.seed, max_tokens=c.max_new_tokens),
                                 name="controller-loop")
             self._clients.append(client)
-            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served, max_connections=slots)
+            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served, max_connections=slots,
+                               headers=c.server.auth_headers())
 
     def context_window(self) -> int | None:
         """The controller's window for the context guard: the config's, else what the backend knows

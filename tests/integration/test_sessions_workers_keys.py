@@ -174,6 +174,16 @@ def test_api_key_from_env_is_never_written(toy_doc_dir, tmp_path, monkeypatch):
         attached_cfg = load_config("cpu-tiny", [f"worker.server.url={rig.worker_url}", "worker.served_name=worker",
                                                 "worker.server.api_key_env=RLM_RIG_TEST_WORKER_KEY"])
         run_eval(attached_cfg, EvalSpec(dataset="oolong-real", source="toy", limit=1), run / "eval", show_progress=False)
+        # a served controller behind the same key: its turns, /v1/models and /tokenize all carry it
+        served = load_config("cpu-tiny", [
+            f"worker.server.url={rig.worker_url}", "worker.served_name=worker",
+            "worker.server.api_key_env=RLM_RIG_TEST_WORKER_KEY", "controller.backend=openai", "controller.model=tiny",
+            "controller.served_name=worker", "controller.max_new_tokens=8", "rlm.max_iterations=1",
+            f"controller.server={{url: '{rig.worker_url}', api_key_env: RLM_RIG_TEST_WORKER_KEY}}"])
+        with Rig(served, run_dir=run / "served") as rig2:
+            assert rig2.lm.context_window == 2048  # read from the keyed /v1/models
+            ts = rig2.ask("d", "q", save_to=run / "served" / "trajectory.json")
+        assert ts.error is None and ts.turns and ts.turns[0].prompt_tokens > 0
     assert t.stop_reason == "final" and t.sub_calls and all(s.error is None for s in t.sub_calls)
     rows = RunFolder(run / "eval").sample_rows()
     assert len(rows) == 1 and rows[0].n_sub_calls > 0 and rows[0].error is None
