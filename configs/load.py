@@ -30,6 +30,8 @@ RENAMED = {
     "rlm.output_max_chars": "rlm.feedback_max_chars",  # vs sandbox.max_output_chars (what the kernel may print)
     "eval.concurrency": "eval.max_samples",  # examples in flight
     "worker.concurrency": "worker.max_connections",  # requests in flight
+    "worker.temperature": "worker.sampling.temperature",  # sampling is set per level
+    "controller.temperature": "controller.sampling.temperature",
 }
 
 
@@ -136,9 +138,12 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None, *,
 
 def _anchor_paths(data: dict[str, Any], base: Path) -> None:
     """Relative file references in a profile are relative to the profile's own folder when they exist there."""
-    refs = [("controller", "replay_file"), ("controller", "model"), ("worker", "model")]
+    refs = [("controller", "replay_file"), ("controller", "model"), ("controller", "system_prompt_file"),
+            ("worker", "model")]
+    workers = data.get("workers")
+    refs += [(("workers", n), "model") for n in (workers if isinstance(workers, dict) else {})]
     for section, key in refs:
-        sec = data.get(section)
+        sec = data.get(section) if isinstance(section, str) else (data.get(section[0]) or {}).get(section[1])
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             val = sec[key]
             cand = base / val

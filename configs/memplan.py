@@ -246,13 +246,10 @@ def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any =
         notes.append(f"controller: attached at {c.server.url}; its memory is that server's business")
     else:
         notes.append(f"controller: {c.backend} backend, no GPU memory")
-    if w.backend == "vllm" and w.server.url is None and w.server.device == "cuda":
-        gpu = _physical(None, w.server.cuda_visible_devices) or "GPU 0"
-        vllm_phase_lines("worker", arch_for(w.model, locate), w.server, w.dtype, card, phase(gpu, "eval"))
-    elif w.backend == "transformers" and (gpu := _physical(w.device, None)):
-        phase(gpu, "eval").lines.append(Line(f"worker: weights, {w.dtype}", weight_bytes(arch_for(w.model, locate), w.dtype, None) / GiB))
-    elif w.server.device == "cpu" or w.backend == "transformers":
-        notes.append("worker: on the CPU, no GPU memory")
+    for name, ws in cfg.worker_map().items():  # every served sub-model (a profile's workers: map)
+        _worker_lines("worker" if name == cfg.default_worker_name() else f"worker {name}", ws, card, locate, phase, notes)
+    if not cfg.workers:
+        notes += second_worker(cfg, card, locate)
     # -- interp phase: on the worker's GPU once its server is stopped ------------------------------------
     if interp_cfg is not None and str(interp_cfg.device).startswith("cuda"):
         worker_gpu = _physical(None, w.server.cuda_visible_devices) if w.server.device == "cuda" else None
@@ -275,6 +272,50 @@ def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any =
                 p.problems.append(f"{p.name} phase needs {p.total:.2f} GiB, {p.total - g.capacity_gib:.2f} GiB more than "
                                   f"the card's {g.capacity_gib:.2f} GiB: {_knob(p)}")
     return plan
+
+
+def _worker_lines(label: str, w: Any, card: float, locate: Any, phase: Any, notes: list[str]) -> None:
+    if w.backend == "vllm" and w.server.url is None and w.server.device == "cuda":
+        gpu = _physical(None, w.server.cuda_visible_devices) or "GPU 0"
+        vllm_phase_lines(label, arch_for(w.model, locate), w.server, w.dtype, card, phase(gpu, "eval"))
+    elif w.backend == "transformers" and (gpu := _physical(w.device, None)):
+        phase(gpu, "eval").lines.append(Line(f"{label}: weights, {w.dtype}", weight_bytes(arch_for(w.model, locate), w.dtype, None) / GiB))
+    elif w.server.device == "cpu" or w.backend == "transformers":
+        notes.append(f"{label}: on the CPU, no GPU memory")
+    elif w.server.url:
+        notes.append(f"{label}: attached at {w.server.url}; its memory is that server's business")
+
+
+def second_worker(cfg: RigConfig, card: float, locate: Any = None) -> list[str]:
+    """Would a second sub-model (another copy of the worker's model) fit beside the served worker? WHY: a
+    ``workers:`` map serves each model with its own vLLM server, and each server claims its
+    gpu_memory_utilization share of its card up front, so the question is the space outside that share."""
+    w = cfg.worker
+    if w.backend != "vllm" or w.server.url is not None or w.server.device != "cuda":
+        return []
+    gpu = _physical(None, w.server.cuda_visible_devices) or "GPU 0"
+    shares = w.server.gpu_memory_utilization
+    c = cfg.controller
+    if c.backend == "openai" and c.server is not None and c.server.url is None and c.server.device == "cuda" \
+            and (_physical(None, c.server.cuda_visible_devices) or "GPU 0") == gpu:
+        shares += c.server.gpu_memory_utilization
+    a = arch_for(w.model, locate)
+    s = w.server
+    need = (weight_bytes(a, w.dtype, None) + CUDA_CONTEXT + (0 if s.enforce_eager else CUDA_GRAPHS)
+            + s.max_model_len * a.kv_bytes_per_token(dtype_bytes(w.dtype))) / GiB
+    left = max(0.0, (1.0 - shares) * card)
+    verdict = "fits" if need <= left else "does not fit"
+    if need <= left:
+        fix = ""
+    elif 2 * need <= 0.95 * card:  # both at their smallest shares
+        fix = (f"; it would beside a worker share of {need / card:.2f}: set worker.server.gpu_memory_utilization to "
+               f"{need / card:.2f} and give the second server the same")
+    else:
+        small = max(0.0, left * GiB - CUDA_CONTEXT) / dtype_bytes(w.dtype) / 1e9
+        fix = f"; put it on another GPU, or serve a model of at most ~{small:.1f}B parameters ({w.dtype}) there"
+    return [f"second worker: another {w.model} beside the worker on {gpu} needs at least {need:.2f} GiB (weights, "
+            f"overhead, one {s.max_model_len}-token sequence); {left:.2f} GiB lie outside the servers' shares there: "
+            f"{verdict}{fix}"]
 
 
 def _knob(p: Phase) -> str:

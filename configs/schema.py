@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlm_rig.controller.settings import ControllerSettings, RLMSettings, Strict
 from rlm_rig.interp.config import InterpConfig
@@ -56,13 +56,49 @@ class RigConfig(Strict):
     name: str
     description: str = ""
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    # the default worker; with a ``workers:`` map it is that map's entry marked ``default: true`` (filled in)
     worker: WorkerSettings
+    # several sub-models by name; a call picks one with model= (controller.subcalls.route_for). Empty: one
+    # worker, the ``worker:`` section, named "worker".
+    workers: dict[str, WorkerSettings] = Field(default_factory=dict)
     rlm: RLMSettings = Field(default_factory=RLMSettings)
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     interp: InterpConfig = Field(default_factory=InterpConfig)
     runs_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_worker(cls, data: object) -> object:
+        """``workers:`` without ``worker:``: the default entry becomes ``worker`` (the rest of the rig reads it)."""
+        if isinstance(data, dict) and isinstance(data.get("workers"), dict) and "worker" not in data:
+            marked = [n for n, w in data["workers"].items() if _marked(w)]
+            if len(marked) != 1:
+                raise ValueError(_defaults_msg(marked))
+            data = {**data, "worker": data["workers"][marked[0]]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_default(self) -> "RigConfig":
+        if not self.workers:
+            return self
+        marked = [n for n, w in self.workers.items() if w.default]
+        if len(marked) != 1:
+            raise ValueError(_defaults_msg(marked))
+        if self.worker != self.workers[marked[0]]:
+            raise ValueError("give either a worker: section or a workers: map (its default entry is the worker)")
+        return self
+
+    def worker_map(self) -> dict[str, WorkerSettings]:
+        """Every worker by name, the default first."""
+        if not self.workers:
+            return {"worker": self.worker}
+        name = self.default_worker_name()
+        return {name: self.workers[name], **{n: w for n, w in self.workers.items() if n != name}}
+
+    def default_worker_name(self) -> str:
+        return next((n for n, w in self.workers.items() if w.default), "worker")
 
     def chunk_budget(self) -> int:
         """Worker tokens one chunk may use: the window minus the answer and the instruction."""
@@ -74,3 +110,12 @@ class RigConfig(Strict):
     def hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _marked(w: object) -> bool:
+    return bool(w.get("default")) if isinstance(w, dict) else bool(getattr(w, "default", False))
+
+
+def _defaults_msg(marked: list[str]) -> str:
+    return (f"workers: exactly one entry needs `default: true`, found {len(marked)}"
+            + (f" ({', '.join(marked)})" if marked else ""))

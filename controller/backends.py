@@ -93,7 +93,9 @@ class ReplayLM:
 class TransformersLM:
     """Any causal LM in-process; ``quantization='nf4'`` loads it in 4-bit through bitsandbytes."""
 
-    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "bfloat16", quantization: str = "none"):
+    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "bfloat16", quantization: str = "none",
+                 sampling: Any = None):
+        """``sampling``: a worker.settings.Sampling (controller.sampling); None or temperature 0 decodes greedily."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -119,6 +121,19 @@ class TransformersLM:
         self.quantization = quantization
         self.context_window = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self._lock = threading.Lock()  # one generate at a time: eval threads share this model
+        self.sampling = sampling
+
+    def _sampling_kwargs(self) -> dict[str, Any]:
+        """generate() keywords for controller.sampling; a seed re-seeds torch before each turn (under the lock),
+        so a sampled turn repeats."""
+        s = self.sampling
+        if s is None or s.temperature <= 0:
+            return {"do_sample": False}
+        if s.seed is not None:
+            import torch
+
+            torch.manual_seed(int(s.seed))
+        return {"do_sample": True, "temperature": float(s.temperature), "top_p": float(s.top_p)}
 
     def count_tokens(self, messages: Messages) -> int:
         """Exact prompt length for the context guard (the same template generate() renders)."""
@@ -146,7 +161,7 @@ class TransformersLM:
                 input_ids,
                 attention_mask=ids["attention_mask"].to(self.model.device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **self._sampling_kwargs(),
                 stopping_criteria=StoppingCriteriaList([_StopAfterCell()]),
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             )
@@ -169,7 +184,7 @@ class OpenAILM:
     STOP = ["\n```\n"]
 
     def __init__(self, sync_client: SyncWorker, name: str, *, base_url: str | None = None,
-                 served_name: str | None = None, max_connections: int = 1):
+                 served_name: str | None = None, max_connections: int = 1, headers: dict[str, str] | None = None):
         """``max_connections``: the client's slots (one per concurrent example), so the side channel to the
         server (/tokenize, /v1/models) never queues behind them."""
         self.client = sync_client
@@ -182,7 +197,7 @@ class OpenAILM:
 
             n = max(1, max_connections)
             self._root = base_url.rstrip("/").removesuffix("/v1")
-            self._http = httpx.Client(trust_env=False, timeout=60.0,
+            self._http = httpx.Client(trust_env=False, timeout=60.0, headers=headers or {},  # a keyed server's
                                       limits=httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n))
             self.context_window = self._served_window()
 

@@ -67,6 +67,9 @@ class RunContext:
     context_window: int | None = None  # the controller's window in tokens: None leaves turns unguarded
     # plain JSON-able data put in the REPL next to the document (Python API: Rig.ask(extra_globals=...))
     extra_globals: dict[str, Any] | None = None
+    routes: dict[str, Any] | None = None  # the workers by name (controller.subcalls.Route); None: `worker` alone
+    session: Any = None  # a controller.session.Session: its REPL and conversation go on (root run only)
+    default_model: str = "worker"
 
 
 class RLM:
@@ -112,7 +115,7 @@ class RLM:
         truncated_from = None
         if len(out) > limit or res.output_truncated:
             truncated_from = len(out) if not res.output_truncated else max(len(out), self.cfg.sandbox.max_output_chars)
-            out = out[:limit]
+            out = prompts.head_tail(out, limit)
             cell.feedback_truncated = True
         notices = list(res.notices)  # the sandbox words restarts itself ("... all variables ... are LOST")
         return prompts.cell_feedback(
@@ -169,6 +172,9 @@ class _Run:
         self.stop_reason: str | None = None
         self.force_reason = f"You have used all {self.cfg.rlm.max_iterations} replies."
         self.unsent = ""  # feedback not yet shown when a cap broke the loop
+        self.session = self.ctx.session if rlm.depth == 0 else None
+        if self.session is not None:
+            self.session.begin(self)
 
     # -- set-up ---------------------------------------------------------------------------
     def _opening(self, cpt: float, budget_tokens: int, can_nest: bool, instructions: str | None) -> list[dict[str, str]]:
@@ -177,20 +183,25 @@ class _Run:
         cfg, shape = self.cfg, prompts.describe_shape(self.doc, cpt)
         tools = dialects.tools_section(tool_docs(self.rlm.tools))
         budgets = self.rlm.budgets_left() if self.rlm.depth > 0 else None
-        if self.official:
+        if self.official and not cfg.controller.system_prompt_file:
             system = dialects.official_system_prompt(
                 dialects.context_shape(self.traj.doc_layout, shape), chunk_budget_tokens=budget_tokens,
                 chunk_budget_chars=self.budget_chars, max_iterations=cfg.rlm.max_iterations,
                 max_sub_calls=cfg.rlm.max_sub_calls, can_recurse=can_nest, tools=tools)
-            first = dialects.official_first_message(self.question, instructions, budgets)
-        else:
-            system = prompts.system_prompt(
-                shape, chunk_budget_tokens=budget_tokens, chunk_budget_chars=self.budget_chars,
-                max_iterations=cfg.rlm.max_iterations, max_sub_calls=cfg.rlm.max_sub_calls, can_nest=can_nest,
-                sub_calls_enabled=self.ctx.sub_calls_enabled) + tools
-            if self.packed.structured:
+        else:  # the profile's prompt file, rendered with the dialect's names, else the built-in rig prompt
+            doc_type = (self.traj.doc_layout or {}).get("type", "str")
+            system = prompts.system_for(cfg, shape, doc_type, chunk_budget_tokens=budget_tokens,
+                                        chunk_budget_chars=self.budget_chars, can_nest=can_nest,
+                                        sub_calls_enabled=self.ctx.sub_calls_enabled) + tools
+            if self.packed.structured and not self.official:
                 system += "\n`prompt` is not one string here: it is " + dialects.context_shape(self.traj.doc_layout, shape) + ".\n"
-            first = prompts.first_user_message(self.question, instructions)
+        prologue, n = cfg.controller.user_prologue, cfg.rlm.max_iterations
+        if self.official:
+            first = dialects.official_first_message(self.question, instructions, budgets) + f"\n[turn 1 of {n}]"
+            if prologue and prologue.strip():
+                first = f"{prologue.strip()}\n\n{first}"
+        else:
+            first = prompts.first_user_message(self.question, instructions, prologue=prologue, max_iterations=n)
             if budgets is not None:
                 first += "\n\n" + budgets.line()
         return [{"role": "system", "content": system}, {"role": "user", "content": first}]
@@ -230,11 +241,16 @@ class _Run:
             rlm_nested=nested,
             locate=self.packed.locate if self.packed.structured else None,
             clip=self.packed.clip_to_item if self.packed.structured else None,
+            routes=self.ctx.routes if self.ctx.sub_calls_enabled else None,
+            default_model=self.ctx.default_model,
         )
 
     def _open_sandbox(self) -> Sandbox:
         cfg = self.cfg
         limits = cfg.sandbox  # the profile's sandbox section is the sandbox's own SandboxLimits
+        kept = self.session.reuse(self) if self.session is not None else None
+        if kept is not None:
+            return kept
         # the official dialect's REPL holds only its own names (and the caller's extra_globals)
         names = {} if self.official else {"CHUNK_BUDGET_CHARS": self.budget_chars, "question": self.question}
         names.update(self.ctx.extra_globals or {})
@@ -432,7 +448,9 @@ class _Run:
             traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
             traj.error_kind = failure_kind(e)
         finally:
-            if self.sandbox is not None:
+            if self.session is not None:
+                self.session.end(self)
+            elif self.sandbox is not None:
                 if self.ctx.kernels is not None:
                     self.ctx.kernels.retire(self.sandbox)
                 else:

@@ -5,7 +5,10 @@ tokens) and never any of its content: reading it is the point of the REPL.
 """
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -34,14 +37,18 @@ def system_prompt(
     max_sub_calls: int,
     can_nest: bool,
     sub_calls_enabled: bool = True,
+    models: list[str] | None = None,
 ) -> str:
+    """The built-in system prompt; ``models``: the workers' names when a profile serves several (first: default)."""
+    pick = (f"Both take an optional `model=` naming the worker model to ask: {', '.join(models)} "
+            f"(without it: {models[0]}).\n" if models and len(models) > 1 else "")
     sub = (
         f"""
 Two helpers send text to a worker language model and return its reply as a string:
 - `sub_call(chunk, instruction)` -> str
 - `sub_call_batch(chunks, instruction)` -> list[str]  (one instruction for every chunk), or
   `sub_call_batch([(chunk, instruction), ...])` -> list[str]. Batched calls run concurrently: prefer them.
-The worker reads at most {chunk_budget_tokens} tokens per chunk (about {chunk_budget_chars} characters of this
+{pick}The worker reads at most {chunk_budget_tokens} tokens per chunk (about {chunk_budget_chars} characters of this
 document; the variable `CHUNK_BUDGET_CHARS` holds that number). Larger chunks are refused with SubCallError.
 You may make at most {max_sub_calls} sub_calls in total. The worker is a smaller model: give it short, precise
 instructions and ask for answers that are easy to parse (e.g. "Reply with only a number").
@@ -70,17 +77,21 @@ If the question asks for a particular answer format (for example \\boxed{{}}), p
 """
 
 
-def first_user_message(question: str, instructions: str | None = None) -> str:
+def first_user_message(question: str, instructions: str | None = None, *, prologue: str | None = None,
+                       max_iterations: int | None = None) -> str:
     """The question, and the dataset's task instructions when it has them: they sit at the top of
-    `prompt` in OOLONG and carry the answer format, which a controller must not have to discover."""
+    `prompt` in OOLONG and carry the answer format, which a controller must not have to discover.
+    ``prologue`` (controller.user_prologue) comes first; ``max_iterations`` adds the turn counter."""
     task = (
         "Task instructions (they also stand at the top of `prompt`; follow them, in particular the answer "
         f"format, in your FINAL answer):\n<<<\n{instructions.strip()}\n>>>\n\n"
         if instructions and instructions.strip() else ""
     )
+    head = f"{prologue.strip()}\n\n" if prologue and prologue.strip() else ""
+    counter = f"\n[turn 1 of {max_iterations}]" if max_iterations else ""
     return (
-        f"{task}Question: {question}\n\n"
-        "You have not looked at `prompt` yet. Start by exploring its structure with a ```repl block."
+        f"{head}{task}Question: {question}\n\n"
+        "You have not looked at `prompt` yet. Start by exploring its structure with a ```repl block." + counter
     )
 
 
@@ -96,11 +107,13 @@ def cell_feedback(
     parts = [f"REPL output:\n```\n{output if output.strip() else '(no output)'}\n```"]
     if truncated_from is not None:
         parts.append(
-            f"[output truncated: showing the first part of {truncated_from:,} characters; print less, or slice]"
+            f"[output truncated: it was {truncated_from:,} characters; shown are its first and last parts; "
+            "print less, or slice]"
         )
     parts.extend(f"[rig] {n}" for n in notices)
     left = max_iterations - iteration
-    parts.append(f"[{left} repl turn(s) left] Continue with one ```repl block, or finish with {finish}.")
+    parts.append(f"[turn {iteration + 1} of {max_iterations}; {left} left] Continue with one ```repl block, or "
+                 f"finish with {finish}.")
     return "\n".join(parts)
 
 
@@ -131,3 +144,102 @@ def worker_messages(chunk: str, instruction: str, system: str | None = None) -> 
         {"role": "system", "content": system or WORKER_SYSTEM},
         {"role": "user", "content": f"Text:\n{chunk}\n\nInstruction: {instruction}"},
     ]
+
+
+def head_tail(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its head and its tail (a cell's last lines often
+    hold the result), with one marker line naming how much was left out between them."""
+    if len(text) <= limit:
+        return text
+    head = (limit * 2) // 3
+    tail = limit - head
+    cut = len(text) - head - tail
+    return f"{text[:head]}\n[... {cut:,} characters left out ...]\n{text[len(text) - tail:]}"
+
+
+# -- prompt files ------------------------------------------------------------------------------------------
+# A prompt file is a str.format template (literal braces doubled: {{ }}), checked at load time. WHY
+# str.format and not Jinja2: the prompts need names substituted, not logic, and a template that can only
+# name values cannot reach attributes or run code when a profile comes from someone else.
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
+
+PLACEHOLDERS = {
+    "doc_var": "the REPL variable holding the document (`prompt`, or `context` in the official dialect)",
+    "doc_type": "its Python type, e.g. str",
+    "doc_chars": "its length in characters",
+    "doc_lines": "its line count",
+    "doc_tokens": "its estimated length in worker tokens",
+    "sub_call": "the one-shot worker call's name",
+    "sub_call_batch": "the batched worker call's name",
+    "final": "how a reply finishes with literal text",
+    "final_var": "how a reply finishes with a variable's value",
+    "chunk_budget_tokens": "worker tokens one chunk may hold",
+    "chunk_budget_chars": "about that many characters of this document",
+    "max_iterations": "replies the controller may write",
+    "max_sub_calls": "worker calls per run, nested runs included",
+    "max_depth": "rlm.max_depth",
+    "models": "the worker models a call may name with model= (comma-separated)",
+    "default_model": "the model a call without model= uses",
+}
+
+# The dialect's names (rlm.dialect; `rig` until the profile says otherwise).
+DIALECT_NAMES = {
+    "rig": {"doc_var": "prompt", "sub_call": "sub_call", "sub_call_batch": "sub_call_batch",
+            "final": "FINAL(answer)", "final_var": "FINAL_VAR(variable_name)"},
+    "official": {"doc_var": "context", "sub_call": "llm_query", "sub_call_batch": "llm_query_batched",
+                 "final": 'answer["content"] = ...; answer["ready"] = True',
+                 "final_var": 'answer["content"] = variable_name; answer["ready"] = True'},
+}
+
+
+class PromptFileError(ValueError):
+    """A prompt file that is missing or names a placeholder the rig does not fill."""
+
+
+def find_prompt_file(ref: str, base: Path | None = None) -> Path:
+    """A path (absolute, or relative to ``base``, the profile's folder), or a shipped name in configs/prompts/."""
+    cands = [Path(ref).expanduser()]
+    if base is not None:
+        cands.append(base / ref)
+    cands += [PROMPTS_DIR / ref, PROMPTS_DIR / f"{ref}.txt"]
+    for c in cands:
+        if c.is_file():
+            return c
+    shipped = sorted(p.stem for p in PROMPTS_DIR.glob("*.txt"))
+    raise PromptFileError(f"controller.system_prompt_file {ref!r}: no such file (shipped prompts: {shipped})")
+
+
+def check_template(text: str, where: str) -> None:
+    """Refuse a template whose fields are not plain known names (or whose braces do not parse)."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as e:
+        raise PromptFileError(f"{where}: not a valid template ({e}); write literal braces as {{{{ }}}}") from None
+    for f in fields:
+        if f not in PLACEHOLDERS:
+            raise PromptFileError(f"{where}: unknown placeholder {{{f}}}; known: {', '.join(sorted(PLACEHOLDERS))}")
+
+
+def render_prompt_file(path: Path, values: dict[str, Any]) -> str:
+    """The system prompt from a checked template and the run's values."""
+    text = path.read_text(encoding="utf-8")
+    check_template(text, str(path))
+    return text.format_map({k: values[k] for k in PLACEHOLDERS})
+
+
+def system_for(cfg: Any, shape: DocShape, doc_type: str, *, chunk_budget_tokens: int, chunk_budget_chars: int,
+               can_nest: bool, sub_calls_enabled: bool) -> str:
+    """The run's system prompt: the profile's ``controller.system_prompt_file`` rendered, else the built-in one."""
+    rlm = cfg.rlm
+    if not cfg.controller.system_prompt_file:
+        return system_prompt(shape, chunk_budget_tokens=chunk_budget_tokens, chunk_budget_chars=chunk_budget_chars,
+                             max_iterations=rlm.max_iterations, max_sub_calls=rlm.max_sub_calls, can_nest=can_nest,
+                             sub_calls_enabled=sub_calls_enabled, models=list(cfg.worker_map()))
+    names = DIALECT_NAMES.get(getattr(rlm, "dialect", "rig"), DIALECT_NAMES["rig"])
+    workers = cfg.worker_map()
+    values = {**names, "doc_type": doc_type, "doc_chars": shape.chars, "doc_lines": shape.lines,
+              "doc_tokens": shape.est_worker_tokens, "chunk_budget_tokens": chunk_budget_tokens,
+              "chunk_budget_chars": chunk_budget_chars, "max_iterations": rlm.max_iterations,
+              "max_sub_calls": rlm.max_sub_calls, "max_depth": rlm.max_depth, "models": ", ".join(workers),
+              "default_model": cfg.default_worker_name()}
+    return render_prompt_file(find_prompt_file(cfg.controller.system_prompt_file), values)

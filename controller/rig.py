@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rlm_rig.configs.schema import RigConfig
-from rlm_rig.worker.settings import ServerSettings
+from rlm_rig.controller.subcalls import Route
+from rlm_rig.worker.settings import ServerSettings, WorkerSettings
 from rlm_rig.controller.doctokens import (ChunkTokens, DocTokenCounts, batch_counter_for, counter_for, normalizer_form,
                                   token_cache_folder)
 from rlm_rig.controller.kernels import KernelPool
@@ -22,6 +23,9 @@ from rlm_rig.records.runlog import RunFolder, package_versions
 from rlm_rig.worker.models import resolve_model
 from rlm_rig.worker.watch import WorkerWatch
 
+if TYPE_CHECKING:
+    from rlm_rig.controller.session import Session
+
 
 class Rig:
     def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None):
@@ -31,7 +35,9 @@ class Rig:
         self.controller_replay = controller_replay
         self._servers: list[Any] = []
         self._clients: list[Any] = []
-        self.worker: WorkerWatch | None = None  # the worker behind its watch (restarts, retries, dead)
+        self._sessions: list[Session] = []
+        self.worker: WorkerWatch | None = None  # the default worker behind its watch (restarts, retries, dead)
+        self.workers: dict[str, WorkerWatch] = {}  # every worker by name (a profile's workers: map)
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
@@ -58,7 +64,7 @@ class Rig:
         from rlm_rig.worker.server import ServerSpec, VLLMServer
 
         if server.url:
-            return [VLLMServer.attach(server.url)]
+            return [VLLMServer.attach(server.url, headers=server.auth_headers())]
         spec = ServerSpec.of(server, model=model, served_name=served, dtype=dtype, offline=Path(model).exists())
         srv = VLLMServer(spec, log_dir=self.folder.logs_dir, name=name)
         self._servers.append(srv)
@@ -69,55 +75,70 @@ class Rig:
         return [srv.url]
 
     def start_worker(self) -> None:
-        from rlm_rig.worker.sync import SyncWorker
-        from rlm_rig.worker.client import WorkerClient
+        """Every worker of the profile (the default one, then the rest of a ``workers:`` map), each served or
+        attached and behind its own watch; token counts and the chunk budget follow the default worker."""
         from rlm_rig.worker.tokens import load_fast_tokenizer
 
-        w = self.cfg.worker
-        self.worker_model_path = resolve_model(w.model)
+        default = self.cfg.default_worker_name()
+        self.worker_model_path = resolve_model(self.cfg.worker.model)
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
         self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
         tok_file = Path(self.worker_model_path) / "tokenizer.json"
         self.doc_tokens = DocTokenCounts(self.count_tokens, lambda: token_cache_folder(tok_file))
+        for name, w in self.cfg.worker_map().items():
+            self.workers[name] = self._start_one(name, w, default=name == default)
+            self._clients.append(self.workers[name])
+        self.worker = self.workers[default]
+
+    def _start_one(self, name: str, w: WorkerSettings, *, default: bool) -> WorkerWatch:
+        from rlm_rig.worker.sync import SyncWorker
+        from rlm_rig.worker.client import WorkerClient
+
+        path = self.worker_model_path if default else resolve_model(w.model)
         if w.backend == "transformers":
             from rlm_rig.worker.hf import TransformersWorker
 
-            backend: Any = TransformersWorker(self.worker_model_path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens)
-        else:
-            served = w.served_name or "worker"
-            urls = self._server(w.server, self.worker_model_path, served, w.dtype, "worker") + list(w.replica_urls)
+            backend: Any = TransformersWorker(path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens,
+                                              temperature=w.sampling.temperature, top_p=w.sampling.top_p,
+                                              seed=w.sampling.seed)
+            return self._watched(SyncWorker(backend), w, None, None)
+        served = w.served_name or name
+        urls = self._server(w.server, path, served, w.dtype, "worker" if default else f"worker-{name}")
+        urls += list(w.replica_urls)
+        if default:
             self.worker_url = urls[0]
-            backend = WorkerClient(
-                urls,
-                served,
-                concurrency=w.max_connections,
-                timeout_s=w.timeout_s,
-                max_retries=w.max_retries,
-                temperature=w.temperature,
-                max_tokens=w.max_tokens,
-                token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
-            )
-        self.worker = self._watched(SyncWorker(backend))
-        self._clients.append(self.worker)
+        backend = WorkerClient(
+            urls, served, concurrency=w.max_connections, timeout_s=w.timeout_s, max_retries=w.max_retries,
+            temperature=w.sampling.temperature, top_p=w.sampling.top_p, seed=w.sampling.seed, max_tokens=w.max_tokens,
+            api_key=w.server.api_key(), headers={**w.server.headers, **w.server.secret_headers()},
+            token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
+        )
+        server = self._worker_server if default else next((s for s in self._servers if s.url == urls[0]), None)
+        return self._watched(SyncWorker(backend), w, urls[0], server)
 
     def _write_pid(self, srv: Any) -> None:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
         atomic_write_text(self.folder.worker_pid_path, json.dumps({"pid": srv.pid, "url": srv.url}))
         self._wrote_pid = True
 
-    def _watched(self, sync: Any) -> WorkerWatch:
-        """The worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
+    def _watched(self, sync: Any, w: WorkerSettings, url: str | None, server: Any) -> WorkerWatch:
+        """A worker behind a :class:`WorkerWatch`: a dead server is noticed, restarted when it is ours,
         and its failed sub_calls re-sent; every event goes to ``RUN/logs/rig.log``."""
-        w = self.cfg.worker
         health = None
-        if w.backend == "vllm" and self.worker_url:
-            health = self.worker_url[: -len("/v1")] if self.worker_url.endswith("/v1") else self.worker_url
+        if w.backend == "vllm" and url:
+            health = url[: -len("/v1")] if url.endswith("/v1") else url
         return WorkerWatch(
-            sync, server=self._worker_server, health_url=health, log=self.log,
+            sync, server=server, health_url=health, log=self.log,
             max_restarts=w.watch.max_restarts, backoff_s=w.watch.backoff_s,
-            attached_wait_s=w.watch.attached_wait_s, retries=w.watch.retries, on_restart=self._write_pid,
+            attached_wait_s=w.watch.attached_wait_s, retries=w.watch.retries,
+            on_restart=self._write_pid if server is not None and server is self._worker_server else None,
         )
+
+    def routes(self) -> dict[str, Route]:
+        """The workers by name, for the sub_call router (controller.subcalls.route_for)."""
+        return {name: Route(name, self.workers[name], w.max_tokens, w.system_prompt, dict(w.sampling_by_depth))
+                for name, w in self.cfg.worker_map().items() if name in self.workers}
 
     def log(self, line: str) -> None:
         """One line into the run log (``RUN/logs/rig.log``), appended and flushed at once."""
@@ -145,7 +166,8 @@ class Rig:
                 raise ValueError("controller.backend is 'replay' but no replay_file is set (or pass --controller-replay)")
             self.lm = ReplayLM.from_file(c.replay_file)
         elif c.backend == "transformers":
-            self.lm = TransformersLM(resolve_model(c.model or ""), device=c.device, dtype=c.dtype, quantization=c.quantization)
+            self.lm = TransformersLM(resolve_model(c.model or ""), device=c.device, dtype=c.dtype,
+                                     quantization=c.quantization, sampling=c.sampling)
         else:
             from rlm_rig.worker.sync import SyncWorker
             from rlm_rig.worker.client import WorkerClient
@@ -156,10 +178,14 @@ class Rig:
             # one slot per concurrent example, so their turns batch on the server
             slots = self.cfg.eval.max_samples
             client = SyncWorker(WorkerClient(urls, served, concurrency=slots, timeout_s=900,
-                                             temperature=c.temperature, max_tokens=c.max_new_tokens),
+                                             api_key=c.server.api_key(),
+                                             headers={**c.server.headers, **c.server.secret_headers()},
+                                             temperature=c.sampling.temperature, top_p=c.sampling.top_p,
+                                             seed=c.sampling.seed, max_tokens=c.max_new_tokens),
                                 name="controller-loop")
             self._clients.append(client)
-            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served, max_connections=slots)
+            self.lm = OpenAILM(client, name=c.model, base_url=urls[0], served_name=served, max_connections=slots,
+                               headers=c.server.auth_headers())
 
     def context_window(self) -> int | None:
         """The controller's window for the context guard: the config's, else what the backend knows
@@ -176,10 +202,19 @@ class Rig:
         return None
 
     def start(self) -> None:
+        self.check_secrets()  # an unset API-key variable fails before anything starts
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.check_sandbox()
         self.start_controller()  # cheap failures (a bad replay file) before an expensive server start
         self.start_worker()
+
+    def check_secrets(self) -> None:
+        """Every server section's API-key variable is set (MissingSecret names the one that is not)."""
+        servers = [w.server for w in self.cfg.worker_map().values()]
+        if self.cfg.controller.server is not None and self.controller_replay is None:
+            servers.append(self.cfg.controller.server)
+        for s in servers:
+            s.api_key()
 
     def check_sandbox(self) -> None:
         """Refuse now, with what to install, if no launcher the profile allows works here (SandboxError)."""
@@ -193,6 +228,9 @@ class Rig:
             raise SandboxError(f"the REPL sandbox cannot start: {exc}") from None
 
     def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+        self._sessions.clear()
         self.kernels.close()
         for c in self._clients:
             try:
@@ -211,10 +249,12 @@ class Rig:
 
     # -- running --------------------------------------------------------------------------
     def models(self) -> dict[str, str]:
+        extra = {f"worker:{n}": w.model for n, w in self.cfg.worker_map().items() if n != self.cfg.default_worker_name()}
         return {
             "controller": self.lm.name if self.lm else "",
             "worker": self.cfg.worker.model,
             "worker_path": self.worker_model_path,
+            **extra,
         }
 
     def context(self, *, sub_calls: bool = True) -> RunContext:
@@ -230,6 +270,8 @@ class Rig:
             chunk_tokens=self.chunk_tokens,
             kernels=self.kernels,
             context_window=self.context_window(),
+            routes=self.routes() if self.workers else None,
+            default_model=self.cfg.default_worker_name(),
         )
 
     def ask(
@@ -246,3 +288,12 @@ class Rig:
             return RLM(ctx).run(doc, question, run_id=run_id, save_to=save_to, instructions=instructions)
         finally:
             trim_heap()  # keeps a long eval's memory flat across documents
+
+    def session(self, doc: str) -> "Session":
+        """Several questions about ``doc`` in one REPL and one controller conversation (controller/session.py)."""
+        from rlm_rig.controller.session import Session
+
+        assert self.lm is not None, "rig not started"
+        session = Session(self, doc)
+        self._sessions.append(session)  # closed with the rig if the caller did not
+        return session

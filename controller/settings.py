@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rlm_rig.worker.models import check_model_ref
-from rlm_rig.worker.settings import ServerSettings
+from rlm_rig.worker.settings import Sampling, ServerSettings
 
 
 class Strict(BaseModel):
@@ -31,10 +31,15 @@ class ControllerSettings(Strict):
     device: str = "cpu"
     dtype: str = "bfloat16"  # the controller's own weights (the worker's dtype is worker.dtype)
     max_new_tokens: int = Field(1024, ge=1)
-    temperature: float = Field(0.0, ge=0.0)
+    sampling: Sampling = Field(default_factory=Sampling)  # was controller.temperature (configs.load.RENAMED)
     replay_file: str | None = None
     served_name: str | None = None
     server: ServerSettings | None = None
+    system_prompt_file: str | None = Field(
+        None, description="a str.format template for the system prompt: a path, or a name in configs/prompts/ "
+        "(`rig`, `official`); its {placeholders} are listed in controller/prompts.py PLACEHOLDERS")
+    user_prologue: str | None = Field(
+        None, description="text put before the question in the controller's first user message")
     context_tokens: int | None = Field(
         None, ge=256, description="the controller's window for the context guard; default: the server's max_model_len, "
         "else the model's max_position_embeddings (transformers), else unguarded (replay)"
@@ -44,6 +49,18 @@ class ControllerSettings(Strict):
     @classmethod
     def _model(cls, v: str | None) -> str | None:
         return None if v is None else check_model_ref(v)
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _prompt_file(cls, v: str | None) -> str | None:
+        """Missing files and unknown placeholders fail at load time, not at the first turn."""
+        if v is None:
+            return None
+        from rlm_rig.controller.prompts import check_template, find_prompt_file
+
+        path = find_prompt_file(v)
+        check_template(path.read_text(encoding="utf-8"), path.name)
+        return v
 
     @model_validator(mode="after")
     def _needs(self) -> "ControllerSettings":
@@ -78,6 +95,9 @@ class RLMSettings(Strict):
     max_example_wall_s: float | None = Field(
         None, gt=0, description="per-example wall-clock cap; the run then ends with its best answer so far"
     )
+    session_compact_at: float = Field(
+        0.75, gt=0.0, le=1.0, description="a session compacts its earlier questions (the controller summarises "
+        "them) when they would fill more than this fraction of the controller's window")
     max_consecutive_cell_errors: int | None = Field(
         None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
     )

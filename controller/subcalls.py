@@ -46,6 +46,35 @@ class SubCallBudget:
             return True
 
 
+@dataclass
+class Route:
+    """One worker a call may go to (a profile's ``workers:`` entry, or its one ``worker:``), by name."""
+
+    name: str
+    client: ChatMany | None
+    max_tokens: int
+    system: str | None = None
+    sampling_by_depth: dict[int, Any] = field(default_factory=dict)  # depth -> worker.settings.Sampling
+
+    def sampling_at(self, depth: int) -> dict[str, Any]:
+        """Request fields for a call made at ``depth`` (1: from the root run); empty: the client's own."""
+        s = self.sampling_by_depth.get(depth)
+        return s.request() if s is not None else {}
+
+
+class UnknownModel(ValueError):
+    """A call named a model the profile does not serve."""
+
+
+def route_for(routes: dict[str, Route], model: str | None, default: str) -> Route:
+    """The worker a call goes to: the one it names with ``model=``, else the default. The one place a
+    model name becomes a client, for sub_call and the official dialect's llm_query alike."""
+    name = default if model is None else model
+    if name not in routes:
+        raise UnknownModel(f"unknown model {model!r}: this rig serves {', '.join(sorted(routes))}")
+    return routes[name]
+
+
 # (chunk, instruction, depth) -> (answer text, nested trajectory as dict)
 NestedRunner = Callable[[str, str, int], tuple[str | None, dict[str, Any]]]
 
@@ -70,6 +99,8 @@ class SubCallRouter:
         rlm_nested: NestedRunner | None = None,
         locate: Callable[[int], tuple[int | str | None, int | None]] | None = None,
         clip: Callable[[int, int], tuple[int, int]] | None = None,
+        routes: dict[str, Route] | None = None,
+        default_model: str = "worker",
     ):
         """``nested``: the rig dialect's sub_call as a nested RLM (max_depth >= 2); ``rlm_nested``: the child RLM
         of an ``rlm_query`` (None at the depth limit: it then runs as a plain worker call, recorded so).
@@ -95,6 +126,9 @@ class SubCallRouter:
         self.cell = 0
         self.turn = 0
         self._batch_no = 0
+        # the workers by name: the profile's workers map, or the one worker given above
+        self.default_model = default_model
+        self.routes = routes or {default_model: Route(default_model, worker, worker_max_tokens, worker_system)}
 
     def _cap(self, cap: str, detail: str) -> None:
         self.traj.caps_hit.append(CapEvent(cap=cap, turn=self.turn, detail=detail))  # type: ignore[arg-type]
@@ -117,11 +151,11 @@ class SubCallRouter:
             return (self.rlm_nested, None) if self.rlm_nested is not None else (None, "max_depth")
         return (None if self.dialect == "official" else self.nested), None
 
-    def _messages(self, r: SubCallRequest) -> list[dict[str, str]]:
+    def _messages(self, r: SubCallRequest, route: Route) -> list[dict[str, str]]:
         """The official dialect's calls send the prompt alone, as one user message (what its library sends)."""
         if self.dialect == "official" or r.kind == "rlm":
             return [{"role": "user", "content": r.chunk}]
-        return worker_messages(r.chunk, r.instruction, self.worker_system)
+        return worker_messages(r.chunk, r.instruction, route.system)
 
     def _span_inside(self, prompt: str, probe: int = 32, tries: int = 16) -> tuple[int | None, int | None]:
         """Where the document text *inside* an official-dialect prompt lies ("instruction + slice"): the middle
@@ -171,6 +205,10 @@ class SubCallRouter:
             )
             self._cap("chunk_tokens", msg)
             return [SubCallReply(error=msg) for _ in reqs]
+        try:
+            routes = [route_for(self.routes, r.model, self.default_model) for r in reqs]
+        except UnknownModel as e:
+            return [SubCallReply(error=f"{e}. Nothing in this call was sent") for _ in reqs]
         if not self.budget.take(len(reqs)):
             msg = (
                 f"sub_call limit reached: {self.budget.used} of {self.budget.limit} used, this call needs {len(reqs)}. "
@@ -180,14 +218,14 @@ class SubCallRouter:
             return [SubCallReply(error=msg) for _ in reqs]
 
         records = []
-        for r, t, (start, end) in zip(reqs, tokens, spans):
+        for r, t, (start, end), route in zip(reqs, tokens, spans, routes):
             item, offset = self.locate(start) if self.locate is not None and start is not None else (None, None)
             rec = SubCallRecord(
                 id=len(self.traj.sub_calls),
                 cell=self.cell,
                 depth=self.depth + 1,
                 kind="rlm" if (nested is not None or r.kind == "rlm") else "llm",
-                model=r.model,
+                model=route.name,
                 fallback=fallback,
                 batch=batch_id,
                 chunk_start=start,
@@ -205,8 +243,8 @@ class SubCallRouter:
         try:
             if nested is not None:
                 return self._run_nested(reqs, records, nested)
-            batch = [self._messages(r) for r in reqs]
-            results = self.worker.chat_many(batch, max_tokens=self.worker_max_tokens)  # type: ignore[union-attr]
+            batch = [self._messages(r, route) for r, route in zip(reqs, routes)]
+            results = self._send(batch, routes, records)
         finally:
             self.traj.model_wall_s += time.perf_counter() - t0
         replies = []
@@ -227,6 +265,21 @@ class SubCallRouter:
             rec.token_logprobs = extra.get("token_logprobs")
             replies.append(SubCallReply(text=res.text))
         return replies
+
+    def _send(self, batch: list[list[dict[str, str]]], routes: list[Route], records: list[SubCallRecord]) -> list[Any]:
+        """Each worker's share of the batch through its own client (one chat_many per worker), in batch order."""
+        results: list[Any] = [None] * len(batch)
+        for name in dict.fromkeys(r.name for r in routes):
+            idx = [i for i, r in enumerate(routes) if r.name == name]
+            route = routes[idx[0]]
+            sampling = route.sampling_at(self.depth + 1)
+            for i in idx:
+                records[i].sampling = sampling or None
+            got = route.client.chat_many([batch[i] for i in idx], max_tokens=route.max_tokens,  # type: ignore[union-attr]
+                                         **sampling)
+            for i, res in zip(idx, got):
+                results[i] = res
+        return results
 
     def _run_nested(self, reqs: list[SubCallRequest], records: list[SubCallRecord],
                     nested: NestedRunner) -> list[SubCallReply]:

@@ -239,6 +239,10 @@ class RunFolder:
         """An `rlm-rig ask` folder holds its one run here."""
         return self.path / "trajectory.json"
 
+    def chat_trajectory_path(self, question: int) -> Path:
+        """An `rlm-rig chat` folder holds one run per question (1-based) in trajectories/."""
+        return self.trajectory_path(f"q{question:03d}")
+
     def trajectory_path(self, sample_id: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
         return self.trajectories_dir / f"{safe}.json"
@@ -248,15 +252,23 @@ class RunFolder:
         return path.relative_to(self.path).as_posix()
 
     def is_run(self) -> bool:
-        """Does this folder hold a run (an eval's samples or config, or an ask trajectory)?"""
-        return self.samples_path.exists() or self.config_path.exists() or self.ask_trajectory_path.exists()
+        """Does this folder hold a run (an eval's samples or config, an ask trajectory, or a chat's questions)?"""
+        return (self.samples_path.exists() or self.config_path.exists() or self.ask_trajectory_path.exists()
+                or bool(self.chat_trajectories()))
+
+    def chat_trajectories(self) -> list[Path]:
+        """A `chat` folder's runs in question order (none in an eval folder, which has samples or a config)."""
+        if self.samples_path.exists() or self.config_path.exists() or not self.trajectories_dir.is_dir():
+            return []
+        return sorted(self.trajectories_dir.glob("q[0-9][0-9][0-9].json"))
 
     # -- creation / resume ----------------------------------------------------------------
     def writes(self, command: str) -> tuple[str, ...]:
         """What each kind of run writes into its folder: checked against the folder before a run starts, then
         recorded in its manifest (records.outdirs), so nothing of the user's or another command's is overwritten."""
         shared = (self.logs_dir, self.worker_pid_path)
-        paths = {"ask": (self.ask_trajectory_path, *shared), "serve-worker": shared}.get(command, (
+        paths = {"ask": (self.ask_trajectory_path, *shared), "chat": (self.trajectories_dir, *shared),
+                 "serve-worker": shared}.get(command, (
             self.config_path, self.spec_path, self.env_path, self.samples_path, self.trajectories_dir,
             self.results_path, *shared))
         return tuple(p.name for p in paths)
@@ -273,7 +285,7 @@ class RunFolder:
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")
         files = self.writes(command)
-        c = claim(self.path, command, force=force, replace_own=command not in ("ask",), writes=files, hold=True)
+        c = claim(self.path, command, force=force, replace_own=command not in ("ask", "chat"), writes=files, hold=True)
         record(c, files)
         return c
 
@@ -375,12 +387,18 @@ class RunFolder:
         row, made from its trajectory: no gold, so its score is NaN (shown, never averaged as a zero)."""
         if not self.samples_path.exists() and self.ask_trajectory_path.exists():
             return [self.ask_row().model_dump(mode="json")]
+        chat = self.chat_trajectories()
+        if chat:
+            return [self.ask_row(p).model_dump(mode="json") for p in chat]
         return pick_rows(read_jsonl(self.samples_path))
 
-    def ask_row(self) -> SampleRow:
-        """The sample row of an `ask` folder's one run, so reports and the viewer read it like an eval's."""
-        t = Trajectory.load(self.ask_trajectory_path)
-        return trajectory_row(t, id="ask", dataset="ask", trajectory=self.ask_trajectory_path.name)
+    def ask_row(self, path: Path | None = None) -> SampleRow:
+        """The sample row of an `ask` folder's one run (or of one `chat` question, ``path``), so reports and the
+        viewer read it like an eval's."""
+        path = path or self.ask_trajectory_path
+        t = Trajectory.load(path)
+        return trajectory_row(t, id="ask" if path == self.ask_trajectory_path else path.stem, dataset="ask",
+                              trajectory=self.relative(path))
 
     def sample_rows(self) -> list[SampleRow]:
         out = []

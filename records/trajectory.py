@@ -93,6 +93,10 @@ class SubCallRecord(BaseModel):
         None, description="why it failed: worker (server down, timeout) | context_length | request | nested | other"
     )
     worker_retries: int = Field(0, description="times re-sent after a worker failure (worker/watch.py)")
+    model: str | None = Field(None, description="the worker it went to, by its name in the profile's workers "
+                              "(the default worker is `worker` when the profile has one)")
+    sampling: dict[str, Any] | None = Field(
+        None, description="sampling sent with the call beyond the worker's own (worker.sampling_by_depth)")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -113,6 +117,19 @@ class CapEvent(BaseModel):
                  "wall_clock", "cell_errors", "context", "tool_calls"]
     turn: int
     detail: str
+
+
+class Compaction(BaseModel):
+    """Older turns of a session's controller conversation replaced by the controller's own summary, because
+    the conversation no longer fitted its window (controller/session.py)."""
+
+    before_turn: int = Field(description="index of the first turn of this run that saw the compacted conversation")
+    messages_replaced: int
+    tokens_before: int
+    tokens_after: int
+    summary: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class Trajectory(BaseModel):
@@ -144,6 +161,9 @@ class Trajectory(BaseModel):
     error_kind: str | None = Field(None, description="why the run errored, as SubCallRecord.error_kind (worker: not valid)")
     isolation: dict[str, Any] | None = Field(
         None, description="the sandbox's IsolationReport for this run's kernel, as the kernel observed it")
+    session: dict[str, Any] | None = Field(
+        None, description="a session's question: {id, question (1-based)}; its REPL and conversation went on")
+    compactions: list[Compaction] = Field(default_factory=list)
 
     # -- nested runs and derived figures used by sample rows and reports ------------------
     def walk(self) -> Iterator["Trajectory"]:

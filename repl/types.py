@@ -95,7 +95,7 @@ class SubCallRequest:
     instruction: str
     index_in_batch: int | None  # None for a single sub_call, i for sub_call_batch
     kind: str = "llm"  # "llm": a plain worker call; "rlm": the official dialect's rlm_query (a child RLM)
-    model: str | None = None  # the `model=` the call named (official dialect), None for the default
+    model: str | None = None  # the worker the call names (`model=`), None: the default
 
 
 @dataclass

@@ -19,7 +19,7 @@ import httpx
 
 from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError
 from rlm_rig.worker.server import normalize_base_url
-from rlm_rig.worker.settings import WorkerSettings
+from rlm_rig.worker.settings import Sampling, WorkerSettings
 
 __all__ = ["Completion", "WorkerClient", "validate_messages"]
 
@@ -106,6 +106,17 @@ def _token_logprobs(choice: dict) -> dict[str, Any]:
     return {"token_ids": ids, "token_logprobs": lps}
 
 
+def _check_limits(*, concurrency: int, timeout_s: float, max_retries: int, max_tokens: int) -> None:
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+
+
 class WorkerClient:
     """Chat with one model over one or more replicas, at most `concurrency` requests at a time.
 
@@ -123,9 +134,12 @@ class WorkerClient:
         max_retries: int = WorkerSettings.max_retries,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
-        temperature: float = WorkerSettings.temperature,
+        temperature: float = Sampling.temperature,
         max_tokens: int = WorkerSettings.max_tokens,
         api_key: str | None = None,
+        top_p: float = Sampling.top_p,
+        seed: int | None = Sampling.seed,
+        headers: dict[str, str] | None = None,
         extra_body: dict[str, Any] | None = None,
         trust_env: bool = False,
         replica_cooldown_s: float = 10.0,
@@ -137,14 +151,7 @@ class WorkerClient:
         self.base_urls = [normalize_base_url(u) for u in urls]
         if not model:
             raise ValueError("WorkerClient.model must name the served model")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        _check_limits(concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries, max_tokens=max_tokens)
         self.model = model
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -152,13 +159,16 @@ class WorkerClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
         # Ask the server for the generated token ids and their logprobs (vLLM: `logprobs` plus
         # `return_tokens_as_token_ids`, so a token comes back as "token_id:N", exact even for byte tokens).
         # They land in Completion.extra["token_ids"] / ["token_logprobs"]; interp teacher-forces them.
         self.token_logprobs = token_logprobs
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # extra headers (a hosted server's), then the key: never logged, never in a record (see __repr__)
+        self._headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._trust_env = trust_env
         self._rr = itertools.cycle(range(len(self.base_urls)))
         self.replica_cooldown_s = replica_cooldown_s
@@ -212,7 +222,10 @@ class WorkerClient:
             "messages": validate_messages(messages),
             "max_tokens": int(max_tokens if max_tokens is not None else self.max_tokens),
             "temperature": float(self.temperature if temperature is None else temperature),
+            "top_p": float(self.top_p),
         }
+        if self.seed is not None:
+            payload["seed"] = int(self.seed)
         if stop:
             payload["stop"] = [stop] if isinstance(stop, str) else list(stop)
         if self.token_logprobs:

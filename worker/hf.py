@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm_rig.worker.client import Completion, validate_messages
-from rlm_rig.worker.settings import WorkerSettings
+from rlm_rig.worker.settings import Sampling, WorkerSettings
 
 __all__ = ["TransformersWorker"]
 
@@ -31,8 +31,9 @@ class TransformersWorker:
         device: str = WorkerSettings.device,
         dtype: str = WorkerSettings.dtype,
         max_tokens: int = WorkerSettings.max_tokens,
-        temperature: float = WorkerSettings.temperature,
-        seed: int = 0,
+        temperature: float = Sampling.temperature,
+        seed: int | None = Sampling.seed,
+        top_p: float = Sampling.top_p,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         import torch
@@ -55,7 +56,8 @@ class TransformersWorker:
         self.device = device
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.seed = seed
+        self.seed = seed  # None: sampled replies are not repeatable (as with vLLM without a seed)
+        self.top_p = top_p
         self.tokenizer = load_tokenizer(name)
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         kwargs = {"dtype": torch_dtype, "local_files_only": local, **(model_kwargs or {})}
@@ -104,14 +106,14 @@ class TransformersWorker:
             "top_p": None,
         }
         if temp > 0:
-            kw.update(do_sample=True, temperature=temp, top_p=1.0)
+            kw.update(do_sample=True, temperature=temp, top_p=self.top_p)
         else:
             kw.update(do_sample=False, temperature=None)
         if stop:
             kw.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         ids = torch.tensor([prompt_ids], device=self.device)
         with self._lock, torch.inference_mode():
-            if temp > 0:
+            if temp > 0 and self.seed is not None:
                 torch.manual_seed(self.seed)
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         new = out[0, len(prompt_ids) :].tolist()

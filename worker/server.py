@@ -354,6 +354,9 @@ class VLLMServer:
             env["HF_HUB_OFFLINE"] = "1"
             env["TRANSFORMERS_OFFLINE"] = "1"
         env.update({k: str(v) for k, v in s.env.items()})
+        key = s.api_key()
+        if key:  # vLLM reads it from its environment: no command line, no log line carries it
+            env["VLLM_API_KEY"] = key
         return env
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -420,7 +423,8 @@ class VLLMServer:
                     )
                 try:
                     if c.get(self.root_url + "/health").status_code == 200:
-                        models = [m["id"] for m in c.get(self.url + "/models").json().get("data", [])]
+                        listed = c.get(self.url + "/models", headers=self.spec.auth_headers())
+                        models = [m["id"] for m in listed.json().get("data", [])]
                         if self.spec.name not in models:
                             raise ServerStartError(
                                 f"server at {self.url} is healthy but serves {models}, not {self.spec.name!r}",
@@ -485,7 +489,8 @@ class VLLMServer:
 
     # -- already-running servers -------------------------------------------------------------------
     @staticmethod
-    def attach(url: str, *, model: str | None = None, timeout_s: float = 5.0) -> str:
+    def attach(url: str, *, model: str | None = None, timeout_s: float = 5.0,
+               headers: dict[str, str] | None = None) -> str:
         """Check a server someone else started: /health must answer 200 and /v1/models must list
         something (or `model`, when given). Returns the normalized OpenAI base url."""
         base = normalize_base_url(url)
@@ -494,7 +499,7 @@ class VLLMServer:
                 h = c.get(_root(base) + "/health")
                 if h.status_code != 200:
                     raise WorkerError(f"server at {base}: /health answered HTTP {h.status_code}", url=base)
-                r = c.get(base + "/models")
+                r = c.get(base + "/models", headers=headers or {})
                 r.raise_for_status()
                 models = [m["id"] for m in r.json().get("data", [])]
         except httpx.HTTPError as exc:

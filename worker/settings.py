@@ -12,6 +12,7 @@ and a profile gets bounds checks and "unknown key" errors from configs' loader.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -51,6 +52,13 @@ class ServerSettings:
     access_log: bool = False  # uvicorn's per-request log lines cost CPU on small machines
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # applied last, overrides everything
+    # A hosted or keyed server: the NAME of the environment variable holding its API key, never the key (a
+    # profile is saved into every run folder). A server the rig starts gets the key through vLLM's own
+    # VLLM_API_KEY variable, so it never reaches a command line or a log.
+    api_key_env: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers on every request (stored: no secrets)
+    # secret headers (e.g. a hosted service's `api-key:`): header name -> the environment variable holding its value
+    headers_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -67,6 +75,61 @@ class ServerSettings:
             raise ValueError(f"server.cpu_kvcache_space_gb must be positive, got {self.cpu_kvcache_space_gb}")
         if isinstance(self.extra_args, str):
             raise ValueError("server.extra_args must be a list of strings, not one string")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError(f"server.api_key_env must name an environment variable, got {self.api_key_env!r}")
+
+    def api_key(self) -> str | None:
+        """The key from the named environment variable (None without ``api_key_env``); MissingSecret when unset
+        (as for every ``headers_env`` variable)."""
+        self.secret_headers()
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise MissingSecret(f"server.api_key_env names {self.api_key_env}, but that environment variable is unset "
+                                "or empty: export it before starting the rig")
+        return key
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers every request to this server carries: the profile's extra ones, the secret ones read from
+        their variables, and the bearer key."""
+        key = self.api_key()
+        return {**self.headers, **self.secret_headers(), **({"Authorization": f"Bearer {key}"} if key else {})}
+
+    def secret_headers(self) -> dict[str, str]:
+        out = {}
+        for name, var in self.headers_env.items():
+            value = os.environ.get(var)
+            if not value:
+                raise MissingSecret(f"server.headers_env.{name} names {var}, but that environment variable is unset or "
+                                    "empty: export it before starting the rig")
+            out[name] = value
+        return out
+
+
+class MissingSecret(ValueError):
+    """A profile names an API-key variable that is not set: one line, exit 2."""
+
+
+@dataclass(kw_only=True)
+class Sampling:
+    """How one level samples (``controller.sampling``, ``worker.sampling``): one default per setting.
+
+    WHY a type of its own: the controller, the worker and each sub_call depth may sample differently, and a
+    seed must reach the server with the rest so a sampled run can be repeated."""
+
+    __pydantic_config__ = _FORBID
+
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0  # 0: greedy
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: int | None = None  # per-request seed (vLLM); None: the server's own randomness
+
+    def request(self) -> dict[str, float | int]:
+        """The request body's sampling fields (seed only when set)."""
+        body: dict[str, float | int] = {"temperature": float(self.temperature), "top_p": float(self.top_p)}
+        if self.seed is not None:
+            body["seed"] = int(self.seed)
+        return body
 
 
 @dataclass(kw_only=True)
@@ -97,8 +160,11 @@ class WorkerSettings:
     timeout_s: Annotated[float, Field(gt=0)] = 120.0  # one request, retries not included
     max_retries: Annotated[int, Field(ge=0)] = 4  # transport-level re-sends (connection errors, 5xx)
     max_tokens: Annotated[int, Field(ge=1)] = 256  # tokens one sub_call may generate
-    temperature: Annotated[float, Field(ge=0.0)] = 0.0
+    sampling: Sampling = field(default_factory=Sampling)  # was worker.temperature (configs.load.RENAMED)
+    # sub_calls made at depth d (1: from the root run) sample with sampling_by_depth[d] when it is given
+    sampling_by_depth: dict[int, Sampling] = field(default_factory=dict)
     system_prompt: str | None = None
+    default: bool = False  # in a profile's ``workers:`` map, the one worker a call without model= goes to
     replica_urls: list[str] = field(default_factory=list)  # extra vLLM replicas, round-robin
     watch: WatchSettings = field(default_factory=WatchSettings)
     server: ServerSettings = field(default_factory=ServerSettings)

@@ -33,9 +33,12 @@ def _expected() -> tuple[type[BaseException], ...]:
     from rlm_rig.experiments.runs.preflight import DiskFullError, RunInputError
 
     from rlm_rig.repl.types import SandboxError
+    from rlm_rig.worker.settings import MissingSecret
+    from rlm_rig.controller.prompts import PromptFileError
 
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
-                                        RunInputError, DiskFullError, SandboxError, OutDirError, FileExistsError]
+                                        RunInputError, DiskFullError, SandboxError, OutDirError, FileExistsError,
+                                        MissingSecret, PromptFileError]
     try:
         from rlm_rig.worker.errors import ServerStartError, WorkerError
 
@@ -96,3 +99,16 @@ def run_report(runs: list[Path], out_dir: Path) -> None:
 
     write_report([Path(r) for r in runs], Path(out_dir))
     out.print(f"report: {Path(out_dir) / 'report.md'}")
+
+
+def read_doc(doc: Path, controller_replay: Optional[Path]) -> "str | list | dict":
+    """`ask` and `chat`: the document (a str, or the list / dict a .json, .jsonl or folder of .txt files holds),
+    after checking the replay file is a file."""
+    from rlm_rig.experiments.datasets.contexts import ContextFileError, load_context_file
+
+    if controller_replay is not None and not controller_replay.is_file():
+        raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
+    try:
+        return load_context_file(doc)
+    except ContextFileError as exc:
+        raise UserError(str(exc)) from None

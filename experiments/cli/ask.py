@@ -9,11 +9,11 @@ import typer
 from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
-    UserError,
     default_run_dir,
     err,
     guarded,
     load_cfg,
+    read_doc,
     sigterm_as_interrupt,
 )
 
@@ -36,15 +36,8 @@ def ask(
     from rlm_rig.controller.rig import Rig
     from rlm_rig.records.runlog import RunFolder
 
-    from rlm_rig.experiments.datasets.contexts import ContextFileError, load_context_file
-
     cfg = load_cfg(config, overrides)
-    if controller_replay is not None and not controller_replay.is_file():
-        raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
-    try:
-        text = load_context_file(doc)  # a str, or a list / dict the REPL gets as such
-    except ContextFileError as exc:
-        raise UserError(str(exc)) from None
+    text = read_doc(doc, controller_replay)
     run_dir = out_dir or default_run_dir(cfg, "ask")
     folder = RunFolder(run_dir)
     held = folder.claim("ask", force=force)  # before any server starts: never over another run's or the user's files

@@ -60,19 +60,27 @@ def _imports(module: str, timeout_s: float = 180.0) -> tuple[bool, str]:
 def servers(cfg: RigConfig) -> list[tuple[str, Any]]:
     """(role, ServerConfig) of the vLLM servers the rig would start itself."""
     out = []
-    c, w = cfg.controller, cfg.worker
+    c = cfg.controller
     if c.backend == "openai" and c.server is not None and not c.server.url:
         out.append(("controller", c.server))
-    if w.backend == "vllm" and not w.server.url:
-        out.append(("worker", w.server))
+    for role, w in _workers(cfg):
+        if w.backend == "vllm" and not w.server.url:
+            out.append((role, w.server))
     return out
+
+
+def _workers(cfg: RigConfig) -> list[tuple[str, Any]]:
+    """(role, WorkerSettings) of every served sub-model: `worker` for the default, `workers.NAME` for the rest
+    (the role doubles as the --set prefix a fix names)."""
+    default = cfg.default_worker_name()
+    return [("worker" if n == default else f"workers.{n}", w) for n, w in cfg.worker_map().items()]
 
 
 def models(cfg: RigConfig, interp_model: str | None = None) -> list[tuple[str, str]]:
     out = []
     if cfg.controller.backend in ("transformers", "openai") and cfg.controller.model:
         out.append(("controller", cfg.controller.model))
-    out.append(("worker", cfg.worker.model))
+    out += [(role, w.model) for role, w in _workers(cfg)]
     if interp_model and interp_model != cfg.worker.model:
         out.append(("interp", interp_model))
     return out
@@ -211,6 +219,25 @@ def check_models(cfg: RigConfig, interp_model: str | None) -> list[Check]:
     return out
 
 
+def check_keys(cfg: RigConfig) -> list[Check]:
+    """Each server section that names an API-key variable: is it set? (The key itself is never shown.)"""
+    from rlm_rig.worker.settings import MissingSecret
+
+    sections = [(role, w.server) for role, w in _workers(cfg)]
+    if cfg.controller.backend == "openai" and cfg.controller.server is not None:
+        sections.append(("controller", cfg.controller.server))
+    out = []
+    for role, s in sections:
+        if not s.api_key_env:
+            continue
+        try:
+            s.api_key()
+            out.append(Check(f"api key ({role})", OK, f"${s.api_key_env} is set"))
+        except MissingSecret:
+            out.append(Check(f"api key ({role})", FAIL, f"${s.api_key_env} is unset", f"export {s.api_key_env}=..."))
+    return out
+
+
 def check_disk(cfg: RigConfig, need_gib: float) -> Check:
     p = Path(cfg.runs_dir).expanduser().resolve()
     probe_at = p
@@ -232,6 +259,7 @@ def diagnose(cfg: RigConfig, plan: Any, interp_cfg: Any = None) -> list[Check]:
     checks.append(check_bubblewrap())
     checks += check_ports(cfg)
     checks += check_models(cfg, interp_model)
+    checks += check_keys(cfg)
     # run folders hold trajectories and logs (small); interp activations can take tens of GB on the GPU rig
     checks.append(check_disk(cfg, 50.0 if needs_gpu else 2.0))
     return checks

@@ -27,6 +27,7 @@ REASONS = {
     "no_sub_calls": "trajectories without any sub_call",
     "sub_call_error": "sub_calls that failed (no response recorded)",
     "no_worker_messages": "sub_calls without worker messages (nested RLM calls are walked separately)",
+    "other_worker": "sub_calls answered by another of the profile's workers (interp replays the default worker's model)",
     "not_selected": "sub_calls left out by the selection (question type, correctness, ids, depth, limit)",
     "no_chunk_span": "sub_calls whose chunk could not be located in their messages",
     "too_long": "sub_calls over the configured token cap",
@@ -251,12 +252,17 @@ def iter_sub_calls(run_dir: str | Path, selection: Selection | None = None,
             continue
         worker_cfg = traj.config.get("worker") if isinstance(traj.config.get("worker"), dict) else {}
         max_tokens = worker_cfg.get("max_tokens")
+        workers = traj.config.get("workers") if isinstance(traj.config.get("workers"), dict) else {}
+        default_worker = next((n for n, w in workers.items() if isinstance(w, dict) and w.get("default")), "worker")
         for skey, sc in _walk(key, traj.sub_calls):
             if (wanted and (skey, sc.id) not in wanted) or (sel.depth is not None and sc.depth != sel.depth):
                 tally["not_selected"] += 1
                 continue
             if not sc.messages:
                 tally["sub_call_error" if sc.error and not sc.nested_trajectory else "no_worker_messages"] += 1
+                continue
+            if sc.model is not None and sc.model != default_worker:
+                tally["other_worker"] += 1
                 continue
             if sel.require_response and sc.response is None:
                 tally["sub_call_error"] += 1

@@ -169,17 +169,23 @@ def _check_text(value: object, what: str, fn: str) -> str:
 def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | None"], None]) -> dict:
     """Build the functions bound to this kernel's link and namespace."""
 
-    def sub_call(chunk: str, instruction: str) -> str:
-        """Ask the worker LM `instruction` about `chunk`; returns its text or raises SubCallError."""
+    def sub_call(chunk: str, instruction: str, model: str | None = None) -> str:
+        """Ask the worker LM `instruction` about `chunk` (the worker named `model`, else the default);
+        returns its text or raises SubCallError."""
         _check_text(chunk, "chunk", "sub_call")
         _check_text(instruction, "instruction", "sub_call")
-        reply = link.request([{"chunk": chunk, "instruction": instruction, "index": None}])[0]
+        if model is not None:
+            _check_text(model, "model", "sub_call")
+        reply = link.request([{"chunk": chunk, "instruction": instruction, "index": None}], model=model)[0]
         if reply.get("error") is not None or not isinstance(reply.get("text"), str):
             raise SubCallError(str(reply.get("error") or "sub_call returned no text"))
         return reply["text"]
 
-    def sub_call_batch(chunks, instruction: str | None = None) -> list[str]:
-        """Run many sub_calls concurrently: (chunks, instruction) or ([(chunk, instruction), ...])."""
+    def sub_call_batch(chunks, instruction: str | None = None, model: str | None = None) -> list[str]:
+        """Run many sub_calls concurrently: (chunks, instruction) or ([(chunk, instruction), ...]); `model`
+        names the worker for all of them."""
+        if model is not None:
+            _check_text(model, "model", "sub_call_batch")
         if isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__"):
             raise TypeError("sub_call_batch: pass a list of chunks (and one instruction) or a list of "
                             "(chunk, instruction) pairs")

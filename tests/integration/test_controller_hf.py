@@ -38,3 +38,23 @@ def test_transformers_controller_runs_the_loop(tiny_model_path, worker, quant):
     for turn in t.turns:
         assert turn.prompt_tokens > 0 and 0 < turn.completion_tokens <= 12
     assert t.error is None
+
+
+def test_transformers_controller_samples_with_controller_sampling(tiny_model_path):
+    """controller.sampling reaches generate(): a seed repeats a sampled turn, another seed changes it."""
+    from rlm_rig.worker.settings import Sampling
+
+    msgs = [{"role": "user", "content": "Write some code."}]
+
+    def turn(seed):
+        lm = TransformersLM(str(tiny_model_path), device="cpu", dtype="float32",
+                            sampling=Sampling(temperature=2.0, seed=seed))
+        try:
+            return lm.generate(msgs, max_new_tokens=16).text
+        finally:
+            lm.close()
+
+    a, b, c = turn(3), turn(3), turn(4)
+    greedy = TransformersLM(str(tiny_model_path), device="cpu", dtype="float32")
+    g = greedy.generate(msgs, max_new_tokens=16).text
+    assert a == b != c and g not in (a, c)

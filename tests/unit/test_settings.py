@@ -19,7 +19,7 @@ from rlm_rig.configs.schema import ClusterConfig, EvalSettings, RigConfig
 from rlm_rig.controller.settings import ControllerSettings, RLMSettings
 from rlm_rig.interp.config import InterpConfig
 from rlm_rig.repl.types import SandboxLimits
-from rlm_rig.worker.settings import DEFAULT_DTYPE, ServerSettings, WatchSettings, WorkerSettings
+from rlm_rig.worker.settings import DEFAULT_DTYPE, Sampling, ServerSettings, WatchSettings, WorkerSettings
 
 ROOM_TYPES = (WorkerSettings, ServerSettings, WatchSettings, SandboxLimits, ControllerSettings, RLMSettings, InterpConfig)
 
@@ -52,6 +52,8 @@ def construction_paths():
     return [
         ("WorkerClient", param_defaults(WorkerClient.__init__), WorkerSettings, {"concurrency": "max_connections"}),
         ("TransformersWorker", param_defaults(TransformersWorker.__init__), WorkerSettings, {}),
+        ("WorkerClient", param_defaults(WorkerClient.__init__), Sampling, {}),  # temperature, top_p, seed
+        ("TransformersWorker", param_defaults(TransformersWorker.__init__), Sampling, {}),
         ("WorkerWatch", param_defaults(WorkerWatch.__init__), WatchSettings, {}),
         ("ServerSpec", defaults_of(ServerSpec), ServerSettings, {}),
         ("ServerSpec", {"dtype": defaults_of(ServerSpec)["dtype"]}, WorkerSettings, {}),
@@ -110,8 +112,10 @@ def test_old_keys_load_under_their_new_name(tmp_path, old, new):
     p = tmp_path / "old.yaml"
     p.write_text(yaml.safe_dump(data))
     cfg = load_config(p)
-    nsec, nkey = new.split(".")
-    assert getattr(getattr(cfg, nsec), nkey) == 700
+    node = cfg
+    for part in new.split("."):  # a new key may sit deeper (worker.sampling.temperature)
+        node = getattr(node, part)
+    assert node == 700
 
 
 def test_old_and_new_key_together_fail_in_one_line(tmp_path):
