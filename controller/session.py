@@ -90,7 +90,7 @@ class Session:
         before = count(self.messages)
         gen = run.ctx.lm.generate(earlier + [{"role": "user", "content": SUMMARY_REQUEST}],
                                   max_new_tokens=run.cfg.controller.max_new_tokens)
-        run.tokens_used += gen.prompt_tokens + gen.completion_tokens
+        run.rlm.tokens.add(gen.prompt_tokens + gen.completion_tokens)  # shared with the run's budget
         run.traj.model_wall_s += gen.latency_s
         self.messages = [earlier[0], {"role": "user", "content": SUMMARY_HEADER + gen.text.strip()}, question]
         run.traj.compactions.append(Compaction(
@@ -102,7 +102,10 @@ class Session:
         if self.sandbox is None or getattr(self.sandbox, "_closed", False):
             return None
         self.sandbox.handler = run.router
-        self.sandbox.run_cell(f"question = {run.question!r}")
+        if hasattr(self.sandbox, "tool_handler"):  # tool calls are recorded in this question's trajectory
+            self.sandbox.tool_handler = run.tool_runner
+        if not run.official:  # the official REPL holds only its own names
+            self.sandbox.run_cell(f"question = {run.question!r}")
         return self.sandbox
 
     def end(self, run: Any) -> None:

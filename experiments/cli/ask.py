@@ -14,6 +14,7 @@ from rlm_rig.experiments.cli._common import (
     guarded,
     load_cfg,
     read_doc,
+    UserError,
     sigterm_as_interrupt,
 )
 

@@ -204,7 +204,7 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | 
             reqs.append({"chunk": chunk, "instruction": instr, "index": i})
         if not reqs:
             return []
-        replies = link.request(reqs)
+        replies = link.request(reqs, model=model)
         results: list[str | None] = []
         errors: dict[int, str] = {}
         for i, reply in enumerate(replies):
