@@ -234,7 +234,6 @@ class _Run:
             depth=self.rlm.depth,
             worker_max_tokens=cfg.worker.max_tokens,
             worker_system=cfg.worker.system_prompt,
-            nested=nested,
             concurrency=cfg.worker.max_connections,
             chunk_tokens=self.ctx.chunk_tokens,
             dialect=cfg.rlm.dialect,

@@ -52,7 +52,9 @@ Two helpers send text to a worker language model and return its reply as a strin
 document; the variable `CHUNK_BUDGET_CHARS` holds that number). Larger chunks are refused with SubCallError.
 You may make at most {max_sub_calls} sub_calls in total. The worker is a smaller model: give it short, precise
 instructions and ask for answers that are easy to parse (e.g. "Reply with only a number").
-{"A sub_call here runs a full recursive session of its own over its chunk, so it can handle long chunks well." if can_nest else ""}"""
+{"`rlm_query(chunk, instruction)` (and `rlm_query_batched`, taking what sub_call_batch takes) instead starts a full"
+ " recursive session of its own over its chunk, with its own REPL, so it can handle long chunks well; it counts"
+ " against the same budgets." if can_nest else ""}"""
         if sub_calls_enabled
         else "\nThere is no worker model in this session: answer with code alone (regular expressions, counting, parsing).\n"
     )
@@ -171,6 +173,8 @@ PLACEHOLDERS = {
     "doc_tokens": "its estimated length in worker tokens",
     "sub_call": "the one-shot worker call's name",
     "sub_call_batch": "the batched worker call's name",
+    "rlm_query": "the call that starts a child RLM (its own REPL) over a text",
+    "rlm_query_batched": "several child RLMs at once",
     "final": "how a reply finishes with literal text",
     "final_var": "how a reply finishes with a variable's value",
     "chunk_budget_tokens": "worker tokens one chunk may hold",
@@ -185,8 +189,10 @@ PLACEHOLDERS = {
 # The dialect's names (rlm.dialect; `rig` until the profile says otherwise).
 DIALECT_NAMES = {
     "rig": {"doc_var": "prompt", "sub_call": "sub_call", "sub_call_batch": "sub_call_batch",
+            "rlm_query": "rlm_query", "rlm_query_batched": "rlm_query_batched",
             "final": "FINAL(answer)", "final_var": "FINAL_VAR(variable_name)"},
     "official": {"doc_var": "context", "sub_call": "llm_query", "sub_call_batch": "llm_query_batched",
+                 "rlm_query": "rlm_query", "rlm_query_batched": "rlm_query_batched",
                  "final": 'answer["content"] = ...; answer["ready"] = True',
                  "final_var": 'answer["content"] = variable_name; answer["ready"] = True'},
 }

@@ -92,7 +92,6 @@ class SubCallRouter:
         depth: int,
         worker_max_tokens: int,
         worker_system: str | None = None,
-        nested: NestedRunner | None = None,
         concurrency: int = 8,
         chunk_tokens: ChunkTokens | None = None,
         dialect: str = "rig",
@@ -102,8 +101,8 @@ class SubCallRouter:
         routes: dict[str, Route] | None = None,
         default_model: str = "worker",
     ):
-        """``nested``: the rig dialect's sub_call as a nested RLM (max_depth >= 2); ``rlm_nested``: the child RLM
-        of an ``rlm_query`` (None at the depth limit: it then runs as a plain worker call, recorded so).
+        """``rlm_nested``: the child RLM of an ``rlm_query`` (None at the depth limit: it then runs as a plain
+        worker call, recorded so); sub_call and llm_query are one-shot in every dialect.
         ``locate``: a list/dict context's (item, offset) of a position in the joined text."""
         self.doc = doc
         self.traj = traj
@@ -114,7 +113,6 @@ class SubCallRouter:
         self.depth = depth
         self.worker_max_tokens = worker_max_tokens
         self.worker_system = worker_system
-        self.nested = nested
         self.concurrency = concurrency
         self.dialect = dialect
         self.rlm_nested = rlm_nested
@@ -149,7 +147,7 @@ class SubCallRouter:
         kind = reqs[0].kind if reqs else "llm"
         if kind == "rlm":
             return (self.rlm_nested, None) if self.rlm_nested is not None else (None, "max_depth")
-        return (None if self.dialect == "official" else self.nested), None
+        return None, None  # sub_call / llm_query are one-shot in every dialect: recursion is rlm_query's
 
     def _messages(self, r: SubCallRequest, route: Route) -> list[dict[str, str]]:
         """The official dialect's calls send the prompt alone, as one user message (what its library sends)."""

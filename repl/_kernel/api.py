@@ -1,6 +1,7 @@
 """The names model code sees besides the document, per dialect.
 
-rig: `prompt`, sub_call, sub_call_batch, FINAL, FINAL_VAR, SubCallError (and the `answer` dict).
+rig: `prompt`, sub_call, sub_call_batch (one-shot worker calls), rlm_query, rlm_query_batched (child RLMs),
+FINAL, FINAL_VAR, SubCallError (and the `answer` dict).
 official (the names of the `rlms` package): `context`, llm_query, llm_query_batched, rlm_query,
 rlm_query_batched, SHOW_VARS and the `answer` dict. Custom tools are stubs whose calls go to the parent.
 
@@ -169,42 +170,58 @@ def _check_text(value: object, what: str, fn: str) -> str:
 def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | None"], None]) -> dict:
     """Build the functions bound to this kernel's link and namespace."""
 
-    def sub_call(chunk: str, instruction: str, model: str | None = None) -> str:
-        """Ask the worker LM `instruction` about `chunk` (the worker named `model`, else the default);
-        returns its text or raises SubCallError."""
-        _check_text(chunk, "chunk", "sub_call")
-        _check_text(instruction, "instruction", "sub_call")
+    def one(chunk: str, instruction: str, model: "str | None", kind: str, fn: str) -> str:
+        _check_text(chunk, "chunk", fn)
+        _check_text(instruction, "instruction", fn)
         if model is not None:
-            _check_text(model, "model", "sub_call")
-        reply = link.request([{"chunk": chunk, "instruction": instruction, "index": None}], model=model)[0]
+            _check_text(model, "model", fn)
+        reply = link.request([{"chunk": chunk, "instruction": instruction, "index": None}], kind=kind,
+                             model=model)[0]
         if reply.get("error") is not None or not isinstance(reply.get("text"), str):
-            raise SubCallError(str(reply.get("error") or "sub_call returned no text"))
+            raise SubCallError(str(reply.get("error") or f"{fn} returned no text"))
         return reply["text"]
+
+    def sub_call(chunk: str, instruction: str, model: str | None = None) -> str:
+        """Ask the worker LM `instruction` about `chunk` once (the worker named `model`, else the default);
+        returns its text or raises SubCallError."""
+        return one(chunk, instruction, model, "llm", "sub_call")
+
+    def rlm_query(chunk: str, instruction: str, model: str | None = None) -> str:
+        """A child RLM whose `prompt` is `chunk` and whose question is `instruction`, with its own REPL (a
+        plain worker call at rlm.max_depth); returns its answer or raises SubCallError."""
+        return one(chunk, instruction, model, "rlm", "rlm_query")
 
     def sub_call_batch(chunks, instruction: str | None = None, model: str | None = None) -> list[str]:
         """Run many sub_calls concurrently: (chunks, instruction) or ([(chunk, instruction), ...]); `model`
         names the worker for all of them."""
+        return batch(chunks, instruction, model, "llm", "sub_call_batch")
+
+    def rlm_query_batched(chunks, instruction: str | None = None, model: str | None = None) -> list[str]:
+        """Several child RLMs at once, as sub_call_batch takes its arguments; answers in order."""
+        return batch(chunks, instruction, model, "rlm", "rlm_query_batched")
+
+    def batch(chunks, instruction: "str | None", model: "str | None", kind: str, fn: str) -> list[str]:
         if model is not None:
-            _check_text(model, "model", "sub_call_batch")
+            _check_text(model, "model", fn)
         if isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__"):
-            raise TypeError("sub_call_batch: pass a list of chunks (and one instruction) or a list of "
+            raise TypeError(f"{fn}: pass a list of chunks (and one instruction) or a list of "
                             "(chunk, instruction) pairs")
         items = list(chunks)
         reqs = []
         for i, item in enumerate(items):
             if instruction is None:
                 if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                    raise TypeError(f"sub_call_batch: item {i} must be a (chunk, instruction) pair when no "
+                    raise TypeError(f"{fn}: item {i} must be a (chunk, instruction) pair when no "
                                     "instruction is given")
                 chunk, instr = item
             else:
                 chunk, instr = item, instruction
-            _check_text(chunk, f"chunk {i}", "sub_call_batch")
-            _check_text(instr, f"instruction {i}", "sub_call_batch")
+            _check_text(chunk, f"chunk {i}", fn)
+            _check_text(instr, f"instruction {i}", fn)
             reqs.append({"chunk": chunk, "instruction": instr, "index": i})
         if not reqs:
             return []
-        replies = link.request(reqs, model=model)
+        replies = link.request(reqs, kind=kind, model=model)
         results: list[str | None] = []
         errors: dict[int, str] = {}
         for i, reply in enumerate(replies):
@@ -218,7 +235,7 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | 
         if errors:
             first = min(errors)
             raise SubCallError(
-                f"{len(errors)} of {len(reqs)} sub_calls failed (indices {sorted(errors)[:20]}); "
+                f"{len(errors)} of {len(reqs)} calls of {fn} failed (indices {sorted(errors)[:20]}); "
                 f"first error: {errors[first]}. Successful texts are in the exception's .results.",
                 results=results, errors=errors)
         return results  # type: ignore[return-value]
@@ -243,8 +260,9 @@ def make_api(link: KernelLink, namespace: dict, on_final: Callable[[str, "str | 
             value = dict.get(value, "content", "")
         on_final(value if isinstance(value, str) else str(value), key)
 
-    return {"sub_call": sub_call, "sub_call_batch": sub_call_batch, "FINAL": FINAL,
-            "FINAL_VAR": FINAL_VAR, "SubCallError": SubCallError}
+    return {"sub_call": sub_call, "sub_call_batch": sub_call_batch, "rlm_query": rlm_query,
+            "rlm_query_batched": rlm_query_batched, "FINAL": FINAL, "FINAL_VAR": FINAL_VAR,
+            "SubCallError": SubCallError}
 
 
 def _check_model(model: object, fn: str) -> "str | None":

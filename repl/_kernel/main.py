@@ -27,7 +27,8 @@ STACK_BYTES = 512 * 1024 * 1024
 RECURSION_CEILING = 60_000  # ~8 KiB of C stack per level with STACK_BYTES
 THREAD_STACK_BYTES = 16 * 1024 * 1024
 STACKED_FLAG = "--rlm-stacked"
-PROTECTED = ("prompt", "sub_call", "sub_call_batch", "FINAL", "FINAL_VAR", "SubCallError")
+PROTECTED = ("prompt", "sub_call", "sub_call_batch", "rlm_query", "rlm_query_batched", "FINAL", "FINAL_VAR",
+             "SubCallError")
 OFFICIAL = ("context", "context_0", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS")
 
 

@@ -213,6 +213,7 @@ def test_depth_sweep_makes_one_run_per_value_and_a_comparison(vllm_server, tmp_p
         assert cfg["rlm"]["max_depth"] == d
         assert len(read_jsonl(out / f"max_depth{d}" / "samples.jsonl")) == 1
     t2 = json.loads(next((out / "max_depth2" / "trajectories").glob("*.json")).read_text())
-    assert t2["sub_calls"] and all(s["nested_trajectory"] is not None for s in t2["sub_calls"])
+    # the toy replay maps sub_call_batch over chunks: one-shot calls at any depth (recursion is rlm_query's)
+    assert t2["sub_calls"] and all(s["nested_trajectory"] is None and s["kind"] == "llm" for s in t2["sub_calls"])
     comparison = pd.read_csv(out / "report" / "comparison.csv")
     assert comparison.shape[1] == 3  # metric + one column per run

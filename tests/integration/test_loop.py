@@ -152,8 +152,9 @@ def test_replay_exhausted_is_an_error_with_a_record(hf_worker, count_tokens):
 
 
 def test_nested_rlm_at_depth_two(hf_worker, count_tokens):
+    """rlm_query starts the child RLM; sub_call stays one-shot (the child's own sub_call is a plain call)."""
     responses = [
-        cell("r = sub_call(prompt[:3000], 'Count rolls.')\nprint(r)"),
+        cell("r = rlm_query(prompt[:3000], 'Count rolls.')\nprint(r)"),
         # the nested run, over the chunk
         cell("inner = sub_call(prompt[:200], 'Count.')\nprint(len(prompt))"),
         "FINAL(inner-done)",
@@ -166,6 +167,15 @@ def test_nested_rlm_at_depth_two(hf_worker, count_tokens):
     assert nested.depth == 1 and nested.doc_chars == 3000
     assert nested.cells[0].stdout.strip() == "3000"
     assert nested.sub_calls[0].depth == 2 and nested.sub_calls[0].response
+    assert t.sub_calls[0].kind == "rlm" and nested.sub_calls[0].kind == "llm"
+    assert nested.sub_calls[0].nested_trajectory is None
+
+
+def test_sub_call_stays_one_shot_below_the_depth_limit(hf_worker, count_tokens):
+    t = make_rlm([cell("r = sub_call(prompt[:300], 'Count rolls.')"), "FINAL_VAR(r)"], hf_worker, count_tokens,
+                 "rlm.max_depth=3").run(DOC, "q")
+    assert t.stop_reason == "final" and len(t.sub_calls) == 1
+    assert t.sub_calls[0].kind == "llm" and t.sub_calls[0].nested_trajectory is None
 
 
 def test_rlm_chars_per_token_and_budget_in_repl(hf_worker, count_tokens):
