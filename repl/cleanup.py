@@ -78,6 +78,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
+SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def remove_owned_by(uid: int) -> list[str]:
+    """Remove what `uid` (a kernel's leased uid) made in the host's world-writable temp folders,
+    one level down into world-writable folders there too (`/tmp/.X11-unix`); what was removed.
+
+    Why: under `unshare` and `none` the kernel shares the host's filesystem, and C code (which the
+    audit hook does not see) can create files there or move scratch files out with rename(2); a
+    leased uid is the kernel's alone, so whatever it owns there is the kernel's. Links are removed,
+    never followed (remove_tree)."""
+    removed = []
+    tops = dict.fromkeys([tempfile.gettempdir(), *SHARED_TEMP])
+    todo = [(top, True) for top in tops]
+    while todo:
+        folder, descend = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_uid == uid:
+                if remove_tree(Path(entry.path)):
+                    removed.append(entry.path)
+            elif descend and entry.is_dir(follow_symlinks=False) and st.st_mode & 0o002:
+                todo.append((entry.path, False))
+    return removed
+
+
 def sweep() -> list[str]:
     """Remove cgroups and scratch folders of rig processes that are no longer alive; what was removed."""
     removed = []
@@ -127,6 +160,7 @@ def sweep() -> list[str]:
             continue
         if owner.isdigit() and not _alive(int(owner)) and lease.name.isdigit():
             kill_uid(int(lease.name))  # its file is cleared by the next lease of that uid
+            removed += remove_owned_by(int(lease.name))
     return removed
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from . import cleanup
 from .cgroup import CgroupJail
 from .channel import KernelGone, KernelProcess
-from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch, \
-    scratch_prefix
+from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, kernel_stage_hex, \
+    nproc_limit, prepare_scratch, scratch_prefix
 from .scratch import ScratchMount, remove_tree
 from .uids import UidLease, kill_uid
 from .text import clean_text, clip, decode_blob
@@ -89,11 +89,22 @@ def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchM
 
 
 def _new_scratch(plan: Plan, lim: SandboxLimits, uid: int) -> tuple[Path, ScratchMount | None]:
-    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix())).resolve()
+    """The kernel's folder `<tmp>/rlm-repl-<pid>-XXXX/k`: the parent folder is root's (0711), so a
+    kernel that owns `k` still cannot rename it away (in the sticky temp folder it could rename a
+    folder it owns, and close() would then miss it). Removed whole with `_owned_root`."""
+    root = Path(tempfile.mkdtemp(prefix=scratch_prefix())).resolve()
+    os.chmod(root, 0o711)
+    scratch = root / "k"
+    scratch.mkdir(mode=0o700)
     try:
         return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb, uid=uid)
     except OSError:
         return scratch, None
+
+
+def _owned_root(scratch: Path) -> Path:
+    """The folder to remove for a scratch folder made by `_new_scratch`."""
+    return scratch.parent
 
 
 def _probe_paths(scratch: Path) -> list[str]:
@@ -177,7 +188,7 @@ class PreparedKernel:
     def _drop_scratch(self) -> None:
         if self.holder is not None:
             self.holder.close()
-        remove_tree(self.scratch)
+        remove_tree(_owned_root(self.scratch))
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -308,7 +319,8 @@ class Sandbox:
         cfg = {"t": "init", "scratch": str(self.scratch), "memory_mb": lim.memory_mb, "max_file_mb": lim.max_file_mb,
                "nproc": nproc_limit(kernel.plan, _uid(self._lease)), "recursion_limit": lim.recursion_limit, "network": lim.network,
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
-               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals}
+               "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
+               "seccomp": kernel_stage_hex(kernel.plan.launcher, lim.network)}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:
             kernel.queue_json(cfg)
@@ -647,13 +659,16 @@ class Sandbox:
                 self._kernel.kill()
                 self._kernel = None
             if self._lease is not None:  # every process of the kernel's uid: setsid'd, double-forked, ...
+                if self._plans[0].launcher != "bwrap":  # it shared the host's temp folders: what it left there
+                    kill_uid(self._lease.uid)
+                    cleanup.remove_owned_by(self._lease.uid)
                 self._lease.release()
                 self._lease = None
             if self._holder is not None:
                 self._holder.close()  # the tmpfs goes with its namespace, whatever is in it
                 self._holder = None
             if self._owns_scratch:
-                remove_tree(self.scratch)
+                remove_tree(_owned_root(self.scratch))
 
     def __enter__(self) -> "Sandbox":
         return self

@@ -276,6 +276,11 @@ def main(fd_in: int, fd_out: int) -> None:
     os.chdir(cfg["scratch"])
     guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
     guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
+    if cfg.get("seccomp"):  # the launcher loaded none (unshare, none): the kernel's own stage, or no kernel
+        why = guard.install_seccomp(cfg["seccomp"])
+        if why is not None:
+            os.write(2, f"sandbox: cannot load the kernel's seccomp stage: {why}\n".encode())
+            os._exit(92)
     guard.disarm_posixsubprocess()
     guard.disarm_unaudited()
     if not cfg.get("allow_ctypes"):
