@@ -1,4 +1,5 @@
-"""A seccomp-BPF program for the kernel, assembled in pure Python and loaded by bubblewrap.
+"""A seccomp-BPF program for the kernel, assembled in pure Python and loaded by bubblewrap
+(under `unshare` and `none`, by the kernel itself before model code: `_kernel/guard.py: install_seccomp`).
 
 Why: several system calls raise no audit event (mknod, mkfifo, pidfd signals, keyrings, ptrace,
 namespace creation), so only the OS can refuse them. bubblewrap installs a classic BPF program
