@@ -26,8 +26,15 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
+# Built once: json.dumps with keyword arguments builds a new encoder per call, and json.loads goes
+# through a class attribute (JSONDecoder.decode) that code in the kernel could patch; a bound method
+# taken at import keeps the function it was made with. Both sit on every message's path.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode
+
+
 def encode_json(obj: object) -> bytes:
-    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    payload = _ENCODE(obj).encode("utf-8", "surrogatepass")
     return HEADER.pack(KIND_JSON, len(payload)) + payload
 
 
@@ -46,7 +53,7 @@ def encode_with_blobs(obj: dict, blobs: list[str]) -> bytes:
 
 def decode_json(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8", "surrogatepass"))
+        obj = _DECODE(payload.decode("utf-8", "surrogatepass"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: '[' nested 300k deep
         raise ProtocolError(f"bad JSON frame: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):

@@ -239,4 +239,5 @@ def test_cell_nonces_are_not_predictable_from_earlier_ones():
     from rlm_rig.repl import sandbox as sb
 
     src = inspect.getsource(sb)
-    assert "secrets.token_hex" in src and "getrandbits" not in src
+    assert "os.urandom" in inspect.getsource(sb.Sandbox._next_nonce) and "getrandbits" not in src
+    assert "random.Random" not in src
