@@ -251,7 +251,6 @@ class Sandbox:
         self._prompt = prompt  # the caller's str: bytes are made only while they are sent (no second copy)
         self._prompt_chars = len(prompt)
         self._fresh_kernel = False  # no model code has run in the current kernel yet
-        # (os.urandom, not a seeded Mersenne Twister: a kernel that reads enough nonces could predict the next)
         self._cell_seq = 0
         self._nonces: list[str] = []
         self.kernel_starts = 0
@@ -265,7 +264,8 @@ class Sandbox:
             raise
 
     def _next_nonce(self) -> str:
-        """128 random bits per cell from the OS, drawn 64 cells at a time (one getrandom call)."""
+        """128 random bits per cell from the OS, drawn 64 cells at a time (one getrandom call); not a
+        seeded Mersenne Twister, whose state a kernel that reads 312 nonces could rebuild."""
         if not self._nonces:
             pool = os.urandom(16 * 64).hex()
             self._nonces = [pool[i:i + 32] for i in range(0, len(pool), 32)]
