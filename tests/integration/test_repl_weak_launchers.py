@@ -2,7 +2,7 @@
 
 As root they run only where the kernel can drop to its leased uid before Python starts, which
 needs an interpreter any user can read: the project's venv here lives under /root, so these tests
-drive the sandbox from the system interpreter (the `repl` package needs only the standard
+drive the sandbox from the system's python3 (the `repl` package needs only the standard
 library). Each case is a fresh-eyes probe that breached before the kernel loaded its own seccomp
 stage under these launchers and before scratch sat in a root-owned parent folder:
 umount2(/proc) showed the host's processes under `unshare`, clone(CLONE_PARENT) left zombies of
@@ -22,7 +22,21 @@ import pytest
 import rlm_rig.repl.sandbox
 
 REPO = Path(rlm_rig.repl.sandbox.__file__).resolve().parents[1]
-SYSTEM_PY = "/usr/bin/python3"
+
+
+def _world_readable_python() -> str | None:
+    """A python3 on the system path that any user can run: every folder on its real
+    path searchable by others, the file readable by others (the project's venv may not be)."""
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        real = Path(os.path.realpath(Path(folder) / "python3"))
+        if not real.is_file() or not all(os.stat(p).st_mode & 0o001 for p in real.parents):
+            continue
+        if os.stat(real).st_mode & 0o005 == 0o005:
+            return str(real)
+    return None
+
+
+SYSTEM_PY = _world_readable_python()
 
 DRIVER = r'''
 import json, os, sys, time
@@ -85,8 +99,8 @@ print(json.dumps(out))
 
 
 def _system_python_usable() -> str | None:
-    if not os.path.exists(SYSTEM_PY) or not shutil.which("setpriv"):
-        return f"{SYSTEM_PY} or setpriv missing"
+    if SYSTEM_PY is None or not shutil.which("setpriv"):
+        return "no world-readable python3 on the system path, or no setpriv"
     if os.geteuid() != 0:
         return "the uid drop of the weak launchers is for a root parent"
     return None
