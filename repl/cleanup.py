@@ -13,6 +13,7 @@ carries its pid in the name (`rlm-repl-<pid>-...`), so:
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -81,7 +82,7 @@ def _alive(pid: int) -> bool:
 SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
 
 
-def remove_owned_by(uid: int) -> list[str]:
+def remove_owned_by(uids: "int | set[int]") -> list[str]:
     """Remove what `uid` (a kernel's leased uid) made in the host's world-writable temp folders,
     one level down into world-writable folders there too (`/tmp/.X11-unix`); what was removed.
 
@@ -89,7 +90,10 @@ def remove_owned_by(uid: int) -> list[str]:
     audit hook does not see) can create files there or move scratch files out with rename(2); a
     leased uid is the kernel's alone, so whatever it owns there is the kernel's. Links are removed,
     never followed (remove_tree)."""
-    removed = []
+    uids = {uids} if isinstance(uids, int) else set(uids)
+    removed: list[str] = []
+    if not uids:
+        return removed
     tops = dict.fromkeys([tempfile.gettempdir(), *SHARED_TEMP])
     todo = [(top, True) for top in tops]
     while todo:
@@ -103,7 +107,7 @@ def remove_owned_by(uid: int) -> list[str]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if st.st_uid == uid:
+            if st.st_uid in uids:
                 if remove_tree(Path(entry.path)):
                     removed.append(entry.path)
             elif descend and entry.is_dir(follow_symlinks=False) and st.st_mode & 0o002:
@@ -149,19 +153,38 @@ def sweep() -> list[str]:
                     break
                 except OSError:
                     threading.Event().wait(0.02)
+    return removed + _sweep_leases()
+
+
+def _sweep_leases() -> list[str]:
+    """Leases whose rig is gone: kill what still runs under the uid, remove what it left in the shared
+    temp folders (one scan for all of them), and clear the lease, so the next sweep skips it."""
     try:
-        leases = list(LEASE_DIR.iterdir())
+        leases = [p for p in LEASE_DIR.iterdir() if p.name.isdigit()]
     except OSError:
-        leases = []
+        return []
+    held = []
     for lease in leases:
         try:
             owner = lease.read_text().strip()
         except OSError:
             continue
-        if owner.isdigit() and not _alive(int(owner)) and lease.name.isdigit():
-            kill_uid(int(lease.name))  # its file is cleared by the next lease of that uid
-            removed += remove_owned_by(int(lease.name))
-    return removed
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        fd = os.open(lease, os.O_RDWR | os.O_CLOEXEC)
+        try:  # only while no one holds it: a new rig may have leased the uid since
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        kill_uid(int(lease.name))
+        held.append((int(lease.name), fd))
+    try:
+        return remove_owned_by({uid for uid, _ in held})
+    finally:
+        for _, fd in held:
+            os.ftruncate(fd, 0)
+            os.close(fd)
 
 
 def ensure_started() -> None:
