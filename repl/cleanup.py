@@ -51,8 +51,9 @@ for parent in "$@"; do
   done
 done
 for f in "$leases"/*; do
-  [ -f "$f" ] || continue
-  [ "$(cat "$f" 2>/dev/null)" = "$rig" ] || continue
+  [ -s "$f" ] || continue  # released leases are empty; shell builtins only: a machine collects thousands
+  owner=; IFS= read -r owner < "$f" 2>/dev/null
+  [ "$owner" = "$rig" ] || continue
   uid=${f##*/}
   for _ in 1 2 3; do
     for p in $(awk -v u="$uid" '/^Uid:/ && $2 == u { split(FILENAME, a, "/"); print a[3]; nextfile }' \

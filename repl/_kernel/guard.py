@@ -130,6 +130,10 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
     # import); only that caller is let through the code.__new__ refusal: it changes no bytecode.
     coroutine_code, getframe = _types.coroutine.__code__, sys._getframe
     af_unix = 1
+    # Events the hook never refuses, raised on every cell (compile, exec) and by the kernel's own
+    # self-check (reading a function's __defaults__ is audited): answered first, since each pass
+    # through the whole hook costs ~2 us and the self-check alone raised eight per cell.
+    passthrough = frozenset({"object.__getattr__", "compile", "exec", "sys._getframe"})
     fspath, fsdecode_err = posix.fspath, "surrogateescape"
     stat_fn, s_isdir, readlink = posix.stat, _stat.S_ISDIR, posix.readlink
     scratch_real = resolve(scratch)
@@ -207,6 +211,8 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
 
     # long: one event table read top to bottom; split into module helpers, model code could replace them
     def hook(event: str, args: tuple) -> None:
+        if event in passthrough:
+            return
         if event == "open":
             path, mode, flags = args
             if _isinstance(path, _int):

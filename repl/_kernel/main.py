@@ -251,9 +251,10 @@ def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
                      (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
                      (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
                      (_ast, ("PyCF_ONLY_AST", "Expr", "Expression"))]
-    classes = [Kernel, KernelLink, api.SubCallError, CappedStream, OutputBudget]
+    classes = [Kernel, KernelLink, wire.FrameReader, api.SubCallError, CappedStream, OutputBudget]
     instances = [(kernel, ("link", "cfg", "ns", "protected")),
-                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch"))]
+                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch", "reader")),
+                 (link.reader, ("fd", "buf"))]
     functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)]
     del capture
     # strict: no name may be added to the kernel's own modules (it would shadow a builtin they call)

@@ -107,6 +107,33 @@ def read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+class FrameReader:
+    """Blocking frame reads through one buffer (kernel side): a small message costs one read(2)
+    instead of two (header, then payload); every system call passes the seccomp filter."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def read_frame(self) -> tuple[bytes, bytes]:
+        buf = self.buf
+        while len(buf) < HEADER.size:
+            self._fill(HEADER.size - len(buf))
+        kind, length = HEADER.unpack_from(buf)
+        end = HEADER.size + length
+        while len(buf) < end:
+            self._fill(end - len(buf))
+        payload = bytes(buf[HEADER.size:end])
+        del buf[:end]
+        return kind, payload
+
+    def _fill(self, need: int) -> None:
+        chunk = os.read(self.fd, min(max(need, 1 << 16), 1 << 20))
+        if not chunk:
+            raise EOFError("protocol pipe closed")
+        self.buf += chunk
+
+
 def read_frame(fd: int) -> tuple[bytes, bytes]:
     kind, length = HEADER.unpack(read_exact(fd, HEADER.size))
     return kind, read_exact(fd, length)
