@@ -3,7 +3,8 @@
 Why: on a shared 2-core machine the absolute figures move by several times between runs, so a
 before/after comparison is only meaningful when the two versions alternate within one run. Each
 round runs `bench_repl.py --json` once with the other tree's `repl` package and once with ours
-(order alternating), and the medians and the per-round ratios are printed.
+(order alternating), and the medians and the per-round ratios are printed, for wall time and for the
+CPU time of parent + kernel per cell (which the load from other processes disturbs far less).
 
 Run: python bench/bench_repl_versions.py --base /path/to/old/checkout [--rounds 5] [--launchers bwrap]
 """
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-KEYS = ("start_ms", "start5m_ms", "cell_ms", "subcall_cell_ms")
+KEYS = ("start_ms", "start5m_ms", "cell_ms", "subcall_cell_ms", "cell_cpu_us", "subcall_cpu_us")
 
 
 def one(tree: Path, launchers: str, cells: int, starts: int) -> dict:
@@ -42,7 +43,8 @@ def main() -> None:
         order = [("base", args.base), ("new", HERE)] if i % 2 == 0 else [("new", HERE), ("base", args.base)]
         for name, tree in order:
             runs[name].append(one(tree, args.launchers, args.cells, args.starts))
-    print(f"{args.rounds} interleaved rounds; medians (ms) and median of per-round ratios new/base")
+    print(f"{args.rounds} interleaved rounds; medians (ms; CPU of parent + kernel per cell in us) and median of "
+          f"per-round ratios new/base; 1-min load average {os.getloadavg()[0]:.1f} at the end")
     for launcher in args.launchers.split(","):
         print(f"[{launcher}]")
         for key in KEYS:

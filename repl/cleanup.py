@@ -13,6 +13,7 @@ carries its pid in the name (`rlm-repl-<pid>-...`), so:
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -50,8 +51,9 @@ for parent in "$@"; do
   done
 done
 for f in "$leases"/*; do
-  [ -f "$f" ] || continue
-  [ "$(cat "$f" 2>/dev/null)" = "$rig" ] || continue
+  [ -s "$f" ] || continue  # released leases are empty; shell builtins only: a machine collects thousands
+  owner=; IFS= read -r owner < "$f" 2>/dev/null
+  [ "$owner" = "$rig" ] || continue
   uid=${f##*/}
   for _ in 1 2 3; do
     for p in $(awk -v u="$uid" '/^Uid:/ && $2 == u { split(FILENAME, a, "/"); print a[3]; nextfile }' \
@@ -76,6 +78,42 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
+
+
+SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def remove_owned_by(uids: "int | set[int]") -> list[str]:
+    """Remove what `uid` (a kernel's leased uid) made in the host's world-writable temp folders,
+    one level down into world-writable folders there too (`/tmp/.X11-unix`); what was removed.
+
+    Why: under `unshare` and `none` the kernel shares the host's filesystem, and C code (which the
+    audit hook does not see) can create files there or move scratch files out with rename(2); a
+    leased uid is the kernel's alone, so whatever it owns there is the kernel's. Links are removed,
+    never followed (remove_tree)."""
+    uids = {uids} if isinstance(uids, int) else set(uids)
+    removed: list[str] = []
+    if not uids:
+        return removed
+    tops = dict.fromkeys([tempfile.gettempdir(), *SHARED_TEMP])
+    todo = [(top, True) for top in tops]
+    while todo:
+        folder, descend = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_uid in uids:
+                if remove_tree(Path(entry.path)):
+                    removed.append(entry.path)
+            elif descend and entry.is_dir(follow_symlinks=False) and st.st_mode & 0o002:
+                todo.append((entry.path, False))
+    return removed
 
 
 def sweep() -> list[str]:
@@ -116,18 +154,38 @@ def sweep() -> list[str]:
                     break
                 except OSError:
                     threading.Event().wait(0.02)
-    try:
-        leases = list(LEASE_DIR.iterdir())
+    return removed + _sweep_leases()
+
+
+def _sweep_leases() -> list[str]:
+    """Leases whose rig is gone: kill what still runs under the uid, remove what it left in the shared
+    temp folders (one scan for all of them), and clear the lease, so the next sweep skips it."""
+    try:  # a released lease is an empty file: one stat, not a read (thousands pile up over a machine's life)
+        leases = [Path(e.path) for e in os.scandir(LEASE_DIR) if e.name.isdigit() and e.stat().st_size]
     except OSError:
-        leases = []
+        return []
+    held = []
     for lease in leases:
         try:
             owner = lease.read_text().strip()
         except OSError:
             continue
-        if owner.isdigit() and not _alive(int(owner)) and lease.name.isdigit():
-            kill_uid(int(lease.name))  # its file is cleared by the next lease of that uid
-    return removed
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        fd = os.open(lease, os.O_RDWR | os.O_CLOEXEC)
+        try:  # only while no one holds it: a new rig may have leased the uid since
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        kill_uid(int(lease.name))
+        held.append((int(lease.name), fd))
+    try:
+        return remove_owned_by({uid for uid, _ in held})
+    finally:
+        for _, fd in held:
+            os.ftruncate(fd, 0)
+            os.close(fd)
 
 
 def ensure_started() -> None:

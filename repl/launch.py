@@ -20,6 +20,7 @@ process, because what works depends on the host (user namespaces, AppArmor, path
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -255,6 +256,18 @@ def prepare_scratch(path: Path, plan: Plan, *, size_mb: int, uid: int = UNPRIVIL
         return None
     return ScratchMount.create(path, size_mb=size_mb, inodes=SCRATCH_INODES,
                                owner_uid=uid if plan.drop_uid else None)
+
+
+@functools.lru_cache(maxsize=8)
+def kernel_stage_hex(launcher: str, network: bool) -> str | None:
+    """The seccomp program the kernel loads itself under `unshare` and `none` (bubblewrap loads one
+    for the bwrap launcher): no mounts, no new process, no namespaces; with the network off also no
+    socket but an AF_UNIX socketpair, since those launchers give the kernel no network namespace of
+    its own to keep abstract unix sockets and 127.0.0.1 apart (`none`), nor a private filesystem
+    for path sockets (both). None where there is no syscall table for this machine."""
+    if launcher == "bwrap" or not seccomp.supported():
+        return None
+    return seccomp.build_filter(no_new_processes=True, no_sockets=not network).hex()
 
 
 def _try(plan: Plan, network: bool) -> str | None:

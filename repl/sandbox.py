@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import tempfile
 import threading
 import time
@@ -18,8 +17,8 @@ from pathlib import Path
 from . import cleanup
 from .cgroup import CgroupJail
 from .channel import KernelGone, KernelProcess
-from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, nproc_limit, prepare_scratch, \
-    scratch_prefix
+from .launch import KERNEL_DIR, UNPRIVILEGED_UID, LauncherRefused, Plan, choose_plans, kernel_env, kernel_stage_hex, \
+    nproc_limit, prepare_scratch, scratch_prefix
 from .scratch import ScratchMount, remove_tree
 from .uids import UidLease, kill_uid
 from .context import ContextError, PackedContext, pack_context
@@ -95,11 +94,22 @@ def spawn_kernel(lim: SandboxLimits, plan: Plan, scratch: Path, holder: ScratchM
 
 
 def _new_scratch(plan: Plan, lim: SandboxLimits, uid: int) -> tuple[Path, ScratchMount | None]:
-    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix())).resolve()
+    """The kernel's folder `<tmp>/rlm-repl-<pid>-XXXX/k`: the parent folder is root's (0711), so a
+    kernel that owns `k` still cannot rename it away (in the sticky temp folder it could rename a
+    folder it owns, and close() would then miss it). Removed whole with `_owned_root`."""
+    root = Path(tempfile.mkdtemp(prefix=scratch_prefix())).resolve()
+    os.chmod(root, 0o711)
+    scratch = root / "k"
+    scratch.mkdir(mode=0o700)
     try:
         return scratch, prepare_scratch(scratch, plan, size_mb=lim.max_scratch_mb, uid=uid)
     except OSError:
         return scratch, None
+
+
+def _owned_root(scratch: Path) -> Path:
+    """The folder to remove for a scratch folder made by `_new_scratch`."""
+    return scratch.parent
 
 
 def _probe_paths(scratch: Path) -> list[str]:
@@ -183,7 +193,7 @@ class PreparedKernel:
     def _drop_scratch(self) -> None:
         if self.holder is not None:
             self.holder.close()
-        remove_tree(self.scratch)
+        remove_tree(_owned_root(self.scratch))
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -262,8 +272,8 @@ class Sandbox:
         self._prompt = packed.flat  # the caller's str: bytes are made only while they are sent (no second copy)
         self._prompt_chars = len(packed.flat)
         self._fresh_kernel = False  # no model code has run in the current kernel yet
-        # (secrets, not a seeded Mersenne Twister: a kernel that reads enough nonces could predict the next)
         self._cell_seq = 0
+        self._nonces: list[str] = []
         self.kernel_starts = 0
         self.isolation: IsolationReport | None = None
         self.startup_s: float | None = None  # wall time of the last kernel start, for bench/
@@ -273,6 +283,14 @@ class Sandbox:
         except BaseException:
             self.close()
             raise
+
+    def _next_nonce(self) -> str:
+        """128 random bits per cell from the OS, drawn 64 cells at a time (one getrandom call); not a
+        seeded Mersenne Twister, whose state a kernel that reads 312 nonces could rebuild."""
+        if not self._nonces:
+            pool = os.urandom(16 * 64).hex()
+            self._nonces = [pool[i:i + 32] for i in range(0, len(pool), 32)]
+        return self._nonces.pop()
 
     @property
     def _prompt_bytes(self) -> bytes:
@@ -331,7 +349,7 @@ class Sandbox:
                "max_output_chars": lim.max_output_chars, "max_subcall_chars": lim.max_subcall_chars,
                "max_batch": lim.max_batch, "allow_ctypes": lim.allow_ctypes, "globals": self.extra_globals,
                "dialect": self.dialect, "tools": self.tools, "layout": self.packed.layout(),
-               "max_tool_chars": lim.max_tool_chars}
+               "max_tool_chars": lim.max_tool_chars, "seccomp": kernel_stage_hex(kernel.plan.launcher, lim.network)}
         deadline = time.monotonic() + lim.startup_timeout_s
         try:
             kernel.queue_json(cfg)
@@ -457,14 +475,18 @@ class Sandbox:
         seq = self._cell_seq
         # A fresh nonce per cell: a frame that does not carry it (a thread of an earlier cell, bytes
         # written between cells, a forgery) is a protocol violation, never this cell's result.
-        nonce = secrets.token_hex(16)
+        nonce = self._next_nonce()
         fresh = self._fresh_kernel
         self._fresh_kernel = False
         kernel.take_raw()  # output left by background threads between cells is not this cell's
         kernel.begin_cell(lim.max_cell_frames, lim.max_cell_read_mb * 2**20)
         kernel.queue_json({"t": "run", "cell": seq, "n": nonce, "code": code})
         deadline = t0 + lim.cell_timeout_s
-        cpu0 = None  # parent CPU is counted from the cell's second message: one message is bounded anyway
+        # Parent CPU is counted from the cell's second request on and checked from its third: one or two
+        # messages are bounded by their size caps anyway, and a cell with no or one sub_call then never
+        # reads the CPU clock (a system call, not a vDSO read like the deadline's monotonic clock).
+        requests = 0
+        cpu0 = None
         handler_cpu = 0.0
         sub_calls = 0
         notices: list[str] = []
@@ -476,39 +498,32 @@ class Sandbox:
                 if msg.get("n") != nonce:
                     raise KernelGone("protocol", f"a {clean_text(str(msg.get('t')))[:40]!r} frame without this "
                                      "cell's nonce (a thread of an earlier cell, or a forgery)")
-                if cpu0 is None:
-                    cpu0 = time.thread_time()
-                elif time.thread_time() - cpu0 - handler_cpu > lim.max_parent_cpu_s:
+                kind = msg.get("t")
+                if kind == "done" and msg.get("cell") == seq:
+                    return self._finish(msg, kernel, t0, sub_calls, code, fresh)
+                if kind not in ("sub", "tool"):
+                    raise KernelGone("protocol", f"unexpected {clean_text(str(kind))[:40]!r} frame")
+                requests += 1
+                if cpu0 is not None and time.thread_time() - cpu0 - handler_cpu > lim.max_parent_cpu_s:
                     raise KernelGone("budget", f"the kernel's frames cost the parent more than "
                                      f"{lim.max_parent_cpu_s:g}s of CPU in one cell")
-                kind = msg.get("t")
+                if requests == 2:
+                    cpu0 = time.thread_time()
+                if kernel.unsent_bytes:  # legit code reads each reply before it asks again
+                    raise KernelGone("protocol", f"a new {kind} request before the last reply was read")
                 if kind == "sub":
-                    if kernel.unsent_bytes:  # legit code reads each reply before it asks again
-                        raise KernelGone("protocol", "a new sub_call request before the last reply was read")
-                    reply, n, spent, spent_cpu = self._handle_sub(msg, deadline)
-                    handler_cpu += spent_cpu
-                    if not lim.timeout_includes_subcalls:
-                        deadline += spent  # only the handler's own time, never the parent's decoding
-                    if reply is None or time.monotonic() > deadline:
-                        return self._timed_out(kernel, t0, notices, sub_calls)
-                    sub_calls += n
-                    reply["n"] = nonce
-                    kernel.queue_json(reply)
-                elif kind == "tool":
-                    if kernel.unsent_bytes:
-                        raise KernelGone("protocol", "a new tool call before the last reply was read")
-                    reply, spent, spent_cpu = self._handle_tool(msg, deadline)
-                    handler_cpu += spent_cpu
-                    if not lim.timeout_includes_subcalls:
-                        deadline += spent
-                    if reply is None or time.monotonic() > deadline:
-                        return self._timed_out(kernel, t0, notices, sub_calls)
-                    reply["n"] = nonce
-                    kernel.queue_json(reply)
-                elif kind == "done" and msg.get("cell") == seq:
-                    return self._finish(msg, kernel, t0, sub_calls, code, fresh)
+                    reply, n, spent, spent_cpu = self._handle_sub(msg, deadline, count_cpu=cpu0 is not None)
                 else:
-                    raise KernelGone("protocol", f"unexpected {clean_text(str(kind))[:40]!r} frame")
+                    (reply, spent, spent_cpu), n = self._handle_tool(msg, deadline), 0
+                if cpu0 is not None:
+                    handler_cpu += spent_cpu
+                if not lim.timeout_includes_subcalls:
+                    deadline += spent  # only the handler's own time, never the parent's decoding
+                if reply is None or time.monotonic() > deadline:
+                    return self._timed_out(kernel, t0, notices, sub_calls)
+                sub_calls += n
+                reply["n"] = nonce
+                kernel.queue_json(reply)
         except KernelGone as gone:
             return self._kernel_gone(kernel, gone, t0, notices, sub_calls, fresh)
 
@@ -542,7 +557,7 @@ class Sandbox:
                           duration_s=time.monotonic() - t0, timed_out=True, restarted=True,
                           kill_reason="timeout", notices=notices, sub_calls=sub_calls)
 
-    def _handle_sub(self, msg: dict, deadline: float) -> tuple[dict | None, int, float, float]:
+    def _handle_sub(self, msg: dict, deadline: float, count_cpu: bool = True) -> tuple[dict | None, int, float, float]:
         """Validate and cap a sub_call message by the parent's own count, then run the handler.
 
         Returns (reply, requests sent to the handler, handler wall time, handler CPU time); the
@@ -589,7 +604,7 @@ class Sandbox:
                                        kind=kind, model=clean_text(model) if model is not None else None))
         del texts, blobs
         msg.pop("_blobs", None)
-        out, spent, spent_cpu = self._call_handler(reqs)
+        out, spent, spent_cpu = self._call_handler(reqs, count_cpu)
         return {"t": "subr", "id": call_id, "replies": out}, len(reqs), spent, spent_cpu
 
     def _handle_tool(self, msg: dict, deadline: float) -> tuple[dict | None, float, float]:
@@ -635,9 +650,10 @@ class Sandbox:
             return {"t": "toolr", "id": call_id, "error": str(err)[:lim.max_error_chars]}, spent, spent_cpu
         return {"t": "toolr", "id": call_id, "result": result}, spent, spent_cpu
 
-    def _call_handler(self, reqs: list[SubCallRequest]) -> tuple[list[dict], float, float]:
-        """The controller's handler on validated requests: replies, its wall time and its CPU time."""
-        h0, c0 = time.monotonic(), time.thread_time()
+    def _call_handler(self, reqs: list[SubCallRequest], count_cpu: bool = True) -> tuple[list[dict], float, float]:
+        """The controller's handler on validated requests: replies, its wall time and its CPU time
+        (0 unless `count_cpu`: the cell's CPU budget is not counting yet)."""
+        h0, c0 = time.monotonic(), time.thread_time() if count_cpu else 0.0
         try:
             replies = self.handler(reqs)
             if not isinstance(replies, list) or len(replies) != len(reqs):
@@ -653,7 +669,7 @@ class Sandbox:
                             "error": None if err is None else str(err)})
         except Exception as exc:  # the handler's failure is the model's SubCallError, not ours
             out = [{"text": None, "error": f"{type(exc).__name__}: {exc}"}] * len(reqs)
-        return out, time.monotonic() - h0, time.thread_time() - c0
+        return out, time.monotonic() - h0, time.thread_time() - c0 if count_cpu else 0.0
 
     def _finish(self, msg: dict, kernel: KernelProcess, t0: float, sub_calls: int, code: str,
                 fresh: bool) -> CellResult:
@@ -729,13 +745,16 @@ class Sandbox:
                 self._kernel.kill()
                 self._kernel = None
             if self._lease is not None:  # every process of the kernel's uid: setsid'd, double-forked, ...
+                if self._plans[0].launcher != "bwrap":  # it shared the host's temp folders: what it left there
+                    kill_uid(self._lease.uid)
+                    cleanup.remove_owned_by(self._lease.uid)
                 self._lease.release()
                 self._lease = None
             if self._holder is not None:
                 self._holder.close()  # the tmpfs goes with its namespace, whatever is in it
                 self._holder = None
             if self._owns_scratch:
-                remove_tree(self.scratch)
+                remove_tree(_owned_root(self.scratch))
 
     def __enter__(self) -> "Sandbox":
         return self

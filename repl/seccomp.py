@@ -1,4 +1,5 @@
-"""A seccomp-BPF program for the kernel, assembled in pure Python and loaded by bubblewrap.
+"""A seccomp-BPF program for the kernel, assembled in pure Python and loaded by bubblewrap
+(under `unshare` and `none`, by the kernel itself before model code: `_kernel/guard.py: install_seccomp`).
 
 Why: several system calls raise no audit event (mknod, mkfifo, pidfd signals, keyrings, ptrace,
 namespace creation), so only the OS can refuse them. bubblewrap installs a classic BPF program
@@ -106,7 +107,7 @@ def supported() -> bool:
     return os.uname().machine in _ARCHES
 
 
-def build_filter(machine: str | None = None, *, no_new_processes: bool = True) -> bytes:
+def build_filter(machine: str | None = None, *, no_new_processes: bool = True, no_sockets: bool = False) -> bytes:
     """The filter as raw `struct sock_filter` records (what bwrap's --seccomp and the kernel read).
 
     Socket families: only AF_UNIX, AF_INET and AF_INET6, with or without the network: vsock reaches
@@ -114,6 +115,11 @@ def build_filter(machine: str | None = None, *, no_new_processes: bool = True) -
     resolution works without netlink).
     `no_new_processes`: also refuse fork, vfork and any clone without CLONE_THREAD (posix_spawn,
     libuv's spawn), so a process start that raises no audit event fails too.
+    `no_sockets`: `socket` fails for every family and `socketpair` is AF_UNIX only (asyncio's
+    self-pipe). For a kernel without a network namespace of its own (`unshare`/`none` stages when the
+    network is off): seccomp cannot read the address `connect`/`bind` point at, so the only way to keep
+    it off another kernel's abstract unix socket, a host unix socket or 127.0.0.1 is to have no socket
+    that could connect at all.
     """
     machine = machine or os.uname().machine
     if machine not in _ARCHES:
@@ -134,12 +140,11 @@ def build_filter(machine: str | None = None, *, no_new_processes: bool = True) -
             prog += [_insn(_JEQ_K, 0, 1, table[name]), _insn(_RET_K, 0, 0, eperm)]
     prog += [_insn(_JEQ_K, 0, 1, table["clone3"]), _insn(_RET_K, 0, 0, _ret_errno(errno.ENOSYS))]
     # socket/socketpair: the family is the low 32 bits of args[0] (little-endian offset 16)
-    families = (AF_UNIX, AF_INET, AF_INET6)
-    fam = [_insn(_LD_W_ABS, 0, 0, 16)]
-    for i, family in enumerate(families):
-        fam.append(_insn(_JEQ_K, len(families) - i, 0, family))  # -> the RET_ALLOW below
-    fam += [_insn(_RET_K, 0, 0, eperm), _insn(_RET_K, 0, 0, RET_ALLOW)]
-    prog += [_insn(_JEQ_K, 1, 0, table["socket"]), _insn(_JEQ_K, 0, len(fam), table["socketpair"]), *fam]
+    if no_sockets:
+        prog += [_insn(_JEQ_K, 0, 1, table["socket"]), _insn(_RET_K, 0, 0, eperm)]
+        prog += _family_rule(table["socketpair"], (AF_UNIX,), eperm)
+    else:
+        prog += _family_rule(table["socket"], (AF_UNIX, AF_INET, AF_INET6), eperm, also=table["socketpair"])
     # clone: no namespace flag; in the kernel's stage, threads only (CLONE_THREAD)
     tail = [_insn(_LD_W_ABS, 0, 0, 16), _insn(_JSET_K, 0, 1, CLONE_NS_FLAGS), _insn(_RET_K, 0, 0, eperm)]
     if no_new_processes:
@@ -147,6 +152,17 @@ def build_filter(machine: str | None = None, *, no_new_processes: bool = True) -
     tail += [_insn(_RET_K, 0, 0, RET_ALLOW)]
     prog += [_insn(_JEQ_K, 0, len(tail) - 1, table["clone"]), *tail]
     return b"".join(prog)
+
+
+def _family_rule(nr: int, families: tuple[int, ...], eperm: int, also: int | None = None) -> list[bytes]:
+    """Call `nr` (and `also`) only with one of `families` (args[0], low 32 bits at offset 16)."""
+    fam = [_insn(_LD_W_ABS, 0, 0, 16)]
+    for i, family in enumerate(families):
+        fam.append(_insn(_JEQ_K, len(families) - i, 0, family))  # -> the RET_ALLOW below
+    fam += [_insn(_RET_K, 0, 0, eperm), _insn(_RET_K, 0, 0, RET_ALLOW)]
+    if also is None:
+        return [_insn(_JEQ_K, 0, len(fam), nr), *fam]
+    return [_insn(_JEQ_K, 1, 0, nr), _insn(_JEQ_K, 0, len(fam), also), *fam]
 
 
 def filter_fd() -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from .wire import KIND_JSON, decode_json, encode_json, encode_with_blobs, read_frame, write_all
+from .wire import KIND_JSON, FrameReader, decode_json, encode_json, encode_with_blobs, write_all
 
 
 class SubCallError(RuntimeError):
@@ -36,6 +36,7 @@ class KernelLink:
     def __init__(self, fd_in: int, fd_out: int, max_request_chars: int, max_batch: int = 1024,
                  max_tool_chars: int = 1_000_000) -> None:
         self.fd_in = fd_in
+        self.reader = FrameReader(fd_in)
         self.fd_out = fd_out
         self.max_request_chars = max_request_chars
         self.max_batch = max_batch
@@ -70,7 +71,7 @@ class KernelLink:
 
     def _receive(self) -> dict:
         while True:
-            kind, payload = read_frame(self.fd_in)
+            kind, payload = self.reader.read_frame()
             if kind == KIND_JSON:
                 return decode_json(payload)
 

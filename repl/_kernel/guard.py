@@ -130,6 +130,10 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
     # import); only that caller is let through the code.__new__ refusal: it changes no bytecode.
     coroutine_code, getframe = _types.coroutine.__code__, sys._getframe
     af_unix = 1
+    # Events the hook never refuses, raised on every cell (compile, exec) and by the kernel's own
+    # self-check (reading a function's __defaults__ is audited): answered first, since each pass
+    # through the whole hook costs ~2 us and the self-check alone raised eight per cell.
+    passthrough = frozenset({"object.__getattr__", "compile", "exec", "sys._getframe"})
     fspath, fsdecode_err = posix.fspath, "surrogateescape"
     stat_fn, s_isdir, readlink = posix.stat, _stat.S_ISDIR, posix.readlink
     scratch_real = resolve(scratch)
@@ -207,6 +211,8 @@ def install_audit_hook(scratch: str, *, network: bool, protected_fds: frozenset[
 
     # long: one event table read top to bottom; split into module helpers, model code could replace them
     def hook(event: str, args: tuple) -> None:
+        if event in passthrough:
+            return
         if event == "open":
             path, mode, flags = args
             if _isinstance(path, _int):
@@ -329,6 +335,41 @@ def disarm_unaudited() -> None:
             setattr(os, name, getattr(posix, name))
     if hasattr(_signal_mod, "pidfd_send_signal"):
         _signal_mod.pidfd_send_signal = refuse("signal.pidfd_send_signal")
+
+
+def install_seccomp(program_hex: str) -> str | None:
+    """Load the parent-built seccomp program into this process (no_new_privs first, as any process
+    may); every thread the kernel starts inherits it. None on success, else why.
+
+    Why here: under `unshare` and `none` no launcher loads a filter (bubblewrap does under bwrap),
+    and without one an owned kernel can `umount2(/proc)` inside its user namespace and see the
+    host's processes, start processes that are children of the rig (`CLONE_PARENT`), or reach
+    another kernel's abstract unix socket. It runs before any model code, with the real ctypes,
+    which is then dropped from sys.modules so that a later import is a new import (refused by the
+    hook unless `allow_ctypes`).
+    """
+    prog = bytes.fromhex(program_hex)
+    before = set(sys.modules)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            return f"prctl(PR_SET_NO_NEW_PRIVS) failed: errno {ctypes.get_errno()}"
+        if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            return f"prctl(PR_SET_SECCOMP) failed: errno {ctypes.get_errno()}"
+        return None
+    except (ImportError, OSError, AttributeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
 
 
 def stub_ctypes() -> None:

@@ -302,9 +302,11 @@ def _snapshot(kernel: "Kernel", link: KernelLink) -> tuple:
                      (traceback, ("TracebackException", "StackSummary", "format_exception_only")),
                      (os, ("read", "write", "_exit")), (linecache, ("cache",)), (io, ("StringIO",)),
                      (_ast, ("PyCF_ONLY_AST", "Expr", "Expression"))]
-    classes = [Kernel, KernelLink, api.SubCallError, api.ToolError, AnswerDict, CappedStream, OutputBudget]
+    classes = [Kernel, KernelLink, wire.FrameReader, api.SubCallError, api.ToolError, AnswerDict, CappedStream,
+               OutputBudget]
     instances = [(kernel, ("link", "cfg", "ns", "protected")),
-                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch", "max_tool_chars"))]
+                 (link, ("fd_in", "fd_out", "lock", "max_request_chars", "max_batch", "max_tool_chars", "reader")),
+                 (link.reader, ("fd", "buf"))]
     functions = [v for v in kernel.protected.values() if isinstance(v, types.FunctionType)] + [
         ctxmod.altered, ctxmod.put_back, ctxmod.snapshot]
     del capture
@@ -329,6 +331,11 @@ def main(fd_in: int, fd_out: int) -> None:
     os.chdir(cfg["scratch"])
     guard.apply_rlimits(int(cfg["memory_mb"]), int(cfg["max_file_mb"]), cfg.get("nproc"))
     guard.cap_recursion(int(cfg["recursion_limit"]), max(RECURSION_CEILING, int(cfg["recursion_limit"])))
+    if cfg.get("seccomp"):  # the launcher loaded none (unshare, none): the kernel's own stage, or no kernel
+        why = guard.install_seccomp(cfg["seccomp"])
+        if why is not None:
+            os.write(2, f"sandbox: cannot load the kernel's seccomp stage: {why}\n".encode())
+            os._exit(92)
     guard.disarm_posixsubprocess()
     guard.disarm_unaudited()
     if not cfg.get("allow_ctypes"):

@@ -26,8 +26,15 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
+# Built once: json.dumps with keyword arguments builds a new encoder per call, and json.loads goes
+# through a class attribute (JSONDecoder.decode) that code in the kernel could patch; a bound method
+# taken at import keeps the function it was made with. Both sit on every message's path.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode
+
+
 def encode_json(obj: object) -> bytes:
-    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    payload = _ENCODE(obj).encode("utf-8", "surrogatepass")
     return HEADER.pack(KIND_JSON, len(payload)) + payload
 
 
@@ -46,7 +53,7 @@ def encode_with_blobs(obj: dict, blobs: list[str]) -> bytes:
 
 def decode_json(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8", "surrogatepass"))
+        obj = _DECODE(payload.decode("utf-8", "surrogatepass"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: '[' nested 300k deep
         raise ProtocolError(f"bad JSON frame: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
@@ -98,6 +105,33 @@ def read_exact(fd: int, n: int) -> bytes:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
+
+
+class FrameReader:
+    """Blocking frame reads through one buffer (kernel side): a small message costs one read(2)
+    instead of two (header, then payload); every system call passes the seccomp filter."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def read_frame(self) -> tuple[bytes, bytes]:
+        buf = self.buf
+        while len(buf) < HEADER.size:
+            self._fill(HEADER.size - len(buf))
+        kind, length = HEADER.unpack_from(buf)
+        end = HEADER.size + length
+        while len(buf) < end:
+            self._fill(end - len(buf))
+        payload = bytes(buf[HEADER.size:end])
+        del buf[:end]
+        return kind, payload
+
+    def _fill(self, need: int) -> None:
+        chunk = os.read(self.fd, min(max(need, 1 << 16), 1 << 20))
+        if not chunk:
+            raise EOFError("protocol pipe closed")
+        self.buf += chunk
 
 
 def read_frame(fd: int) -> tuple[bytes, bytes]:

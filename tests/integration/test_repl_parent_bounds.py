@@ -239,4 +239,16 @@ def test_cell_nonces_are_not_predictable_from_earlier_ones():
     from rlm_rig.repl import sandbox as sb
 
     src = inspect.getsource(sb)
-    assert "secrets.token_hex" in src and "getrandbits" not in src
+    assert "os.urandom" in inspect.getsource(sb.Sandbox._next_nonce) and "getrandbits" not in src
+    assert "random.Random" not in src
+
+
+def test_parent_cpu_budget_ends_a_cell_of_many_cheap_requests():
+    """Each request is small and valid, but together they cost the parent CPU (decoding, checking,
+    replying; the handler's own CPU is not counted): past `max_parent_cpu_s` the kernel is replaced."""
+    lim = SandboxLimits(cell_timeout_s=120, max_parent_cpu_s=0.05)
+    with Sandbox("doc", handler=_echo, limits=lim) as box:
+        r = box.run_cell("for i in range(200000):\n    sub_call('c', 'i')\n")
+        assert r.kill_reason == "budget" and "CPU" in (r.error or ""), r
+        assert 2 < r.sub_calls < 200000, r
+        assert box.run_cell("print(sub_call('c', 'i'))").stdout == "re:c\n"  # a fresh kernel
