@@ -14,7 +14,8 @@ from rlm_rig.repl.types import SandboxLimits, SubCallReply
 
 OWN = textwrap.dedent(r'''
     import json as _j, os as _o, struct as _s, threading as _t
-    _link = [c.cell_contents for c in sub_call.__closure__ if hasattr(c.cell_contents, 'fd_out')][0]
+    _fns = [sub_call] + [c.cell_contents for c in sub_call.__closure__ if callable(c.cell_contents)]
+    _link = [c.cell_contents for f in _fns for c in (getattr(f, '__closure__', None) or ()) if hasattr(c.cell_contents, 'fd_out')][0]
     def _frame(obj, kind=b'J'):
         p = obj if isinstance(obj, bytes) else _j.dumps(obj).encode()
         return _s.pack('>cI', kind, len(p)) + p
