@@ -19,13 +19,21 @@ from rlm_rig.controller.memory import trim_heap
 from rlm_rig.controller.loop import RLM, RunContext, replay_lm_for
 from rlm_rig.records.trajectory import Trajectory, atomic_write_text
 from rlm_rig.records.runlog import RunFolder, package_versions
-from rlm_rig.worker.models import resolve_model
+from rlm_rig.records.tape import Tape
+from rlm_rig.worker.models import model_identity, resolve_model
+from rlm_rig.worker.tape import TapedWorker
 from rlm_rig.worker.watch import WorkerWatch
 
 
 class Rig:
-    def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None):
+    def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None,
+                 tape: str | Path | None = None, replace: dict[int, str] | None = None):
+        """``tape``: a run folder whose tape answers identical sub_calls (worker/tape.py); ``replace``: the
+        n-th worker call's reply by ordinal, for forks (experiments/runs/fork.py)."""
         self.cfg = cfg
+        self.tape = tape
+        self.replace = replace
+        self.worker_identity = ""  # the worker's weights (worker.models.model_identity): what tape keys name
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)  # where its logs and the worker pid file go
         self.controller_replay = controller_replay
@@ -75,6 +83,7 @@ class Rig:
 
         w = self.cfg.worker
         self.worker_model_path = resolve_model(w.model)
+        replay = self._replay_tape()  # a tape of other weights or sampling is refused before any server starts
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
         self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
@@ -98,8 +107,29 @@ class Rig:
                 max_tokens=w.max_tokens,
                 token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
             )
-        self.worker = self._watched(SyncWorker(backend))
+        self.worker = TapedWorker(self._watched(SyncWorker(backend)), model=self.worker_identity,  # type: ignore[assignment]
+                                  sampling=self._sampling(), record=Tape(self.folder.tape_path), replay=replay,
+                                  replace=self.replace)
         self._clients.append(self.worker)
+
+    def _sampling(self) -> dict[str, Any]:
+        """What besides weights and messages decides a worker reply (the tape key's sampling part)."""
+        w = self.cfg.worker
+        return {"backend": w.backend, "dtype": w.dtype, "temperature": w.temperature, "max_tokens": w.max_tokens}
+
+    def _replay_tape(self) -> Tape | None:
+        """The ``tape`` run's tape, checked against this worker's weights and sampling (TapeMismatch)."""
+        self.worker_identity = model_identity(self.worker_model_path)
+        if self.tape is None:
+            return None
+        src = RunFolder(self.tape)
+        if not src.tape_path.is_file():
+            raise FileNotFoundError(f"--tape {self.tape}: that run folder holds no tape (a run made before tapes, "
+                                    "or not a run folder)")
+        tape = Tape(src.tape_path)
+        sampling = self._sampling()
+        tape.check_compatible(self.worker_identity, sampling, None)
+        return tape
 
     def _write_pid(self, srv: Any) -> None:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
@@ -215,6 +245,7 @@ class Rig:
             "controller": self.lm.name if self.lm else "",
             "worker": self.cfg.worker.model,
             "worker_path": self.worker_model_path,
+            "worker_weights": self.worker_identity,
         }
 
     def context(self, *, sub_calls: bool = True) -> RunContext:

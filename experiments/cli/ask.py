@@ -9,7 +9,9 @@ import typer
 from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
+    TapeOpt,
     UserError,
+    check_tape,
     default_run_dir,
     err,
     guarded,
@@ -29,6 +31,7 @@ def ask(
     controller_replay: Optional[Path] = typer.Option(None, "--controller-replay", help="replay these controller responses"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-ask-<profile>)"),
     force: bool = typer.Option(False, "--force", help="replace an earlier `ask` run in --out (only its files)"),
+    tape: Optional[Path] = TapeOpt,
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Answer one question about one long document with the RLM."""
@@ -40,6 +43,7 @@ def ask(
         raise UserError(f"--doc {str(doc)!r} is not a file")
     if controller_replay is not None and not controller_replay.is_file():
         raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
+    check_tape(tape)
     text = doc.read_text(errors="replace")
     run_dir = out_dir or default_run_dir(cfg, "ask")
     folder = RunFolder(run_dir)
@@ -48,7 +52,7 @@ def ask(
     from rlm_rig.experiments.cli.live import AskProgress
 
     try:
-        with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
+        with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay, tape=tape) as rig:
             traj_path = folder.ask_trajectory_path
             with AskProgress(rig.worker, cfg.rlm.max_iterations) as live:
                 t = rig.ask(text, question, save_to=traj_path, on_event=live.on_event)
