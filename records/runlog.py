@@ -236,6 +236,11 @@ class RunFolder:
         return self.path / "fork-study.parquet"
 
     @property
+    def fork_study_summary_path(self) -> Path:
+        """The fork study per sub_call: answer flip rate and mean score change (Parquet)."""
+        return self.path / "fork-study-by-sub_call.parquet"
+
+    @property
     def ask_trajectory_path(self) -> Path:
         """An `rlm-rig ask` folder holds its one run here."""
         return self.path / "trajectory.json"
@@ -258,7 +263,9 @@ class RunFolder:
         recorded in its manifest (records.outdirs), so nothing of the user's or another command's is overwritten."""
         shared = (self.logs_dir, self.worker_pid_path)
         paths = {"ask": (self.ask_trajectory_path, self.tape_path, *shared), "serve-worker": shared,
-                 "fork": (self.ask_trajectory_path, self.fork_path, self.config_path, self.tape_path, *shared),
+                 "fork": (self.ask_trajectory_path, self.fork_path, self.tape_path, *shared),
+                 "fork-study": (self.fork_study_path, self.fork_study_summary_path, self.trajectories_dir,
+                                self.tape_path, *shared),
                  }.get(command, (self.config_path, self.spec_path, self.env_path, self.samples_path,
                                  self.trajectories_dir, self.results_path, self.tape_path, *shared))
         return tuple(p.name for p in paths)
@@ -275,7 +282,7 @@ class RunFolder:
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")
         files = self.writes(command)
-        c = claim(self.path, command, force=force, replace_own=command not in ("ask", "fork"), writes=files, hold=True)
+        c = claim(self.path, command, force=force, replace_own=command not in ("ask", "fork", "fork-study"), writes=files, hold=True)
         record(c, files)
         return c
 

@@ -40,6 +40,12 @@ class TapedWorker:
     def __getattr__(self, name: str) -> Any:  # dead, in_flight, events, worker, server, ... of the wrapped worker
         return getattr(self.inner, name)
 
+    def begin_run(self, replace: dict[int, str] | None = None) -> None:
+        """Count calls from 0 again, with new replies to replace (a fork study runs many forks on one worker)."""
+        with self._lock:
+            self._n, self.hits, self.misses = 0, 0, 0
+            self.replace = dict(replace or {})
+
     def key_parts(self, kw: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         sampling = {**self.sampling, **{k: v for k, v in kw.items() if k not in _NOT_SAMPLING}}
         return sampling, kw.get("seed")
