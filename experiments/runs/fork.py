@@ -67,9 +67,11 @@ def _trajectory_path(folder: RunFolder, sample: str) -> Path:
     return found[sample]
 
 
-def load_original(run: str | Path, sample: str, *, doc: str | Path | None = None) -> Original:
-    """The run's sample, with its document: an eval's example is loaded again from the run's spec; an ask
-    run needs ``doc`` (checked against the recorded sha256)."""
+def load_original(run: str | Path, sample: str, *, doc: str | Path | None = None,
+                  examples: dict[str, Any] | None = None) -> Original:
+    """The run's sample, with its document: an eval's example is loaded again from the run's spec (or taken
+    from ``examples``, {id: Example}, when the caller loaded them once); an ask run needs ``doc`` (checked
+    against the recorded sha256)."""
     folder = RunFolder(run)
     if not folder.path.is_dir() or not folder.is_run():
         raise RunInputError(f"{run} is not a run folder")
@@ -84,20 +86,21 @@ def load_original(run: str | Path, sample: str, *, doc: str | Path | None = None
         return _checked(Original(folder, sample, path, traj, text))
     if folder.read_spec() is None:
         raise RunInputError(f"{run} is an ask run: give its document with --doc")
-    return _with_example(folder, sample, path, traj)
+    ex = (examples if examples is not None else run_examples(folder)).get(sample)
+    if ex is None:
+        raise RunInputError(f"sample {sample!r}: its example is no longer in dataset {folder.read_spec().dataset!r}")  # type: ignore[union-attr]
+    row = next((r for r in folder.sample_rows() if r.id == sample), None)
+    return _checked(Original(folder, sample, path, traj, ex.context, row=row, answer_type=ex.answer_type))
 
 
-def _with_example(folder: RunFolder, sample: str, path: Path, traj: Trajectory) -> Original:
+def run_examples(folder: RunFolder) -> dict[str, Any]:
+    """{id: Example} of an eval run: the examples its spec selects (the same, seeded, as when it ran)."""
     from rlm_rig.experiments.runs.examples import iter_examples
 
     spec = folder.read_spec()
-    assert spec is not None
-    spec.shard, spec.limit, spec.sample = None, None, None
-    ex = next((e for e in iter_examples(spec) if e.id == sample), None)
-    if ex is None:
-        raise RunInputError(f"sample {sample!r}: its example is no longer in dataset {spec.dataset!r}")
-    row = next((r for r in folder.sample_rows() if r.id == sample), None)
-    return _checked(Original(folder, sample, path, traj, ex.context, row=row, answer_type=ex.answer_type))
+    if spec is None:
+        return {}
+    return {e.id: e for e in iter_examples(spec)}
 
 
 def _checked(orig: Original) -> Original:

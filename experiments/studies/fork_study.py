@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from rlm_rig.experiments.runs.fork import ControllerMode, Original, default_controller, load_original, open_forker
+from rlm_rig.experiments.runs.fork import (ControllerMode, Original, default_controller, load_original, open_forker,
+                                           run_examples)
 from rlm_rig.records.fork import ForkRecord
 from rlm_rig.records.runlog import RunFolder
 from rlm_rig.records.trajectory import read_jsonl
@@ -65,7 +66,8 @@ def run_study(run: str | Path, *, out: str | Path, controller: ControllerMode | 
     """The Python API of ``rlm-rig fork-study``: every sub_call of every chosen sample, four forks each."""
     folder, dest = RunFolder(run), RunFolder(out)
     ids = _samples(folder, samples)
-    origs = [load_original(run, s, doc=doc) for s in ids]  # every bad input fails before a server starts
+    examples = run_examples(folder) if doc is None else None  # the dataset read once, not once per sample
+    origs = [load_original(run, s, doc=doc, examples=examples) for s in ids]  # bad input fails before any server
     if not origs:
         raise FileNotFoundError(f"{run}: no sample to fork (asked for {list(samples or [])})")
     golds = chunk_gold(Path(gold) if gold else folder.gold_path)

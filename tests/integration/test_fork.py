@@ -102,3 +102,28 @@ def test_the_fork_study_table(vllm_server, run, tmp_path):
     rows, summary = read_study(tmp_path / "study")
     assert len(rows) == 4 * n and list(summary["sub_call"]) == list(range(n))
     assert summary["flip_rate"].between(0.5, 1).all()  # +1 and -1 flip the answer at least
+
+
+def test_a_live_fork_replays_up_to_the_fork_point_then_the_live_controller_writes(vllm_server, tiny_model_path, tmp_path):
+    """The original run's config names a served controller model (its turns came from the chunk-count replay); the
+    live fork replays turns 0..T from the record and the served model (the tiny one, at temperature 0) writes on."""
+    from rlm_rig.controller.rig import Rig
+    from rlm_rig.experiments.datasets.registry import load_examples
+
+    live = ["controller.backend=openai", f"controller.model={tiny_model_path}", "controller.served_name=tiny",
+            f"controller.server.url={vllm_server}", "controller.max_new_tokens=48", "rlm.max_iterations=4"]
+    cfg = load_config("cpu-tiny", [f"worker.server.url={vllm_server}", "worker.served_name=tiny", *live])
+    toy = next(iter(load_examples("oolong-real", "toy")))
+    src = tmp_path / "orig"
+    with Rig(cfg, run_dir=src, controller_replay=REPO / "configs" / "replays" / "chunk-count.yaml") as rig:
+        orig = rig.ask(toy.context, toy.question, save_to=RunFolder(src).ask_trajectory_path)
+    doc = tmp_path / "doc.txt"
+    doc.write_text(toy.context)
+    before = served_requests(vllm_server)
+    rec = fork(src, "ask", at=0, reply="7", out=tmp_path / "fork", doc=doc)
+    assert rec.controller == "live" and rec.fork_turn == 1
+    forked = Trajectory.load(RunFolder(tmp_path / "fork").ask_trajectory_path)
+    assert [t.response for t in forked.turns[:2]] == [t.response for t in orig.turns[:2]]
+    assert len(forked.turns) >= 3 and forked.turns[2].response != orig.turns[2].response  # the model wrote turn 2
+    assert served_requests(vllm_server) - before == len(forked.turns) - 2 + rec.worker_calls
+    assert forked.config["controller"]["temperature"] == 0
