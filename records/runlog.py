@@ -8,6 +8,7 @@ Layout (an eval run; an `ask` run holds just ``trajectory.json`` and ``config.ya
     RUN/samples.jsonl      one SampleRow per finished example (append + fsync)
     RUN/trajectories/      one Trajectory per example (atomic write)
     RUN/logs/              model server logs
+    RUN/tape.jsonl         every worker reply, keyed by weights, messages, sampling, seed (records/tape.py)
     RUN/results.json       RunResults: status + summary (atomic write)
 
 A sample counts as done only once its line is in samples.jsonl, and that line is written after its
