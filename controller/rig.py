@@ -108,7 +108,7 @@ class Rig:
                 token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
             )
         self.worker = TapedWorker(self._watched(SyncWorker(backend)), model=self.worker_identity,  # type: ignore[assignment]
-                                  sampling=self._sampling(), record=Tape(self.folder.tape_path), replay=replay,
+                                  sampling=self._sampling(), record=Tape(self.folder.tape_path, keep=False), replay=replay,
                                   replace=self.replace)
         self._clients.append(self.worker)
 

@@ -56,20 +56,33 @@ class TapeEntry(BaseModel):
 class Tape:
     """The replies in one tape file: look up by key, append new ones (each key once, thread-safe)."""
 
-    def __init__(self, path: str | Path, *, read: bool = True):
+    def __init__(self, path: str | Path, *, keep: bool = True):
+        """``keep=False``: a tape that is only written (a run's own) holds its keys, not its replies, in memory."""
         self.path = Path(path)
+        self.keep = keep
         self._lock = threading.Lock()
         self.entries: dict[str, TapeEntry] = {}
-        if read:
-            for i, raw in enumerate(read_jsonl(self.path), 1):
-                try:
-                    e = TapeEntry.model_validate(raw)
-                except ValueError as exc:
-                    raise ValueError(f"{self.path}: line {i} is not a tape entry ({str(exc).splitlines()[0]})") from None
-                self.entries.setdefault(e.key, e)
+        self._keys: set[str] = set()
+        for i, raw in enumerate(read_jsonl(self.path), 1):
+            try:
+                e = TapeEntry.model_validate(raw)
+            except ValueError as exc:
+                raise ValueError(f"{self.path}: line {i} is not a tape entry ({str(exc).splitlines()[0]})") from None
+            self._remember(e)
+
+    def _remember(self, e: TapeEntry) -> bool:
+        if e.key in self._keys:
+            return False
+        self._keys.add(e.key)
+        if self.keep:
+            self.entries[e.key] = e
+        return True
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._keys)
+
+    def keys(self) -> set[str]:
+        return set(self._keys)
 
     def get(self, key: str) -> TapeEntry | None:
         return self.entries.get(key)
@@ -77,10 +90,8 @@ class Tape:
     def add(self, entry: TapeEntry) -> None:
         """Append ``entry`` unless its key is already on the tape (replies for one key are identical by design)."""
         with self._lock:
-            if entry.key in self.entries:
-                return
-            self.entries[entry.key] = entry
-            append_jsonl(self.path, entry.model_dump(mode="json"))
+            if self._remember(entry):
+                append_jsonl(self.path, entry.model_dump(mode="json"))
 
     def check_compatible(self, model: str, sampling: dict[str, Any], seed: int | None) -> None:
         """Raise :class:`TapeMismatch` unless some entry was recorded with these weights and this sampling."""

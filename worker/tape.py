@@ -38,6 +38,8 @@ class TapedWorker:
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:  # dead, in_flight, events, worker, server, ... of the wrapped worker
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def begin_run(self, replace: dict[int, str] | None = None) -> None:

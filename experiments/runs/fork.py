@@ -129,6 +129,8 @@ class SplicedLM:
         self.name = f"fork:{live.name}"
 
     def __getattr__(self, name: str) -> Any:  # count_tokens, context_window of the live model
+        if name == "live":
+            raise AttributeError(name)
         return getattr(self.live, name)
 
     def generate(self, messages: list[dict[str, str]], *, max_new_tokens: int) -> Generation:

@@ -71,7 +71,7 @@ def test_a_rerun_from_the_tape_is_identical_and_sends_nothing(vllm_server, toy, 
     assert served_requests(vllm_server) == before  # zero worker calls, counted by the server
     assert {s.source for s in b.sub_calls} == {"tape"}
     assert what_happened(b) == what_happened(a)
-    assert Tape(RunFolder(tmp_path).tape_path).entries.keys() == tape.entries.keys()  # the rerun's own tape is whole
+    assert Tape(RunFolder(tmp_path).tape_path).keys() == tape.keys()  # the rerun's own tape is whole
 
 
 def test_only_the_changed_sub_call_reaches_the_worker(vllm_server, toy, recorded, tmp_path):

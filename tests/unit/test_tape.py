@@ -44,3 +44,11 @@ def test_a_tape_of_other_weights_or_sampling_or_none_at_all_is_refused(tmp_path)
         t.check_compatible("sha256:aa", {**SAMPLING, "temperature": 0.7}, None)
     with pytest.raises(TapeMismatch, match="sampling"):
         t.check_compatible("sha256:aa", SAMPLING, 7)
+
+
+def test_a_written_only_tape_keeps_keys_not_replies(tmp_path):
+    t = Tape(tmp_path / "t.jsonl", keep=False)
+    t.add(entry())
+    t.add(entry(text="4"))
+    assert len(t) == 1 and t.entries == {} and t.keys() == {entry().key}
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
