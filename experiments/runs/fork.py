@@ -11,6 +11,7 @@ land in the out folder.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from contextlib import contextmanager
@@ -143,13 +144,18 @@ class SplicedLM:
 
 
 def fork_config(orig: Original, controller: ControllerMode, overrides: Sequence[str] = ()) -> Any:
-    """The run's own config (as its trajectory recorded it) with ``overrides``; a live controller at temperature 0."""
-    data = dict(orig.traj.config)
+    """The run's own config (as its trajectory recorded it) with ``overrides``; a live controller at temperature 0.
+    Checked before any folder is claimed or server started."""
+    data = copy.deepcopy(orig.traj.config)
     for o in overrides:
         apply_override(data, o)
     if controller == "live":
         apply_override(data, "controller.temperature=0")
-    return validate_config(data, f"{orig.path} (config)")
+    cfg = validate_config(data, f"{orig.path} (config)")
+    if controller == "live" and cfg.controller.backend == "replay":
+        raise RunInputError("--controller live needs a controller model, and this run's controller was a replay: "
+                            "use --controller replay")
+    return cfg
 
 
 def default_controller(orig: Original) -> ControllerMode:
@@ -195,12 +201,9 @@ class Forker:
 
 
 @contextmanager
-def open_forker(orig: Original, out: str | Path, controller: ControllerMode, overrides: Sequence[str] = ()) -> Iterator[Forker]:
-    """A Rig whose worker answers from ``orig``'s run tape (the tape is checked against its weights and sampling)."""
-    cfg = fork_config(orig, controller, overrides)
-    if controller == "live" and cfg.controller.backend == "replay":
-        raise RunInputError("--controller live needs a controller model, and this run's controller was a replay: "
-                            "use --controller replay")
+def open_forker(orig: Original, out: str | Path, controller: ControllerMode, cfg: Any) -> Iterator[Forker]:
+    """A Rig (``cfg``: :func:`fork_config`) whose worker answers from ``orig``'s run tape (the tape is checked
+    against its weights and sampling)."""
     with Rig(cfg, run_dir=out, controller_replay=orig.path if controller == "replay" else None,
              tape=orig.folder.path) as rig:
         yield Forker(rig, controller, rig.lm if controller == "live" else None)
@@ -212,10 +215,11 @@ def fork(run: str | Path, sample: str, *, at: int, reply: str, out: str | Path, 
     orig = load_original(run, sample, doc=doc)
     fork_turn(orig.traj, at)  # a fork point that does not exist fails before anything starts
     mode = controller or default_controller(orig)
+    cfg = fork_config(orig, mode, overrides)
     folder = RunFolder(out)
     held = folder.claim("fork", force=force)
     try:
-        with open_forker(orig, out, mode, overrides) as forker:
+        with open_forker(orig, out, mode, cfg) as forker:
             _, rec = forker.fork(orig, at, reply, save_to=folder.ask_trajectory_path)
         rec.save(folder.fork_path)
         return rec

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from rlm_rig.experiments.runs.fork import (ControllerMode, Original, default_controller, load_original, open_forker,
-                                           run_examples)
+from rlm_rig.experiments.runs.fork import (ControllerMode, Original, default_controller, fork_config, load_original,
+                                           open_forker, run_examples)
 from rlm_rig.records.fork import ForkRecord
 from rlm_rig.records.runlog import RunFolder
 from rlm_rig.records.trajectory import read_jsonl
@@ -72,9 +72,10 @@ def run_study(run: str | Path, *, out: str | Path, controller: ControllerMode | 
         raise FileNotFoundError(f"{run}: no sample to fork (asked for {list(samples or [])})")
     golds = chunk_gold(Path(gold) if gold else folder.gold_path)
     mode = controller or default_controller(origs[0])
+    cfg = fork_config(origs[0], mode, overrides)
     held = dest.claim("fork-study", force=force)
     try:
-        with open_forker(origs[0], out, mode, overrides) as forker:
+        with open_forker(origs[0], out, mode, cfg) as forker:
             rows = [r for o in origs for r in _forks(forker, o, golds, dest)]
         table = pd.DataFrame(rows)
         table.to_parquet(dest.fork_study_path, index=False)

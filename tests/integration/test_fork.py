@@ -82,6 +82,9 @@ def test_a_fork_point_that_does_not_exist_is_one_line_exit_2(run, tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and "sub_call" in lines[0], r.stderr
     r = cli("fork", str(d), "no-such-sample", "--at", "sub_call:0", "--reply", "3", "--out", str(tmp_path / "g"))
     assert r.returncode == 2 and "no-such-sample" in r.stderr
+    r = cli("fork", str(d), sid, "--at", "sub_call:0", "--reply", "3", "--out", str(tmp_path / "h"), "--controller", "live")
+    assert r.returncode == 2 and "--controller replay" in r.stderr, r.stderr
+    assert not any((tmp_path / x).exists() for x in "fgh")  # refused before any folder was claimed
 
 
 def test_the_fork_study_table(vllm_server, run, tmp_path):
