@@ -206,7 +206,11 @@ def open_forker(orig: Original, out: str | Path, controller: ControllerMode, cfg
     against its weights and sampling)."""
     with Rig(cfg, run_dir=out, controller_replay=orig.path if controller == "replay" else None,
              tape=orig.folder.path) as rig:
-        yield Forker(rig, controller, rig.lm if controller == "live" else None)
+        base = rig.lm
+        try:
+            yield Forker(rig, controller, base if controller == "live" else None)
+        finally:
+            rig.lm = base  # each fork sets its own controller; the Rig closes the one it made
 
 
 def fork(run: str | Path, sample: str, *, at: int, reply: str, out: str | Path, controller: ControllerMode | None = None,
