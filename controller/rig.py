@@ -20,7 +20,9 @@ from rlm_rig.controller.memory import trim_heap
 from rlm_rig.controller.loop import RLM, RunContext, replay_lm_for
 from rlm_rig.records.trajectory import Trajectory, atomic_write_text
 from rlm_rig.records.runlog import RunFolder, package_versions
-from rlm_rig.worker.models import resolve_model
+from rlm_rig.records.tape import Tape
+from rlm_rig.worker.models import model_identity, resolve_model
+from rlm_rig.worker.tape import TapedWorker
 from rlm_rig.worker.watch import WorkerWatch
 
 if TYPE_CHECKING:
@@ -28,8 +30,14 @@ if TYPE_CHECKING:
 
 
 class Rig:
-    def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None):
+    def __init__(self, cfg: RigConfig, *, run_dir: str | Path, controller_replay: str | Path | None = None,
+                 tape: str | Path | None = None, replace: dict[int, str] | None = None):
+        """``tape``: a run folder whose tape answers identical sub_calls (worker/tape.py); ``replace``: the
+        n-th worker call's reply by ordinal, for forks (experiments/runs/fork.py)."""
         self.cfg = cfg
+        self.tape = tape
+        self.replace = replace
+        self.worker_identity = ""  # the worker's weights (worker.models.model_identity): what tape keys name
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)  # where its logs and the worker pid file go
         self.controller_replay = controller_replay
@@ -81,6 +89,8 @@ class Rig:
 
         default = self.cfg.default_worker_name()
         self.worker_model_path = resolve_model(self.cfg.worker.model)
+        self._replay = self._replay_tape()  # a tape of other weights or sampling is refused before any server starts
+        self._own_tape = Tape(self.folder.tape_path, keep=False)  # every worker's replies, keyed by its weights
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
         self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
@@ -91,7 +101,7 @@ class Rig:
             self._clients.append(self.workers[name])
         self.worker = self.workers[default]
 
-    def _start_one(self, name: str, w: WorkerSettings, *, default: bool) -> WorkerWatch:
+    def _start_one(self, name: str, w: WorkerSettings, *, default: bool) -> Any:
         from rlm_rig.worker.sync import SyncWorker
         from rlm_rig.worker.client import WorkerClient
 
@@ -102,7 +112,7 @@ class Rig:
             backend: Any = TransformersWorker(path, device=w.device, dtype=w.dtype, max_tokens=w.max_tokens,
                                               temperature=w.sampling.temperature, top_p=w.sampling.top_p,
                                               seed=w.sampling.seed)
-            return self._watched(SyncWorker(backend), w, None, None)
+            return self._taped(self._watched(SyncWorker(backend), w, None, None), w, path, default)
         served = w.served_name or name
         urls = self._server(w.server, path, served, w.dtype, "worker" if default else f"worker-{name}")
         urls += list(w.replica_urls)
@@ -115,7 +125,34 @@ class Rig:
             token_logprobs=True,  # recorded in every SubCallRecord (schema 2) for interp's faithfulness
         )
         server = self._worker_server if default else next((s for s in self._servers if s.url == urls[0]), None)
-        return self._watched(SyncWorker(backend), w, urls[0], server)
+        return self._taped(self._watched(SyncWorker(backend), w, urls[0], server), w, path, default)
+
+    def _taped(self, watched: Any, w: WorkerSettings, path: str, default: bool) -> Any:
+        """The worker with the tape in front (worker/tape.py): replies of the ``tape`` run answer identical calls,
+        every reply goes on this run's tape; a fork's replaced replies count the default worker's calls."""
+        identity = self.worker_identity if default else model_identity(path)
+        sampling, seed = self._sampling(w)
+        return TapedWorker(watched, model=identity, sampling={**sampling, "seed": seed}, record=self._own_tape,
+                           replay=self._replay, replace=self.replace if default else None)
+
+    def _sampling(self, w: WorkerSettings | None = None) -> tuple[dict[str, Any], int | None]:
+        """What besides weights and messages decides a worker reply: (the tape key's sampling part, its seed)."""
+        w = w or self.cfg.worker
+        return ({"backend": w.backend, "dtype": w.dtype, "temperature": w.sampling.temperature,
+                 "top_p": w.sampling.top_p, "max_tokens": w.max_tokens}, w.sampling.seed)
+
+    def _replay_tape(self) -> Tape | None:
+        """The ``tape`` run's tape, checked against this worker's weights and sampling (TapeMismatch)."""
+        self.worker_identity = model_identity(self.worker_model_path)
+        if self.tape is None:
+            return None
+        src = RunFolder(self.tape)
+        if not src.tape_path.is_file():
+            raise FileNotFoundError(f"--tape {self.tape}: that run folder holds no tape (a run made before tapes, "
+                                    "or not a run folder)")
+        tape = Tape(src.tape_path)
+        tape.check_compatible(self.worker_identity, *self._sampling())
+        return tape
 
     def _write_pid(self, srv: Any) -> None:
         """Lets `rlm-rig interp --stop-server` / interp.stop_server find and free the worker's GPU."""
@@ -254,6 +291,7 @@ class Rig:
             "controller": self.lm.name if self.lm else "",
             "worker": self.cfg.worker.model,
             "worker_path": self.worker_model_path,
+            "worker_weights": self.worker_identity,
             **extra,
         }
 

@@ -261,6 +261,7 @@ class SubCallRouter:
             rec.worker_retries = int(extra.get("worker_retries", 0))
             rec.token_ids = extra.get("token_ids")  # what interp teacher-forces (schema 2)
             rec.token_logprobs = extra.get("token_logprobs")
+            rec.source = extra.get("source", "model")  # worker/tape.py: answered from a tape, or a fork's reply
             replies.append(SubCallReply(text=res.text))
         return replies
 

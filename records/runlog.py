@@ -8,6 +8,7 @@ Layout (an eval run; an `ask` run holds just ``trajectory.json`` and ``config.ya
     RUN/samples.jsonl      one SampleRow per finished example (append + fsync)
     RUN/trajectories/      one Trajectory per example (atomic write)
     RUN/logs/              model server logs
+    RUN/tape.jsonl         every worker reply, keyed by weights, messages, sampling, seed (records/tape.py)
     RUN/results.json       RunResults: status + summary (atomic write)
 
 A sample counts as done only once its line is in samples.jsonl, and that line is written after its
@@ -61,6 +62,7 @@ class EvalSpec(BaseModel):
     seed: int = 0
     shard: tuple[int, int] | None = None
     controller_replay: str | None = None
+    tape: str | None = None  # a run folder whose tape answers identical sub_calls (records/tape.py)
     loader_options: dict[str, Any] = Field(default_factory=dict)
     # what each model sees (experiments/datasets/views.py), written by the runner at creation
     model_views: dict[str, Any] = Field(default_factory=dict)
@@ -235,6 +237,26 @@ class RunFolder:
         return self.path / "gold.jsonl"
 
     @property
+    def tape_path(self) -> Path:
+        """Every worker reply of the run, keyed by weights, messages, sampling and seed (records/tape.py)."""
+        return self.path / "tape.jsonl"
+
+    @property
+    def fork_path(self) -> Path:
+        """A fork folder's record: which run, sample and sub_call it forks, and what changed (records/fork.py)."""
+        return self.path / "fork.json"
+
+    @property
+    def fork_study_path(self) -> Path:
+        """The fork study's table: one row per fork (Parquet)."""
+        return self.path / "fork-study.parquet"
+
+    @property
+    def fork_study_summary_path(self) -> Path:
+        """The fork study per sub_call: answer flip rate and mean score change (Parquet)."""
+        return self.path / "fork-study-by-sub_call.parquet"
+
+    @property
     def ask_trajectory_path(self) -> Path:
         """An `rlm-rig ask` folder holds its one run here."""
         return self.path / "trajectory.json"
@@ -267,10 +289,13 @@ class RunFolder:
         """What each kind of run writes into its folder: checked against the folder before a run starts, then
         recorded in its manifest (records.outdirs), so nothing of the user's or another command's is overwritten."""
         shared = (self.logs_dir, self.worker_pid_path)
-        paths = {"ask": (self.ask_trajectory_path, *shared), "chat": (self.trajectories_dir, *shared),
-                 "serve-worker": shared}.get(command, (
-            self.config_path, self.spec_path, self.env_path, self.samples_path, self.trajectories_dir,
-            self.results_path, *shared))
+        paths = {"ask": (self.ask_trajectory_path, self.tape_path, *shared),
+                 "chat": (self.trajectories_dir, self.tape_path, *shared), "serve-worker": shared,
+                 "fork": (self.ask_trajectory_path, self.fork_path, self.tape_path, *shared),
+                 "fork-study": (self.fork_study_path, self.fork_study_summary_path, self.trajectories_dir,
+                                self.tape_path, *shared),
+                 }.get(command, (self.config_path, self.spec_path, self.env_path, self.samples_path,
+                                 self.trajectories_dir, self.results_path, self.tape_path, *shared))
         return tuple(p.name for p in paths)
 
     def claim(self, command: str = "eval", *, force: bool = False, resume: bool = False) -> OutDir:
@@ -285,7 +310,8 @@ class RunFolder:
             hint = f"use `rlm-rig eval --resume {self.path}`" if command == "eval" else "choose a new folder"
             raise FileExistsError(f"{self.path} already holds samples: {hint}")
         files = self.writes(command)
-        c = claim(self.path, command, force=force, replace_own=command not in ("ask", "chat"), writes=files, hold=True)
+        c = claim(self.path, command, force=force, replace_own=command not in ("ask", "chat", "fork", "fork-study"),
+                  writes=files, hold=True)
         record(c, files)
         return c
 

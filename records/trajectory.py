@@ -108,6 +108,8 @@ class SubCallRecord(BaseModel):
     # of `response`), and each token's logprob under it. interp teacher-forces these ids and compares.
     token_ids: list[int] | None = None
     token_logprobs: list[float] | None = None
+    source: Literal["model", "tape", "fork"] = Field(
+        "model", description="who answered: the worker (model), a recorded tape (--tape), or a fork's replaced reply")
 
 
 class CapEvent(BaseModel):

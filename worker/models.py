@@ -7,9 +7,13 @@ name means the same weights everywhere and a local path is checked by one rule.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+from rlm_rig.worker.cache import file_sha256
 
 # Names the rig can build or fetch itself instead of a hub id or a path.
 BUILTIN_MODELS = ("tiny", "smollm2")
@@ -111,3 +115,53 @@ def _hf_cached(repo: str) -> bool:
     except Exception:  # noqa: BLE001
         return False
     return isinstance(hit, str)
+
+
+# What names a model's weights: the files a loader reads (checksummed by weights_checksum).
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _local_dir(path: str) -> Path | None:
+    p = Path(path)
+    if p.is_dir():
+        return p
+    try:  # a hub id: its cached snapshot, never a download
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _file_digest(f: Path) -> str:
+    """A file's sha256. A Hugging Face cache snapshot links each weights file to ``blobs/<its sha256>``: that name
+    is the same digest, used as is, so a 15 GB model is not read again at every start."""
+    real = f.resolve()
+    if real.parent.name == "blobs" and _SHA256.match(real.name):
+        return real.name
+    return file_sha256(real)
+
+
+@lru_cache(maxsize=8)
+def weights_checksum(path: str) -> str | None:
+    """sha256 over the sorted (name, content hash) of a model folder's weight, config and tokenizer files (a hub
+    id: its cached snapshot); None when the files are not on this machine. Names the exact weights a record used."""
+    d = _local_dir(path)
+    if d is None:
+        return None
+    files = sorted({f for pat in _WEIGHT_FILES for f in d.glob(pat) if f.is_file()})
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def model_identity(path: str) -> str:
+    """``sha256:<weights_checksum>`` when the weights are on this machine, else ``hub:<id>`` (a served hub model
+    whose files live elsewhere): what the sub_call tape keys replies by."""
+    digest = weights_checksum(path)
+    return f"sha256:{digest}" if digest else f"hub:{path}"

@@ -21,6 +21,8 @@ out = Console()
 
 ConfigOpt = typer.Option("cpu-tiny", "--config", "-c", help="profile name in configs/ or a YAML path")
 SetOpt = typer.Option(None, "--set", "-s", help="override one key, e.g. --set rlm.max_iterations=8 (repeatable)")
+TapeOpt = typer.Option(None, "--tape", help="a run folder whose tape answers identical sub_calls (same weights, "
+                       "messages, sampling, seed); only the changed ones reach the worker")
 
 
 class UserError(Exception):
@@ -35,10 +37,11 @@ def _expected() -> tuple[type[BaseException], ...]:
     from rlm_rig.repl.types import SandboxError
     from rlm_rig.worker.settings import MissingSecret
     from rlm_rig.controller.prompts import PromptFileError
+    from rlm_rig.records.tape import TapeMismatch
 
     kinds: list[type[BaseException]] = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
                                         RunInputError, DiskFullError, SandboxError, OutDirError, FileExistsError,
-                                        MissingSecret, PromptFileError]
+                                        MissingSecret, PromptFileError, TapeMismatch]
     try:
         from rlm_rig.worker.errors import ServerStartError, WorkerError
 
@@ -65,6 +68,14 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130)
 
     return wrapper
+
+
+def check_tape(tape: Optional[Path], ray: Optional[str] = None) -> None:
+    """``--tape RUN`` names a run folder; a Ray eval does not read tapes yet."""
+    if tape is not None and not tape.is_dir():
+        raise UserError(f"--tape {str(tape)!r} is not a run folder")
+    if tape is not None and ray is not None:
+        raise UserError("--tape is not supported with --ray yet: run the eval on one box")
 
 
 def sigterm_as_interrupt() -> None:

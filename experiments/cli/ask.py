@@ -9,6 +9,8 @@ import typer
 from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
+    TapeOpt,
+    check_tape,
     default_run_dir,
     err,
     guarded,
@@ -31,6 +33,7 @@ def ask(
     controller_replay: Optional[Path] = typer.Option(None, "--controller-replay", help="replay these controller responses"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<time>-ask-<profile>)"),
     force: bool = typer.Option(False, "--force", help="replace an earlier `ask` run in --out (only its files)"),
+    tape: Optional[Path] = TapeOpt,
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Answer one question about one long document with the RLM."""
@@ -38,6 +41,7 @@ def ask(
     from rlm_rig.records.runlog import RunFolder
 
     cfg = load_cfg(config, overrides)
+    check_tape(tape)
     text = read_doc(doc, controller_replay)
     run_dir = out_dir or default_run_dir(cfg, "ask")
     folder = RunFolder(run_dir)
@@ -46,7 +50,7 @@ def ask(
     from rlm_rig.experiments.cli.live import AskProgress
 
     try:
-        with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig:
+        with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay, tape=tape) as rig:
             traj_path = folder.ask_trajectory_path
             with AskProgress(rig.worker, cfg.rlm.max_iterations) as live:
                 t = rig.ask(text, question, save_to=traj_path, on_event=live.on_event)

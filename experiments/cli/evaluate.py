@@ -12,7 +12,9 @@ from rlm_rig.experiments.datasets.registry import names
 from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
+    TapeOpt,
     UserError,
+    check_tape,
     default_run_dir,
     err,
     guarded,
@@ -59,6 +61,7 @@ def eval_cmd(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run every n-th example starting at i"),
     worker_url: Optional[list[str]] = typer.Option(None, "--worker-url", help="attach to running vLLM replica(s)"),
     controller_replay: Optional[Path] = typer.Option(None, "--controller-replay"),
+    tape: Optional[Path] = TapeOpt,
     sweep: Optional[str] = typer.Option(None, "--sweep", help="key=v1,v2,...: one run per value, e.g. rlm.max_depth=1,2,3"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue a killed run folder"),
@@ -100,12 +103,14 @@ def eval_cmd(
         raise UserError(f"--method {method!r} is not one of {' | '.join(METHOD_NAMES)}")
     if controller_replay is not None and not controller_replay.is_file():
         raise UserError(f"--controller-replay {str(controller_replay)!r} is not a file")
+    check_tape(tape, ray)
     spec = EvalSpec(
         dataset=dataset, source=source, split=split, method=method, question_types=question_type or None,
         min_episodes=min_episodes, max_episodes=max_episodes, max_context_chars=max_context_chars,
         max_context_tokens=max_context_tokens, limit=limit, sample=sample, seed=seed,
         shard=_user(parse_shard, shard),
         controller_replay=str(controller_replay.resolve()) if controller_replay else None,
+        tape=str(tape.resolve()) if tape else None,
         loader_options=_user(lambda _: loader_options(dataset, length=length, position=position, per_cell=per_cell,
                                                       gen_seed=gen_seed, unit=unit, context_len=context_len,
                                                       subset=subset), None),

@@ -139,7 +139,7 @@ def _run(cfg: RigConfig, spec: EvalSpec, folder: RunFolder, resume: bool, show_p
         folder.repair()
     done = folder.done_ids() if resume else set()
     status = "failed"
-    with Rig(cfg, run_dir=folder.path, controller_replay=spec.controller_replay) as rig:
+    with Rig(cfg, run_dir=folder.path, controller_replay=spec.controller_replay, tape=spec.tape) as rig:
         flags = {"worker_url": rig.worker_url, "worker_server": dataclasses.asdict(cfg.worker.server)}
         if resume:
             folder.write_env(cfg, flags)

@@ -8,6 +8,7 @@ Layout of ``OUT/``::
     rK/samples.html            every sample of run K: sort, filter, page (data inline as JSON)
     rK/sample/<id>.html        one sample: document map, turns, sub_calls by batch, nested runs
     rK/interp/index.html       the run's interp outputs, when RUN/interp/ exists
+    rK/fork.html               a fork folder (`rlm-rig fork`): every step from the fork point, original beside fork
     rK/interp/<id>__<n>.html   one studied sub_call: replay faithfulness, patching heatmaps, ...
 
 Everything is read through the rig's own readers (metrics.load_run, the report, interp_data);
@@ -30,6 +31,7 @@ from rlm_rig.experiments.analysis.metrics import RunData, add_length_buckets, gr
 from rlm_rig.records.outdirs import claim, relocate, staged
 from rlm_rig.records.runlog import RunFolder
 from rlm_rig.experiments.view.docmap import build_docmap
+from rlm_rig.experiments.view.fork_view import write_fork_page
 from rlm_rig.experiments.view.interp_data import InterpData, chunk_verdict, load_interp
 from rlm_rig.experiments.view.text import code_html, highlight_css, response_html
 
@@ -275,6 +277,7 @@ def _run_pages(w: _Writer, run: RunData, base: str) -> tuple[dict[str, Any], int
         "seen": _seen_by_models(run), "has_interp": interp.present,
         "failures": frame[frame["score"] < 1]["failure"].value_counts().to_dict() if len(frame) else {},
     }
+    rv["fork_href"] = write_fork_page(w, run.path, rv)  # a fork folder: the fork beside its original
     table = []
     for row in run.rows:
         f = by_id.get(row.id, {})

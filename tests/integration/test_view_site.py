@@ -125,3 +125,34 @@ def test_serve_is_loopback_only_and_serves_the_site(tmp_path):
         except subprocess.TimeoutExpired:  # fail, but leave no server behind
             os.killpg(p.pid, signal.SIGKILL)
             raise
+
+
+def test_a_fork_folder_shows_the_fork_beside_its_original(tmp_path):
+    """A fork folder (trajectory + ForkRecord) gets a page with every later step side by side, changed ones marked,
+    model text escaped, and links from the index and the sample page."""
+    from rlm_rig.records.fork import ForkRecord, step_changes
+    from rlm_rig.records.runlog import RunFolder
+    from rlm_rig.records.trajectory import Trajectory
+
+    rd = make_demo_run(tmp_path / "run", n_samples=1)
+    sid, opath = next(RunFolder(rd).trajectories())
+    orig = Trajectory.load(opath)
+    forked = orig.model_copy(deep=True)
+    forked.sub_calls[0].response, forked.sub_calls[0].source = HOSTILE, "fork"
+    forked.final_answer = "\\boxed{99}"
+    fdir = tmp_path / "fork"
+    folder = RunFolder(fdir)
+    forked.save(folder.ask_trajectory_path)
+    turn = orig.cells[orig.sub_calls[0].cell].turn if orig.cells else 0
+    ForkRecord(original_run=str(rd), sample=sid, original_trajectory=str(opath), at=0, fork_turn=turn,
+               controller="replay", reply_original=orig.sub_calls[0].response, reply_fork=HOSTILE,
+               answer_original=orig.final_answer, answer_fork=forked.final_answer, answer_changed=True,
+               steps=step_changes(orig, forked, at=0, fork_turn=turn)).save(folder.fork_path)
+    build_site([fdir], tmp_path / "site", report=False)
+    page = (tmp_path / "site" / "r0" / "fork.html").read_text()
+    assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "sub_call:0" in page and "\\boxed{99}" in page and (orig.final_answer or "") in page
+    rows = re.findall(r'<tr class="(changed|same)"><td>(\w+) (\d+)</td>', page)
+    assert ("changed", "sub_call", "0") in rows and all(c == "same" for c, k, i in rows if k == "sub_call" and i != "0")
+    assert 'href="r0/fork.html"' in (tmp_path / "site" / "index.html").read_text()
+    assert 'href="../fork.html"' in (tmp_path / "site" / "r0" / "sample" / "trajectory.html").read_text()

@@ -16,7 +16,8 @@ ROOMS = ("configs", "worker", "repl", "controller", "interp", "experiments", "be
 FOLDER = RunFolder("RUN")
 OWNED = {p.name for p in (FOLDER.samples_path, FOLDER.results_path, FOLDER.config_path, FOLDER.spec_path,
                            FOLDER.env_path, FOLDER.trajectories_dir, FOLDER.rig_log_path, FOLDER.worker_pid_path,
-                           FOLDER.gold_path, FOLDER.ask_trajectory_path)}
+                           FOLDER.gold_path, FOLDER.ask_trajectory_path, FOLDER.tape_path,
+                           FOLDER.fork_path, FOLDER.fork_study_path, FOLDER.fork_study_summary_path)}
 
 
 def literals(path: Path) -> list[tuple[int, str]]:
