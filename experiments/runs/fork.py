@@ -150,7 +150,7 @@ def fork_config(orig: Original, controller: ControllerMode, overrides: Sequence[
     for o in overrides:
         apply_override(data, o)
     if controller == "live":
-        apply_override(data, "controller.temperature=0")
+        apply_override(data, "controller.sampling.temperature=0")
     cfg = validate_config(data, f"{orig.path} (config)")
     if controller == "live" and cfg.controller.backend == "replay":
         raise RunInputError("--controller live needs a controller model, and this run's controller was a replay: "

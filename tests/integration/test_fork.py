@@ -129,4 +129,4 @@ def test_a_live_fork_replays_up_to_the_fork_point_then_the_live_controller_write
     assert [t.response for t in forked.turns[:2]] == [t.response for t in orig.turns[:2]]
     assert len(forked.turns) >= 3 and forked.turns[2].response != orig.turns[2].response  # the model wrote turn 2
     assert served_requests(vllm_server) - before == len(forked.turns) - 2 + rec.worker_calls
-    assert forked.config["controller"]["temperature"] == 0
+    assert forked.config["controller"]["sampling"]["temperature"] == 0
