@@ -79,6 +79,17 @@ def route_for(routes: dict[str, Route], model: str | None, default: str) -> Rout
 NestedRunner = Callable[[str, str, int], tuple[str | None, dict[str, Any]]]
 
 
+def _agree(a: str, i: int, b: str, j: int, backward: bool = False) -> int:
+    """How many characters ``a`` and ``b`` agree on going forward from ``a[i]``/``b[j]`` (or backward from
+    just before them): a binary search over slice comparisons, O(n log n) in C instead of a Python loop."""
+    lo, hi = 0, min(i, j) if backward else min(len(a) - i, len(b) - j)
+    while lo < hi:
+        k = (lo + hi + 1) // 2
+        same = a[i - k:i] == b[j - k:j] if backward else a[i:i + k] == b[j:j + k]
+        lo, hi = (k, hi) if same else (lo, k - 1)
+    return lo
+
+
 class SubCallRouter:
     def __init__(
         self,
@@ -129,6 +140,10 @@ class SubCallRouter:
         self.routes = routes or {default_model: Route(default_model, worker, worker_max_tokens, worker_system)}
 
     def _cap(self, cap: str, detail: str) -> None:
+        last = self.traj.caps_hit[-1] if self.traj.caps_hit else None
+        if last is not None and last.cap == cap and last.turn == self.turn:
+            last.repeats += 1  # one event per cap and turn: a flood of refused calls costs a counter
+            return
         self.traj.caps_hit.append(CapEvent(cap=cap, turn=self.turn, detail=detail))  # type: ignore[arg-type]
 
     def _span(self, chunk: str) -> tuple[int | None, int | None]:
@@ -168,17 +183,41 @@ class SubCallRouter:
         for _ in range(tries):
             if at < 0:
                 break
-            lo, hi, plo, phi = at, at + probe, mid, mid + probe
-            while lo > 0 and plo > 0 and doc[lo - 1] == prompt[plo - 1]:
-                lo, plo = lo - 1, plo - 1
-            while hi < len(doc) and phi < len(prompt) and doc[hi] == prompt[phi]:
-                hi, phi = hi + 1, phi + 1
+            # grown both ways by slice comparisons (C speed, a binary search each): per-character Python loops
+            # made one 2M-character prompt cost the parent seconds
+            lo = at - _agree(doc, at, prompt, mid, backward=True)
+            hi = at + probe + _agree(doc, at + probe, prompt, mid + probe)
             if best[0] is None or hi - lo > best[1] - best[0]:  # type: ignore[operator]
                 best = (lo, hi)
             at = doc.find(needle, at + 1)
         if best[0] is not None and self.clip is not None:
             return self.clip(best[0], best[1])  # type: ignore[arg-type]
         return best
+
+    def _over_budget(self, n: int) -> list[SubCallReply]:
+        msg = (f"sub_call limit reached: {self.budget.used} of {self.budget.limit} used, this call needs {n}. "
+               "Nothing was sent; finish with what you have")
+        self._cap("sub_calls", msg)
+        return [SubCallReply(error=msg) for _ in range(n)]
+
+    def _over_cap(self, reqs: list[SubCallRequest], nested: bool) -> list[SubCallReply] | None:
+        """The chunk cap on what the worker would read (a nested RLM reads its chunk through its own REPL, so
+        only its instruction is capped); None when every request fits. Sets ``self._tokens`` (chunk tokens)."""
+        checks = ([(None, False)] * len(reqs) if nested
+                  else self.chunk_tokens.check_many([r.chunk for r in reqs], self.budget_tokens))
+        # the instruction is read too: one over the budget on its own is refused (a 19M-character instruction
+        # with a small chunk used to pass and be kept in the records)
+        instr = self.chunk_tokens.check_many([r.instruction for r in reqs], self.budget_tokens)
+        self._tokens = [t for t, _ in checks]
+        over = [(i, t) for i, (t, is_over) in enumerate(checks) if is_over]
+        over += [(i, t) for i, (t, is_over) in enumerate(instr) if is_over]
+        if not over:
+            return None
+        detail = ", ".join(f"#{i}: {t} tokens" for i, t in over[:5])
+        msg = (f"chunk too large: the worker reads at most {self.budget_tokens} tokens per chunk and per "
+               f"instruction ({detail}). Nothing in this call was sent; split the chunk(s) smaller")
+        self._cap("chunk_tokens", msg)
+        return [SubCallReply(error=msg) for _ in reqs]
 
     # long: the parent-side caps checked in order (count, batch, chunk size, depth) before any request leaves
     def __call__(self, reqs: list[SubCallRequest]) -> list[SubCallReply]:
@@ -189,32 +228,21 @@ class SubCallRouter:
         if len(reqs) > 1 or (reqs and reqs[0].index_in_batch is not None):
             batch_id = self._batch_no
             self._batch_no += 1
-        spans = [self._span_inside(r.chunk) if self.dialect == "official" else self._span(r.chunk) for r in reqs]
-        # A nested RLM reads its chunk through its own REPL, so only plain worker calls are capped.
-        checks = ([(None, False)] * len(reqs) if nested is not None
-                  else self.chunk_tokens.check_many([r.chunk for r in reqs], self.budget_tokens))
-        tokens = [t for t, _ in checks]
-        over = [(i, t) for i, (t, is_over) in enumerate(checks) if is_over]
-        if over:
-            detail = ", ".join(f"#{i}: {t} tokens" for i, t in over[:5])
-            msg = (
-                f"chunk too large: the worker reads at most {self.budget_tokens} tokens per chunk ({detail}). "
-                "Nothing in this call was sent; split the chunk(s) smaller"
-            )
-            self._cap("chunk_tokens", msg)
-            return [SubCallReply(error=msg) for _ in reqs]
         try:
             routes = [route_for(self.routes, r.model, self.default_model) for r in reqs]
         except UnknownModel as e:
             return [SubCallReply(error=f"{e}. Nothing in this call was sent") for _ in reqs]
+        # Refusals are decided before any work on the texts (locating, counting): a kernel flooding calls past
+        # the budget must cost the parent a comparison per message, not a document search per chunk.
+        if self.budget.used + len(reqs) > self.budget.limit:
+            return self._over_budget(len(reqs))
+        too_long = self._over_cap(reqs, nested is not None)
+        if too_long is not None:
+            return too_long
         if not self.budget.take(len(reqs)):
-            msg = (
-                f"sub_call limit reached: {self.budget.used} of {self.budget.limit} used, this call needs {len(reqs)}. "
-                "Nothing was sent; finish with what you have"
-            )
-            self._cap("sub_calls", msg)
-            return [SubCallReply(error=msg) for _ in reqs]
-
+            return self._over_budget(len(reqs))
+        spans = [self._span_inside(r.chunk) if self.dialect == "official" else self._span(r.chunk) for r in reqs]
+        tokens = self._tokens
         records = []
         for r, t, (start, end), route in zip(reqs, tokens, spans, routes):
             item, offset = self.locate(start) if self.locate is not None and start is not None else (None, None)

@@ -119,6 +119,8 @@ class CapEvent(BaseModel):
                  "wall_clock", "cell_errors", "context", "tool_calls"]
     turn: int
     detail: str
+    repeats: int = Field(0, description="further hits of this cap in the same turn, counted, not kept (a kernel "
+                                        "flooding refused calls must not grow the record)")
 
 
 class Compaction(BaseModel):

@@ -695,6 +695,7 @@ class Sandbox:
         if raw:
             stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + raw
         dropped = msg.get("dropped") if type(msg.get("dropped")) is int else 0
+        dropped = min(max(dropped, 0), 1 << 62)  # a claim: a huge int must not break str() below
         dropped += raw_dropped
         truncated = bool(msg.get("truncated")) or raw_dropped > 0
         if len(stdout) + len(stderr) > cap:

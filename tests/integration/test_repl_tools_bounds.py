@@ -112,3 +112,20 @@ def test_a_tool_call_from_a_thread_that_outlived_its_cell_gets_a_clear_error(box
     time.sleep(1.0)
     r = box.run_cell("th.join(); print(seen)")
     assert "called outside a running cell" in r.stdout and not r.restarted, r
+
+
+def test_a_forged_done_with_a_huge_dropped_count_is_not_a_parent_fault():
+    """A 4,300-digit `dropped` once raised in the parent's own str() (Python's int digit limit): the cell came
+    back as an internal sandbox error labelled a kernel crash. The parent clamps what the kernel claims."""
+    forge = OWN + textwrap.dedent("""
+        import sys as _sy
+        _f = _sy._getframe()
+        while _f is not None and not (isinstance(_f.f_locals.get('msg'), dict) and _f.f_locals['msg'].get('t') == 'run'):
+            _f = _f.f_back
+        _link.finish_cell({'t': 'done', 'cell': _f.f_locals['msg']['cell'], 'dropped': int('9' * 4300),
+                           'truncated': True, 'notices': [], 'sub_calls': 0, 'blob_keys': ['stdout']}, ['x' * 100])
+        """)
+    with Sandbox("doc", handler=calls, limits=SandboxLimits(cell_timeout_s=4, max_output_chars=10)) as sb:
+        r = sb.run_cell(forge)
+        assert r.kill_reason is None and "internal sandbox error" not in (r.error or ""), r
+        assert r.output_truncated
