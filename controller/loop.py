@@ -186,6 +186,8 @@ class _Run:
             nested=nested,
             concurrency=cfg.worker.max_connections,
             chunk_tokens=self.ctx.chunk_tokens,
+            low_confidence=cfg.rlm.low_confidence,
+            low_confidence_threshold=cfg.rlm.low_confidence_threshold,
         )
 
     def _open_sandbox(self) -> Sandbox:
@@ -265,7 +267,7 @@ class _Run:
         )
         if res.restarted and sandbox.isolation is not None:
             traj.isolation = sandbox.isolation.as_dict()
-        feedback = self.rlm._feedback(cell, res)
+        feedback = self.rlm._feedback(cell, res) + self.router.take_notes()  # rlm.low_confidence: tell
         if len(parsed.code_blocks) > 1:
             feedback += "\n[rig] Only your first code block ran: write one block per reply."
         traj.cells.append(cell)

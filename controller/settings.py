@@ -69,6 +69,11 @@ class RLMSettings(Strict):
     max_example_wall_s: float | None = Field(
         None, gt=0, description="per-example wall-clock cap; the run then ends with its best answer so far"
     )
+    low_confidence: Literal["off", "tell", "resplit"] = Field(
+        "off", description="act on the worker's reply confidence (controller/confidence.py): tell the controller, "
+        "or re-ask a low-confidence chunk in halves")
+    low_confidence_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="a reply whose probability is below this is low-confidence")
     max_consecutive_cell_errors: int | None = Field(
         None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
     )

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from rlm_rig.controller.confidence import apply_low_confidence, reply_confidence
 from rlm_rig.controller.doctokens import ChunkTokens
 from rlm_rig.controller.prompts import worker_messages
 from rlm_rig.records.trajectory import CapEvent, SubCallRecord, Trajectory
@@ -66,6 +67,8 @@ class SubCallRouter:
         nested: NestedRunner | None = None,
         concurrency: int = 8,
         chunk_tokens: ChunkTokens | None = None,
+        low_confidence: str = "off",
+        low_confidence_threshold: float = 0.5,
     ):
         self.doc = doc
         self.traj = traj
@@ -84,6 +87,8 @@ class SubCallRouter:
         self.cell = 0
         self.turn = 0
         self._batch_no = 0
+        self.low_confidence, self.low_confidence_threshold = low_confidence, low_confidence_threshold
+        self.notes: list[str] = []  # lines for the current cell's feedback (the `tell` policy); the loop takes them
 
     def _cap(self, cap: str, detail: str) -> None:
         self.traj.caps_hit.append(CapEvent(cap=cap, turn=self.turn, detail=detail))  # type: ignore[arg-type]
@@ -169,8 +174,14 @@ class SubCallRouter:
             rec.worker_retries = int(extra.get("worker_retries", 0))
             rec.token_ids = extra.get("token_ids")  # what interp teacher-forces (schema 2)
             rec.token_logprobs = extra.get("token_logprobs")
+            rec.confidence = reply_confidence(rec.token_logprobs)
             replies.append(SubCallReply(text=res.text))
-        return replies
+        return apply_low_confidence(self, reqs, records, replies)
+
+    def take_notes(self) -> str:
+        """The policy's feedback lines for the cell that just ran (empty when none), then forgets them."""
+        notes, self.notes = self.notes, []
+        return "".join("\n" + n for n in notes)
 
     def _run_nested(self, reqs: list[SubCallRequest], records: list[SubCallRecord]) -> list[SubCallReply]:
         assert self.nested is not None
