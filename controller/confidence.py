@@ -32,13 +32,17 @@ _COUNT = re.compile(r"\bhow many\b|\bcount\b|\bnumber of\b", re.IGNORECASE)
 
 
 def reply_confidence(token_logprobs: Sequence[float] | None) -> float | None:
-    """exp(sum of logprobs) of one reply, in [0, 1]; None when no logprobs were recorded or one is not finite."""
+    """exp(sum of logprobs) of one reply, in [0, 1]; None when no logprobs were recorded or one is NaN
+    (a -inf logprob is a probability of 0, and 0 it is)."""
     if not token_logprobs:
         return None
-    total = math.fsum(float(x) for x in token_logprobs)
-    if not math.isfinite(total):
+    try:
+        total = math.fsum(float(x) for x in token_logprobs)
+    except (TypeError, ValueError):  # a non-number, or +inf and -inf together
         return None
-    return min(1.0, math.exp(total))
+    if math.isnan(total):
+        return None
+    return 1.0 if total >= 0 else math.exp(total)
 
 
 def is_count_instruction(instruction: str) -> bool:

@@ -234,6 +234,9 @@ def _write(runs: list[RunData], out_dir: Path, seed: int) -> dict[str, Any]:
     md = _markdown(runs, summaries, labels, frames, tables, unit, warnings, seed)
     md = md.replace("\n## Tokens\n", _paired_and_worker_md(tables["paired"], tables["worker_failures"], unit)
                     + "\n## Tokens\n", 1)
+    from rlm_rig.experiments.analysis.boundary import report_sections
+
+    md += "\n".join(report_sections(runs, out_dir)) + "\n"  # the loss ledger and worker confidence, where possible
     report = out_dir / "report.md"
     report.write_text(md)
     return {

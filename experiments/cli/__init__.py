@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import typer
 
-from rlm_rig.experiments.cli import ask, config, doctor, evaluate, export, interp, plan, report, serve, view
+from rlm_rig.experiments.cli import ask, boundary, config, doctor, evaluate, export, interp, plan, report, serve, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlm-rig: a research rig for Recursive Language Models")
-for _group in (ask, evaluate, report, view, export, interp, plan, doctor, serve, config):
+for _group in (ask, evaluate, report, boundary, view, export, interp, plan, doctor, serve, config):
     _group.register(app)
 
 
