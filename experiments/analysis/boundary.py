@@ -101,24 +101,28 @@ def write_calibration(run_dir: Path, out_dir: Path, *, threshold: float = 0.5, b
     return relocate(res, tmp, dest.path)
 
 
-def report_sections(runs: list[Any], out_dir: Path, threshold: float = 0.5) -> list[str]:
-    """The report's ledger and confidence sections for every run that has what they need (none otherwise)."""
+def report_sections(runs: list[Any], out_dir: Path, threshold: float = 0.5) -> tuple[list[str], dict[str, Path]]:
+    """The report's ledger and confidence sections for every run that has what they need (none otherwise),
+    and their plots by name (each run's files in ``boundary-<k>/``)."""
     md: list[str] = []
+    plots: dict[str, Path] = {}
     for i, run in enumerate(runs):
         sub = out_dir / f"boundary-{i}"
         sub.mkdir(exist_ok=True)
         try:
             table, res = ledger_files(run, sub, None)
+            plots[f"ledger-{i}"] = res["plot"]
             md += [s.replace("## Loss ledger", f"## Loss ledger: {run.label}", 1) if s.startswith("\n## ") else s
                    for s in ledger_markdown(table, res["totals"], False, f"{sub.name}/ledger.png")]
         except led.NoGoldPositions:
             pass
         try:
-            _, part = calibration_files(run, sub, threshold)
+            res, part = calibration_files(run, sub, threshold)
+            plots[f"reliability-{i}"] = res["plot"]
             md += [s.replace("## Worker confidence", f"## Worker confidence: {run.label}", 1)
                    .replace("(reliability.png)", f"({sub.name}/reliability.png)") for s in part]
         except ValueError:
             pass
         if not any(sub.iterdir()):
             sub.rmdir()
-    return md
+    return md, plots

@@ -125,7 +125,7 @@ def count_rows(row: Any, traj: Any, sample: str, probe: ProbeMap | None) -> list
                             delta=float(r - len(inside)), sub_call=c.id))
     scored = as_int(row.parsed)
     scored = 0 if scored is None else scored
-    written = find_int(row.answer, words=True, last=True)
+    written = find_int(row.answer, words=True)  # read as the replies are
     written = scored if written is None else written
     for stage, d in (("mis_aggregated", written - sum(replies)), ("format", scored - written)):
         if d:

@@ -236,7 +236,9 @@ def _write(runs: list[RunData], out_dir: Path, seed: int) -> dict[str, Any]:
                     + "\n## Tokens\n", 1)
     from rlm_rig.experiments.analysis.boundary import report_sections
 
-    md += "\n".join(report_sections(runs, out_dir)) + "\n"  # the loss ledger and worker confidence, where possible
+    boundary_md, boundary_plots = report_sections(runs, out_dir)  # the loss ledger and worker confidence, where possible
+    md += "\n".join(boundary_md) + "\n"
+    plots.update(boundary_plots)
     report = out_dir / "report.md"
     report.write_text(md)
     return {
