@@ -1,11 +1,11 @@
 """The worker's confidence in a reply, and the opt-in live policy that acts on it (``rlm.low_confidence``).
 
-Confidence of a reply = exp(sum of its generated tokens' logprobs): the probability, under the served
-worker, of producing exactly that reply (answer tokens and end-of-reply). WHY the whole reply and not
-"the digits": the rig records vLLM's token ids and logprobs (schema 2) but no token strings, so the answer
-tokens cannot be told apart without the worker's tokenizer; with the rig's "reply with a single integer"
-instructions the reply *is* the answer. A reply without recorded logprobs has no confidence (None),
-never a guess.
+Confidence of a reply = the probability, under the served worker, of the reply's answer: exp(sum of the
+logprobs vLLM recorded for the tokens of its first integer), found by decoding the recorded token ids with
+the worker's tokenizer (`answer_confidence`). WHY not the whole reply: a 135M worker pads "12" into "The text
+has 12 dice rolls.", and the probability of that wording (measured: ~0 for every reply) says nothing about
+the 12. A reply without an integer ("NONE") or without a tokenizer at hand falls back to the whole reply's
+probability (`reply_confidence`); a reply without recorded logprobs has no confidence (None), never a guess.
 
 The policy (`RLMSettings.low_confidence`, threshold `low_confidence_threshold`):
 
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from rlm_rig.records.answers import find_int
+from rlm_rig.records.answers import find_int, int_spans
 
 POLICIES = ("off", "tell", "resplit")
 _COUNT = re.compile(r"\bhow many\b|\bcount\b|\bnumber of\b", re.IGNORECASE)
@@ -43,6 +43,26 @@ def reply_confidence(token_logprobs: Sequence[float] | None) -> float | None:
     if math.isnan(total):
         return None
     return 1.0 if total >= 0 else math.exp(total)
+
+
+def answer_confidence(token_ids: Sequence[int] | None, token_logprobs: Sequence[float] | None,
+                      decode: Callable[[int], str] | None) -> float | None:
+    """The probability of the reply's answer: exp(sum of the logprobs of the tokens that overlap the reply's
+    first integer), the tokens found by decoding each id with the worker's tokenizer (``decode``). A reply
+    with no integer ("NONE"), or no tokenizer, falls back to the whole reply's probability."""
+    if decode is None or not token_ids or not token_logprobs or len(token_ids) != len(token_logprobs):
+        return reply_confidence(token_logprobs)
+    pieces = [decode(int(i)) for i in token_ids]
+    spans = int_spans("".join(pieces))
+    if not spans:
+        return reply_confidence(token_logprobs)
+    start, end, _ = spans[0]
+    picked, at = [], 0
+    for piece, lp in zip(pieces, token_logprobs):
+        if at < end and at + len(piece) > start:
+            picked.append(lp)
+        at += len(piece)
+    return reply_confidence(picked)
 
 
 def is_count_instruction(instruction: str) -> bool:
@@ -139,7 +159,7 @@ def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: 
         extra = getattr(res, "extra", None) or {}
         rec.response, rec.prompt_tokens, rec.completion_tokens = res.text, res.prompt_tokens, res.completion_tokens
         rec.latency_s, rec.token_ids, rec.token_logprobs = res.latency_s, extra.get("token_ids"), extra.get("token_logprobs")
-        rec.confidence = reply_confidence(rec.token_logprobs)
+        rec.confidence = answer_confidence(rec.token_ids, rec.token_logprobs, router.decode_token)
         texts[i][h] = res.text
     out = list(replies)
     for i in low:

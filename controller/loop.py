@@ -63,6 +63,7 @@ class RunContext:
     # progress hook for live displays: called with ("turn" | "cell" | "cell_done" | "done", trajectory), root run only
     on_event: Callable[[str, Trajectory], None] | None = None
     context_window: int | None = None  # the controller's window in tokens: None leaves turns unguarded
+    decode_token: Callable[[int], str] | None = None  # the worker's tokenizer (one id -> text): reply confidence
 
 
 class RLM:
@@ -188,6 +189,7 @@ class _Run:
             chunk_tokens=self.ctx.chunk_tokens,
             low_confidence=cfg.rlm.low_confidence,
             low_confidence_threshold=cfg.rlm.low_confidence_threshold,
+            decode_token=self.ctx.decode_token,
         )
 
     def _open_sandbox(self) -> Sandbox:

@@ -35,6 +35,7 @@ class Rig:
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
+        self.decode_token: Callable[[int], str] | None = None  # the worker's tokenizer, once the worker starts
         self.chunk_tokens: ChunkTokens | None = None
         self.doc_tokens: Callable[[str], int] = self.count_tokens  # whole-document counts (eval rows), cached
         self.kernels = KernelPool()
@@ -77,6 +78,7 @@ class Rig:
         self.worker_model_path = resolve_model(w.model)
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
+        self.decode_token = lambda i: tok.decode([i])  # the answer tokens of a reply (controller/confidence.py)
         self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
         tok_file = Path(self.worker_model_path) / "tokenizer.json"
         self.doc_tokens = DocTokenCounts(self.count_tokens, lambda: token_cache_folder(tok_file))
@@ -230,6 +232,7 @@ class Rig:
             chunk_tokens=self.chunk_tokens,
             kernels=self.kernels,
             context_window=self.context_window(),
+            decode_token=self.decode_token,
         )
 
     def ask(

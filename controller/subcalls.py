@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from rlm_rig.controller.confidence import apply_low_confidence, reply_confidence
+from rlm_rig.controller.confidence import answer_confidence, apply_low_confidence
 from rlm_rig.controller.doctokens import ChunkTokens
 from rlm_rig.controller.prompts import worker_messages
 from rlm_rig.records.trajectory import CapEvent, SubCallRecord, Trajectory
@@ -69,6 +69,7 @@ class SubCallRouter:
         chunk_tokens: ChunkTokens | None = None,
         low_confidence: str = "off",
         low_confidence_threshold: float = 0.5,
+        decode_token: Callable[[int], str] | None = None,
     ):
         self.doc = doc
         self.traj = traj
@@ -88,6 +89,7 @@ class SubCallRouter:
         self.turn = 0
         self._batch_no = 0
         self.low_confidence, self.low_confidence_threshold = low_confidence, low_confidence_threshold
+        self.decode_token = decode_token  # the worker's tokenizer, one id -> text: finds a reply's answer tokens
         self.notes: list[str] = []  # lines for the current cell's feedback (the `tell` policy); the loop takes them
 
     def _cap(self, cap: str, detail: str) -> None:
@@ -174,7 +176,7 @@ class SubCallRouter:
             rec.worker_retries = int(extra.get("worker_retries", 0))
             rec.token_ids = extra.get("token_ids")  # what interp teacher-forces (schema 2)
             rec.token_logprobs = extra.get("token_logprobs")
-            rec.confidence = reply_confidence(rec.token_logprobs)
+            rec.confidence = answer_confidence(rec.token_ids, rec.token_logprobs, self.decode_token)
             replies.append(SubCallReply(text=res.text))
         return apply_low_confidence(self, reqs, records, replies)
 

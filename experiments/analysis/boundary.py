@@ -53,7 +53,8 @@ def ledger_markdown(table: pd.DataFrame, totals: dict[str, float], probe: bool, 
 
 
 def calibration_files(run: Any, out: Path, threshold: float, bins: int = 10) -> tuple[dict[str, Any], list[str]]:
-    frame = cal.calibration_frame(run)
+    decode = cal.worker_decoder(run)
+    frame = cal.calibration_frame(run, decode)
     if frame.empty:
         raise ValueError(f"{run.path}: no worker reply has both recorded logprobs and per-chunk gold "
                          "(gold.jsonl or extra.gold_spans): nothing to calibrate")
@@ -66,7 +67,9 @@ def calibration_files(run: Any, out: Path, threshold: float, bins: int = 10) -> 
     md = ["\n## Worker confidence\n",
           f"{len(frame)} worker replies with per-chunk gold; reply accuracy {frame['correct'].mean():.3f}, "
           f"mean confidence {frame['confidence'].mean():.3f}, **ECE {value:.3f}** ({bins} equal-width bins; "
-          "experiments/analysis/calibration.py).\n",
+          "experiments/analysis/calibration.py). Confidence: the probability of each reply's answer tokens"
+          + ("" if decode else " (no worker tokenizer found here: whole-reply probability for replies not "
+             "recorded with one)") + ".\n",
           md_table(["bin", "replies", "mean confidence", "accuracy"],
                    [[f"{r.lo:.1f}-{r.hi:.1f}", str(r.n), fmt(r.mean_confidence), fmt(r.accuracy)]
                     for r in table.itertuples() if r.n]),

@@ -1,8 +1,9 @@
 """Worker confidence across the boundary: is the worker's reply probability calibrated against per-chunk
 gold, and do final-answer errors sit in examples with a low-confidence chunk?
 
-Confidence is `controller.confidence.reply_confidence` (recorded as ``SubCallRecord.confidence``; recomputed
-from ``token_logprobs`` for records written before the field). Per-chunk gold comes from, in order:
+Confidence is `controller.confidence.answer_confidence`: the probability of the reply's answer tokens (recorded
+live as ``SubCallRecord.confidence``; recomputed from ``token_ids``/``token_logprobs`` with the worker's tokenizer
+for records written without it, e.g. the counting set's run). Per-chunk gold comes from, in order:
 
 1. the run's ``gold.jsonl`` (the counting set: ``{sample, sub_call, gold}``, exact counts);
 2. the sample rows' ``extra.gold_spans``: a count example's chunk gold is the number of gold spans inside it;
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from rlm_rig.controller.confidence import reply_confidence
+from rlm_rig.controller.confidence import answer_confidence
 from rlm_rig.experiments.analysis.ledger import gold_spans, says
 from rlm_rig.records.answers import find_int
 from rlm_rig.records.runlog import RunFolder
@@ -78,8 +79,10 @@ def _right(reply: str | None, gold: Any) -> bool:
     return find_int(reply, words=True) == gold if isinstance(gold, int) else says(reply, str(gold))
 
 
-def calibration_frame(run: Any) -> pd.DataFrame:
-    """One row per worker reply with per-chunk gold and a confidence, over every sample of a loaded run."""
+def calibration_frame(run: Any, decode: Callable[[int], str] | None = None) -> pd.DataFrame:
+    """One row per worker reply with per-chunk gold and a confidence, over every sample of a loaded run.
+    The confidence recorded live is used; a record without one gets it from its logprobs, with ``decode``
+    (the worker's tokenizer) to find the answer tokens (`controller.confidence.answer_confidence`)."""
     exact = _gold_file(run)
     rows = []
     for row in run.rows:
@@ -88,13 +91,29 @@ def calibration_frame(run: Any) -> pd.DataFrame:
             continue
         sample = Path(row.trajectory).stem if row.trajectory else row.id
         for sc in traj.leaf_sub_calls():
-            conf = sc.confidence if sc.confidence is not None else reply_confidence(sc.token_logprobs)
+            conf = sc.confidence if sc.confidence is not None else answer_confidence(sc.token_ids, sc.token_logprobs, decode)
             gold = _chunk_gold(row, sc, exact, sample) if sc.error is None else None
             if conf is None or gold is None:
                 continue
             rows.append(dict(sample=row.id, sub_call=sc.id, gold=gold, reply=sc.response, confidence=conf,
                              correct=_right(sc.response, gold), final_correct=float(row.score) >= 1.0))
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+def worker_decoder(run: Any) -> Callable[[int], str] | None:
+    """The run's worker tokenizer as one id -> text (None when its model cannot be found here: the calibration
+    then falls back to whole-reply probabilities, and says so)."""
+    ref = (run.config.get("worker") or {}).get("model")
+    if not ref:
+        return None
+    try:
+        from rlm_rig.worker.models import resolve_model
+        from rlm_rig.worker.tokens import load_fast_tokenizer
+
+        tok = load_fast_tokenizer(resolve_model(str(ref)))
+    except Exception:  # noqa: BLE001 - no tokenizer is a documented fallback, not a failure
+        return None
+    return lambda i: tok.decode([i])
 
 
 def concentration(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlm_rig.controller.confidence import combine, halves, reply_confidence, tell_line
+from rlm_rig.controller.confidence import answer_confidence, combine, halves, reply_confidence, tell_line
 from rlm_rig.experiments.analysis.calibration import calibration_frame, concentration, ece
 from rlm_rig.experiments.analysis.ledger import NoGoldPositions, build_ledger, total_loss
 from rlm_rig.records.trajectory import SampleRow, SubCallRecord, Trajectory
@@ -19,6 +19,16 @@ def test_reply_confidence_is_the_reply_probability():
     assert reply_confidence([-math.inf]) == 0.0
     assert reply_confidence(None) is None and reply_confidence([]) is None
     assert reply_confidence([float("nan")]) is None and reply_confidence([math.inf, -math.inf]) is None
+
+
+def test_answer_confidence_covers_the_first_integers_tokens():
+    pieces = ["The", " count", " is", " 1", "2", ".", ""]  # "" : an end-of-reply token decodes to nothing
+    lps = [math.log(p) for p in (0.9, 0.5, 0.5, 0.8, 0.5, 0.1, 0.9)]
+    decode = pieces.__getitem__
+    assert answer_confidence(range(7), lps, decode) == pytest.approx(0.8 * 0.5)
+    assert answer_confidence([0, 5], [lps[0], lps[5]], decode) == pytest.approx(0.9 * 0.1)  # no integer: whole reply
+    assert answer_confidence(range(7), lps, None) == pytest.approx(reply_confidence(lps))  # no tokenizer: whole reply
+    assert answer_confidence(range(6), lps, decode) == pytest.approx(reply_confidence(lps))  # lengths differ: whole
 
 
 def test_halves_cut_at_the_line_break_nearest_the_middle_and_rejoin():
