@@ -74,6 +74,11 @@ class RLMSettings(Strict):
         "or re-ask a low-confidence chunk in halves")
     low_confidence_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="a reply whose probability is below this is low-confidence")
+    @field_validator("low_confidence", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
     max_consecutive_cell_errors: int | None = Field(
         None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
     )

@@ -140,7 +140,7 @@ def reliability_plot(table: pd.DataFrame, path: Path, *, title: str, ece_value: 
     width = float(table["hi"].iloc[0] - table["lo"].iloc[0])
     ax.bar(mids, table["accuracy"].fillna(0), width=width * 0.9, edgecolor="k", label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.scatter(table["mean_confidence"], table["accuracy"], color="C3", zorder=3, s=12, label="mean confidence")
+    ax.scatter(table["mean_confidence"], table["accuracy"], color="C3", zorder=3, s=12, label="bin: (mean confidence, accuracy)")
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy of replies", title=f"{title}  (ECE {ece_value:.3f})")
     ax.legend(fontsize=7, loc="upper left")
     ax2 = fig.add_subplot(2, 1, 2)

@@ -146,3 +146,11 @@ def test_calibration_frame_and_concentration():
     conc = concentration(frame, 0.5).set_index("group")
     assert conc.loc["some chunk < 0.5", "error_rate"] == 1.0 and conc.loc["all chunks >= 0.5", "error_rate"] == 0.0
     assert conc.loc["some chunk < 0.5", "share_of_errors"] == 1.0
+
+
+def test_low_confidence_setting_reads_a_bare_off():
+    from rlm_rig.configs.load import load_config
+
+    assert load_config("cpu-tiny", ["rlm.low_confidence=off"]).rlm.low_confidence == "off"  # YAML: off -> False
+    assert load_config("cpu-tiny", ["rlm.low_confidence=resplit"]).rlm.low_confidence == "resplit"
+    assert load_config("cpu-tiny").rlm.low_confidence == "off" and load_config("cpu-tiny").rlm.low_confidence_threshold == 0.5
