@@ -171,10 +171,11 @@ def by_position(ledger: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     """Loss per stage per position bin (rows without a position, e.g. a count's aggregation, in bin 'none')."""
     df = ledger.copy()
     edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(df["position"].fillna(-1), edges) - 1, -1, bins - 1)
+    idx = np.clip(np.floor(df["position"].fillna(-1).to_numpy() * bins).astype(int), -1, bins - 1)  # 0.6 -> 0.6-0.7
     df["bin"] = [("none" if math.isnan(p) else f"{edges[i]:.1f}-{edges[i + 1]:.1f}") for p, i in zip(df["position"], idx)]
     table = df.pivot_table(index="bin", columns="stage", values="loss", aggfunc="sum", fill_value=0.0)
-    return table.reindex(columns=[s for s in STAGES if s in table.columns])
+    labels = [f"{edges[i]:.1f}-{edges[i + 1]:.1f}" for i in range(bins)] + (["none"] if "none" in table.index else [])
+    return table.reindex(index=labels, columns=[s for s in STAGES if s in table.columns], fill_value=0.0)
 
 
 def plot_ledger(ledger: pd.DataFrame, path: Path, *, title: str = "Loss ledger", bins: int = 10) -> Path:

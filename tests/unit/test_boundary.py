@@ -154,3 +154,12 @@ def test_low_confidence_setting_reads_a_bare_off():
     assert load_config("cpu-tiny", ["rlm.low_confidence=off"]).rlm.low_confidence == "off"  # YAML: off -> False
     assert load_config("cpu-tiny", ["rlm.low_confidence=resplit"]).rlm.low_confidence == "resplit"
     assert load_config("cpu-tiny").rlm.low_confidence == "off" and load_config("cpu-tiny").rlm.low_confidence_threshold == 0.5
+
+
+def test_by_position_keeps_every_bin_in_order():
+    from rlm_rig.experiments.analysis.ledger import by_position
+
+    table = by_position(build_ledger(_value_run()), bins=10)
+    assert list(table.index) == [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
+    assert table.loc["0.9-1.0", "never_sent"] == 1.0 and table.loc["0.6-0.7", "mis_aggregated"] == 1.0
+    assert table.to_numpy().sum() == 4.0
