@@ -59,8 +59,15 @@ class Chunk:
 
 
 def gold_spans(row: Any) -> list[tuple[int, int]] | None:
+    """The row's gold spans; None when it records none, [] for a count example with nothing to count."""
     spans = (row.extra or {}).get("gold_spans")
-    return [(int(s), int(e)) for s, e in spans] if spans else None
+    return None if spans is None else [(int(s), int(e)) for s, e in spans]
+
+
+def has_gold(row: Any) -> bool:
+    """A count example may have no gold item (k = 0); a value example needs the span of its value."""
+    spans = gold_spans(row)
+    return spans is not None and (bool(spans) or "k" in (row.extra or {}))
 
 
 def chunks(traj: Any) -> list[Chunk]:
@@ -139,7 +146,7 @@ def build_ledger(run: Any, probe: ProbeMap | None = None) -> pd.DataFrame:
     with_gold = 0
     for row in run.rows:
         traj = run.trajectories.get(row.id)
-        if gold_spans(row) is None or traj is None:
+        if not has_gold(row) or traj is None:
             continue
         with_gold += 1
         sample = Path(row.trajectory).stem if row.trajectory else row.id
@@ -158,7 +165,7 @@ def total_loss(run: Any) -> dict[str, float]:
     count examples' sum of (final as scored - gold)."""
     value = count = 0.0
     for row in run.rows:
-        if gold_spans(row) is None or run.trajectories.get(row.id) is None:
+        if not has_gold(row) or run.trajectories.get(row.id) is None:
             continue
         if "k" in (row.extra or {}):
             count += (as_int(row.parsed) or 0) - int(row.gold)
@@ -187,7 +194,7 @@ def plot_ledger(ledger: pd.DataFrame, path: Path, *, title: str = "Loss ledger",
     ax = fig.add_subplot(1, 1, 1)
     bottom = np.zeros(len(table))
     for stage in table.columns:
-        ax.bar(table.index, table[stage].to_numpy(), bottom=bottom, label=stage)
+        ax.bar(table.index, table[stage].to_numpy(), bottom=bottom, label=stage, color=f"C{STAGES.index(stage)}")
         bottom += table[stage].to_numpy()
     ax.set_xlabel("gold position in the document (fraction of its characters)")
     ax.set_ylabel("lost gold (examples or items)")

@@ -126,6 +126,12 @@ def test_count_ledger_signed_contributions_add_up():
     assert l2.set_index("stage").loc["format", "delta"] == -2.0 and l2["delta"].sum() == 4 - 5
 
 
+def test_count_example_with_nothing_to_count_still_counts():
+    row = _row("zero", "0", "12", 0.0, None, parsed=12, k=0, gold_spans=[])
+    ledger = build_ledger(_run([(row, _traj([_sc(0, 0, 1000, "12")], "12"))]))
+    assert ledger[["stage", "delta"]].values.tolist() == [["read_wrong_no_probe", 12.0]]
+
+
 def test_no_gold_positions_is_refused():
     run = _run([(_row("nogold", "1", "0", 0.0, None), _traj([], "0"))])
     with pytest.raises(NoGoldPositions):
