@@ -107,7 +107,7 @@ def tell_line(records: Sequence[Any], threshold: float) -> str | None:
             parts.append(f"#{rec.id} {c:.2f}" + (" LOW" if c < threshold else ""))
     if not parts:
         return None
-    return (f"[rig] worker confidence per sub_call reply (probability of the reply; LOW < {threshold:g}): "
+    return (f"[rig] worker confidence per sub_call reply (probability of its answer; LOW < {threshold:g}): "
             + ", ".join(parts))
 
 
