@@ -70,6 +70,7 @@ class RunContext:
     routes: dict[str, Any] | None = None  # the workers by name (controller.subcalls.Route); None: `worker` alone
     session: Any = None  # a controller.session.Session: its REPL and conversation go on (root run only)
     default_model: str = "worker"
+    decode_token: Callable[[int], str] | None = None  # the worker's tokenizer (one id -> text): reply confidence
 
 
 class RLM:
@@ -242,6 +243,9 @@ class _Run:
             clip=self.packed.clip_to_item if self.packed.structured else None,
             routes=self.ctx.routes if self.ctx.sub_calls_enabled else None,
             default_model=self.ctx.default_model,
+            low_confidence=cfg.rlm.low_confidence,
+            low_confidence_threshold=cfg.rlm.low_confidence_threshold,
+            decode_token=self.ctx.decode_token,
         )
 
     def _open_sandbox(self) -> Sandbox:
@@ -334,7 +338,7 @@ class _Run:
         )
         if res.restarted and sandbox.isolation is not None:
             traj.isolation = sandbox.isolation.as_dict()
-        feedback = self.rlm._feedback(cell, res)
+        feedback = self.rlm._feedback(cell, res) + self.router.take_notes()  # rlm.low_confidence: tell
         if len(parsed.code_blocks) > 1:
             feedback += "\n[rig] Only your first code block ran: write one block per reply."
         traj.cells.append(cell)

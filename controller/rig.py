@@ -49,6 +49,7 @@ class Rig:
         self.lm: ControllerLM | None = None
         self.worker_model_path: str = ""
         self.count_tokens: Callable[[str], int] = lambda s: max(1, len(s) // 4)
+        self.decode_token: Callable[[int], str] | None = None  # the worker's tokenizer, once the worker starts
         self.chunk_tokens: ChunkTokens | None = None
         self.doc_tokens: Callable[[str], int] = self.count_tokens  # whole-document counts (eval rows), cached
         self.kernels = KernelPool()
@@ -93,6 +94,7 @@ class Rig:
         self._own_tape = Tape(self.folder.tape_path, keep=False)  # every worker's replies, keyed by its weights
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
+        self.decode_token = lambda i: tok.decode([i])  # the answer tokens of a reply (controller/confidence.py)
         self.chunk_tokens = ChunkTokens(self.count_tokens, normalizer_form(tok), batch_counter_for(tok))
         tok_file = Path(self.worker_model_path) / "tokenizer.json"
         self.doc_tokens = DocTokenCounts(self.count_tokens, lambda: token_cache_folder(tok_file))
@@ -310,6 +312,7 @@ class Rig:
             context_window=self.context_window(),
             routes=self.routes() if self.workers else None,
             default_model=self.cfg.default_worker_name(),
+            decode_token=self.decode_token,
         )
 
     def ask(

@@ -98,6 +98,16 @@ class RLMSettings(Strict):
     session_compact_at: float = Field(
         0.75, gt=0.0, le=1.0, description="a session compacts its earlier questions (the controller summarises "
         "them) when they would fill more than this fraction of the controller's window")
+    low_confidence: Literal["off", "tell", "resplit"] = Field(
+        "off", description="act on the worker's reply confidence (controller/confidence.py): tell the controller, "
+        "or re-ask a low-confidence chunk in halves")
+    low_confidence_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="a reply whose probability is below this is low-confidence")
+    @field_validator("low_confidence", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
     max_consecutive_cell_errors: int | None = Field(
         None, ge=1, description="stop after this many cells in a row failed (error, timeout, restart)"
     )

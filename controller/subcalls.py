@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from rlm_rig.controller.confidence import answer_confidence, apply_low_confidence
 from rlm_rig.controller.doctokens import ChunkTokens
 from rlm_rig.controller.prompts import worker_messages
 from rlm_rig.records.trajectory import CapEvent, SubCallRecord, Trajectory
@@ -111,6 +112,9 @@ class SubCallRouter:
         clip: Callable[[int, int], tuple[int, int]] | None = None,
         routes: dict[str, Route] | None = None,
         default_model: str = "worker",
+        low_confidence: str = "off",
+        low_confidence_threshold: float = 0.5,
+        decode_token: Callable[[int], str] | None = None,
     ):
         """``rlm_nested``: the child RLM of an ``rlm_query`` (None at the depth limit: it then runs as a plain
         worker call, recorded so); sub_call and llm_query are one-shot in every dialect.
@@ -138,6 +142,9 @@ class SubCallRouter:
         # the workers by name: the profile's workers map, or the one worker given above
         self.default_model = default_model
         self.routes = routes or {default_model: Route(default_model, worker, worker_max_tokens, worker_system)}
+        self.low_confidence, self.low_confidence_threshold = low_confidence, low_confidence_threshold
+        self.decode_token = decode_token  # the worker's tokenizer, one id -> text: finds a reply's answer tokens
+        self.notes: list[str] = []  # lines for the current cell's feedback (the `tell` policy); the loop takes them
 
     def _cap(self, cap: str, detail: str) -> None:
         last = self.traj.caps_hit[-1] if self.traj.caps_hit else None
@@ -290,8 +297,14 @@ class SubCallRouter:
             rec.token_ids = extra.get("token_ids")  # what interp teacher-forces (schema 2)
             rec.token_logprobs = extra.get("token_logprobs")
             rec.source = extra.get("source", "model")  # worker/tape.py: answered from a tape, or a fork's reply
+            rec.confidence = answer_confidence(rec.token_ids, rec.token_logprobs, self.decode_token)
             replies.append(SubCallReply(text=res.text))
-        return replies
+        return apply_low_confidence(self, reqs, records, replies)
+
+    def take_notes(self) -> str:
+        """The policy's feedback lines for the cell that just ran (empty when none), then forgets them."""
+        notes, self.notes = self.notes, []
+        return "".join("\n" + n for n in notes)
 
     def _send(self, batch: list[list[dict[str, str]]], routes: list[Route], records: list[SubCallRecord]) -> list[Any]:
         """Each worker's share of the batch through its own client (one chat_many per worker), in batch order."""

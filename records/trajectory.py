@@ -110,6 +110,11 @@ class SubCallRecord(BaseModel):
     token_logprobs: list[float] | None = None
     source: Literal["model", "tape", "fork"] = Field(
         "model", description="who answered: the worker (model), a recorded tape (--tape), or a fork's replaced reply")
+    # The worker's confidence in its reply (controller/confidence.py), and the rlm.low_confidence policy's traces.
+    confidence: float | None = Field(None, description="P(the reply's answer): exp(sum of the logprobs of its first integer's "
+                                      "tokens), else of the whole reply; None without logprobs")
+    resplit_of: int | None = Field(None, description="resplit policy: this call re-asked a half of sub_call #N's chunk")
+    replaced_by: str | None = Field(None, description="resplit policy: what the program got instead of `response`")
 
 
 class CapEvent(BaseModel):

@@ -66,8 +66,14 @@ RETRIEVED_INSTRUCTION = "(retrieved)"
 
 
 def model_sub_calls(traj: Any) -> list[Any]:
-    """The sub_calls of one trajectory level that were real model calls."""
-    return [sc for sc in traj.sub_calls if sc.instruction != RETRIEVED_INSTRUCTION]
+    """The sub_calls of one trajectory level that were real model calls the program asked for (the halves
+    the resplit policy asked on its own are folded into the reply they replaced: `program_reply`)."""
+    return [sc for sc in traj.sub_calls if sc.instruction != RETRIEVED_INSTRUCTION and sc.resplit_of is None]
+
+
+def program_reply(sc: Any) -> str | None:
+    """What the controller's program got from a sub_call: the resplit policy's combination, else the reply."""
+    return sc.replaced_by if sc.replaced_by is not None else sc.response
 
 
 def count_format_errors(traj: Any) -> int:
@@ -118,7 +124,7 @@ def aggregation_verdict(row: Any, subs: list[Any]) -> str | None:
     final = as_int(row.parsed)
     if final is None:
         return None
-    parts = [find_int(sc.response) for sc in subs]
+    parts = [find_int(program_reply(sc)) for sc in subs]
     if any(p is None for p in parts):
         return None
     return "faithful" if sum(parts) == final else "unfaithful"

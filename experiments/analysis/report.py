@@ -234,6 +234,11 @@ def _write(runs: list[RunData], out_dir: Path, seed: int) -> dict[str, Any]:
     md = _markdown(runs, summaries, labels, frames, tables, unit, warnings, seed)
     md = md.replace("\n## Tokens\n", _paired_and_worker_md(tables["paired"], tables["worker_failures"], unit)
                     + "\n## Tokens\n", 1)
+    from rlm_rig.experiments.analysis.boundary import report_sections
+
+    boundary_md, boundary_plots = report_sections(runs, out_dir)  # the loss ledger and worker confidence, where possible
+    md += "\n".join(boundary_md) + "\n"
+    plots.update(boundary_plots)
     report = out_dir / "report.md"
     report.write_text(md)
     return {

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import typer
 
-from rlm_rig.experiments.cli import (ask, chat, config, doctor, evaluate, export, fork, importing, interp, plan, report,
-                                     serve, view)
+from rlm_rig.experiments.cli import (ask, boundary, chat, config, doctor, evaluate, export, fork, importing, interp,
+                                     plan, report, serve, view)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="rlm-rig: a research rig for Recursive Language Models")
-for _group in (ask, chat, evaluate, fork, report, view, export, importing, interp, plan, doctor, serve, config):
+for _group in (ask, chat, evaluate, fork, report, boundary, view, export, importing, interp, plan, doctor, serve, config):
     _group.register(app)
 
 

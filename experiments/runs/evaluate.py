@@ -79,6 +79,8 @@ def sample_row(ex: Example, method: str, traj: Trajectory, traj_rel: str, contex
         n_sub_call_failures=sum(fails.values()),
         sub_call_failures=fails,
         extra={**({"answer_type": ex.answer_type} if ex.answer_type else {}),
+               # where the gold sits in the document (generated sets): the loss ledger's positions
+               **({"gold_spans": ex.meta["gold_spans"]} if ex.meta.get("gold_spans") else {}),
                **({"run_error": traj.error.splitlines()[0]} if error == WORKER_FAILURE and traj.error else {})},
     )
 

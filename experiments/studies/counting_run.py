@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 from rlm_rig.records.trajectory import SampleRow, SubCallRecord, Trajectory, atomic_write_text
 from rlm_rig.records.runlog import RunFolder
 
-from .counting import CountingItem, count_messages, score_count, validate_counts
+from .counting import CountingItem, count_messages, roll_mentions, score_count, validate_counts
 
 
 
@@ -131,7 +131,8 @@ def write_counting_run(
             id=it.id, dataset="counting", method="worker", question=it.instruction, question_type=f"n{it.n_lines}",
             context_chars=len(it.passage), gold=str(it.k), answer=ans.text, score=sc["exact"], parsed=sc["pred"],
             lenient_score=sc["oolong"], n_sub_calls=1, trajectory=folder.relative(tpath), error=ans.error,
-            extra={"k": it.k, "n_lines": it.n_lines, "roll_line_indices": it.roll_line_indices},
+            extra={"k": it.k, "n_lines": it.n_lines, "roll_line_indices": it.roll_line_indices,
+                   "gold_spans": [list(sp) for sp in roll_mentions(it.passage)]},
         ))
         gold.append({"sample": it.id, "sub_call": 0, "gold": it.k})
     folder.write_samples(samples)

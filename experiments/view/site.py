@@ -151,14 +151,14 @@ def _report(runs: list[RunData], rep_dir: Path, warnings: list[str]) -> tuple[li
     except (ValueError, OSError) as e:
         warnings.append(f"report not written: {e}")
         return [], [], {}
-    plots = [f"report/{Path(p).name}" for p in rep["plots"].values() if Path(p).exists()]
+    plots = [f"report/{Path(p).relative_to(rep_dir).as_posix()}" for p in rep["plots"].values() if Path(p).exists()]
     side: list[dict[str, Any]] = []
     comp = rep["tables"].get("comparison")
     if comp and Path(comp).exists():
         side = pd.read_csv(comp).astype(object).where(lambda d: d.notna(), None).to_dict("records")
     extra = {}
-    for f in sorted(rep_dir.glob("*paired*.csv")):
-        extra[f.stem.replace("_", " ")] = pd.read_csv(f).astype(object).where(lambda d: d.notna(), None).head(200).to_dict("records")
+    for f in sorted(rep_dir.glob("*paired*.csv")) + sorted(rep_dir.glob("boundary-*/*.csv")):  # + ledger, calibration
+        extra[f.relative_to(rep_dir).with_suffix("").as_posix().replace("_", " ")] = pd.read_csv(f).astype(object).where(lambda d: d.notna(), None).head(200).to_dict("records")
     return plots, side, extra
 
 

@@ -161,3 +161,26 @@ def run_probes(
         out.append({**asdict(res), "n_faithful": int((subs["faithful"] == True).sum()),  # noqa: E712
                     "n_unfaithful": int((subs["faithful"] == False).sum())})  # noqa: E712
     return pd.DataFrame(out)
+
+
+def heldout_predictions(capture_dir: str | Path, *, layer: int, component: str = "resid", position: str = "last",
+                        c: float = 1.0, seed: int = 0, n_folds: int = 5) -> pd.DataFrame:
+    """A held-out probe prediction for every captured sub_call with gold at one layer: columns sample,
+    sub_call, gold, probe_pred. Folds split by chunk (GroupKFold), so each prediction comes from a probe
+    that never saw that chunk. WHY: the loss ledger (experiments/analysis/ledger.py) asks, chunk by chunk,
+    whether the right value was decodable where the worker's reply was wrong; `run_probes` gives rates only."""
+    from sklearn.model_selection import GroupKFold
+
+    idx = read_index(capture_dir)
+    idx = idx[(idx["component"] == component) & (idx["position"] == position) & idx["gold"].notna()
+              & (idx["layer"] == layer)].reset_index(drop=True)
+    groups = (idx["sample"].astype(str) + ":" + idx["sub_call"].astype(str)).to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(f"need at least 2 captured chunks with gold at layer {layer} in {capture_dir}, got {n_groups}")
+    x, y = load_rows(capture_dir, idx), idx["gold"].astype(int).to_numpy()
+    pred = np.empty(len(y), dtype=int)
+    for tr, te in GroupKFold(n_splits=min(n_folds, n_groups)).split(x, y, groups):
+        pred[te] = np.full(len(te), y[tr][0]) if len(np.unique(y[tr])) < 2 else _fit_predict(x[tr], y[tr], x[te], c, seed)
+    out = idx[["sample", "sub_call"]].assign(gold=y, probe_pred=pred)
+    return out.drop_duplicates(["sample", "sub_call"]).reset_index(drop=True)

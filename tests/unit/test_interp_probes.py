@@ -85,3 +85,23 @@ def test_aggregation_diagnosis(tmp_path):
     ps2, _ = diagnose_aggregation(run, gold)
     assert (ps2["sum_chunk_gold"] == 0).all()
     assert (ps2["sum_worker_answers"] > 0).all() and set(ps2["category"]) == {"worker_error"}
+
+
+def test_heldout_predictions_one_per_chunk_from_probes_that_never_saw_it(tmp_path):
+    """The loss ledger's per-chunk probe verdicts: a planted signal is decoded held-out; without one it is not."""
+    import torch
+
+    from rlm_rig.interp.data.shards import ShardWriter
+    from rlm_rig.interp.methods.probes import heldout_predictions
+
+    for signal, floor in ((3.0, 0.9), (0.0, None)):
+        x, y, g = _data(signal=signal, n_chunks=60, rows_per_chunk=1)
+        cap = tmp_path / f"cap{signal}"
+        with ShardWriter(cap, shard_bytes=1 << 20, dtype=torch.float32) as w:
+            rows = [dict(run="r", sample=f"s{int(c)}", sub_call=0, gold=int(label), component="resid", layer=3,
+                         position="last") for c, label in zip(g, y)]
+            w.add("resid.3", torch.tensor(x, dtype=torch.float32), rows)
+        out = heldout_predictions(cap, layer=3)
+        assert len(out) == 60 and out["sample"].is_unique
+        acc = float((out["probe_pred"] == out["gold"]).mean())
+        assert acc > floor if floor else acc < 0.5

@@ -62,6 +62,13 @@ def _haystack(seed: int, length: int, facts: list[tuple[float, str]]) -> tuple[s
     return "".join(parts).rstrip(), offsets
 
 
+def value_span(text: str, value: str, start: int) -> list[list[int]]:
+    """``[[start, end]]`` of ``value`` at or after ``start`` in ``text``: where the gold sits, for the loss
+    ledger (experiments/analysis/ledger.py). Empty when it is not found (nothing is guessed)."""
+    i = text.find(value, start)
+    return [[i, i + len(value)]] if i >= 0 else []
+
+
 def _cells(name: str, lengths: Iterable[int], positions: Iterable[float], per_cell: int,
            seed: int) -> Iterator[tuple[int, float, int, str]]:
     ls, ps = _check(lengths, positions)
@@ -81,7 +88,7 @@ def needle_sweep(lengths: Iterable[int] = (8_000,), positions: Iterable[float] =
         text, (off,) = _haystack(s, n, [(p, NEEDLE_TEMPLATE.format(key=key, value=value))])
         yield Example(id=eid, dataset="needle-sweep", context=text, question=QUESTION_TEMPLATE.format(key=key),
                       gold=value, question_type=f"position_{p:.1f}", instructions=NUMBER_ONLY,
-                      meta={"position": p, "needle_start": off, "seed": s})
+                      meta={"position": p, "needle_start": off, "seed": s, "gold_spans": value_span(text, value, off)})
 
 
 def json_haystack(lengths: Iterable[int] = (8_000,), positions: Iterable[float] = (0.5,), *,
@@ -102,10 +109,12 @@ def json_haystack(lengths: Iterable[int] = (8_000,), positions: Iterable[float] 
         target = records[min(len(records) - 1, round(p * (len(records) - 1)))]
         field = rng.choice(["reading", "count", "temp_c"])
         text = "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]"
+        at = text.index(json.dumps(target))
         yield Example(id=eid, dataset="json-haystack", context=text,
                       question=f"In the JSON records, what is the value of \"{field}\" for the record with id \"{target['id']}\"?",
                       gold=str(target[field]), question_type=f"json_{field}", instructions=NUMBER_ONLY,
-                      meta={"position": p, "n_records": len(records), "seed": s})
+                      meta={"position": p, "n_records": len(records), "seed": s,
+                            "gold_spans": [[at, at + len(json.dumps(target))]]})
 
 
 def multi_needle(lengths: Iterable[int] = (8_000,), positions: Iterable[float] = (0.2, 0.4, 0.6, 0.8), *,
@@ -123,7 +132,8 @@ def multi_needle(lengths: Iterable[int] = (8_000,), positions: Iterable[float] =
         for j, ((k, v), p) in enumerate(zip(kvs, ps)):
             yield Example(id=f"{base}-one{j}", dataset="multi-needle", context=text,
                           question=QUESTION_TEMPLATE.format(key=k), gold=v, question_type="multi_needle_one",
-                          instructions=NUMBER_ONLY, meta={"position": p, "needle_start": offs[j], "seed": s})
+                          instructions=NUMBER_ONLY, meta={"position": p, "needle_start": offs[j], "seed": s,
+                                                                   "gold_spans": value_span(text, v, offs[j])})
         names = ", ".join(k for k, _ in kvs)
         yield Example(id=f"{base}-all", dataset="multi-needle", context=text,
                       question=f"What are the special magic numbers for {names}? List them in that order.",
@@ -148,7 +158,8 @@ def decoys(lengths: Iterable[int] = (8_000,), positions: Iterable[float] = (0.5,
         text, offs = _haystack(s, n, facts)
         yield Example(id=eid, dataset="decoys", context=text, question=QUESTION_TEMPLATE.format(key=key), gold=value,
                       question_type="decoys", instructions=NUMBER_ONLY + " Numbers the text calls wrong are not the answer.",
-                      meta={"position": p, "needle_start": offs[0], "decoys": wrong, "seed": s})
+                      meta={"position": p, "needle_start": offs[0], "decoys": wrong, "seed": s,
+                            "gold_spans": value_span(text, value, offs[0])})
 
 
 def absent(lengths: Iterable[int] = (8_000,), positions: Iterable[float] = (0.5,), *, per_cell: int = 1,
@@ -191,4 +202,5 @@ def multi_hop(lengths: Iterable[int] = (8_000,), positions: Iterable[float] = (0
         yield Example(id=eid, dataset="multi-hop", context=text,
                       question=f"Which number does the locker holding the belongings of {key} hold?",
                       gold=value, question_type="multi_hop", instructions=NUMBER_ONLY,
-                      meta={"positions": [p, q], "fact_starts": offs[:2], "seed": s})
+                      meta={"positions": [p, q], "fact_starts": offs[:2], "seed": s,
+                            "gold_spans": value_span(text, value, offs[1])})
