@@ -132,7 +132,9 @@ def apply_low_confidence(router: Any, reqs: Sequence[Any], records: Sequence[Any
 
 def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: list[Any], low: list[int],
              cuts: dict[int, tuple[str, str] | None]) -> list[Any]:
-    from rlm_rig.controller.prompts import worker_messages
+    from dataclasses import replace
+
+    from rlm_rig.controller.subcalls import route_for
     from rlm_rig.records.trajectory import SubCallRecord
     from rlm_rig.repl.types import SubCallReply
     from rlm_rig.worker.watch import failure_kind
@@ -143,13 +145,16 @@ def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: 
         for h, text in enumerate(cuts[i] or ()):
             start = None if parent.chunk_start is None else parent.chunk_start + offset
             rec = SubCallRecord(id=len(router.traj.sub_calls), cell=parent.cell, depth=parent.depth, batch=parent.batch,
+                                kind=parent.kind, model=parent.model,
                                 chunk_start=start, chunk_end=None if start is None else start + len(text),
                                 chunk_chars=len(text), instruction=parent.instruction, resplit_of=parent.id)
             router.traj.sub_calls.append(rec)
             jobs.append((i, h, text, rec))
             offset += len(text)
-    batch = [worker_messages(text, reqs[i].instruction, router.worker_system) for i, _, text, _ in jobs]
-    results = router.worker.chat_many(batch, max_tokens=router.worker_max_tokens)
+    # each half goes where its chunk went: the same worker, in the run's dialect, through the tape
+    routes = [route_for(router.routes, reqs[i].model, router.default_model) for i, _, _, _ in jobs]
+    batch = [router._messages(replace(reqs[i], chunk=text), route) for (i, _, text, _), route in zip(jobs, routes)]
+    results = router._send(batch, routes, [rec for *_, rec in jobs])
     texts: dict[int, list[str | None]] = {i: [None, None] for i in low}
     for (i, h, _, rec), msgs, res in zip(jobs, batch, results):
         rec.messages = msgs
@@ -159,6 +164,7 @@ def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: 
         extra = getattr(res, "extra", None) or {}
         rec.response, rec.prompt_tokens, rec.completion_tokens = res.text, res.prompt_tokens, res.completion_tokens
         rec.latency_s, rec.token_ids, rec.token_logprobs = res.latency_s, extra.get("token_ids"), extra.get("token_logprobs")
+        rec.source = extra.get("source", "model")
         rec.confidence = answer_confidence(rec.token_ids, rec.token_logprobs, router.decode_token)
         texts[i][h] = res.text
     out = list(replies)
