@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -251,6 +252,8 @@ def serve_tools(fd: int) -> None:
     """The child: limits, then one call at a time until the parent closes the socket (or kills it)."""
     conn = Connection(fd)
     os.dup2(2, 1)  # a tool's print goes to stderr, never into the CLI's own output
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this child
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     setup = json.loads(conn.recv_bytes())
     if setup["memory_bytes"]:
         _set_limit(resource.RLIMIT_AS, setup["memory_bytes"])
@@ -265,6 +268,14 @@ def serve_tools(fd: int) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         _set_limit(resource.RLIMIT_CPU, int(usage.ru_utime + usage.ru_stime) + setup["cpu_s"])
         conn.send_bytes(_run_one(fns, setup, req["name"], req["args"], req["kwargs"]))
+
+
+def _exit_with_parent(ppid: int) -> None:
+    """A parent killed mid-call (SIGKILL, OOM) leaves no child behind: a tool that sleeps or waits ends
+    here within a second; one spinning in C with the GIL held meets RLIMIT_CPU instead."""
+    while os.getppid() == ppid:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _set_limit(which: int, soft: int) -> None:

@@ -122,3 +122,38 @@ def test_a_tool_that_kills_its_process_is_an_error_and_the_next_call_starts_a_ne
         assert json.loads(tr("echo", [[1, "é"]], {}).text) == [1, "é"]
     finally:
         tr.close()
+
+
+PARENT = """
+import sys, time
+from rlm_rig.controller.tools import ToolRunner
+from rlm_rig.records.trajectory import Trajectory
+t = Trajectory(run_id="t", question="q", doc_chars=0, doc_sha256="", config={}, config_hash="", models={},
+               versions={}, depth=0, started_at="")
+tr = ToolRunner({"sleep": "time:sleep", "pid": "os:getpid"}, t, timeout_s=300, max_result_chars=100, max_calls=9,
+                depth=0)
+print(tr("pid", [], {}).text, flush=True)
+tr("sleep", [300], {})
+"""
+
+
+def test_a_parent_killed_mid_call_leaves_no_tool_process_behind(watchdog):
+    import os
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)  # the child is in time.sleep(300) now
+    parent.kill()
+    parent.wait()
+    for _ in range(200):  # the child notices its parent is gone within about a second
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped by its new parent
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    pytest.fail(f"tool process {child} outlived its parent by 20 s")
