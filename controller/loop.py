@@ -159,7 +159,7 @@ class _Run:
         self.budget_chars = int(budget_tokens * cpt * 0.9)
         nested = rlm._nested_runner()
         self.router = self._router(budget_tokens, nested)
-        self.tool_runner = ToolRunner(rlm.tools, self.traj, timeout_s=self.cfg.rlm.tool_timeout_s,
+        self.tool_runner = ToolRunner(self.cfg.rlm.tools, self.traj, timeout_s=self.cfg.rlm.tool_timeout_s,
                                       max_result_chars=self.cfg.sandbox.max_tool_chars,
                                       max_calls=self.cfg.rlm.max_tool_calls, depth=rlm.depth) if rlm.tools else None
         self.messages: list[dict[str, str]] = self._opening(cpt, budget_tokens, nested is not None, instructions)
@@ -451,6 +451,8 @@ class _Run:
             traj.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)[-3000:]}"
             traj.error_kind = failure_kind(e)
         finally:
+            if self.tool_runner is not None:
+                self.tool_runner.close()  # the tool child, if a call started one
             if self.session is not None:
                 self.session.end(self)
             elif self.sandbox is not None:

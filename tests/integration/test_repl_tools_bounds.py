@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from rlm_rig.controller.tools import ToolRunner
+from rlm_rig.records.trajectory import Trajectory
 from rlm_rig.repl.sandbox import Sandbox
 from rlm_rig.repl.types import SandboxLimits, SubCallReply
 
@@ -129,3 +131,23 @@ def test_a_forged_done_with_a_huge_dropped_count_is_not_a_parent_fault():
         r = sb.run_cell(forge)
         assert r.kill_reason is None and "internal sandbox error" not in (r.error or ""), r
         assert r.output_truncated
+
+
+def test_a_tool_holding_the_gil_past_its_timeout_ends_the_call_not_the_cell():
+    """A trusted tool on hostile arguments (a regex that backtracks 2**27 steps inside sre, the GIL held):
+    its child is killed at the tool's timeout and the cell goes on, well before the cell's own timeout;
+    in a thread the whole parent froze until the regex ended, the cell's watchdog with it."""
+    traj = Trajectory(run_id="t", question="q", doc_chars=0, doc_sha256="", config={}, config_hash="", models={},
+                      versions={}, depth=0, started_at="")
+    runner = ToolRunner({"resub": "re:sub"}, traj, timeout_s=1.0, max_result_chars=10_000, max_calls=10, depth=0)
+    lim = SandboxLimits(cell_timeout_s=8, max_tool_chars=10_000, max_parent_cpu_s=5)
+    try:
+        with Sandbox("doc", handler=calls, limits=lim, tools={"resub": "resub(pattern, repl, string)"},
+                     tool_handler=runner) as sb:
+            r = sb.run_cell("try:\n    resub(r'(a+)+b', '', 'a' * 27 + 'c')\nexcept Exception as e:\n"
+                            "    print(type(e).__name__, e)\nprint(resub('a', 'b', 'aa'))")
+    finally:
+        runner.close()
+    assert not r.timed_out and r.kill_reason is None and r.error is None, r
+    assert r.stdout == "ToolError resub did not return within 1 s (tool timeout)\nbb\n", r
+    assert [s.error_kind for s in traj.sub_calls] == ["tool", None] and runner.proc.child is None

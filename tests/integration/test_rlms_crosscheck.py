@@ -253,7 +253,7 @@ def test_rig_official_dialect_matches_rlms(rlms_run, recorder, vllm_served_name,
 
     cfg = load_config("cpu-tiny", [f"worker.server.url={recorder.url}", f"worker.served_name={vllm_served_name}",
                                    "rlm.dialect=official"])
-    assert cfg.worker.temperature == 0.0  # greedy, as the rlms half asks
+    assert cfg.worker.sampling.temperature == 0.0  # greedy, as the rlms half asks
     recorder.take()
     with Rig(cfg, run_dir=tmp_path / "rig", controller_replay=SCRIPT) as rig:
         t = rig.ask(document(), QUESTION)
