@@ -104,10 +104,30 @@ def write_calibration(run_dir: Path, out_dir: Path, *, threshold: float = 0.5, b
     return relocate(res, tmp, dest.path)
 
 
+def tape_markdown(runs: list[Any]) -> list[str]:
+    """Who answered each worker call, per run (SubCallRecord.source): the model, a recorded tape (`--tape RUN`),
+    or a fork's replaced reply; nested runs counted. Empty when every call went to the model."""
+    rows = []
+    for run in runs:
+        counts = {"model": 0, "tape": 0, "fork": 0}
+        for t in run.trajectories.values():
+            for sub in (t.walk() if t is not None else ()):
+                for s in sub.sub_calls:
+                    if s.kind != "tool":
+                        counts[s.source] = counts.get(s.source, 0) + 1
+        rows.append([run.label, str(counts["model"]), str(counts["tape"]), str(counts["fork"])])
+    if all(r[2] == "0" and r[3] == "0" for r in rows):
+        return []
+    return ["\n## Worker calls by source\n",
+            "Replies answered by the worker model, by a recorded tape (`--tape RUN`: identical calls are not paid "
+            "for again) or by a fork's replaced reply (`rlm-rig fork`); docs/BOUNDARY.md.\n",
+            md_table(["run", "model", "tape", "fork"], rows)]
+
+
 def report_sections(runs: list[Any], out_dir: Path, threshold: float = 0.5) -> tuple[list[str], dict[str, Path]]:
     """The report's ledger and confidence sections for every run that has what they need (none otherwise),
     and their plots by name (each run's files in ``boundary-<k>/``)."""
-    md: list[str] = []
+    md: list[str] = tape_markdown(runs)
     plots: dict[str, Path] = {}
     for i, run in enumerate(runs):
         sub = out_dir / f"boundary-{i}"

@@ -72,6 +72,12 @@ def test_a_rerun_from_the_tape_is_identical_and_sends_nothing(vllm_server, toy, 
     assert {s.source for s in b.sub_calls} == {"tape"}
     assert what_happened(b) == what_happened(a)
     assert Tape(RunFolder(tmp_path).tape_path).keys() == tape.keys()  # the rerun's own tape is whole
+    from rlm_rig.experiments.analysis.boundary import tape_markdown
+    from rlm_rig.experiments.analysis.metrics import load_run
+
+    table = "".join(tape_markdown([load_run(tmp_path)]))  # `report` says who answered
+    assert f"| 0 | {len(b.sub_calls)} | 0 |" in table, table
+    assert tape_markdown([load_run(a_dir)]) == []  # nothing to say when the model answered every call
 
 
 def test_only_the_changed_sub_call_reaches_the_worker(vllm_server, toy, recorded, tmp_path):
