@@ -48,9 +48,12 @@ def controller_target(profile: dict, cfg: InterpConfig, *, model: str | None = N
     controller, in its own quantization, dtype and device (a4500x2-hf: NF4 on cuda:0)."""
     from rlm_rig.worker.models import check_model_ref
 
+    from rlm_rig.configs.memplan import controller_quantization
+    from rlm_rig.controller.settings import ControllerSettings
+
     c = profile.get("controller") or {}
     if model is None and c.get("backend") in ("transformers", "openai") and c.get("model"):
-        q = c.get("quantization", "none") if c.get("backend") == "transformers" else "none"
+        q = controller_quantization(ControllerSettings.model_validate(c))
         dev = device or (c.get("device") if c.get("backend") == "transformers" else cfg.device)
         return ControllerModelSpec(model=str(c["model"]), dtype=dtype or str(c.get("dtype") or "bfloat16"),
                                    quantization=q or "none", device=dev or "cpu")
@@ -86,6 +89,7 @@ def controller_job(run_dir, out_dir, cfg: InterpConfig, spec: ControllerModelSpe
     out_dir = claim_out(out_dir, COMMAND, [run_dir])  # before any model loads
     items = collect_controller_items(run_dir, selection)  # refuses a run without controller turns
     model = model or load_controller(spec)
+    items = _short_enough(model, items, cfg, run_dir)
     ctl.check_tokenizer(model, items)
     kinds = list(corruptions or ctl.CORRUPTIONS)
     faith = [r for it in items for r in ctl.turn_faithfulness(model, it, max_dlogprob=cfg.faithful_max_dlogprob)]
@@ -100,6 +104,16 @@ def controller_job(run_dir, out_dir, cfg: InterpConfig, spec: ControllerModelSpe
                              _cmp_summary(tables["cmp"]), _probe_summary(probes), _cell_summary(tables["cells"]), warn)
     _write(out_dir, model, items, pairs, faith, tables, probes, summ, cfg, failed)
     return summ
+
+
+def _short_enough(model: ReplayModel, items: list[ControllerItem], cfg: InterpConfig, run_dir) -> list[ControllerItem]:
+    """The conversations within `controller_max_tokens` (what `plan` sized the GPU for)."""
+    if not cfg.controller_max_tokens:
+        return items
+    kept = [it for it in items if len(model.render(it.messages).ids) <= cfg.controller_max_tokens]
+    if not kept:
+        raise NothingToStudyError("controller turns to replay", run_dir, {"too_long": len(items)})
+    return kept
 
 
 def _attribute(model: ReplayModel, pairs, cfg: InterpConfig, progress) -> dict:

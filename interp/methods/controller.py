@@ -142,10 +142,12 @@ def build_pairs(model: ReplayModel, items: list[ControllerItem], *, n_pairs: int
 
     rng = random.Random(seed)
     todo = {}
-    for it in items:
-        cands = [(tv, cell, kind) for kind in corruptions for tv, cell in _targets_of(it, kind)]
-        rng.shuffle(cands)
-        todo[it.sample] = sorted(cands, key=lambda c: c[2] != "total")  # the total first, then the values
+    for i, it in enumerate(items):  # kinds interleaved, each sample starting at another one
+        per = [[(tv, cell, kind) for tv, cell in _targets_of(it, kind)] for kind in corruptions]
+        for p in per:
+            rng.shuffle(p)
+        per = per[i % len(per):] + per[: i % len(per)]
+        todo[it.sample] = [c for k in range(max(map(len, per), default=0)) for p in per if k < len(p) for c in [p[k]]]
     rendered: dict[str, Prompt] = {}
     pairs: list[Pair] = []
     failed = 0
