@@ -20,6 +20,7 @@ from rlm_rig.interp.data.controller_turns import ControllerItem, collect_control
 from rlm_rig.interp.data.selection import NothingToStudyError, Selection
 from rlm_rig.interp.jobs import ATTR_CMP_FILE, ATTR_FILE, ATTR_TOPK_FILE, _cmp_summary, attribute_pair_all, dtype_name
 from rlm_rig.interp.methods import controller as ctl
+from rlm_rig.interp.methods.prefix_exact import exact_sites_prefix
 from rlm_rig.interp.methods.faithfulness import FAITHFULNESS_FILE, summary as faith_summary
 from rlm_rig.interp.model import ReplayModel
 from rlm_rig.interp.outputs import claim_out, staged_dir
@@ -122,7 +123,8 @@ def _attribute(model: ReplayModel, pairs, cfg: InterpConfig, progress) -> dict:
     vlayers = model.resolve_layers(cfg.attr_validate_layers)
     frames, topk, cmp, cells, cell_exact, figs = [], [], [], [], [], []
     for n, pair in enumerate(pairs):
-        for direction, fr, small, tk, cm, res in attribute_pair_all(model, pair, cfg=cfg, vlayers=vlayers):
+        for direction, fr, small, tk, cm, res in attribute_pair_all(model, pair, cfg=cfg, vlayers=vlayers,
+                                                                    exact_fn=exact_sites_prefix):
             fr["small_denominator"] = small
             frames.append(fr)
             topk += tk

@@ -12,10 +12,7 @@ from typer.testing import CliRunner
 
 from controller_run import make_controller_run
 
-# As the worker's attribution test (tests/integration/test_interp_attribution.py): first order is not exact,
-# an indexing, direction or sign error gives ~0 or negative values.
-SPEARMAN_FLOOR = 0.6
-SIGN_FLOOR = 0.7
+from test_interp_attribution import SIGN_FLOOR, SPEARMAN_FLOOR  # the worker's floors hold for the controller too
 
 
 @pytest.fixture(scope="module")
