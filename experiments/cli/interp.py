@@ -345,6 +345,7 @@ def report(
     attribute_dir: Optional[Path] = typer.Option(None, "--attribute"),
     heads_dir: Optional[Path] = typer.Option(None, "--heads"),
     lens_dir: Optional[Path] = typer.Option(None, "--lens"),
+    controller_dir: Optional[Path] = typer.Option(None, "--controller", help="`interp controller` folder"),
     gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
 ) -> None:
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check,
@@ -354,13 +355,15 @@ def report(
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
-    reads = tuple(d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir) if d)
+    reads = tuple(d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir, controller_dir)
+                  if d)
     target = _out(out, run_dir, "report", force, reads)
     try:
         path = build_report(run_dir, target, capture_dir=capture_dir or base / "capture",
                             patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe",
                             gold_file=gold, attribute_dir=attribute_dir or base / "attribute",
-                            heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens")
+                            heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens",
+                            controller_dir=controller_dir or base / "controller")
     except RunDirError as exc:
         raise UserError(str(exc)) from exc
     finally:

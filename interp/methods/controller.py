@@ -287,7 +287,9 @@ def turn_faithfulness(model: ReplayModel, item: ControllerItem, *, max_dlogprob:
         f = Faithfulness(item.sample, t.index, "retokenized", len(ans), len(prompt_ids), rec, pmatch, float("nan"),
                          float("nan"), first, pmatch is not False and first is None,
                          float(lp[first].max() - mine[first]) if first is not None else float("nan"))
-        out.append(dict(f.as_row(), turn=t.index, controller=item.controller, replayed=item.replayed,
+        row = f.as_row()
+        row.pop("sub_call")  # a turn, not a sub_call (tables keyed by sub_call must not pick it up)
+        out.append(dict(row, turn=t.index, controller=item.controller, replayed=item.replayed,
                         mean_logprob=float(mine.mean()), argmax_agreement=float(agree.float().mean()),
                         max_dlogprob_bound=max_dlogprob))
     return out

@@ -70,13 +70,27 @@ def test_pairs_edit_one_told_number_inside_its_cell_output(tiny, pairs):
         assert set(edit) <= set(p.positions[group])
 
 
+def test_prefix_exact_patching_equals_the_nnsight_path(tiny, pairs):
+    """The patcher that computes the shared prefix once gives the nnsight patcher's values site by site."""
+    from rlm_rig.interp.methods.attribution import exact_sites, first_difference
+    from rlm_rig.interp.methods.prefix_exact import exact_sites_prefix
+
+    p = pairs[0]
+    lo = first_difference(p)
+    sites = [(c, li, t) for c in ("resid", "attn", "mlp") for li in (0, tiny.n_layers - 1) for t in range(lo - 2, p.seq_len)]
+    a = exact_sites_prefix(tiny, p, sites, batch_size=64)
+    b = exact_sites(tiny, p, sites, batch_size=64)
+    assert max(abs(a[s] - b[s]) for s in sites) < 1e-4 and max(abs(b[s]) for s in sites) > 1e-3
+
+
 def test_controller_attribution_matches_exact_patching(tiny, pairs):
-    from rlm_rig.interp.methods.attribution import attribute_pair, compare, exact_sites
+    from rlm_rig.interp.methods.attribution import attribute_pair, compare
+    from rlm_rig.interp.methods.prefix_exact import exact_sites_prefix
 
     for pair in pairs:
         res = attribute_pair(tiny, pair, direction="denoise")
         every = [(c, 0, t) for c in ("resid", "attn", "mlp") for t in range(pair.seq_len)]
-        exact = exact_sites(tiny, pair, every, batch_size=64)
+        exact = exact_sites_prefix(tiny, pair, every, batch_size=64)
         rows = pd.DataFrame(compare(res, exact, k=10))
         print(rows.to_string())
         assert (rows["spearman_after_edit"] >= SPEARMAN_FLOOR).all(), rows
