@@ -49,12 +49,15 @@ def controller_target(profile: dict, cfg: InterpConfig, *, model: str | None = N
     controller, in its own quantization, dtype and device (a4500x2-hf: NF4 on cuda:0)."""
     from rlm_rig.worker.models import check_model_ref
 
+    from types import SimpleNamespace
+
     from rlm_rig.configs.memplan import controller_quantization
-    from rlm_rig.controller.settings import ControllerSettings
 
     c = profile.get("controller") or {}
     if model is None and c.get("backend") in ("transformers", "openai") and c.get("model"):
-        q = controller_quantization(ControllerSettings.model_validate(c))
+        srv = c.get("server")
+        q = controller_quantization(SimpleNamespace(backend=c["backend"], quantization=c.get("quantization", "none"),
+                                                    server=SimpleNamespace(**srv) if isinstance(srv, dict) else None))
         dev = device or (c.get("device") if c.get("backend") == "transformers" else cfg.device)
         return ControllerModelSpec(model=str(c["model"]), dtype=dtype or str(c.get("dtype") or "bfloat16"),
                                    quantization=q or "none", device=dev or "cpu")

@@ -40,6 +40,7 @@ def build_report(
     return Path(out_dir)
 
 
+# long: one block per interp output in report order, each a few lines over a file that may be missing
 def _build(run_dir, out: Path, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir,
            controller_dir=None) -> None:
     md = [f"# interp report: {Path(run_dir).name}\n"]

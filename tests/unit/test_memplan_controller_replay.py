@@ -40,3 +40,20 @@ def test_cpu_profiles_have_no_controller_replay_phase():
     cfg = load_config("cpu-small", [])
     plan = make_plan(cfg, interp_cfg=interp_section(cfg))
     assert not any(p.name == "controller replay" for g in plan.gpus for p in g.phases)
+
+
+def test_the_replay_loads_the_controller_as_the_rig_did():
+    import pytest
+
+    from rlm_rig.interp.config import InterpConfigError
+    from rlm_rig.interp.controller_job import controller_target
+    from rlm_rig.interp.profile import load_interp_config
+
+    for name in ("a4500x2", "a4500x2-hf"):
+        cfg, _, profile = load_interp_config(name)
+        spec = controller_target(profile, cfg)
+        assert (spec.model, spec.quantization, spec.device) == ("Qwen/Qwen2.5-Coder-14B-Instruct", "nf4", "cuda:0")
+    cfg, _, profile = load_interp_config("cpu-small")
+    with pytest.raises(InterpConfigError, match="give --model"):
+        controller_target(profile, cfg)
+    assert controller_target(profile, cfg, model="smollm2").dtype == "float32"  # the profile's interp.dtype
