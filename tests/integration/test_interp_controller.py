@@ -151,13 +151,15 @@ def _profile(tmp_path):
     return cfg
 
 
-def test_cli_controller_writes_its_tables(run, tmp_path):
+def test_cli_controller_writes_its_tables_shown_in_report_and_viewer(run, tmp_path):
     from rlm_rig.experiments.cli.interp import interp_app
+    from rlm_rig.experiments.view.interp_data import load_interp
 
-    out = tmp_path / "ctl"
-    r = CliRunner().invoke(interp_app, ["controller", str(run), "--config", str(_profile(tmp_path)), "--model", "tiny",
-                                        "--out", str(out), "--validate-max-tokens", "5000", "--validate-layers", "0"])
+    cfg = str(_profile(tmp_path))
+    r = CliRunner().invoke(interp_app, ["controller", str(run), "--config", cfg, "--model", "tiny",
+                                        "--validate-max-tokens", "5000", "--validate-layers", "0"])
     assert r.exit_code == 0, r.output + repr(r.exception)
+    out = run / "interp" / "controller"  # the default folder, where report and the viewer look
     summary = json.loads((out / "controller.json").read_text())
     assert summary["summary"]["n_pairs"] == 2 and summary["summary"]["faithfulness"]["n"] == 12
     cmp = pd.read_parquet(out / "attribution_vs_exact.parquet")
@@ -166,6 +168,13 @@ def test_cli_controller_writes_its_tables(run, tmp_path):
     assert {"cell", "value", "total", "outside_cells"} <= set(cells["kind"])
     assert not pd.read_parquet(out / "probes.parquet").empty
     assert len(pd.read_parquet(out / "faithfulness.parquet")) == 12
+    rep = CliRunner().invoke(interp_app, ["report", str(run), "--config", cfg, "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    assert "## The controller's side" in (tmp_path / "rep" / "README.md").read_text()
+    assert (tmp_path / "rep" / "controller_attribution_vs_exact.csv").is_file()
+    tables = load_interp(run).summary_tables
+    assert "controller: attribution vs exact patching (medians)" in tables
+    assert len(tables["controller: faithfulness of each teacher-forced turn"]) == 12
 
 
 @pytest.mark.parametrize("case,needle", [
