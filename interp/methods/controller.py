@@ -191,17 +191,24 @@ def cell_exact_rows(model: ReplayModel, res: AttributionResult, layers: list[int
     attribution summed over its tokens: the first-order estimate of that same patch."""
     from rlm_rig.interp.methods.patching import PatchSpec, patch_pair
 
+    from rlm_rig.interp.methods.attribution import first_difference
+
     p = res.pair
+    lo = first_difference(p)
     cells = [k for k in p.positions if k.startswith("cell") and p.positions[k]]
-    specs = [PatchSpec("resid", li, k) for li in layers for k in cells]
+    # a cell output wholly before the edit is the same in both runs: its patch is a no-op, answered 0 unrun
+    specs = [PatchSpec("resid", li, k) for li in layers for k in cells if max(p.positions[k]) >= lo]
+    got = {(sp.layer, sp.position): r for sp, r in zip(specs, patch_pair(model, p, specs, directions=[res.direction],
+                                                                         batch_size=batch_size))}
     rows = []
-    for sp, r in zip(specs, patch_pair(model, p, specs, directions=[res.direction], batch_size=batch_size)):
-        base = r["logit_diff_corrupt"] if res.direction == "denoise" else r["logit_diff_clean"]
-        toks = p.positions[sp.position]
-        rows.append(dict(pair=p.pair_id, sample=p.sample, direction=res.direction, layer=sp.layer, group=sp.position,
-                         exact=float(r["logit_diff"]) - float(base), kl_from_clean=float(r.get("kl_from_clean", 0.0)),
-                         attr_sum=float(res.attr["resid"][sp.layer, toks].double().sum()) if "resid" in res.attr
-                         else float("nan"), denominator=res.denominator))
+    for li in layers:
+        for k in cells:
+            r = got.get((li, k))
+            base = (r["logit_diff_corrupt"] if res.direction == "denoise" else r["logit_diff_clean"]) if r else 0.0
+            rows.append(dict(pair=p.pair_id, sample=p.sample, direction=res.direction, layer=li, group=k,
+                             exact=float(r["logit_diff"]) - float(base) if r else 0.0, computed=r is not None,
+                             attr_sum=float(res.attr["resid"][li, p.positions[k]].double().sum())
+                             if "resid" in res.attr else float("nan"), denominator=res.denominator))
     return rows
 
 
