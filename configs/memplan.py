@@ -82,6 +82,52 @@ def interp_patch_bytes(a: Arch, b: int, *, batch_size: int, tokens: int, n_sites
     return max(reference, patched)
 
 
+def controller_replay_bytes(a: Arch, b: int, *, tokens: int, batch_size: int, offload: bool) -> float:
+    """`interp controller` on the controller's card (docs/INTERP.md, "Memory of the new jobs", with T = the
+    conversation): attribution holds one layer's autograd graph G(T) ~ T(8d + 4f)b, the same layer's forward
+    again for the source, an fp32 gradient and difference (2Td x 4), the stored layer inputs of both runs
+    (2LTd x b, 0 with offload) and a row of logits; its exact follow-up is a patching sweep over one layer's
+    component (one site)."""
+    graph = tokens * (8 * a.hidden + 4 * a.intermediate) * b
+    stored = 0 if offload else 2 * a.layers * tokens * a.hidden * b
+    attribution = graph + forward_bytes(a, b, 1, tokens) + 2 * tokens * a.hidden * 4 + stored + a.vocab * 4
+    exact = interp_patch_bytes(a, b, batch_size=batch_size, tokens=tokens, n_sites=1, offload=offload)
+    return max(attribution, exact)
+
+
+def controller_quantization(c: Any) -> str:
+    """How the controller's weights were quantized when it ran: its own setting in transformers, NF4 for a vLLM
+    server with bitsandbytes in-flight quantization (NF4 is what that plugin loads), else none."""
+    if c.backend == "transformers":
+        return c.quantization
+    if c.backend == "openai" and c.server is not None and (c.server.quantization or "") == "bitsandbytes":
+        return "nf4"
+    return "none"
+
+
+def _controller_replay_lines(cfg: RigConfig, icfg: Any, a: Arch, phase: Phase) -> None:
+    """The controller's weights as the rig loaded them (NF4 on a4500x2-hf) and the peak of `interp controller`
+    over a conversation as long as the controller's window (the longest it can have read)."""
+    c = cfg.controller
+    b = dtype_bytes(c.dtype)
+    quant = controller_quantization(c)
+    quant = None if quant == "none" else quant
+    tokens = c.context_tokens or a.max_positions
+    if c.server is not None and c.server.max_model_len:
+        tokens = min(tokens, c.server.max_model_len)
+    if icfg.controller_max_tokens:
+        tokens = min(tokens, icfg.controller_max_tokens)
+    phase.lines += [
+        Line(f"controller replay: weights, {('4-bit ' + quant.upper() + ', ') if quant else ''}{c.dtype}",
+             weight_bytes(a, c.dtype, quant) / GiB),
+        Line("controller replay: CUDA context", CUDA_CONTEXT / GiB),
+        Line(f"controller replay: peak of attribution / exact patching over a {tokens}-token conversation (batch "
+             f"{icfg.batch_size}{', layer inputs offloaded' if icfg.offload_reference else ''})",
+             controller_replay_bytes(a, b, tokens=tokens, batch_size=icfg.batch_size,
+                                     offload=icfg.offload_reference) / GiB),
+    ]
+
+
 # -- the report -----------------------------------------------------------------------------------------
 @dataclass
 class Line:
@@ -265,6 +311,12 @@ def make_plan(cfg: RigConfig, *, gpu_gib: float | None = None, interp_cfg: Any =
                                 for x in other.lines if x.label.startswith("worker:")]
     elif interp_cfg is not None:
         notes.append("interp: on the CPU, no GPU memory")
+    # -- the controller replay (`interp controller`): on the controller's card once the eval is over ------------
+    cgpu = (_physical(c.device, None) if c.backend == "transformers" else
+            (_physical(None, c.server.cuda_visible_devices) or "GPU 0") if c.backend == "openai" and c.server is not None
+            and c.server.url is None and c.server.device == "cuda" else None)
+    if interp_cfg is not None and cgpu and c.model:
+        _controller_replay_lines(cfg, interp_cfg, arch_for(c.model, locate), phase(cgpu, "controller replay"))
     plan = Plan(cfg.name, sorted(gpus.values(), key=lambda g: g.gpu), notes)
     for g in plan.gpus:
         for p in g.phases:
@@ -320,6 +372,8 @@ def second_worker(cfg: RigConfig, card: float, locate: Any = None) -> list[str]:
 
 def _knob(p: Phase) -> str:
     labels = " ".join(x.label for x in p.lines)
+    if "controller replay" in labels:
+        return "set interp.offload_reference: true, lower interp.batch_size, or replay shorter conversations"
     if "interp" in labels:
         return "lower interp.batch_size, set interp.offload_reference: true, or cap interp.max_pair_tokens"
     if "controller: KV cache" in labels:

@@ -69,6 +69,9 @@ class InterpConfig(BaseModel):
     attr_validate_layers: list[int] | None = Field(
         None, description="layers of that every-token validation (None = all; a 135M model's 30 layers x 3 "
         "components x 170 tokens is ~15K forward passes, so a CPU study picks a few)")
+    controller_max_tokens: int | None = Field(
+        16384, ge=64, description="interp controller: conversations longer than this are skipped (too_long); "
+        "`plan` sizes the controller replay by it (a4500x2: 16K tokens fit GPU 0 with the NF4 weights)")
     head_positions: list[str] = Field(default_factory=lambda: ["last", "edit"])
     # -- statistics and probes -------------------------------------------------------------------
     min_denominator: float = Field(

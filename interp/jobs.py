@@ -289,26 +289,28 @@ def _cmp_summary(cm: pd.DataFrame) -> dict:
     return out
 
 
-def attribute_pair_all(model: ReplayModel, pair: Pair, *, cfg: InterpConfig, vlayers: list[int]) -> list[tuple]:
+def attribute_pair_all(model: ReplayModel, pair: Pair, *, cfg: InterpConfig, vlayers: list[int],
+                       exact_fn: Callable = exact_sites) -> list[tuple]:
     """One pair, each direction: the attribution map, exact patching of its top-k sites (and of every site of a
     short pair), and their comparison rows. The caller adds the pair's faithfulness. A plain function of
-    (model, pair), so a mapper can run it anywhere (interp.fanout)."""
+    (model, pair), so a mapper can run it anywhere (interp.fanout). `exact_fn`: the exact patcher (the nnsight
+    path; the controller's long conversations use `prefix_exact.exact_sites_prefix`, same contract)."""
     out = []
     for direction in cfg.directions:
         res = attribute_pair(model, pair, components=cfg.attr_components, direction=direction,
                              offload=cfg.offload_reference)
         small = abs(res.denominator) < cfg.min_denominator
         fr = res.frame()
-        exact = exact_sites(model, pair, top_k_sites(res, cfg.attr_top_k), direction=direction,
-                            batch_size=cfg.batch_size)
+        exact = exact_fn(model, pair, top_k_sites(res, cfg.attr_top_k), direction=direction,
+                         batch_size=cfg.batch_size)
         topk = [dict(pair=pair.pair_id, chunk=pair.chunk, direction=direction, component=c, layer=li, token=t,
                      attr=float(res.attr[c][li, t]), exact=e, denominator=res.denominator)
                 for (c, li, t), e in exact.items()]
         scope = [("top_k", exact)]
         if cfg.attr_validate_max_tokens and pair.seq_len <= cfg.attr_validate_max_tokens:
             every = [(c, li, t) for c in res.attr for li in vlayers for t in range(pair.seq_len)]
-            scope.append(("all_sites", exact_sites(model, pair, every, direction=direction,
-                                                   batch_size=cfg.batch_size)))
+            scope.append(("all_sites", exact_fn(model, pair, every, direction=direction,
+                                                batch_size=cfg.batch_size)))
         cmp = [dict(r, scope=name, small_denominator=small) for name, ex in scope
                for r in compare(res, ex, k=cfg.attr_top_k)]
         out.append((direction, fr, small, topk, cmp, res))

@@ -48,7 +48,8 @@ class Prompt:
 class ReplayModel:
     """The worker model in nnsight: one object owns the HF model, its tokenizer and the wrapper."""
 
-    def __init__(self, model: str, *, dtype: str | None = DEFAULT_DTYPE, device: str = "cpu") -> None:
+    def __init__(self, model: str, *, dtype: str | None = DEFAULT_DTYPE, device: str = "cpu",
+                 quantization: str = "none") -> None:
         from rlm_rig.interp._nnsight import nnsight
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,8 +62,10 @@ class ReplayModel:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"tokenizer of {model!r} has no chat template; cannot replay chat sub_calls")
-        self.hf = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(self.device).eval()
-        self.dtype = next(self.hf.parameters()).dtype
+        self.quantization = quantization
+        self.hf = _load_causal_lm(AutoModelForCausalLM, path, dtype, device, quantization)
+        # the compute dtype (4-bit weights are stored as uint8; norms and embeddings keep the compute dtype)
+        self.dtype = next(p.dtype for p in self.hf.parameters() if p.dtype.is_floating_point)
         self.nn = nnsight.TransformersModel(self.hf, tokenizer=self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -190,6 +193,21 @@ class ReplayModel:
         gen = out[0, len(prompt_ids) :].tolist()
         cut = [i for i, t in enumerate(gen) if t in self.eos_ids()]
         return gen[: cut[0]] if cut else gen
+
+
+def _load_causal_lm(auto: Any, path: str, dtype: str | None, device: str, quantization: str) -> Any:
+    """The weights on `device`; ``nf4``/``fp4`` load them 4-bit through bitsandbytes exactly as the controller's
+    transformers backend does (`controller.backends.TransformersLM`), so a controller replay on GPU 0 reads the
+    weights that wrote the run. The compute dtype is then `dtype` (the 4-bit parameters have none of their own)."""
+    if quantization == "none":
+        return auto.from_pretrained(path, dtype=resolve_dtype(dtype)).to(torch.device(device)).eval()
+    from transformers import BitsAndBytesConfig
+
+    compute = resolve_dtype(dtype)
+    compute = torch.bfloat16 if compute == "auto" else compute
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_compute_dtype=compute,
+                           bnb_4bit_use_double_quant=True)
+    return auto.from_pretrained(path, dtype=compute, quantization_config=q, device_map={"": device}).eval()
 
 
 # -- component sites inside an nnsight trace (was interp/model.py) -------------------------------------------

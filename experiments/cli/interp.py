@@ -345,6 +345,7 @@ def report(
     attribute_dir: Optional[Path] = typer.Option(None, "--attribute"),
     heads_dir: Optional[Path] = typer.Option(None, "--heads"),
     lens_dir: Optional[Path] = typer.Option(None, "--lens"),
+    controller_dir: Optional[Path] = typer.Option(None, "--controller", help="`interp controller` folder"),
     gold: Optional[Path] = typer.Option(None, help="JSONL of per-chunk gold {sample, sub_call, gold}"),
 ) -> None:
     """Tables and plots: heatmaps, probe accuracy vs worker accuracy, replay agreement, aggregation check,
@@ -354,13 +355,15 @@ def report(
 
     _setup(config, {}, run_dir)  # validates the profile even though the report needs no model
     base = run_dir / "interp"
-    reads = tuple(d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir) if d)
+    reads = tuple(d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir, controller_dir)
+                  if d)
     target = _out(out, run_dir, "report", force, reads)
     try:
         path = build_report(run_dir, target, capture_dir=capture_dir or base / "capture",
                             patch_dir=patch_dir or base / "patch", probe_dir=probe_dir or base / "probe",
                             gold_file=gold, attribute_dir=attribute_dir or base / "attribute",
-                            heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens")
+                            heads_dir=heads_dir or base / "heads", lens_dir=lens_dir or base / "lens",
+                            controller_dir=controller_dir or base / "controller")
     except RunDirError as exc:
         raise UserError(str(exc)) from exc
     finally:
@@ -368,3 +371,44 @@ def report(
     typer.echo(str(path))
 
 
+
+
+@interp_app.command()
+@guarded
+@study_command
+def controller(
+    study: Study,
+    model: Optional[str] = typer.Option(None, help="weights to teacher-force (default: the profile's controller; "
+                                        "required for a replay controller, e.g. smollm2)"),
+    dtype: Optional[str] = typer.Option(None, help="replay dtype (default: the controller's; --model: interp.dtype "
+                                        "or float32)"),
+    layers: Optional[str] = LayersOpt,
+    components: Optional[str] = ComponentsOpt,
+    corruptions: Optional[str] = typer.Option(None, help="chunk_value,total (default both)"),
+    n_pairs: Optional[int] = NPairsOpt, directions: Optional[str] = DirectionsOpt, batch_size: Optional[int] = BatchOpt,
+    seed: Optional[int] = SeedOpt,
+    top_k: Optional[int] = typer.Option(None, help="sites per layer re-checked by exact patching"),
+    validate_max_tokens: Optional[int] = typer.Option(None, help="exact-patch EVERY site of pairs up to this length"),
+    validate_layers: Optional[str] = typer.Option(None, help="layers of that every-site check and of the whole-cell "
+                                                  "patches, e.g. 0,15 (default all)"),
+) -> None:
+    """The controller's side: teacher-force the recorded conversation through the controller's weights; attribute
+    the final answer to the tokens of each cell output (checked against exact patching), probe the told per-chunk
+    values, and record each turn's faithfulness."""
+    from rlm_rig.interp.controller_job import controller_job, controller_target
+
+    ov = dict(layers=_csv_ints(layers), attr_components=_csv(components), n_pairs=n_pairs,
+              directions=_csv(directions), batch_size=batch_size, seed=seed, attr_top_k=top_k,
+              attr_validate_max_tokens=validate_max_tokens,
+              attr_validate_layers=_csv_ints(validate_layers, "--validate-layers"))
+    cfg, _, profile = study.setup(ov)
+    try:
+        spec = controller_target(profile, cfg, model=model, dtype=dtype, device=study.device)
+    except InterpConfigError as exc:
+        raise UserError(str(exc)) from exc
+    kinds = _csv(corruptions)
+    bad = [k for k in kinds or [] if k not in ("chunk_value", "total")]
+    if bad:
+        raise UserError(f"--corruptions: unknown {bad}; choose chunk_value, total")
+    _run_job(controller_job, "controller", study.run_dir, study.out, (cfg, spec, profile), None, study.selection,
+             force=study.force, corruptions=kinds, progress=_echo_pairs)

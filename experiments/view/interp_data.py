@@ -184,6 +184,7 @@ def _read_folder(folder: Path, names: dict[str, str], data: InterpData) -> None:
     probe = folder / names["probe"]
     if probe.exists() and (df := _read_table(probe)) is not None:
         data.summary_tables[f"{folder.name}: probes per layer"] = records(df)
+    _controller_tables(folder, data)
     agg_sample = folder / "aggregation_by_sample.csv"
     if agg_sample.exists() and (df := _read_table(agg_sample)) is not None:
         data.summary_tables[f"{folder.name}: controller aggregation by sample"] = records(df)
@@ -213,3 +214,25 @@ def chunk_verdict(info: dict[str, Any] | None) -> str | None:
 
 def as_json(v: Any) -> str:
     return json.dumps(_clean(v), default=str)
+
+
+def _controller_tables(folder: Path, data: InterpData) -> None:
+    """An `interp controller` folder (controller.json): its comparison with exact patching, where the answer's
+    attribution sits by token group, the whole-cell exact patches and each turn's faithfulness, as summary tables
+    (its probes come in as every folder's probes.parquet)."""
+    meta = folder / "controller.json"
+    if not meta.is_file():
+        return
+    try:
+        s = json.loads(meta.read_text()).get("summary", {})
+    except (ValueError, OSError):
+        return
+    name = folder.name
+    data.summary_tables[f"{name}: attribution vs exact patching (medians)"] = [
+        {"scope/component": k, **v} for k, v in (s.get("comparison") or {}).items()]
+    data.summary_tables[f"{name}: mean share of |attribution| (resid) by token group"] = [
+        {"group": k, "abs_share": v} for k, v in (s.get("cells") or {}).items()]
+    for f, title in (("cell_exact.parquet", "whole cell output patched exactly vs summed attribution"),
+                     ("faithfulness.parquet", "faithfulness of each teacher-forced turn")):
+        if (df := _read_table(folder / f)) is not None:
+            data.summary_tables[f"{name}: {title}"] = records(df)

@@ -38,6 +38,10 @@ REASONS = {
     "unfaithful": "sub_calls whose replay is not faithful to the recorded tokens (interp.faithful_only)",
     "no_gold": "sub_calls without a chunk gold count",
     "no_number": "answers without a number to read",
+    "no_controller_turns": "trajectories without controller turns (a method without a controller, or a run cut short)",
+    "no_final_answer": "trajectories without a final answer whose first integer can be read",
+    "no_cell_output": "trajectories whose cell outputs could not be located in the controller's messages",
+    "no_told_value": "controller answers no told value or printed total could be edited without changing the token count",
 }
 
 

@@ -20,6 +20,7 @@ from rlm_rig.interp.report.plots import heatmaps, probe_plot
 from rlm_rig.interp.methods.replay import ReplayResult, agreement_summary
 from rlm_rig.interp.outputs import claim_out, staged_dir
 from rlm_rig.interp.data.selection import load_gold_file, trajectory_paths
+from rlm_rig.interp.report.controller import controller_section
 from rlm_rig.interp.report.tables import md_table as _md
 
 
@@ -27,16 +28,21 @@ def build_report(
     run_dir: str | Path, out_dir: str | Path, *, capture_dir: str | Path | None = None,
     patch_dir: str | Path | None = None, probe_dir: str | Path | None = None, gold_file: str | Path | None = None,
     attribute_dir: str | Path | None = None, heads_dir: str | Path | None = None, lens_dir: str | Path | None = None,
+    controller_dir: str | Path | None = None,
 ) -> Path:
     trajectory_paths(run_dir)  # refuses a folder that is not a run before anything is written
-    reads = [d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir) if d is not None]
+    reads = [d for d in (capture_dir, patch_dir, probe_dir, attribute_dir, heads_dir, lens_dir, controller_dir)
+             if d is not None]
     out_dir = claim_out(out_dir, "interp report", [run_dir, *reads])
     with staged_dir(out_dir, "interp report") as tmp:
-        _build(run_dir, tmp, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir)
+        _build(run_dir, tmp, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir,
+               controller_dir)
     return Path(out_dir)
 
 
-def _build(run_dir, out: Path, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir) -> None:
+# long: one block per interp output in report order, each a few lines over a file that may be missing
+def _build(run_dir, out: Path, capture_dir, patch_dir, probe_dir, gold_file, attribute_dir, heads_dir, lens_dir,
+           controller_dir=None) -> None:
     md = [f"# interp report: {Path(run_dir).name}\n"]
     sections: dict[str, str] = {}
     md += faithfulness_section(capture_dir, out, sections)
@@ -80,6 +86,7 @@ def _build(run_dir, out: Path, capture_dir, patch_dir, probe_dir, gold_file, att
         sections["probes"] = "probes.csv"
 
     md += maps_sections(attribute_dir, heads_dir, lens_dir, out, sections)
+    md += controller_section(controller_dir, out, sections)
 
     try:
         per_sample, per_sub = diagnose_aggregation(run_dir, load_gold_file(gold_file) if gold_file else None)
