@@ -134,7 +134,6 @@ def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: 
              cuts: dict[int, tuple[str, str] | None]) -> list[Any]:
     from dataclasses import replace
 
-    from rlm_rig.controller.subcalls import route_for
     from rlm_rig.records.trajectory import SubCallRecord
     from rlm_rig.repl.types import SubCallReply
     from rlm_rig.worker.watch import failure_kind
@@ -152,7 +151,7 @@ def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: 
             jobs.append((i, h, text, rec))
             offset += len(text)
     # each half goes where its chunk went: the same worker, in the run's dialect, through the tape
-    routes = [route_for(router.routes, reqs[i].model, router.default_model) for i, _, _, _ in jobs]
+    routes = [router.route_of(reqs[i]) for i, _, _, _ in jobs]
     batch = [router._messages(replace(reqs[i], chunk=text), route) for (i, _, text, _), route in zip(jobs, routes)]
     results = router._send(batch, routes, [rec for *_, rec in jobs])
     texts: dict[int, list[str | None]] = {i: [None, None] for i in low}

@@ -241,6 +241,7 @@ class _Run:
             rlm_nested=nested,
             locate=self.packed.locate if self.packed.structured else None,
             clip=self.packed.clip_to_item if self.packed.structured else None,
+            deadline=None if cfg.rlm.max_example_wall_s is None else self.rlm.t0 + cfg.rlm.max_example_wall_s,
             routes=self.ctx.routes if self.ctx.sub_calls_enabled else None,
             default_model=self.ctx.default_model,
             low_confidence=cfg.rlm.low_confidence,
@@ -287,13 +288,17 @@ class _Run:
     def turn(self, forced: bool = False) -> Any:
         """One controller generation, guarded against the context window; recorded; parsed."""
         cfg, traj, guard = self.cfg, self.traj, self.guard
-        remaining = cfg.rlm.max_controller_tokens - self.rlm.tokens.used
+        granted = self.rlm.tokens.reserve(cfg.controller.max_new_tokens, cfg.rlm.max_controller_tokens)
         n_trimmed = len(guard.trimmed) if guard else 0
-        gen = guarded_generate(self.ctx.lm, self.messages, max(1, min(cfg.controller.max_new_tokens, remaining)), guard)
+        try:
+            gen = guarded_generate(self.ctx.lm, self.messages, max(1, granted), guard)
+        except BaseException:
+            self.rlm.tokens.settle(granted, 0)
+            raise
         if guard and len(guard.trimmed) > n_trimmed:
             self.cap("context", f"removed {len(guard.trimmed) - n_trimmed} old cell output(s) to fit the "
                                 f"{self.window:,}-token window")
-        self.rlm.tokens.add(gen.prompt_tokens + gen.completion_tokens)
+        self.rlm.tokens.settle(granted, gen.prompt_tokens + gen.completion_tokens)
         traj.model_wall_s += gen.latency_s
         traj.turns.append(ControllerTurn(
             index=len(traj.turns), messages_in=self.messages[self.sent:], response=gen.text,

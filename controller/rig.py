@@ -89,8 +89,9 @@ class Rig:
         from rlm_rig.worker.tokens import load_fast_tokenizer
 
         default = self.cfg.default_worker_name()
-        self.worker_model_path = resolve_model(self.cfg.worker.model)
-        self._replay = self._replay_tape()  # a tape of other weights or sampling is refused before any server starts
+        if not getattr(self, "worker_model_path", None):  # start() resolves it first; a direct call does it here
+            self.worker_model_path = resolve_model(self.cfg.worker.model)
+            self._replay = self._replay_tape()
         self._own_tape = Tape(self.folder.tape_path, keep=False)  # every worker's replies, keyed by its weights
         tok = load_fast_tokenizer(self.worker_model_path)  # `tokenizers` alone: no transformers import
         self.count_tokens = counter_for(tok)
@@ -140,8 +141,12 @@ class Rig:
     def _sampling(self, w: WorkerSettings | None = None) -> tuple[dict[str, Any], int | None]:
         """What besides weights and messages decides a worker reply: (the tape key's sampling part, its seed)."""
         w = w or self.cfg.worker
-        return ({"backend": w.backend, "dtype": w.dtype, "temperature": w.sampling.temperature,
-                 "top_p": w.sampling.top_p, "max_tokens": w.max_tokens}, w.sampling.seed)
+        key = {"backend": w.backend, "dtype": w.dtype, "temperature": w.sampling.temperature,
+               "top_p": w.sampling.top_p, "max_tokens": w.max_tokens}
+        srv = w.server  # what the server does to the weights and the prompt changes the reply too
+        key.update({k: getattr(srv, k) for k in ("quantization", "generation_config", "extra_args")
+                    if getattr(srv, k, None) not in (None, [], (), "")})
+        return key, w.sampling.seed
 
     def _replay_tape(self) -> Tape | None:
         """The ``tape`` run's tape, checked against this worker's weights and sampling (TapeMismatch)."""
@@ -153,7 +158,12 @@ class Rig:
             raise FileNotFoundError(f"--tape {self.tape}: that run folder holds no tape (a run made before tapes, "
                                     "or not a run folder)")
         tape = Tape(src.tape_path)
-        tape.check_compatible(self.worker_identity, *self._sampling())
+        base, seed = self._sampling()
+        variants = [(base, seed)]
+        for by_depth in self.cfg.worker.sampling_by_depth.values():  # calls at some depths sample otherwise
+            merged = {**base, "seed": seed, **by_depth.request()}
+            variants.append((merged, merged.pop("seed", None)))
+        tape.check_compatible(self.worker_identity, variants)
         return tape
 
     def _write_pid(self, srv: Any) -> None:
@@ -244,6 +254,8 @@ class Rig:
         self.check_secrets()  # an unset API-key variable fails before anything starts
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.check_sandbox()
+        self.worker_model_path = resolve_model(self.cfg.worker.model)
+        self._replay = self._replay_tape()  # a tape of other weights or sampling is refused before any model loads
         self.start_controller()  # cheap failures (a bad replay file) before an expensive server start
         self.start_worker()
 

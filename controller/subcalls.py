@@ -112,6 +112,7 @@ class SubCallRouter:
         clip: Callable[[int, int], tuple[int, int]] | None = None,
         routes: dict[str, Route] | None = None,
         default_model: str = "worker",
+        deadline: float | None = None,
         low_confidence: str = "off",
         low_confidence_threshold: float = 0.5,
         decode_token: Callable[[int], str] | None = None,
@@ -141,6 +142,7 @@ class SubCallRouter:
         self._batch_no = 0
         # the workers by name: the profile's workers map, or the one worker given above
         self.default_model = default_model
+        self.deadline = deadline  # perf_counter time the run's wall clock ends (shared with children); None: none
         self.routes = routes or {default_model: Route(default_model, worker, worker_max_tokens, worker_system)}
         self.low_confidence, self.low_confidence_threshold = low_confidence, low_confidence_threshold
         self.decode_token = decode_token  # the worker's tokenizer, one id -> text: finds a reply's answer tokens
@@ -155,11 +157,15 @@ class SubCallRouter:
 
     def _span(self, chunk: str) -> tuple[int | None, int | None]:
         """Where ``chunk`` sits in the document. Programs send consecutive slices, so the place after the
-        previous chunk is checked first (O(chunk)); a search of the whole document is the fallback."""
+        previous chunk is checked first (O(chunk)); a search of the whole document is the fallback. A chunk
+        whose text occurs more than once has no one place: (None, None), never a guess (the ledger and the
+        document map would credit the wrong item)."""
         if not chunk:
             return None, None
         i = self._next if self.doc.startswith(chunk, self._next) else self.doc.find(chunk)
         if i < 0:
+            return None, None
+        if self.doc.find(chunk, i + 1) >= 0 or self.doc.rfind(chunk, 0, i + len(chunk) - 1) >= 0:
             return None, None
         self._next = i + len(chunk)
         return i, i + len(chunk)
@@ -201,6 +207,10 @@ class SubCallRouter:
             return self.clip(best[0], best[1])  # type: ignore[arg-type]
         return best
 
+    def route_of(self, r: SubCallRequest) -> Route:
+        """The worker a request goes to (UnknownModel for a name the profile does not serve)."""
+        return route_for(self.routes, r.model, self.default_model)
+
     def _over_budget(self, n: int) -> list[SubCallReply]:
         msg = (f"sub_call limit reached: {self.budget.used} of {self.budget.limit} used, this call needs {n}. "
                "Nothing was sent; finish with what you have")
@@ -239,6 +249,10 @@ class SubCallRouter:
             routes = [route_for(self.routes, r.model, self.default_model) for r in reqs]
         except UnknownModel as e:
             return [SubCallReply(error=f"{e}. Nothing in this call was sent") for _ in reqs]
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            msg = "the time for this question is used up: nothing was sent; finish with what you have"
+            self._cap("wall_clock", msg)
+            return [SubCallReply(error=msg) for _ in reqs]
         # Refusals are decided before any work on the texts (locating, counting): a kernel flooding calls past
         # the budget must cost the parent a comparison per message, not a document search per chunk.
         if self.budget.used + len(reqs) > self.budget.limit:
@@ -346,7 +360,21 @@ class SharedTokens:
 
     used: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reserved: int = 0  # new tokens promised to generations in flight (concurrent child runs)
 
     def add(self, n: int) -> None:
         with self.lock:
             self.used += n
+
+    def reserve(self, want: int, limit: int) -> int:
+        """New tokens a generation may make now: what is left after what is spent and what others hold, so
+        concurrent children (rlm_query_batched) cannot each spend the same remainder."""
+        with self.lock:
+            n = max(0, min(want, limit - self.used - self.reserved))
+            self.reserved += n
+            return n
+
+    def settle(self, reserved: int, spent: int) -> None:
+        with self.lock:
+            self.reserved -= reserved
+            self.used += spent

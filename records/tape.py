@@ -93,8 +93,11 @@ class Tape:
             if self._remember(entry):
                 append_jsonl(self.path, entry.model_dump(mode="json"))
 
-    def check_compatible(self, model: str, sampling: dict[str, Any], seed: int | None) -> None:
-        """Raise :class:`TapeMismatch` unless some entry was recorded with these weights and this sampling."""
+    def check_compatible(self, model: str, sampling: "dict[str, Any] | list[tuple[dict[str, Any], int | None]]",
+                         seed: int | None = None) -> None:
+        """Raise :class:`TapeMismatch` unless some entry was recorded with these weights and this sampling (or one
+        of several (sampling, seed) variants: a profile that samples otherwise at some depths)."""
+        variants = sampling if isinstance(sampling, list) else [(sampling, seed)]
         if not self.entries:
             raise TapeMismatch(f"tape {self.path} holds no worker replies")
         models = {e.model for e in self.entries.values()}
@@ -102,10 +105,10 @@ class Tape:
             raise TapeMismatch(f"tape {self.path} was recorded with worker weights {_short(sorted(models))}; this run's "
                                f"worker is {model}: another model's replies are never reused")
         mine = [e for e in self.entries.values() if e.model == model]
-        if not any(e.sampling == sampling and e.seed == seed for e in mine):
+        if not any(e.sampling == smp and e.seed == sd for e in mine for smp, sd in variants):
             seen = canonical(sorted({canonical([e.sampling, e.seed]) for e in mine}))
             raise TapeMismatch(f"tape {self.path} was recorded with sampling {seen}; this run samples "
-                               f"{canonical([sampling, seed])}: replies under other sampling are never reused")
+                               f"{canonical(variants[0])}: replies under other sampling are never reused")
 
 
 def _short(models: list[str]) -> str:

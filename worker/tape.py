@@ -21,6 +21,10 @@ from rlm_rig.worker.client import Completion
 _NOT_SAMPLING = ("timeout",)
 
 
+class ReplayDiverged(RuntimeError):
+    """A fork's replay missed the tape before its fork point: its REPL state is not the original's."""
+
+
 class TapedWorker:
     """``chat_many`` like the worker it wraps; ``dead``, ``in_flight``, ``events`` and ``close`` pass through."""
 
@@ -35,6 +39,7 @@ class TapedWorker:
         self.hits = 0
         self.misses = 0
         self._n = 0  # calls seen so far: the ordinal `replace` counts in
+        self.diverged: str | None = None  # a fork's replay that missed the tape before its fork point (why)
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:  # dead, in_flight, events, worker, server, ... of the wrapped worker
@@ -47,6 +52,7 @@ class TapedWorker:
         with self._lock:
             self._n, self.hits, self.misses = 0, 0, 0
             self.replace = dict(replace or {})
+            self.diverged = None
 
     def key_parts(self, kw: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         """(the sampling part of the key, the seed): the client's defaults, overridden by the call's own."""
@@ -67,20 +73,27 @@ class TapedWorker:
             self._n += len(batch)
         results: list[Any] = [None] * len(batch)
         todo = []
+        fork_at = min(self.replace) if self.replace else None
         for i, key in enumerate(keys):
-            if first + i in self.replace:
+            if fork_at is not None and first + i < fork_at and (self.replay is None or self.replay.get(key) is None):
+                # before the fork point every reply must be the recorded one: a miss means the replayed cells
+                # asked something else (or the original call failed and was never taped); never ask the model
+                self.diverged = self.diverged or (f"call #{first + i} (before the fork point #{fork_at}) is not on the "
+                                                  "tape: the replay asked something the original run did not")
+                results[i] = ReplayDiverged(self.diverged)
+            elif first + i in self.replace:
                 results[i] = _completion(self.replace[first + i], None, "fork")
             elif self.replay is not None and (e := self.replay.get(key)) is not None:
                 results[i] = _completion(e.text, e, "tape")
             else:
                 todo.append(i)
-        self.hits += len(batch) - len(todo)
+        self.hits += sum(1 for r in results if r is not None and not isinstance(r, BaseException))
         self.misses += len(todo)
         if todo:
             for i, res in zip(todo, self.inner.chat_many([batch[i] for i in todo], **kw)):
                 results[i] = res
         for i, res in enumerate(results):
-            if not isinstance(res, BaseException) and res.extra.get("source") != "fork":
+            if res is not None and not isinstance(res, BaseException) and res.extra.get("source") != "fork":
                 self._keep(keys[i], batch[i], sampling, seed, res)
         return results
 

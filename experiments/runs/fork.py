@@ -82,6 +82,10 @@ def load_original(run: str | Path, sample: str, *, doc: str | Path | None = None
     traj = Trajectory.load(path)
     if any(s.nested_trajectory is not None for s in traj.sub_calls):
         raise RunInputError(f"sample {sample!r} has nested runs (max_depth >= 2): forks replace plain worker replies only")
+    # sub_call:K counts the default worker's calls (the tape's ordinal): tool calls and other workers would shift it
+    if any(s.kind == "tool" for s in traj.sub_calls) or len({s.model for s in traj.sub_calls}) > 1:
+        raise RunInputError(f"sample {sample!r} has custom tool calls or several worker models: forks replace the "
+                            "replies of one worker in runs without tools")
     if doc is not None:
         text = Path(doc).read_text(errors="replace")
         return _checked(Original(folder, sample, path, traj, text))
@@ -186,6 +190,9 @@ class Forker:
         t = orig.traj
         new = self.rig.ask(orig.doc, t.question, run_id=f"{t.run_id}-fork{at}", save_to=save_to,
                            instructions=t.task_instructions)
+        if worker.diverged:  # type: ignore[union-attr]
+            raise RunInputError(f"sample {orig.sample!r}: the replay diverged from the original run, so sub_call:{at} "
+                                f"would not see the original REPL state ({worker.diverged})")  # type: ignore[union-attr]
         return new, self.record(orig, new, at, turn, reply, worker.misses)  # type: ignore[union-attr]
 
     def record(self, orig: Original, new: Trajectory, at: int, turn: int, reply: str, calls: int) -> ForkRecord:

@@ -76,3 +76,30 @@ def test_an_official_prompt_is_located_inside_the_document():
     r = router(doc, limit=10, dialect="official")
     start, end = r._span_inside("Count the a's in this text:\n" + doc[5_000:6_000] + "\nReply with a number.")
     assert (start, end) == (5_000, 6_000)
+
+
+def test_a_chunk_whose_text_occurs_twice_gets_no_span():
+    r = router("ERROR disk full\nok\nERROR disk full\n", limit=10)
+    assert r._span("ERROR disk full") == (None, None)  # item 0 or item 2: never a guess
+    assert r._span("ok\n") == (16, 19)
+
+
+def test_calls_after_the_wall_clock_are_refused_before_any_work():
+    import time
+
+    r = router("some text", limit=10)
+    r.deadline = time.perf_counter() - 1
+    reply = r([SubCallRequest(chunk="some", instruction="i", index_in_batch=None)])[0]
+    assert reply.error and "time for this question is used up" in reply.error
+    assert r.budget.used == 0 and r.traj.caps_hit[0].cap == "wall_clock"
+
+
+def test_concurrent_generations_cannot_each_spend_the_same_remainder():
+    from rlm_rig.controller.subcalls import SharedTokens
+
+    t = SharedTokens(used=900)
+    a, b = t.reserve(512, 1000), t.reserve(512, 1000)  # two children asking at once
+    assert a + b == 100
+    t.settle(a, 80)
+    t.settle(b, 0)
+    assert t.used == 980 and t.reserved == 0

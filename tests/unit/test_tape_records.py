@@ -52,3 +52,32 @@ def test_a_written_only_tape_keeps_keys_not_replies(tmp_path):
     t.add(entry(text="4"))
     assert len(t) == 1 and t.entries == {} and t.keys() == {entry().key}
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_tape_sampled_otherwise_at_some_depth_is_accepted_by_the_same_profile(tmp_path):
+    t = Tape(tmp_path / "t.jsonl")
+    deep = {**SAMPLING, "temperature": 0.7}
+    t.add(entry(sampling=deep))  # every call of this run was made at a depth with its own sampling
+    with pytest.raises(TapeMismatch):
+        t.check_compatible("sha256:aa", SAMPLING, None)
+    t.check_compatible("sha256:aa", [(SAMPLING, None), (deep, None)])  # the profile's variants, as Rig passes them
+
+
+def test_a_forks_replay_never_asks_the_model_before_its_fork_point(tmp_path):
+    from rlm_rig.worker.client import Completion
+    from rlm_rig.worker.tape import ReplayDiverged, TapedWorker
+
+    class Model:
+        calls = 0
+
+        def chat_many(self, batch, **kw):
+            Model.calls += len(batch)
+            return [Completion("from the model", 1, 1, 0.0, "stop") for _ in batch]
+
+    tape = Tape(tmp_path / "t.jsonl")
+    tape.add(entry())
+    w = TapedWorker(Model(), model="sha256:aa", sampling=SAMPLING, record=None, replay=tape, replace={2: "7"})
+    other = [{"role": "user", "content": "not what the original asked"}]
+    got = w.chat_many([MSGS, other, MSGS])
+    assert got[0].text == "3" and isinstance(got[1], ReplayDiverged) and got[2].text == "7"
+    assert Model.calls == 0 and w.diverged and "#1" in w.diverged
