@@ -137,3 +137,13 @@ def test_items_that_json_would_change_are_refused(value):
     with pytest.raises(ContextError, match=r"context item \d+ \(\w+\) does not survive JSON unchanged"):
         pack_context(value)
     assert pack_context([{"a": [1, 2.5, None, True]}, "s"]).json_items == [0]
+
+
+@pytest.mark.parametrize("body,kind", [("raise SystemExit(3)", "SystemExit: 3"),
+                                       ("raise ValueError('one\\ntwo\\nthree')", "ValueError: one)")])
+def test_a_tool_module_failing_at_import_is_one_line(tmp_path, monkeypatch, body, kind):
+    (tmp_path / "rlm_rig_bad_tool_mod.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ToolImportError) as info:
+        import_tool("t", "rlm_rig_bad_tool_mod:f")
+    assert kind in str(info.value) and "\n" not in str(info.value)
