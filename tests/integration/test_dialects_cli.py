@@ -79,12 +79,18 @@ def test_ask_official_over_a_folder_of_txt_files(vllm_server: str, tmp_path: Pat
     assert f"answer: \\boxed{{{total}}}" in r.stdout
 
 
-@pytest.mark.vllm
-def test_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
+def not_json_replay(tmp_path: Path) -> Path:
+    """A controller that calls the tool returning a set (caught by the cell), then answers 'done'."""
     replay = tmp_path / "replay.yaml"
     replay.write_text(json.dumps({"responses": [
         "```repl\ntry:\n    not_json(2)\nexcept Exception as e:\n    print(e)\n```",
         "```repl\nanswer['content'] = 'done'\nanswer['ready'] = True\n```"]}))
+    return replay
+
+
+@pytest.mark.vllm
+def test_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
+    replay = not_json_replay(tmp_path)
     (tmp_path / "d.txt").write_text("text")
     out = tmp_path / "run"
     r = rig("ask", "-c", "cpu-tiny", "--doc", str(tmp_path / "d.txt"), "-q", "q", "--set", "rlm.dialect=official",
@@ -122,10 +128,7 @@ def test_eval_in_the_official_dialect(vllm_server: str, tmp_path: Path) -> None:
 
 @pytest.mark.vllm
 def test_chat_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
-    replay = tmp_path / "replay.yaml"
-    replay.write_text(json.dumps({"responses": [
-        "```repl\ntry:\n    not_json(2)\nexcept Exception as e:\n    print(e)\n```",
-        "```repl\nanswer['content'] = 'done'\nanswer['ready'] = True\n```"]}))
+    replay = not_json_replay(tmp_path)
     (tmp_path / "d.txt").write_text("text")
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
@@ -142,10 +145,7 @@ def test_chat_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str
 
 @pytest.mark.vllm
 def test_eval_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
-    replay = tmp_path / "replay.yaml"
-    replay.write_text(json.dumps({"responses": [
-        "```repl\ntry:\n    not_json(2)\nexcept Exception as e:\n    print(e)\n```",
-        "```repl\nanswer['content'] = 'done'\nanswer['ready'] = True\n```"]}))
+    replay = not_json_replay(tmp_path)
     out = tmp_path / "run"
     r = rig("eval", "-c", "cpu-tiny", "--dataset", "oolong-real", "--source", "toy", "--limit", "1", "--no-report",
             "--set", "rlm.dialect=official", "--controller-replay", str(replay),
