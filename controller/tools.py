@@ -58,8 +58,11 @@ def import_tool(name: str, ref: str) -> Callable[..., Any]:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's module is the same one line
-        raise ToolImportError(f"rlm.tools.{name}: cannot import {ref!r} ({type(exc).__name__}: {exc})") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure of the user's module (SystemExit too) is one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ToolImportError(f"rlm.tools.{name}: cannot import {ref!r} ({type(exc).__name__}: {first})") from None
     if not callable(obj):
         raise ToolImportError(f"rlm.tools.{name}: {ref!r} is not callable")
     return obj
@@ -160,8 +163,9 @@ class _ToolProcess:
                       "memory_bytes": memory_bytes or 0}
         self.timeout_s = timeout_s
         self.max_result_chars = max_result_chars
-        # a result of max_result_chars characters is at most 4 bytes each in UTF-8, plus the reply's tag
-        self.max_reply_bytes = 4 * max_result_chars + 64
+        # a result of max_result_chars characters is at most 4 bytes each in UTF-8, plus the reply's tag; an error
+        # (cut to 2000 characters in the child, at most 6 bytes each as ASCII JSON) fits even at a small cap
+        self.max_reply_bytes = 4 * max(max_result_chars, 4000) + 64
         self.lock = threading.Lock()
         self.child: subprocess.Popen | None = None
         self.conn: Connection | None = None

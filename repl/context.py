@@ -74,6 +74,9 @@ def _item_text(value: Any, i: int, json_items: list[int]) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ContextError(f"context item {i} is not JSON-serialisable ({exc})") from None
+    if json.loads(text) != value:  # a tuple, a non-str dict key...: the kernel would see another value
+        raise ContextError(f"context item {i} ({type(value).__name__}) does not survive JSON unchanged (tuples and "
+                           "non-str dict keys, even nested, are not allowed): use lists and str keys")
     json_items.append(i)
     return text
 

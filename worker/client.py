@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError
+from rlm_rig.worker.errors import ContextLengthError, WorkerError, WorkerRequestError, redact
 from rlm_rig.worker.server import normalize_base_url
 from rlm_rig.worker.settings import Sampling, WorkerSettings
 
@@ -169,6 +169,8 @@ class WorkerClient:
         self.token_logprobs = token_logprobs
         # extra headers (a hosted server's), then the key: never logged, never in a record (see __repr__)
         self._headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        # every value a server could echo back in an error body: masked in every message and body we raise
+        self._secrets = [api_key, *self._headers.values()]
         self._trust_env = trust_env
         self._rr = itertools.cycle(range(len(self.base_urls)))
         self.replica_cooldown_s = replica_cooldown_s
@@ -289,11 +291,11 @@ class WorkerClient:
                 resp = await client.post(url + "/chat/completions", json=payload)
             except httpx.TransportError as exc:  # refused, reset, timed out, protocol error
                 self._down_until[url] = time.monotonic() + self.replica_cooldown_s
-                errors.append(f"{url}: {type(exc).__name__}: {exc}".rstrip(": "))
+                errors.append(redact(f"{url}: {type(exc).__name__}: {exc}", self._secrets).rstrip(": "))
             else:
                 if resp.status_code == 200:
                     return self._parse(resp, url, attempt + 1)
-                msg = _error_message(resp)
+                msg = redact(_error_message(resp), self._secrets)
                 if resp.status_code == 400 and "logprobs" in payload and _UNENCODABLE in msg:
                     # vLLM could not JSON-encode the logprobs it computed (NaN/inf: a model gone numerically
                     # bad, e.g. a random tiny model past its trained positions); the completion itself is
@@ -302,7 +304,7 @@ class WorkerClient:
                     resp = await client.post(url + "/chat/completions", json=payload)
                     if resp.status_code == 200:
                         return self._parse(resp, url, attempt + 1)
-                    msg = _error_message(resp)
+                    msg = redact(_error_message(resp), self._secrets)
                 if resp.status_code >= 500 or resp.status_code in _RETRY_STATUS:
                     errors.append(f"{url}: HTTP {resp.status_code}: {msg[:300]}")
                 else:
@@ -311,7 +313,7 @@ class WorkerClient:
                         f"{url} rejected the request (HTTP {resp.status_code}): {msg}",
                         url=url,
                         status=resp.status_code,
-                        body=resp.text[:4000],
+                        body=redact(resp.text, self._secrets)[:4000],
                     )
             if attempt < self.max_retries:
                 await asyncio.sleep(self._backoff(attempt))
@@ -326,7 +328,7 @@ class WorkerClient:
             body = resp.json()
             choice = body["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise WorkerError(f"{url} returned an unreadable completion: {resp.text[:500]}", url=url) from exc
+            raise WorkerError(f"{url} returned an unreadable completion: {redact(resp.text, self._secrets)[:500]}", url=url) from exc
         usage = body.get("usage") or {}
         extra: dict[str, Any] = {}
         if self.token_logprobs:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["ContextLengthError", "ServerStartError", "WorkerError", "WorkerRequestError"]
+__all__ = ["ContextLengthError", "ServerStartError", "WorkerError", "WorkerRequestError", "redact"]
+
+
+def redact(text: str, secrets) -> str:
+    """`text` with every secret value (an API key, a secret header's value) replaced by ``***``: a server that
+    echoes a request's headers in its error body must not put the key into an error, a record or the CLI.
+    Values under 4 characters are left alone (no secret is that short; replacing them would garble text)."""
+    for value in sorted({str(v) for v in secrets if v and len(str(v)) >= 4}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
 
 
 class WorkerError(RuntimeError):

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from rlm_rig.worker.errors import ServerStartError, WorkerError
+from rlm_rig.worker.errors import ServerStartError, WorkerError, redact
 from rlm_rig.worker.settings import DEFAULT_DTYPE, ServerSettings
 
 __all__ = ["ServerSpec", "VLLMServer", "find_free_port", "list_models", "normalize_base_url"]
@@ -503,7 +503,8 @@ class VLLMServer:
                 r.raise_for_status()
                 models = [m["id"] for m in r.json().get("data", [])]
         except httpx.HTTPError as exc:
-            raise WorkerError(f"no usable server at {base}: {type(exc).__name__}: {exc}", url=base) from exc
+            detail = redact(f"{type(exc).__name__}: {exc}", (headers or {}).values())
+            raise WorkerError(f"no usable server at {base}: {detail}", url=base) from exc
         if not models:
             raise WorkerError(f"server at {base} serves no models", url=base)
         if model is not None and model not in models:

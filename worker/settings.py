@@ -13,6 +13,7 @@ and a profile gets bounds checks and "unknown key" errors from configs' loader.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -24,6 +25,7 @@ from pydantic import AfterValidator, Field
 DEFAULT_DTYPE = "auto"
 
 _FORBID = {"extra": "forbid"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(kw_only=True)
@@ -75,8 +77,13 @@ class ServerSettings:
             raise ValueError(f"server.cpu_kvcache_space_gb must be positive, got {self.cpu_kvcache_space_gb}")
         if isinstance(self.extra_args, str):
             raise ValueError("server.extra_args must be a list of strings, not one string")
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
-            raise ValueError(f"server.api_key_env must name an environment variable, got {self.api_key_env!r}")
+        # a value here is often a key pasted by mistake: never echo it
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(str(self.api_key_env)):
+            raise ValueError("server.api_key_env is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        for name, var in self.headers_env.items():
+            if not _ENV_NAME.fullmatch(str(var)):
+                raise ValueError(f"server.headers_env.{name} is not an environment variable name "
+                                 "([A-Za-z_][A-Za-z0-9_]*)")
 
     def api_key(self) -> str | None:
         """The key from the named environment variable (None without ``api_key_env``); MissingSecret when unset

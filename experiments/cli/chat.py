@@ -15,6 +15,7 @@ import typer
 from rlm_rig.experiments.cli._common import (
     ConfigOpt,
     SetOpt,
+    UserError,
     default_run_dir,
     err,
     guarded,
@@ -40,6 +41,7 @@ def chat(
 ) -> None:
     """Ask several questions about one document, one a line on stdin; the REPL and the conversation carry over."""
     from rlm_rig.controller.rig import Rig
+    from rlm_rig.controller.tools import tool_result_error
     from rlm_rig.records.runlog import RunFolder
 
     cfg = load_cfg(config, overrides)
@@ -48,14 +50,19 @@ def chat(
     folder = RunFolder(run_dir)
     held = folder.claim("chat", force=force)  # before any server starts
     sigterm_as_interrupt()
+    bad_tool = None
     try:
         with Rig(cfg, run_dir=run_dir, controller_replay=controller_replay) as rig, rig.session(text) as session:
             folder.trajectories_dir.mkdir(parents=True, exist_ok=True)
             for question in _questions():
                 path = folder.chat_trajectory_path(session.asked + 1)
-                _show(session.ask(question, save_to=path), path)
+                t = session.ask(question, save_to=path)
+                _show(t, path)
+                bad_tool = bad_tool or tool_result_error(t)
     finally:
         held.release()
+    if bad_tool:  # as `ask`: the cell was told; the user's tool is broken: one line, once the run is saved
+        raise UserError(bad_tool)
 
 
 def _questions():

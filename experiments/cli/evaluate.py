@@ -94,6 +94,7 @@ def eval_cmd(
             raise UserError(f"--resume {str(resume)!r} is not a folder")
         res = _cluster(lambda: resume_cluster_eval(resume, address=ray, replicas=replicas)) if ray else resume_eval(resume)
         _finish([resume], res, report)
+        _check_tools([resume])
         return
     if not dataset:
         raise UserError("--dataset is required (or --resume RUN_DIR)")
@@ -143,6 +144,23 @@ def eval_cmd(
         _finish([rd], res, report)
     if len(run_dirs) > 1 and report:
         run_report(run_dirs, Path(run_dirs[0]).parent / "report")
+    _check_tools(run_dirs)
+
+
+def _check_tools(run_dirs: list[Path]) -> None:
+    """As `ask`: a custom tool whose result JSON could not carry is the user's bug: one line, exit 2, once every
+    run is saved (all outputs kept)."""
+    from rlm_rig.controller.tools import tool_result_error
+    from rlm_rig.records.runlog import RunFolder
+
+    for rd in run_dirs:
+        folder = RunFolder(rd)
+        for sample_id, path in folder.trajectories():
+            if '"tool_result"' not in path.read_text(errors="replace"):  # cheap: most samples never hit it
+                continue
+            bad = tool_result_error(folder.load_trajectory(path))
+            if bad:
+                raise UserError(f"sample {sample_id}: {bad}")
 
 def merge_cmd(
     runs: list[Path] = typer.Argument(..., help="shard run folders"),

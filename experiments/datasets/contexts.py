@@ -17,14 +17,20 @@ def load_context_file(path: str | Path) -> Any:
         files = sorted(f for f in p.iterdir() if f.suffix == ".txt" and f.is_file())
         if not files:
             raise ContextFileError(f"--doc {str(p)!r} is a folder with no .txt files")
-        return [f.read_text(errors="replace") for f in files]
+        return [_text_file(f) for f in files]
     if not p.is_file():
         raise ContextFileError(f"--doc {str(p)!r} is not a file or a folder")
     if p.suffix == ".json":
         return _json_file(p)
     if p.suffix == ".jsonl":
         return _jsonl_file(p)
-    return p.read_text(errors="replace")
+    return _text_file(p)
+
+
+def _text_file(p: Path) -> str:
+    """The file's text byte-faithful: no newline translation (\r\n and \r stay), and an invalid byte becomes a
+    lone surrogate (surrogateescape), which the sandbox carries (UTF-8 "surrogatepass") instead of U+FFFD."""
+    return p.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _json_file(p: Path) -> Any:

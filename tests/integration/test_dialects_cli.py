@@ -79,12 +79,18 @@ def test_ask_official_over_a_folder_of_txt_files(vllm_server: str, tmp_path: Pat
     assert f"answer: \\boxed{{{total}}}" in r.stdout
 
 
-@pytest.mark.vllm
-def test_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
+def not_json_replay(tmp_path: Path) -> Path:
+    """A controller that calls the tool returning a set (caught by the cell), then answers 'done'."""
     replay = tmp_path / "replay.yaml"
     replay.write_text(json.dumps({"responses": [
         "```repl\ntry:\n    not_json(2)\nexcept Exception as e:\n    print(e)\n```",
         "```repl\nanswer['content'] = 'done'\nanswer['ready'] = True\n```"]}))
+    return replay
+
+
+@pytest.mark.vllm
+def test_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
+    replay = not_json_replay(tmp_path)
     (tmp_path / "d.txt").write_text("text")
     out = tmp_path / "run"
     r = rig("ask", "-c", "cpu-tiny", "--doc", str(tmp_path / "d.txt"), "-q", "q", "--set", "rlm.dialect=official",
@@ -118,3 +124,33 @@ def test_eval_in_the_official_dialect(vllm_server: str, tmp_path: Path) -> None:
     assert row["stop_reason"] == "final" and row["answer"].startswith("\\boxed{") and row["n_sub_calls"] >= 1
     traj = json.loads((out / row["trajectory"]).read_text())
     assert traj["config"]["rlm"]["dialect"] == "official" and traj["cells"][-1]["final_answer"] == row["answer"]
+
+
+@pytest.mark.vllm
+def test_chat_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
+    replay = not_json_replay(tmp_path)
+    (tmp_path / "d.txt").write_text("text")
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "rlm_rig.experiments.cli", "chat", "-c", "cpu-tiny", "--doc",
+                        str(tmp_path / "d.txt"), "--set", "rlm.dialect=official", "--controller-replay", str(replay),
+                        "--set", "rlm.tools={not_json: 'dialect_tools:not_json'}", "--set",
+                        f"worker.server.url={vllm_server}", "--set", "worker.served_name=tiny", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env, input="q\n")
+    one_line_exit_2(r, "not_json", "not JSON-serialisable")
+    assert "answer: done" in r.stdout  # the answer was shown and the trajectory saved before the one line
+    traj = json.loads((out / "trajectories" / "q001.json").read_text())
+    assert traj["final_answer"] == "done" and "not JSON-serialisable" in traj["cells"][0]["stdout"]
+
+
+@pytest.mark.vllm
+def test_eval_tool_returning_non_json_is_one_line_after_the_run(vllm_server: str, tmp_path: Path) -> None:
+    replay = not_json_replay(tmp_path)
+    out = tmp_path / "run"
+    r = rig("eval", "-c", "cpu-tiny", "--dataset", "oolong-real", "--source", "toy", "--limit", "1", "--no-report",
+            "--set", "rlm.dialect=official", "--controller-replay", str(replay),
+            "--set", "rlm.tools={not_json: 'dialect_tools:not_json'}", "--set", f"worker.server.url={vllm_server}",
+            "--set", "worker.served_name=tiny", "--out", str(out))
+    one_line_exit_2(r, "not_json", "not JSON-serialisable")
+    row = json.loads((out / "samples.jsonl").read_text().splitlines()[0])  # every output is kept
+    assert row["answer"] == "done" and (out / row["trajectory"]).is_file()

@@ -118,3 +118,32 @@ def test_tool_settings():
 def test_old_sub_call_records_read_as_plain_worker_calls():
     rec = SubCallRecord.model_validate({"id": 0, "cell": 0, "depth": 1, "chunk_chars": 3, "instruction": "i"})
     assert (rec.kind, rec.fallback, rec.tool, rec.chunk_item) == ("llm", None, None, None)
+
+
+def test_a_text_doc_reaches_the_kernel_byte_faithful(tmp_path):
+    raw = b"line one\r\nline two\rthree \xff end\n"
+    (tmp_path / "a.txt").write_bytes(raw)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "1.txt").write_bytes(raw)
+    for value in (load_context_file(tmp_path / "a.txt"), load_context_file(tmp_path / "f")[0]):
+        assert len(value) == len(raw) and "\r\n" in value and "\rthree" in value and "\ufffd" not in value
+        # the sandbox sends the doc as UTF-8 "surrogatepass" and the kernel decodes it the same way
+        assert value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass") == value
+        assert value.encode("utf-8", "surrogateescape") == raw
+
+
+@pytest.mark.parametrize("value", [[{1: "a"}], ["s", (1, 2)], {"k": [{"x": (1,)}]}, [{2: [3]}]])
+def test_items_that_json_would_change_are_refused(value):
+    with pytest.raises(ContextError, match=r"context item \d+ \(\w+\) does not survive JSON unchanged"):
+        pack_context(value)
+    assert pack_context([{"a": [1, 2.5, None, True]}, "s"]).json_items == [0]
+
+
+@pytest.mark.parametrize("body,kind", [("raise SystemExit(3)", "SystemExit: 3"),
+                                       ("raise ValueError('one\\ntwo\\nthree')", "ValueError: one)")])
+def test_a_tool_module_failing_at_import_is_one_line(tmp_path, monkeypatch, body, kind):
+    (tmp_path / "rlm_rig_bad_tool_mod.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ToolImportError) as info:
+        import_tool("t", "rlm_rig_bad_tool_mod:f")
+    assert kind in str(info.value) and "\n" not in str(info.value)

@@ -157,3 +157,19 @@ def test_a_parent_killed_mid_call_leaves_no_tool_process_behind(watchdog):
         time.sleep(0.1)
     os.kill(child, 9)
     pytest.fail(f"tool process {child} outlived its parent by 20 s")
+
+
+def shout(n: int) -> None:
+    raise ValueError("é" * n)
+
+
+def test_a_long_error_at_a_small_result_cap_is_the_tools_error_not_an_over_cap_result():
+    tr = ToolRunner({"shout": "test_tools_runner:shout"},
+                    runner().traj, timeout_s=5.0, max_result_chars=10, max_calls=5, depth=0)
+    try:
+        reply = tr("shout", [5000], {})
+        rec = tr.traj.sub_calls[-1]
+        assert rec.error_kind == "tool" and reply.error.startswith("shout raised ValueError: éé"), rec.error
+        assert len(reply.error) <= 2000
+    finally:
+        tr.close()

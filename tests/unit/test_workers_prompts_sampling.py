@@ -152,7 +152,7 @@ def test_api_key_comes_from_the_named_variable_only(monkeypatch):
         s.api_key()
     monkeypatch.setenv("RLM_RIG_UNIT_KEY", "k-123")
     assert s.auth_headers() == {"X-Team": "interp", "Authorization": "Bearer k-123"}
-    with pytest.raises(ValueError, match="must name an environment variable"):
+    with pytest.raises(ValueError, match="is not an environment variable name"):
         ServerSettings(api_key_env="sk-live-abc def")
     hidden = ServerSettings(url="http://h/v1", headers_env={"api-key": "RLM_RIG_UNIT_HDR"})
     monkeypatch.delenv("RLM_RIG_UNIT_HDR", raising=False)
