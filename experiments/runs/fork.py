@@ -87,7 +87,14 @@ def load_original(run: str | Path, sample: str, *, doc: str | Path | None = None
         raise RunInputError(f"sample {sample!r} has custom tool calls or several worker models: forks replace the "
                             "replies of one worker in runs without tools")
     if doc is not None:
-        text = Path(doc).read_text(errors="replace")
+        from rlm_rig.experiments.datasets.contexts import ContextFileError, load_context_file
+
+        try:
+            text = load_context_file(Path(doc))  # read as `ask` read it (byte-faithful)
+        except ContextFileError as exc:
+            raise RunInputError(str(exc)) from None
+        if not isinstance(text, str):
+            raise RunInputError("--doc: forks of list or dict contexts are not supported; give the run's text file")
         return _checked(Original(folder, sample, path, traj, text))
     if folder.read_spec() is None:
         raise RunInputError(f"{run} is an ask run: give its document with --doc")
