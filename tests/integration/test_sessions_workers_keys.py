@@ -200,3 +200,18 @@ def toy_doc_dir(tmp_path):
     lines = ["[START OF EPISODE]"] + [f"GROG: I roll a {i}." if i % 3 == 0 else f"VEX: line {i}." for i in range(40)]
     (tmp_path / "doc.txt").write_text("\n".join(lines) + "\n")
     return tmp_path
+
+
+def test_an_official_dialect_session_shares_the_repl_between_questions(vllm_server, tmp_path):
+    """The official dialect in a session: question 2 reads what question 1 left in the REPL, and each question
+    finishes through its own `answer` (the dict question 1 left ready does not end question 2 early)."""
+    responses = [cell("secret = 41\nanswer['content'] = 'stored'\nanswer['ready'] = True"),
+                 cell("print(SHOW_VARS())"),
+                 cell("answer['content'] = str(secret + 1)\nanswer['ready'] = True")]
+    cfg = attached(vllm_server, "rlm.dialect=official")
+    with Rig(cfg, run_dir=tmp_path / "run", controller_replay=replay(tmp_path, *responses)) as rig:
+        with rig.session(["item one", "item two"]) as s:
+            t1 = s.ask("store a number")
+            t2 = s.ask("what is the number plus one?")
+    assert (t1.final_answer, t2.final_answer) == ("stored", "42"), (t1.error, t2.error)
+    assert len(t2.cells) == 2 and "secret" in t2.cells[0].stdout and "question" not in t2.cells[0].stdout
