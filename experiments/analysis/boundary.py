@@ -124,10 +124,33 @@ def tape_markdown(runs: list[Any]) -> list[str]:
             md_table(["run", "model", "tape", "fork"], rows)]
 
 
+def fork_markdown(runs: list[Any]) -> list[str]:
+    """The forks among the runs (a `rlm-rig fork` folder): which reply was replaced and what the answer did."""
+    from rlm_rig.records.fork import ForkRecord
+    from rlm_rig.records.runlog import RunFolder
+
+    rows = []
+    for run in runs:
+        path = RunFolder(run.path).fork_path
+        if path.is_file():
+            f = ForkRecord.load(path)
+            changed = sum(1 for st in f.steps if st.changed)
+            rows.append([run.label, f"{Path(f.original_run).name} / {f.sample}", f"sub_call:{f.at}",
+                         repr((f.reply_original or "")[:30]), repr(f.reply_fork[:30]), str(f.answer_original),
+                         str(f.answer_fork), fmt(f.score_change, "+.3f") if f.score_change is not None else "-",
+                         f"{changed} of {len(f.steps)}", str(f.worker_calls)])
+    if not rows:
+        return []
+    return ["\n## Forks\n", "Closed-loop counterfactual forks (`rlm-rig fork`, docs/BOUNDARY.md): one worker reply "
+            "replaced, the controller continues.\n",
+            md_table(["run", "original", "at", "reply was", "reply now", "answer was", "answer now", "score change",
+                      "later steps changed", "worker calls"], rows)]
+
+
 def report_sections(runs: list[Any], out_dir: Path, threshold: float = 0.5) -> tuple[list[str], dict[str, Path]]:
     """The report's ledger and confidence sections for every run that has what they need (none otherwise),
     and their plots by name (each run's files in ``boundary-<k>/``)."""
-    md: list[str] = tape_markdown(runs)
+    md: list[str] = tape_markdown(runs) + fork_markdown(runs)
     plots: dict[str, Path] = {}
     for i, run in enumerate(runs):
         sub = out_dir / f"boundary-{i}"

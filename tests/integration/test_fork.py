@@ -66,6 +66,11 @@ def test_a_fork_moves_the_sum_by_exactly_the_changed_count(vllm_server, run, tmp
     assert ("sub_call", k) in changed and not any(kind == "sub_call" and i != k for kind, i in changed)
     assert any(kind == "cell" for kind, _ in changed)  # the cell that summed the counts printed another total
     assert rec.score_original is not None and rec.score_fork is not None and rec.gold
+    from rlm_rig.experiments.analysis.boundary import fork_markdown
+    from rlm_rig.experiments.analysis.metrics import load_run
+
+    table = "".join(fork_markdown([load_run(tmp_path)]))  # `report` on the fork folder shows it
+    assert f"sub_call:{k}" in table and repr(str(new)) in table and "| 0 |" in table, table
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
