@@ -208,7 +208,7 @@ def test_export_rlm_jsonl(eval_run):
             assert it["prompt"][-len(turn["messages_in"]):] == turn["messages_in"]
             for cb in it["code_blocks"]:
                 assert set(cb) == {"code", "result"}
-                assert set(cb["result"]) == {"stdout", "stderr", "locals", "execution_time", "rlm_calls"}
+                assert set(cb["result"]) == {"stdout", "stderr", "locals", "execution_time", "rlm_calls", "final_answer"}
                 for call in cb["result"]["rlm_calls"]:
                     assert {"root_model", "prompt", "response", "usage_summary", "execution_time"} <= set(call)
                     u = call["usage_summary"]["model_usage_summaries"][call["root_model"]]
