@@ -79,9 +79,8 @@ def test_a_tool_frame_without_the_cells_nonce_kills_the_kernel(box):
 
 
 def test_a_flood_of_tool_calls_ends_within_the_cell_timeout(box):
-    t0 = time.monotonic()
-    r = box.run_cell("while True:\n    echo('x' * 5000)")
-    assert r.kill_reason in ("timeout", "budget") and time.monotonic() - t0 < 4 + 12
+    r = box.run_cell("while True:\n    echo('x' * 5000)")  # a hang is caught by the suite's pytest timeout
+    assert r.kill_reason in ("timeout", "budget") and r.restarted, r
     assert box.run_cell("print(echo(1)['args'])").stdout == "[1]\n"
 
 
