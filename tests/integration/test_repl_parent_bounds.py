@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from owned_kernel import OWN_LINK
 from rlm_rig.repl.sandbox import Sandbox
 from rlm_rig.repl.types import SandboxLimits, SubCallReply
 from rlm_rig.repl.launch import plan_for
@@ -31,13 +32,7 @@ LAUNCHERS = [pytest.param(n, marks=pytest.mark.skipif(plan_for(n, network=False)
              for n in ("bwrap", "unshare", "none")]
 
 # Model code that owns the kernel: the pipe fds, a raw frame writer, a reader that drains replies.
-OWN = textwrap.dedent(r'''
-    import json as _j, os as _o, struct as _s, threading as _t, time as _tm
-    _fns = [sub_call] + [c.cell_contents for c in sub_call.__closure__ if callable(c.cell_contents)]
-    _link = [c.cell_contents for f in _fns for c in (getattr(f, '__closure__', None) or ()) if hasattr(c.cell_contents, 'fd_out')][0]
-    def _frame(obj, kind=b'J'):
-        p = obj if isinstance(obj, bytes) else _j.dumps(obj).encode()
-        return _s.pack('>cI', kind, len(p)) + p
+OWN = OWN_LINK + textwrap.dedent(r'''
     def _drain():
         while True:
             if not _o.read(_link.fd_in, 1 << 20):

@@ -11,16 +11,11 @@ import pytest
 
 from rlm_rig.controller.tools import ToolRunner
 from rlm_rig.records.trajectory import Trajectory
+from owned_kernel import OWN_LINK
 from rlm_rig.repl.sandbox import Sandbox
 from rlm_rig.repl.types import SandboxLimits, SubCallReply
 
-OWN = textwrap.dedent(r'''
-    import json as _j, os as _o, struct as _s, threading as _t
-    _fns = [sub_call] + [c.cell_contents for c in sub_call.__closure__ if callable(c.cell_contents)]
-    _link = [c.cell_contents for f in _fns for c in (getattr(f, '__closure__', None) or ()) if hasattr(c.cell_contents, 'fd_out')][0]
-    def _frame(obj, kind=b'J'):
-        p = obj if isinstance(obj, bytes) else _j.dumps(obj).encode()
-        return _s.pack('>cI', kind, len(p)) + p
+OWN = OWN_LINK + textwrap.dedent(r'''
     def _tool(blob, name='echo', nonce=True):
         head = {'t': 'tool', 'id': 99, 'name': name, 'n_blobs': 1}
         if nonce:
