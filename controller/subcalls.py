@@ -320,6 +320,14 @@ class SubCallRouter:
         notes, self.notes = self.notes, []
         return "".join("\n" + n for n in notes)
 
+    def send_plain(self, reqs: list[SubCallRequest], records: list[SubCallRecord]) -> tuple[list[Any], list[Any]]:
+        """Plain worker calls for ``reqs`` (no budget taken, no recursion, no caps): each to its request's worker,
+        in the run's dialect, through the tape. Returns (messages sent, results or exceptions). The door for a
+        policy that re-asks the worker after a batch (controller/confidence.py's resplit)."""
+        routes = [self.route_of(r) for r in reqs]
+        batch = [self._messages(r, route) for r, route in zip(reqs, routes)]
+        return batch, self._send(batch, routes, records)
+
     def _send(self, batch: list[list[dict[str, str]]], routes: list[Route], records: list[SubCallRecord]) -> list[Any]:
         """Each worker's share of the batch through its own client (one chat_many per worker), in batch order."""
         results: list[Any] = [None] * len(batch)

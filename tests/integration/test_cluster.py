@@ -169,35 +169,61 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _hold_the_first(rd: Path, p: subprocess.Popen) -> tuple[int, int]:
+    """Take the race out of the test: the replica that starts first is SIGSTOPped (its actor process only) at once,
+    holding the example it was given, and stays stopped until the caller lets it go. Without this a slow boot or a
+    slow first example of one replica (two vLLM-CPU servers on 2 loaded cores) lets the other finish the 8 examples
+    nearly alone, and a kill finds nothing in flight. Returns (second, first): the running and the held replica."""
+    first: int | None = None
+    deadline = time.time() + 900
+    while True:
+        pids = _started_pids(rd)
+        if first is None and pids:
+            first = next(iter(pids))
+            os.kill(pids[first], signal.SIGSTOP)
+        if len(pids) == 2:
+            assert first is not None
+            return 1 - first, first
+        if p.poll() is not None:
+            raise AssertionError(f"exited ({p.returncode}) before two replicas started: {p.stderr.read()[-3000:]}")
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail("timed out waiting for two replicas to start")
+        time.sleep(0.1)
+
+
 @pytest.mark.timeout(1800)  # two vLLM-CPU boots on a shared 2-core box
 def test_two_replicas_on_a_head_survive_a_killed_replica(head, tmp_path):
-    """Two replicas of cpu-tiny, each with its own vLLM-CPU server, on a `ray start --head` cluster; replica 0's
-    actor process is SIGKILLed (by PID) once it has finished an example: its in-flight examples are requeued and
-    finished by replica 1, every id appears exactly once, rows name both replicas, and its server is gone."""
+    """Two replicas of cpu-tiny, each with its own vLLM-CPU server, on a `ray start --head` cluster. The first up is
+    held (SIGSTOP) with one example; the second's actor process is SIGKILLed (by PID) as soon as it has written a row,
+    while it holds its next example; then the first is let go. The killed replica's in-flight example is requeued and
+    finished by the other, every id appears exactly once, rows name both replicas, and its server is gone."""
     rd = tmp_path / "run"
     p = _cli(*EVAL, "--ray", head, "--replicas", "2", "--out", str(rd))
-    _wait(lambda: len(_started_pids(rd)) == 2, p, "two replicas started")
-    _wait(lambda: any(r["replica"]["id"] == 0 for r in _rows(rd)), p, "a row from replica 0")
-    victim = psutil.Process(_started_pids(rd)[0])
-    its_servers = victim.children(recursive=True)
-    assert any("vllm" in " ".join(c.cmdline()) for c in its_servers), "replica 0 runs no vLLM server of its own"
-    victim.kill()
+    v, s = _hold_the_first(rd, p)
+    try:
+        _wait(lambda: any(r["replica"]["id"] == v for r in _rows(rd)), p, f"a row from replica {v}")
+        victim = psutil.Process(_started_pids(rd)[v])
+        its_servers = victim.children(recursive=True)
+        assert any("vllm" in " ".join(c.cmdline()) for c in its_servers), f"replica {v} runs no vLLM server of its own"
+        victim.kill()  # it took its next example the moment its row was written: at least 4 of 8 remained
+    finally:
+        os.kill(_started_pids(rd)[s], signal.SIGCONT)
     out, err = _finish(p)
     assert p.returncode == 0, err[-3000:]
     rows = _each_id_once(rd)
     assert {r["replica"]["id"] for r in rows} == {0, 1}
     assert all(r["replica"]["host"] for r in rows)
     log = (rd / "logs" / "rig.log").read_text()
-    assert "replica 0 dead" in log
+    assert f"replica {v} dead" in log
     res = json.loads((rd / "results.json").read_text())
     reps = {r["id"]: r for r in res["cluster_runs"][-1]["replicas"]}
-    assert res["status"] == "complete" and reps[0]["status"] == "dead" and reps[1]["status"] == "stopped"
+    assert res["status"] == "complete" and reps[v]["status"] == "dead" and reps[s]["status"] == "stopped"
     assert reps[0]["node"] != reps[1]["node"], "both replicas ran on one Ray node"
-    if "requeued after replica 0" not in log:
+    if f"requeued after replica {v}" not in log:
         pytest.fail("the kill hit no in-flight example: nothing was requeued (test did not test)")
     assert not _all_gone(its_servers), "the killed replica's vLLM server was left running"
     # the replica that stopped normally handed its logs to the driver
-    assert (rd / "logs" / "replica1-vllm-worker.log").exists()
+    assert (rd / "logs" / f"replica{s}-vllm-worker.log").exists()
 
 
 def test_bad_cluster_input_is_one_line(head, tmp_path):
