@@ -33,7 +33,10 @@ class Generation:
 class ControllerLM(Protocol):
     name: str
 
-    def generate(self, messages: Messages, *, max_new_tokens: int) -> Generation: ...
+    def generate(self, messages: Messages, *, max_new_tokens: int, sampling: Any = None) -> Generation:
+        """``sampling``: this turn's worker.settings.Sampling (controller.sampling_at(depth)); None: the backend's
+        own (controller.sampling). Per call, not per backend: nested runs share one backend, concurrently."""
+        ...
 
     def close(self) -> None: ...
 
@@ -73,7 +76,8 @@ class ReplayLM:
     def from_file(cls, path: str | Path) -> "ReplayLM":
         return cls(load_replay(path), name=f"replay:{Path(path).name}")
 
-    def generate(self, messages: Messages, *, max_new_tokens: int) -> Generation:
+    def generate(self, messages: Messages, *, max_new_tokens: int, sampling: Any = None) -> Generation:
+        """``sampling`` is ignored: a recorded response is what it was."""
         with self._lock:
             if self._i >= len(self.responses):
                 raise ReplayExhausted(f"replay has only {len(self.responses)} responses")
@@ -123,10 +127,10 @@ class TransformersLM:
         self._lock = threading.Lock()  # one generate at a time: eval threads share this model
         self.sampling = sampling
 
-    def _sampling_kwargs(self) -> dict[str, Any]:
-        """generate() keywords for controller.sampling; a seed re-seeds torch before each turn (under the lock),
-        so a sampled turn repeats."""
-        s = self.sampling
+    def _sampling_kwargs(self, sampling: Any = None) -> dict[str, Any]:
+        """generate() keywords for this turn's sampling (default controller.sampling); a seed re-seeds torch before
+        each turn (the caller holds the lock), so a sampled turn repeats."""
+        s = self.sampling if sampling is None else sampling
         if s is None or s.temperature <= 0:
             return {"do_sample": False}
         if s.seed is not None:
@@ -140,7 +144,7 @@ class TransformersLM:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
-    def generate(self, messages: Messages, *, max_new_tokens: int) -> Generation:
+    def generate(self, messages: Messages, *, max_new_tokens: int, sampling: Any = None) -> Generation:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -161,7 +165,7 @@ class TransformersLM:
                 input_ids,
                 attention_mask=ids["attention_mask"].to(self.model.device),
                 max_new_tokens=max_new_tokens,
-                **self._sampling_kwargs(),
+                **self._sampling_kwargs(sampling),
                 stopping_criteria=StoppingCriteriaList([_StopAfterCell()]),
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             )
@@ -171,6 +175,12 @@ class TransformersLM:
 
     def close(self) -> None:
         del self.model
+
+
+def request_sampling(sampling: Any) -> dict[str, Any]:
+    """A turn's sampling as request fields over the client's defaults (controller.sampling); a depth without a
+    seed sends ``seed: null`` so the root's seed does not leak into it. None: the client's defaults."""
+    return {} if sampling is None else {**sampling.request(), "seed": sampling.seed}
 
 
 class OpenAILM:
@@ -225,8 +235,8 @@ class OpenAILM:
             return estimate_tokens(messages)
         return int(r.json()["count"])
 
-    def generate(self, messages: Messages, *, max_new_tokens: int) -> Generation:
-        c = self.client.chat(messages, max_tokens=max_new_tokens, stop=self.STOP)
+    def generate(self, messages: Messages, *, max_new_tokens: int, sampling: Any = None) -> Generation:
+        c = self.client.chat(messages, max_tokens=max_new_tokens, stop=self.STOP, **request_sampling(sampling))
         text = c.text
         # vLLM drops the stop string: put the closing fence back if a cell was left open.
         if c.finish_reason == "stop" and closed_cell_end(text + "\n```\n") is not None and closed_cell_end(text) is None:

@@ -80,17 +80,18 @@ class ContextGuard:
         return self._trim_one(messages)
 
 
-def guarded_generate(lm, messages: Messages, max_new_tokens: int, guard: ContextGuard | None):
+def guarded_generate(lm, messages: Messages, max_new_tokens: int, guard: ContextGuard | None, sampling=None):
     """``lm.generate`` inside the window: fit first, and on a server's context-length 400 trim once more
-    (or halve the reply budget) and retry. Raises ContextFull when nothing is left to give."""
+    (or halve the reply budget) and retry. Raises ContextFull when nothing is left to give. ``sampling``: the
+    run's (controller.sampling_at(depth)), passed through."""
     if guard is None:
-        return lm.generate(messages, max_new_tokens=max_new_tokens)
+        return lm.generate(messages, max_new_tokens=max_new_tokens, sampling=sampling)
     from rlm_rig.worker.errors import ContextLengthError
 
     budget = guard.fit(messages, max_new_tokens)
     while True:
         try:
-            return lm.generate(messages, max_new_tokens=budget)
+            return lm.generate(messages, max_new_tokens=budget, sampling=sampling)
         except ContextLengthError as e:
             if guard.shrink(messages):
                 budget = guard.fit(messages, budget)

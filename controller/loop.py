@@ -9,7 +9,7 @@ import hashlib
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -148,6 +148,7 @@ class _Run:
                  instructions: str | None):
         self.rlm, self.ctx, self.cfg = rlm, rlm.ctx, rlm.cfg
         self.official = self.cfg.rlm.dialect == "official"
+        self.sampling = self.cfg.controller.sampling_at(rlm.depth)  # per run: children share one backend
         self.packed = doc if isinstance(doc, PackedContext) else pack_context(doc)
         self.doc, self.question, self.save_to = self.packed.flat, question, save_to
         self.t0 = time.perf_counter()
@@ -220,6 +221,7 @@ class _Run:
             models=self.ctx.models,
             versions=self.ctx.versions,
             depth=self.rlm.depth,
+            controller_sampling=asdict(self.sampling),
             started_at=_now(),
         )
 
@@ -291,7 +293,7 @@ class _Run:
         granted = self.rlm.tokens.reserve(cfg.controller.max_new_tokens, cfg.rlm.max_controller_tokens)
         n_trimmed = len(guard.trimmed) if guard else 0
         try:
-            gen = guarded_generate(self.ctx.lm, self.messages, max(1, granted), guard)
+            gen = guarded_generate(self.ctx.lm, self.messages, max(1, granted), guard, self.sampling)
         except BaseException:
             self.rlm.tokens.settle(granted, 0)
             raise

@@ -32,6 +32,10 @@ class ControllerSettings(Strict):
     dtype: str = "bfloat16"  # the controller's own weights (the worker's dtype is worker.dtype)
     max_new_tokens: int = Field(1024, ge=1)
     sampling: Sampling = Field(default_factory=Sampling)  # was controller.temperature (configs.load.RENAMED)
+    sampling_by_depth: dict[int, Sampling] = Field(
+        default_factory=dict, description="the controller of a run at depth d samples with sampling_by_depth[d], "
+        "else with `sampling`; d counts as worker.sampling_by_depth does: 0 is the root run, 1 a run that the root "
+        "started (rlm_query, or a rig-dialect sub_call at max_depth >= 2), so keys are >= 1")
     replay_file: str | None = None
     served_name: str | None = None
     server: ServerSettings | None = None
@@ -49,6 +53,20 @@ class ControllerSettings(Strict):
     @classmethod
     def _model(cls, v: str | None) -> str | None:
         return None if v is None else check_model_ref(v)
+
+    @field_validator("sampling_by_depth")
+    @classmethod
+    def _depths(cls, v: dict[int, Sampling]) -> dict[int, Sampling]:
+        """Depth 0 is the root, whose one setting is ``sampling``: a key below 1 is a mistake, not a second default."""
+        bad = sorted(d for d in v if d < 1)
+        if bad:
+            raise ValueError(f"depth {bad[0]} is not a nested run (1: a run the root started; the root samples "
+                             "with controller.sampling)")
+        return v
+
+    def sampling_at(self, depth: int) -> Sampling:
+        """What the controller of a run at ``depth`` samples with (0: the root)."""
+        return self.sampling_by_depth.get(depth, self.sampling)
 
     @field_validator("system_prompt_file")
     @classmethod

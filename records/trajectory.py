@@ -156,6 +156,9 @@ class Trajectory(BaseModel):
     models: dict[str, str]
     versions: dict[str, str]
     depth: int = 0
+    controller_sampling: dict[str, Any] | None = Field(
+        None, description="temperature, top_p, seed this run's controller was asked to sample with: "
+        "controller.sampling_by_depth[depth], else controller.sampling (a replay ignores it; None: not recorded)")
     started_at: str
     finished_at: str | None = None
     wall_s: float = 0.0

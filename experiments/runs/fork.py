@@ -145,13 +145,21 @@ class SplicedLM:
             raise AttributeError(name)
         return getattr(self.live, name)
 
-    def generate(self, messages: list[dict[str, str]], *, max_new_tokens: int) -> Generation:
+    def generate(self, messages: list[dict[str, str]], *, max_new_tokens: int, sampling: Any = None) -> Generation:
         if self.replay._i < len(self.replay.responses):
             return self.replay.generate(messages, max_new_tokens=max_new_tokens)
-        return self.live.generate(messages, max_new_tokens=max_new_tokens)
+        return self.live.generate(messages, max_new_tokens=max_new_tokens, sampling=sampling)
 
     def close(self) -> None:
         pass  # the live model belongs to the Rig
+
+
+def greedy_controller(data: dict[str, Any]) -> None:
+    """A live fork's controller decodes greedily at every depth (controller.sampling and each sampling_by_depth
+    entry), so a fork differs from its run by the replaced reply, not by the dice."""
+    apply_override(data, "controller.sampling.temperature=0")
+    for depth in (data.get("controller") or {}).get("sampling_by_depth") or {}:
+        apply_override(data, f"controller.sampling_by_depth.{depth}.temperature=0")
 
 
 def fork_config(orig: Original, controller: ControllerMode, overrides: Sequence[str] = ()) -> Any:
@@ -161,7 +169,7 @@ def fork_config(orig: Original, controller: ControllerMode, overrides: Sequence[
     for o in overrides:
         apply_override(data, o)
     if controller == "live":
-        apply_override(data, "controller.sampling.temperature=0")
+        greedy_controller(data)
     cfg = validate_config(data, f"{orig.path} (config)")
     if controller == "live" and cfg.controller.backend == "replay":
         raise RunInputError("--controller live needs a controller model, and this run's controller was a replay: "

@@ -58,3 +58,23 @@ def test_transformers_controller_samples_with_controller_sampling(tiny_model_pat
     greedy = TransformersLM(str(tiny_model_path), device="cpu", dtype="float32")
     g = greedy.generate(msgs, max_new_tokens=16).text
     assert a == b != c and g not in (a, c)
+
+
+def test_transformers_controller_takes_a_turns_sampling_per_call(tiny_model_path):
+    """One backend shared by runs at several depths: a call's own sampling decides that turn (seeded under the
+    lock, so concurrent turns with other seeds repeat), and the backend's default stays untouched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlm_rig.worker.settings import Sampling
+
+    msgs = [{"role": "user", "content": "Write some code."}]
+    lm = TransformersLM(str(tiny_model_path), device="cpu", dtype="float32")  # controller.sampling: greedy
+
+    def turn(seed=None):
+        s = None if seed is None else Sampling(temperature=2.0, seed=seed)
+        return lm.generate(msgs, max_new_tokens=16, sampling=s).text
+
+    greedy, a, c = turn(), turn(3), turn(4)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(turn, [3, 4, None, 3]))
+    assert a != c and greedy not in (a, c) and together == [a, c, greedy, a] and turn() == greedy

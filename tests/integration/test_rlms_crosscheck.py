@@ -14,13 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
+
+from recording_proxy import Recorder, key
 
 pytestmark = pytest.mark.vllm
 HERE = Path(__file__).resolve().parent
@@ -62,68 +61,6 @@ def test_a_missing_rlms_fails_under_ci_and_skips_elsewhere(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         rlms_python()
-
-
-class Recorder:
-    """An HTTP proxy in front of the worker server that keeps every chat request's messages."""
-
-    def __init__(self, upstream: str):
-        self.upstream = upstream.rstrip("/").removesuffix("/v1")
-        self.chats: list[list[dict]] = []
-        self.prompt_tokens: dict[str, int] = {}  # the worker's own count per prompt (as_set's key)
-        self.lock = threading.Lock()
-        self.client = httpx.Client(timeout=600, trust_env=False)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def take(self) -> list[list[dict]]:
-        with self.lock:
-            out, self.chats = self.chats, []
-        return out
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
-                chat = method == "POST" and self.path.endswith("/chat/completions")
-                r = rec.client.request(method, rec.upstream + self.path, content=body,
-                                       headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
-                if chat:
-                    messages = json.loads(body)["messages"]
-                    with rec.lock:
-                        rec.chats.append(messages)
-                        if r.status_code == 200:
-                            rec.prompt_tokens[key(messages)] = r.json()["usage"]["prompt_tokens"]
-                self.send_response(r.status_code)
-                self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-            def do_GET(self) -> None:
-                self._forward("GET")
-
-            def do_POST(self) -> None:
-                self._forward("POST")
-
-        return Handler
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.client.close()
-
-
-def key(messages: list[dict]) -> str:
-    return json.dumps(messages, sort_keys=True)
 
 
 def as_set(chats: list[list[dict]]) -> list[str]:

@@ -47,7 +47,7 @@ class FakeServerLM:
     def __init__(self, limit: int):
         self.limit, self.calls = limit, []
 
-    def generate(self, messages, *, max_new_tokens):
+    def generate(self, messages, *, max_new_tokens, sampling=None):
         self.calls.append(max_new_tokens)
         if count_chars(messages) + max_new_tokens > self.limit:
             raise ContextLengthError("maximum context length", status=400)

@@ -144,6 +144,45 @@ def test_sampling_per_level_loads_and_reaches_the_request_body():
     assert old.worker.sampling.temperature == 0.3
 
 
+def test_controller_sampling_by_depth_picks_a_runs_sampling_and_reaches_the_request_body():
+    from rlm_rig.controller.backends import request_sampling
+
+    cfg = load_config("cpu-tiny", ["controller.sampling={temperature: 0.1, seed: 5}",
+                                   "controller.sampling_by_depth={1: {temperature: 0.7, seed: 3}, 2: {top_p: 0.5}}"])
+    c = cfg.controller
+    assert c.sampling_at(0) == c.sampling and c.sampling_at(3) == c.sampling  # absent depth: controller.sampling
+    assert c.sampling_at(1) == Sampling(temperature=0.7, seed=3)
+    client = WorkerClient("http://127.0.0.1:9/v1", "m", temperature=0.1, seed=5)  # the backend's own: the root's
+    msgs = [{"role": "user", "content": "hi"}]
+    pick = ("temperature", "top_p", "seed")
+    assert [client.build_payload(msgs, **request_sampling(c.sampling_at(d)))[k] for d in (0, 1, 2) for k in pick] == [
+        0.1, 1.0, 5, 0.7, 1.0, 3, 0.0, 0.5, None]  # depth 2 has no seed: the root's does not leak into it
+    assert validate_config(cfg.model_dump(mode="json")).controller.sampling_by_depth == c.sampling_by_depth
+
+
+@pytest.mark.parametrize("entry, needle", [({-1: {"seed": 3}}, "depth -1 is not a nested run"),
+                                           ({0: {"seed": 3}}, "depth 0 is not a nested run"),
+                                           ({1: {"sed": 3}}, "controller.sampling_by_depth.1.sed: unknown key")])
+def test_controller_sampling_by_depth_bad_entry_is_one_line_exit_2(tmp_path, entry, needle):
+    d = _tiny()
+    d["controller"]["sampling_by_depth"] = entry
+    _one_line_exit_2(_cli(tmp_path, d, "config"), needle)
+
+
+def test_a_live_fork_is_greedy_at_every_depth_and_old_trajectories_load():
+    from rlm_rig.experiments.runs.fork import greedy_controller
+    from rlm_rig.records.trajectory import Trajectory
+
+    d = load_config("cpu-tiny", ["controller.sampling.temperature=0.4",
+                                 "controller.sampling_by_depth={1: {temperature: 0.7, seed: 3}}"]).model_dump(mode="json")
+    greedy_controller(d)
+    c = validate_config(d).controller
+    assert c.sampling.temperature == 0.0 and c.sampling_by_depth == {1: Sampling(temperature=0.0, seed=3)}
+    old = {"run_id": "r", "question": "q", "doc_chars": 0, "doc_sha256": "", "config": {}, "config_hash": "",
+           "models": {}, "versions": {}, "started_at": ""}  # written before controller_sampling existed
+    assert Trajectory.model_validate(old).controller_sampling is None
+
+
 # -- part 9: API keys from the environment ------------------------------------------------------------
 def test_api_key_comes_from_the_named_variable_only(monkeypatch):
     s = ServerSettings(url="http://h/v1", api_key_env="RLM_RIG_UNIT_KEY", headers={"X-Team": "interp"})
