@@ -148,7 +148,10 @@ class _Run:
                  instructions: str | None):
         self.rlm, self.ctx, self.cfg = rlm, rlm.ctx, rlm.cfg
         self.official = self.cfg.rlm.dialect == "official"
-        self.sampling = self.cfg.controller.sampling_at(rlm.depth)  # per run: children share one backend
+        self.sampling = self.cfg.controller.sampling_at(rlm.depth)  # what this run's controller samples with
+        # sent per turn only where the depth has its own entry (children share one backend); the root's turns
+        # leave the request to the backend's controller.sampling, byte for byte as before
+        self.turn_sampling = self.cfg.controller.sampling_by_depth.get(rlm.depth)
         self.packed = doc if isinstance(doc, PackedContext) else pack_context(doc)
         self.doc, self.question, self.save_to = self.packed.flat, question, save_to
         self.t0 = time.perf_counter()
@@ -293,7 +296,7 @@ class _Run:
         granted = self.rlm.tokens.reserve(cfg.controller.max_new_tokens, cfg.rlm.max_controller_tokens)
         n_trimmed = len(guard.trimmed) if guard else 0
         try:
-            gen = guarded_generate(self.ctx.lm, self.messages, max(1, granted), guard, self.sampling)
+            gen = guarded_generate(self.ctx.lm, self.messages, max(1, granted), guard, self.turn_sampling)
         except BaseException:
             self.rlm.tokens.settle(granted, 0)
             raise

@@ -22,7 +22,8 @@ QUESTION = "ROOT-Q: what did the child say?"
 ROOT = [cell("sub = rlm_query('Say the word child.')\nprint(sub)"),
         cell("answer['content'] = 'root got: ' + sub\nanswer['ready'] = True")]
 CHILD = [cell("answer['content'] = 'child ok'\nanswer['ready'] = True")]
-ROOT_SAMPLING = {"temperature": 0.1, "top_p": 0.9, "seed": None}  # a null seed reaches the server too
+ROOT_SAMPLING = {"temperature": 0.1, "top_p": 0.9, "seed": None}
+ROOT_WIRE = {**ROOT_SAMPLING, "seed": "absent"}  # the root's requests are as before: no seed, none sent
 CHILD_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "seed": 3}
 
 
@@ -61,7 +62,7 @@ def test_a_child_run_samples_with_its_depths_entry(proxy, vllm_server, vllm_serv
     assert t.stop_reason == "final" and t.final_answer == "root got: child ok", (t.error, t.final_answer)
     roots = [sent(b) for b in proxy.bodies if is_root(b)]
     children = [sent(b) for b in proxy.bodies if not is_root(b)]
-    assert roots == [ROOT_SAMPLING] * 2 and children == [CHILD_SAMPLING]
+    assert roots == [ROOT_WIRE] * 2 and children == [CHILD_SAMPLING]
     child = t.sub_calls[0].nested_trajectory
     assert child is not None and child.depth == 1 and len(child.turns) == 1
     saved = Trajectory.load(tmp_path / "t.json")
