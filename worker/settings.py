@@ -169,7 +169,8 @@ class WorkerSettings:
     max_tokens: Annotated[int, Field(ge=1)] = 256  # tokens one sub_call may generate
     sampling: Sampling = field(default_factory=Sampling)  # was worker.temperature (configs.load.RENAMED)
     # sub_calls made at depth d (1: from the root run) sample with sampling_by_depth[d] when it is given
-    sampling_by_depth: dict[int, Sampling] = field(default_factory=dict)
+    sampling_by_depth: Annotated[dict[int, Sampling], AfterValidator(lambda v: _call_depths(v))] = field(
+        default_factory=dict)
     system_prompt: str | None = None
     default: bool = False  # in a profile's ``workers:`` map, the one worker a call without model= goes to
     replica_urls: list[str] = field(default_factory=list)  # extra vLLM replicas, round-robin
@@ -178,6 +179,15 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         self.model = _check(self.model)
+
+
+def _call_depths(v: dict[int, Sampling]) -> dict[int, Sampling]:
+    """A key below 1 would never be read (the root run's own calls are depth 1): a typo, not a setting."""
+    bad = sorted(d for d in v if d < 1)
+    if bad:
+        raise ValueError(f"depth {bad[0]} makes no worker calls (1: the calls of the root run; the worker's own "
+                         "default is worker.sampling)")
+    return v
 
 
 def _check(ref: str) -> str:

@@ -169,6 +169,14 @@ def test_controller_sampling_by_depth_bad_entry_is_one_line_exit_2(tmp_path, ent
     _one_line_exit_2(_cli(tmp_path, d, "config"), needle)
 
 
+@pytest.mark.parametrize("entry, needle", [({0: {"seed": 3}}, "depth 0 makes no worker calls"),
+                                           ({-2: {"seed": 3}}, "depth -2 makes no worker calls")])
+def test_worker_sampling_by_depth_key_that_is_never_read_is_one_line_exit_2(tmp_path, entry, needle):
+    d = _tiny()
+    d["worker"]["sampling_by_depth"] = entry
+    _one_line_exit_2(_cli(tmp_path, d, "config"), needle)
+
+
 def test_a_live_fork_is_greedy_at_every_depth_and_old_trajectories_load():
     from rlm_rig.experiments.runs.fork import greedy_controller
     from rlm_rig.records.trajectory import Trajectory
