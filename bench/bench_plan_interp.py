@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-QWEN7B_WIDTH = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
-                    vocab_size=152064, max_position_embeddings=32768, tie_word_embeddings=False)
+WORKER = "Qwen/Qwen2.5-7B-Instruct"  # capture and patch run at its width (configs/facts/models.yaml)
+CONTROLLER = "Qwen/Qwen2.5-Coder-14B-Instruct"  # `interp controller` runs at its width
 SHAPES = [  # the test runs the first; the bench records them all
     {"layers": 1, "tokens": 1024, "job": "patch", "batch_size": 2},
     {"layers": 1, "tokens": 2048, "job": "patch", "batch_size": 2},
@@ -43,6 +43,10 @@ SHAPES = [  # the test runs the first; the bench records them all
     {"layers": 1, "tokens": 4096, "job": "patch", "batch_size": 2},
     {"layers": 2, "tokens": 1024, "job": "capture", "batch_size": 4},
     {"layers": 1, "tokens": 4096, "job": "capture", "batch_size": 1},
+    # `interp controller`: attribution (one layer's graph at a time) and its exact follow-ups over a conversation
+    {"layers": 1, "tokens": 1024, "job": "controller", "batch_size": 2},
+    {"layers": 1, "tokens": 2048, "job": "controller", "batch_size": 2},
+    {"layers": 2, "tokens": 2048, "job": "controller", "batch_size": 2},
 ]
 
 
@@ -61,12 +65,29 @@ GPU_SHAPES = [  # the a4500x2 interp settings on the real Qwen2.5-7B shape (issu
 ]
 
 
-def _build(layers: int, dtype: str, device: str = "cpu"):
-    """A random Qwen2 at the real width, allocated without an init pass (see the module docstring)."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def _arch(shape: dict[str, Any]):
+    """The shape's architecture: its model's real width (shipped facts), `layers` of them."""
+    from dataclasses import replace
 
-    cfg = Qwen2Config(num_hidden_layers=layers, **QWEN7B_WIDTH)
+    from rlm_rig.configs.archs import arch_for
+
+    return replace(arch_for(CONTROLLER if shape["job"] == "controller" else WORKER), layers=shape["layers"])
+
+
+def _qwen2_config(a: Any):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(num_hidden_layers=a.layers, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab,
+                       max_position_embeddings=a.max_positions, tie_word_embeddings=a.tied)
+
+
+def _build(a: Any, dtype: str, device: str = "cpu"):
+    """A random Qwen2 of architecture `a`, allocated without an init pass (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = _qwen2_config(a)
     cfg._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
@@ -79,6 +100,19 @@ def _build(layers: int, dtype: str, device: str = "cpu"):
 
     model.model.rotary_emb = Qwen2RotaryEmbedding(config=cfg).to(device)  # to_empty left its buffers uninitialised
     return model.eval()
+
+
+def _build_4bit(a: Any, dtype: str, device: str, quant: str):
+    """Random weights saved as a checkpoint, loaded back in 4-bit by the loader `interp controller` uses."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from rlm_rig.interp.model import _load_causal_lm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _build(a, "float16", "cpu").save_pretrained(tmp)
+        return _load_causal_lm(AutoModelForCausalLM, tmp, dtype, device, quant)
 
 
 def _id_tokenizer():
@@ -98,53 +132,102 @@ def _replay_model(hf: Any):
 
 
     m = ReplayModel.__new__(ReplayModel)
-    m.name, m.path, m.device, m.tokenizer = "random-qwen2.5-7b-width", "", next(hf.parameters()).device, None
-    m.hf, m.dtype, m.pad_id = hf, next(hf.parameters()).dtype, 0
+    m.name, m.path, m.device, m.tokenizer = "random-weights", "", next(hf.parameters()).device, None
+    m.hf, m.pad_id = hf, 0
+    m.dtype = next(p.dtype for p in hf.parameters() if p.dtype.is_floating_point)
+    m.quantization = getattr(getattr(hf.config, "quantization_config", None), "bnb_4bit_quant_type", "none")
     m.nn = nnsight.TransformersModel(hf, tokenizer=_id_tokenizer())
     return m
+
+
+def _worker_job(model: Any, shape: dict[str, Any], ids: list[int]) -> None:
+    """capture_batch, or a patching sweep's reference run and one patched batch, as interp's worker jobs run them."""
+    T, n, layers = shape["tokens"], shape.get("batch_size", 2), list(range(shape["layers"]))
+    if shape["job"] == "capture":
+        from rlm_rig.interp.methods.capture import Prepared, capture_batch
+
+        batch = [Prepared(item=None, prompt_ids=ids, seq=ids, positions=[("last", T - 1, -1)]) for _ in range(n)]
+        capture_batch(model, batch, layers, ["resid"])
+        return
+    from rlm_rig.interp.methods.patching import PatchSpec, patched_logits, reference_run
+
+    corrupt = list(ids)
+    corrupt[T // 2] = corrupt[T // 2] + 1
+    pair = SimpleNamespace(clean_ids=ids, corrupt_ids=corrupt,
+                           positions={"edit": [T // 2], "last": [T - 1], "all": list(range(T))})
+    sites = [("resid", li) for li in layers]
+    _, _, acts = reference_run(model, pair, sites, offload=bool(shape.get("offload", False)))
+    specs = [PatchSpec("resid", layers[k % len(layers)], ("edit", "last")[k % 2]) for k in range(n)]
+    patched_logits(model, corrupt, specs, acts, 0, pair)
+
+
+def controller_pair(ids: list[int]):
+    """A controller pair laid out like `methods.controller.build_pair`'s over a chunk-count conversation: an
+    earlier cell output, the last cell output holding the told value that is edited (+1) ~100 tokens before the
+    end, a printed total after it, and 8 teacher-forced answer tokens; the cell groups feed the per-cell rows
+    and the whole-cell exact patches."""
+    from rlm_rig.interp.data.pairs import Pair, _positions
+
+    T = len(ids)
+    e = T - 96
+    corrupt = list(ids)
+    corrupt[e] += 1
+    groups = {"cell0": list(range(T // 4, T // 4 + 64)), "cell1": list(range(T - 128, T - 64)),
+              "value1": [e], "cell2": list(range(T - 48, T - 16)), "total2": [T - 40]}
+    pos = {**_positions(ids, corrupt, groups["cell1"], T - 8), **groups}
+    return Pair(pair_id="bench:value1", run="bench", sample="bench", sub_call=1, corruption="chunk_value",
+                description="synthetic", clean_ids=ids, corrupt_ids=corrupt, clean_target="7", corrupt_target="8",
+                clean_token=ids[-1] + 1, corrupt_token=ids[-1] + 2, prompt_len=T - 8, positions=pos, chunk="bench",
+                answer_prefix_ids=ids[-8:])
+
+
+def _controller_job(model: Any, shape: dict[str, Any], ids: list[int]) -> None:
+    """What `interp controller` runs per pair (controller_job._attribute): attribution, its top-k exact check on
+    the shared prefix's KV cache, the per-cell rows and the whole-cell exact patches. One direction: each
+    direction repeats the same steps and frees them before the next."""
+    from rlm_rig.interp.config import InterpConfig
+    from rlm_rig.interp.controller_job import _attribute
+
+    cfg = InterpConfig(directions=["denoise"], batch_size=shape.get("batch_size", 2),
+                       offload_reference=bool(shape.get("offload", False)))
+    _attribute(model, [controller_pair(ids)], cfg, None)
+
+
+def _load(shape: dict[str, Any], dtype: str, device: str):
+    quant = shape.get("quant", "none")
+    if quant != "none":
+        return _replay_model(_build_4bit(_arch(shape), dtype, device, quant))
+    return _replay_model(_build(_arch(shape), dtype, device))
 
 
 def run_one(shape: dict[str, Any]) -> dict[str, Any]:
     """In THIS process (call through `measure`, which starts a fresh one): build, run, report the peak."""
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
     dtype = shape.get("dtype", "bfloat16")
     device = shape.get("device", "cpu")
     cuda = device.startswith("cuda")
     if cuda:  # the A4500's 20 GB, whatever card this runs on
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, 20e9 / total), device)
-    hf = _build(shape["layers"], dtype, device)
-    model = _replay_model(hf)
+    model = _load(shape, dtype, device)
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
         base = _rss_bytes()
-    T, n = shape["tokens"], shape.get("batch_size", 2)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(100, 150000, (T,), generator=g).tolist()
-    layers = list(range(shape["layers"]))
-    if shape["job"] == "capture":
-        from rlm_rig.interp.methods.capture import Prepared, capture_batch
-
-        batch = [Prepared(item=None, prompt_ids=ids, seq=ids, positions=[("last", T - 1, -1)]) for _ in range(n)]
-        capture_batch(model, batch, layers, ["resid"])
-    else:
-        from rlm_rig.interp.methods.patching import PatchSpec, patched_logits, reference_run
-
-        corrupt = list(ids)
-        corrupt[T // 2] = corrupt[T // 2] + 1
-        pair = SimpleNamespace(clean_ids=ids, corrupt_ids=corrupt,
-                               positions={"edit": [T // 2], "last": [T - 1], "all": list(range(T))})
-        sites = [("resid", li) for li in layers]
-        _, _, acts = reference_run(model, pair, sites, offload=bool(shape.get("offload", False)))
-        specs = [PatchSpec("resid", layers[k % len(layers)], ("edit", "last")[k % 2]) for k in range(n)]
-        patched_logits(model, corrupt, specs, acts, 0, pair)
+    ids = torch.randint(100, 150000, (shape["tokens"],), generator=g).tolist()
+    oom = False
+    try:
+        (_controller_job if shape["job"] == "controller" else _worker_job)(model, shape, ids)
+    except torch.OutOfMemoryError:  # over the 20 GB cap: the plan said it fits, the card says not
+        oom = True
     peak = torch.cuda.max_memory_allocated(device) if cuda else _peak_bytes()
-    return {**shape, "dtype": dtype, "weights_rss_gib": base / 2**30, "peak_delta_gib": (peak - base) / 2**30}
+    return {**shape, "dtype": dtype, "weights_rss_gib": base / 2**30, "peak_delta_gib": (peak - base) / 2**30,
+            **({"oom_at_20gb": True} if oom else {})}
 
 
 def measure(shape: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
@@ -158,30 +241,72 @@ def measure(shape: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
 
 
 def predicted(shape: dict[str, Any]) -> float:
-    """`rlm-rig plan`'s interp transient (GiB) for the same shape."""
-    from rlm_rig.configs.archs import Arch
-    from rlm_rig.configs.memplan import interp_capture_bytes, interp_patch_bytes
+    """`rlm-rig plan`'s transient (GiB, weights not included) for the same shape: interp's capture or patching
+    term, or `interp controller`'s (controller_replay_bytes)."""
+    from rlm_rig.configs.memplan import controller_replay_bytes, interp_capture_bytes, interp_patch_bytes
 
-    a = Arch(layers=shape["layers"], hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064)
+    a = _arch(shape)
     b = 2 if shape.get("dtype", "bfloat16") in ("bfloat16", "float16") else 4
+    n, offload = shape.get("batch_size", 2), bool(shape.get("offload", False))
+    if shape["job"] == "controller":
+        return controller_replay_bytes(a, b, tokens=shape["tokens"], batch_size=n, offload=offload) / 2**30
     if shape["job"] == "capture":
         return interp_capture_bytes(a, b, batch=shape.get("batch_size", 1), tokens=shape["tokens"],
                                     n_sites=shape["layers"]) / 2**30
-    return interp_patch_bytes(a, b, batch_size=shape.get("batch_size", 2), tokens=shape["tokens"],
-                              n_sites=shape["layers"], offload=bool(shape.get("offload", False))) / 2**30
+    return interp_patch_bytes(a, b, batch_size=n, tokens=shape["tokens"], n_sites=shape["layers"],
+                              offload=offload) / 2**30
+
+
+def gpu_controller_shape() -> dict[str, Any]:
+    """What a4500x2 runs for `interp controller` on GPU 0: the 14B's 48 layers in NF4 (the profile's controller
+    quantization and dtype), a conversation of `interp.controller_max_tokens`, its batch size and offload. Without
+    bitsandbytes: fp16 weights, as many layers as fit in the NF4 model's weight bytes, said in the row."""
+    import importlib.util
+    from dataclasses import replace
+
+    from rlm_rig.configs.archs import arch_for
+    from rlm_rig.configs.memplan import weight_bytes
+    from rlm_rig.interp.controller_job import controller_target
+    from rlm_rig.interp.profile import load_interp_config
+
+    cfg, _, profile = load_interp_config("a4500x2")
+    spec = controller_target(profile, cfg)
+    a = arch_for(CONTROLLER)
+    shape = {"layers": a.layers, "tokens": cfg.controller_max_tokens, "job": "controller", "batch_size": cfg.batch_size,
+             "dtype": spec.dtype, "quant": spec.quantization, "offload": cfg.offload_reference}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        budget = weight_bytes(a, spec.dtype, spec.quantization)
+        fit = max(k for k in range(1, a.layers + 1) if weight_bytes(replace(a, layers=k), "float16", None) <= budget)
+        shape.update(layers=fit, dtype="float16", quant="none",
+                     note=f"bitsandbytes not importable: fp16 weights, {fit} of {a.layers} layers (the NF4 model's "
+                          "weight bytes)")
+    return shape
+
+
+def _gpu_shapes(device: str) -> list[dict[str, Any]]:
+    """The real-size shapes on `device`, or one line and exit 2 when no CUDA GPU is there."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit(f"bench_plan_interp: --gpu {device}: torch {torch.__version__} sees no CUDA GPU; run it on the "
+                 "GPU box after `make install-gpu`")
+    return [{**s, "device": device} for s in GPU_SHAPES + [gpu_controller_shape()]]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", help="a JSON shape: run it in this process and print one JSON line")
     ap.add_argument("--out", default=None, help="append the result lines to this JSONL file")
-    ap.add_argument("--gpu", default=None, help="a CUDA device: run the real-size GPU_SHAPES there instead")
+    ap.add_argument("--gpu", default=None, help="a CUDA device: run the real-size GPU shapes there instead")
+    ap.add_argument("--job", default=None, choices=["capture", "patch", "controller"], help="only this job's shapes")
     a = ap.parse_args(argv)
     if a.one:
         print(json.dumps(run_one(json.loads(a.one))))
         return []
     rows = []
-    for shape in ([{**s, "device": a.gpu} for s in GPU_SHAPES] if a.gpu else SHAPES):
+    for shape in (_gpu_shapes(a.gpu) if a.gpu else SHAPES):
+        if a.job and shape["job"] != a.job:
+            continue
         m = measure(shape)
         p = predicted(shape)
         m.update(predicted_gib=round(p, 3), ratio=round(p / m["peak_delta_gib"], 3),
