@@ -1,8 +1,11 @@
-"""Measured peak memory of interp's capture and patching sweep vs `rlm-rig plan`'s prediction.
+"""Measured peak memory of interp's capture, patching sweep and `interp controller` vs `rlm-rig plan`'s prediction.
 
 Random-weight Qwen2 models with Qwen2.5-7B's real width and vocabulary (hidden 3584, 28 query / 4 KV
 heads, intermediate 18944, vocabulary 152,064) but only 1-2 layers, run through interp's own code
-(`capture_batch`, `reference_run` + `patched_logits`) at 1K-4K tokens on the CPU.
+(`capture_batch`, `reference_run` + `patched_logits`) at 1K-4K tokens on the CPU; and, for `interp controller`,
+Qwen2.5-Coder-14B's width (hidden 5120, 40 / 8 heads, intermediate 13824) at 1-2 layers over a synthetic
+controller pair, through the job's own per-pair step (`controller_job._attribute`: attribution, its exact checks).
+The widths come from the shipped facts (configs/facts/models.yaml).
 
 How the peak is measured, and why this way: each shape runs in a FRESH subprocess with glibc's
 ``MALLOC_MMAP_THRESHOLD_=65536``, so every tensor of 64 KiB or more is its own mmap and freeing it
@@ -14,9 +17,11 @@ run is ``ru_maxrss`` at the end minus the resident size after building. torch's 
 oneDNN allocates outside torch's allocator; RSS sees everything the process holds.
 
     python bench/bench_plan_interp.py                  # the recorded shapes (docs/BENCHMARKS.md)
+    python bench/bench_plan_interp.py --job controller  # only the `interp controller` shapes
     python bench/bench_plan_interp.py --one '{"layers": 1, "tokens": 1024, "job": "patch"}'
     python bench/bench_plan_interp.py --gpu cuda:0 --out docs/gpu-bench.jsonl   # on a GPU: the real 28 layers,
-        # fp16, an 8K-token chunk, the process capped at 20 GB; the peak is torch.cuda.max_memory_allocated
+        # fp16, an 8K-token chunk, the process capped at 20 GB; the peak is torch.cuda.max_memory_allocated;
+        # and the a4500x2 controller replay: the 14B's 48 layers in NF4, a 16K-token conversation
 """
 from __future__ import annotations
 
@@ -47,6 +52,10 @@ SHAPES = [  # the test runs the first; the bench records them all
     {"layers": 1, "tokens": 1024, "job": "controller", "batch_size": 2},
     {"layers": 1, "tokens": 2048, "job": "controller", "batch_size": 2},
     {"layers": 2, "tokens": 2048, "job": "controller", "batch_size": 2},
+    # narrow and deep (the 14B's depth halved, no GQA): the prefix's KV cache and its B patched copies
+    # (memplan.controller_prefix_exact_bytes) outweigh attribution, as at the 14B's 48 layers x 16K tokens on a GPU
+    {"layers": 24, "tokens": 2048, "job": "controller", "batch_size": 2,
+     "arch": {"hidden": 512, "heads": 4, "kv_heads": 4, "intermediate": 1024, "vocab": 1000}},
 ]
 
 
@@ -66,12 +75,13 @@ GPU_SHAPES = [  # the a4500x2 interp settings on the real Qwen2.5-7B shape (issu
 
 
 def _arch(shape: dict[str, Any]):
-    """The shape's architecture: its model's real width (shipped facts), `layers` of them."""
+    """The shape's architecture: its model's real width (shipped facts), `layers` of them, `arch` overriding."""
     from dataclasses import replace
 
     from rlm_rig.configs.archs import arch_for
 
-    return replace(arch_for(CONTROLLER if shape["job"] == "controller" else WORKER), layers=shape["layers"])
+    model = arch_for(CONTROLLER if shape["job"] == "controller" else WORKER)
+    return replace(model, layers=shape["layers"], **shape.get("arch", {}))
 
 
 def _qwen2_config(a: Any):
@@ -219,7 +229,7 @@ def run_one(shape: dict[str, Any]) -> dict[str, Any]:
     else:
         base = _rss_bytes()
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(100, 150000, (shape["tokens"],), generator=g).tolist()
+    ids = torch.randint(100, min(150000, model.hf.config.vocab_size - 10), (shape["tokens"],), generator=g).tolist()
     oom = False
     try:
         (_controller_job if shape["job"] == "controller" else _worker_job)(model, shape, ids)
@@ -288,8 +298,9 @@ def _gpu_shapes(device: str) -> list[dict[str, Any]]:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit(f"bench_plan_interp: --gpu {device}: torch {torch.__version__} sees no CUDA GPU; run it on the "
-                 "GPU box after `make install-gpu`")
+        print(f"bench_plan_interp: --gpu {device}: torch {torch.__version__} sees no CUDA GPU; run it on the GPU box "
+              "after `make install-gpu`", file=sys.stderr)
+        sys.exit(2)
     return [{**s, "device": device} for s in GPU_SHAPES + [gpu_controller_shape()]]
 
 

@@ -86,13 +86,22 @@ def controller_replay_bytes(a: Arch, b: int, *, tokens: int, batch_size: int, of
     """`interp controller` on the controller's card (docs/INTERP.md, "Memory of the new jobs", with T = the
     conversation): attribution holds one layer's autograd graph G(T) ~ T(8d + 4f)b, the same layer's forward
     again for the source, an fp32 gradient and difference (2Td x 4), the stored layer inputs of both runs
-    (2LTd x b, 0 with offload) and a row of logits; its exact follow-up is a patching sweep over one layer's
-    component (one site)."""
+    (2LTd x b, 0 with offload) and a row of logits; its exact follow-ups are a patching sweep over one layer's
+    component (one site) and the top-k check on the shared prefix's KV cache (`controller_prefix_exact_bytes`)."""
     graph = tokens * (8 * a.hidden + 4 * a.intermediate) * b
     stored = 0 if offload else 2 * a.layers * tokens * a.hidden * b
     attribution = graph + forward_bytes(a, b, 1, tokens) + 2 * tokens * a.hidden * 4 + stored + a.vocab * 4
     exact = interp_patch_bytes(a, b, batch_size=batch_size, tokens=tokens, n_sites=1, offload=offload)
-    return max(attribution, exact)
+    return max(attribution, exact, controller_prefix_exact_bytes(a, b, tokens=tokens, batch_size=batch_size))
+
+
+def controller_prefix_exact_bytes(a: Arch, b: int, *, tokens: int, batch_size: int) -> float:
+    """`prefix_exact.exact_sites_prefix` (the top-k exact check of a controller pair): the prefix's keys and values
+    of every layer stay on the device, and each batch of patched copies runs the suffix on that cache expanded to
+    the batch, which transformers' DynamicCache concatenates into `batch_size` full-length copies per layer: (1 + B)
+    x the conversation's KV cache, never offloaded (bench/bench_plan_interp.py, docs/BENCHMARKS.md). The suffix
+    after the edit is short (the told values sit in the last cell outputs) and its forward is left out."""
+    return (1 + batch_size) * tokens * a.kv_bytes_per_token(b) + batch_size * a.vocab * 4
 
 
 def controller_quantization(c: Any) -> str:

@@ -29,11 +29,28 @@ def test_a_longer_conversation_is_refused_with_the_knob():
 
 
 def test_the_peak_grows_with_the_conversation_and_offload_removes_the_stored_inputs():
+    from dataclasses import replace
+
     a = arch_for("Qwen/Qwen2.5-Coder-14B-Instruct")
     small = controller_replay_bytes(a, 2, tokens=4096, batch_size=2, offload=True)
     big = controller_replay_bytes(a, 2, tokens=16384, batch_size=2, offload=True)
     kept = controller_replay_bytes(a, 2, tokens=16384, batch_size=2, offload=False)
-    assert small < big < kept and abs((kept - big) - 2 * a.layers * 16384 * a.hidden * 2) / GiB < 1.5
+    assert small < big < kept
+    a4 = replace(a, layers=4)  # few layers: attribution is the peak, and offload takes exactly its stored inputs
+    off = controller_replay_bytes(a4, 2, tokens=16384, batch_size=2, offload=True)
+    on = controller_replay_bytes(a4, 2, tokens=16384, batch_size=2, offload=False)
+    assert abs((on - off) - 2 * a4.layers * 16384 * a4.hidden * 2) < 1e-6 * on
+
+
+def test_the_top_k_check_on_the_prefix_kv_cache_is_counted_and_is_never_offloaded():
+    """`prefix_exact.exact_sites_prefix` keeps the prefix's KV cache and runs each batch of B patched copies on it,
+    which DynamicCache concatenates into B full-length copies: (1 + B) x the conversation's KV. At a4500x2's shape
+    (48 layers, 16K tokens, B = 2, offloaded layer inputs) that is 9.0 GiB, above attribution's 5.7."""
+    a = arch_for("Qwen/Qwen2.5-Coder-14B-Instruct")
+    kv = 16384 * a.kv_bytes_per_token(2)
+    b2 = controller_replay_bytes(a, 2, tokens=16384, batch_size=2, offload=True)
+    b4 = controller_replay_bytes(a, 2, tokens=16384, batch_size=4, offload=True)
+    assert b2 >= 3 * kv and abs((b4 - b2) - 2 * kv) < 0.01 * kv
 
 
 def test_cpu_profiles_have_no_controller_replay_phase():
