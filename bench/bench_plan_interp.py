@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for shape in (_gpu_shapes(a.gpu) if a.gpu else SHAPES):
         if a.job and shape["job"] != a.job:
             continue
-        m = measure(shape)
+        m = measure(shape, timeout_s=3600 if a.gpu else 900)  # the GPU's 14B: save 29 GB of weights, load in NF4
         p = predicted(shape)
         m.update(predicted_gib=round(p, 3), ratio=round(p / m["peak_delta_gib"], 3),
                  peak_delta_gib=round(m["peak_delta_gib"], 3), weights_rss_gib=round(m["weights_rss_gib"], 3))
