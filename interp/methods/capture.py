@@ -121,7 +121,7 @@ def capture_batch(
     ti = torch.tensor([t for p in batch for (_, t, _) in p.positions], device=model.device)
     sites = ordered_sites(layers, components)
     env = model.layers_env()
-    with model.nn.trace(inputs, logits_to_keep=1):  # logits are not read: skip the LM head at every position
+    with model.nn.trace(inputs, logits_to_keep=1, use_cache=False):  # logits are not read: skip the LM head at every position
         saved = nnsight.save([component_output(env[li], c)[bi, ti] for li, c in sites])
     return {(c, li): t for (li, c), t in zip(sites, saved)}
 

@@ -231,7 +231,7 @@ def told_value_activations(model: ReplayModel, item: ControllerItem, layers: lis
         return {}, []
     env = model.layers_env()
     where = torch.tensor(idx)
-    with model.nn.trace(model.batch([prompt.ids]), logits_to_keep=1):
+    with model.nn.trace(model.batch([prompt.ids]), logits_to_keep=1, use_cache=False):
         saved = nnsight.save([component_output(env[li], "resid")[0, where.to(model.device)].float().cpu()
                               for li in layers])
     return dict(zip(layers, saved)), rows

@@ -53,7 +53,7 @@ def reference_run(model: ReplayModel, pair: Pair, sites: list[tuple[str, int]], 
     ordered = sorted(set(sites), key=lambda s: (s[1], COMPONENT_ORDER[s[0]]))
     # logits_to_keep=1: the LM head runs at the one position read, not at every position ([2, T, V] is
     # ~5 GB at T=8K for a 152K vocabulary)
-    with model.nn.trace(inputs, logits_to_keep=1):
+    with model.nn.trace(inputs, logits_to_keep=1, use_cache=False):
         # copied out as each layer runs, so offloading never holds every layer on the device at once
         saved = nnsight.save([component_output(env[li], c).to("cpu", copy=True) if offload
                               else component_output(env[li], c).clone() for c, li in ordered])
@@ -74,7 +74,7 @@ def patched_logits(
         if idx:
             by_site[(s.component, s.layer)].append((i, idx))
     ordered = sorted(by_site, key=lambda s: (s[1], COMPONENT_ORDER[s[0]]))
-    with model.nn.trace(inputs, logits_to_keep=1):  # the LM head at the last position only
+    with model.nn.trace(inputs, logits_to_keep=1, use_cache=False):  # the LM head at the last position only
         for c, li in ordered:
             h = component_output(env[li], c)
             src = source[(c, li)]

@@ -82,3 +82,18 @@ def test_capture_runs_no_head_over_the_prompt_and_keeps_its_values(model, items)
         if li == model.n_layers - 1:
             continue
         assert torch.allclose(acts[("resid", li)], want, atol=1e-5)
+
+
+def test_interp_traces_keep_no_kv_cache(model, pair, items):
+    """A trace that fills transformers' KV cache holds 2 x layers x T x kv_dim per row for nothing (interp never
+    decodes after it): ~3 GiB per copy of a 16K conversation on the 14B. Every trace's output has no cache."""
+    caches: list[object] = []
+    h = model.hf.register_forward_hook(lambda _m, _i, out: caches.append(getattr(out, "past_key_values", None)))
+    try:
+        _, _, acts = reference_run(model, pair, [("resid", 0)])
+        patched_logits(model, pair.corrupt_ids, [PatchSpec("resid", 0, "edit")], acts, 0, pair)
+        cfg = InterpConfig(capture_positions=["last"], max_answer_tokens=4)
+        capture_batch(model, [p for p in (prepare(model, it, cfg) for it in items[:2]) if p is not None], [0], ["resid"])
+    finally:
+        h.remove()
+    assert len(caches) >= 3 and all(c is None for c in caches), [type(c).__name__ for c in caches]
