@@ -3,7 +3,9 @@ profile with the tiny vLLM worker and a replay controller whose first cell print
 real interp outputs (`rlm-rig interp capture` and `patch` on that run, nnsight on the tiny model).
 
 Click-through: run -> samples -> a failing sample -> a span on the document map -> its sub_call ->
-its interp page -> back. Screenshots of each page land in docs/ (view_*.png)."""
+its interp page -> back. Screenshots of each page land in a temporary folder; RLM_RIG_SCREENSHOTS=docs (a folder,
+relative to the repository) writes them there instead, to refresh docs/view_*.png: a test run never edits tracked
+files."""
 from __future__ import annotations
 
 import json
@@ -23,7 +25,6 @@ from rlm_rig.experiments.runs.evaluate import run_eval
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs"
 HOSTILE = "<script>alert(1)</script>"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
@@ -90,8 +91,12 @@ def site(eval_run):
 
 
 def _shot(page, name: str) -> None:
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / f"view_{name}.png"), full_page=False)
+    import tempfile
+
+    to = os.environ.get("RLM_RIG_SCREENSHOTS")
+    folder = REPO / to if to else Path(tempfile.gettempdir()) / "rlm-rig-view-shots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"view_{name}.png"), full_page=False)
 
 
 def test_click_through(browser, site, eval_run):
