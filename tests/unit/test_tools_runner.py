@@ -59,9 +59,9 @@ def test_a_tool_holding_the_gil_is_killed_at_its_timeout_and_the_parent_keeps_ti
         assert tr("echo", [1], {}).text == "1"  # the child is up: the call below measures the tool alone
         ticks, stop = [], threading.Event()
 
-        def heartbeat() -> None:
+        def heartbeat() -> None:  # an event count: did the parent run other Python while the tool held its GIL?
             while not stop.is_set():
-                ticks.append(time.monotonic())
+                ticks.append(1)
                 time.sleep(0.01)
 
         hb = threading.Thread(target=heartbeat, daemon=True)
@@ -72,7 +72,7 @@ def test_a_tool_holding_the_gil_is_killed_at_its_timeout_and_the_parent_keeps_ti
         stop.set()
         hb.join()
         assert rep.error == "backtrack did not return within 1 s (tool timeout)" and rep.text is None
-        assert during >= 5, f"the parent froze during the call: the heartbeat ticked {during} times"
+        assert during >= 1, "the parent froze during the call: its other thread never ran"
         assert tr.traj.sub_calls[-1].error_kind == "tool"
         assert tr("echo", [{"after": "kill"}], {}).text == '{"after": "kill"}'  # started again on demand
         assert tr.proc.starts == 2
@@ -147,7 +147,7 @@ def test_a_parent_killed_mid_call_leaves_no_tool_process_behind(watchdog):
     time.sleep(0.5)  # the child is in time.sleep(300) now
     parent.kill()
     parent.wait()
-    for _ in range(200):  # the child notices its parent is gone within about a second
+    for _ in range(900):  # the child notices its parent is gone (about a second); 90 s: a hang guard
         try:
             with open(f"/proc/{child}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped by its new parent
@@ -156,7 +156,7 @@ def test_a_parent_killed_mid_call_leaves_no_tool_process_behind(watchdog):
             return
         time.sleep(0.1)
     os.kill(child, 9)
-    pytest.fail(f"tool process {child} outlived its parent by 20 s")
+    pytest.fail(f"tool process {child} outlived its parent (a hang guard, not a speed check)")
 
 
 def shout(n: int) -> None:
